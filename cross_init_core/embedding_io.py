@@ -1,0 +1,195 @@
+"""Embedding files: safe names, atomic no-clobber writes, and loaders that never unpickle objects.
+
+Written format: safetensors with one float32 [n, width] tensor per text encoder (`clip_l`, `clip_h`,
+`clip_g`) and the run's settings in `__metadata__` — what ComfyUI (`embedding:NAME`), A1111/Forge,
+kohya and diffusers all load. Read formats: that, A1111 `.pt` (`string_to_param`), single-tensor
+files, and the reference implementation's `learned_embeds.bin` (one 1-D tensor per token key).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .embedding import KNOWN_WIDTHS, CrossInitEmbedding
+from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_LENGTH = 100
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_NAME_RE = re.compile(r"^[\w.\-]+$", re.UNICODE)
+_WIDTH_TO_KEY = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
+_REFERENCE_KEY_RE = re.compile(r"^(?P<stem>.*?)(?:_v)?(?P<index>\d+)>?$")
+
+
+def validate_name(name: str) -> str:
+    """A file stem usable as `embedding:NAME`; rejects anything that could leave the embeddings folder."""
+    if not isinstance(name, str):
+        raise InvalidInputError("name: it must be text.")
+    stem = unicodedata.normalize("NFC", name.strip())
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    what = f"name {name!r}"
+    if not stem:
+        raise InvalidInputError("name: it is empty. Choose a short name such as my_face; you will write embedding:my_face.")
+    if "/" in stem or "\\" in stem or ".." in stem or os.path.isabs(stem) or ":" in stem:
+        raise InvalidInputError(f"{what}: it must be a plain file name, without '/', '\\', ':' or '..'. Use e.g. my_face.")
+    if any(ch.isspace() for ch in stem):
+        raise InvalidInputError(f"{what}: it contains spaces, which `embedding:NAME` cannot hold. Use '_' instead, e.g. my_face.")
+    if not _NAME_RE.match(stem) or stem.startswith(".") or stem.endswith("."):
+        raise InvalidInputError(f"{what}: use letters, digits, '_', '-' and '.' only (not first or last).")
+    if len(stem) > MAX_NAME_LENGTH:
+        raise InvalidInputError(f"{what}: it is {len(stem)} characters long; use at most {MAX_NAME_LENGTH}.")
+    if stem.split(".")[0].upper() in WINDOWS_RESERVED:
+        raise InvalidInputError(f"{what}: {stem.split('.')[0]} is a reserved device name on Windows; choose another name.")
+    return stem
+
+
+def to_file_dict(embedding: CrossInitEmbedding) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in embedding.vectors.items()}
+    metadata = {str(k): str(v) for k, v in embedding.metadata.items()}
+    metadata.setdefault("format", "cross_init_embedding")
+    return tensors, metadata
+
+
+def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[str], name: str, overwrite: bool = False) -> Path:
+    """Writes NAME.safetensors into `directory` atomically; an existing file is kept unless `overwrite`.
+
+    The file is written to a temp file in the same folder, then linked in place (no-clobber: fails if the
+    name exists, even when another save races us) or renamed over the old file (overwrite).
+    """
+    from safetensors.torch import save_file
+
+    stem = validate_name(name)
+    folder = Path(directory).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    final = (folder / f"{stem}.safetensors").resolve()
+    if final.parent != folder:
+        raise InvalidInputError(f"name {name!r}: it would write outside {folder}.")
+    if final.exists() and not overwrite:
+        raise EmbeddingExistsError(f"name: {final} already exists. Choose another name, or set overwrite to true to replace it.")
+    tensors, metadata = to_file_dict(embedding)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp, final)
+        else:
+            try:
+                os.link(tmp, final)  # atomic create-if-absent
+            except FileExistsError:
+                raise EmbeddingExistsError(
+                    f"name: {final} already exists (written by another save just now). Choose another name, or set overwrite."
+                ) from None
+            except OSError:
+                # file systems without hard links: exclusive rename is not portable, check-then-rename is the fallback
+                if final.exists():
+                    raise EmbeddingExistsError(f"name: {final} already exists. Choose another name, or set overwrite.") from None
+                os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("Saved embedding %s (%s) to %s", stem, embedding.describe(), final)
+    return final
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _as_2d(tensor: Any, where: str) -> torch.Tensor:
+    if not torch.is_tensor(tensor) or tensor.ndim not in (1, 2) or not tensor.is_floating_point():
+        raise EmbeddingFileError(f"{where}: expected float vectors [n, width]; got {getattr(tensor, 'shape', type(tensor).__name__)}.")
+    t = tensor.detach().float().cpu()
+    return t.unsqueeze(0) if t.ndim == 1 else t
+
+
+def _from_tensor_dict(data: dict[str, Any], path: Path, metadata: dict[str, str]) -> CrossInitEmbedding:
+    encoder_keys = [k for k in data if k in KNOWN_WIDTHS]
+    if encoder_keys:
+        extra = sorted(set(data) - set(encoder_keys))
+        if extra:
+            log.warning("%s: ignoring non-embedding keys %s", path.name, extra)
+        vectors = {k: _as_2d(data[k], f"{path.name} key {k}") for k in encoder_keys}
+    elif "string_to_param" in data:  # A1111 .pt
+        params = data["string_to_param"]
+        vectors = _keyed_by_width(_as_2d(next(iter(params.values())), f"{path.name} string_to_param"), path)
+    elif "emb_params" in data:  # A1111 safetensors
+        vectors = _keyed_by_width(_as_2d(data["emb_params"], f"{path.name} emb_params"), path)
+    elif data and all(torch.is_tensor(v) and v.ndim == 1 for v in data.values()):
+        vectors = _keyed_by_width(_stack_reference_tokens(data, path), path)  # reference learned_embeds.bin
+    elif len(data) == 1:
+        vectors = _keyed_by_width(_as_2d(next(iter(data.values())), path.name), path)
+    else:
+        raise EmbeddingFileError(
+            f"{path.name}: no embedding found (keys {sorted(data)[:8]}); expected clip_l / clip_h / clip_g tensors."
+        )
+    for key, v in vectors.items():
+        if key in KNOWN_WIDTHS and v.shape[1] != KNOWN_WIDTHS[key]:
+            raise EmbeddingFileError(f"{path.name}: key {key} is {v.shape[1]} wide, but {key} vectors are {KNOWN_WIDTHS[key]} wide.")
+        if not torch.isfinite(v).all():
+            raise EmbeddingFileError(f"{path.name}: key {key} holds NaN or infinite values.")
+    try:
+        return CrossInitEmbedding(vectors=vectors, metadata=dict(metadata))
+    except InvalidInputError as exc:
+        raise EmbeddingFileError(f"{path.name}: {exc}") from None
+
+
+def _stack_reference_tokens(data: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    """`{'<name>_v0': [dim], '<name>_v1': [dim]}` -> [n, dim] in token order."""
+    def order(key: str) -> tuple[int, str]:
+        match = _REFERENCE_KEY_RE.match(key)
+        return (int(match.group("index")), key) if match else (0, key)
+
+    keys = sorted(data, key=order)
+    widths = {data[k].shape[0] for k in keys}
+    if len(widths) != 1:
+        raise EmbeddingFileError(f"{path.name}: token vectors have different widths {sorted(widths)}.")
+    return torch.stack([data[k].detach().float().cpu() for k in keys])
+
+
+def _keyed_by_width(vectors: torch.Tensor, path: Path) -> dict[str, torch.Tensor]:
+    width = int(vectors.shape[1])
+    if width not in _WIDTH_TO_KEY:
+        raise EmbeddingFileError(f"{path.name}: vectors are {width} wide; supported widths are 768 (SD1), 1024 (SD2), 1280 (SDXL-G).")
+    return {_WIDTH_TO_KEY[width]: vectors}
+
+
+def load_embedding(path: str | os.PathLike[str]) -> CrossInitEmbedding:
+    """Reads an embedding file; pickled files only through `torch.load(weights_only=True)`."""
+    p = Path(path)
+    if not p.is_file():
+        raise EmbeddingFileError(f"{p}: no such file.")
+    metadata: dict[str, str] = {}
+    try:
+        if p.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                data = {k: handle.get_tensor(k) for k in handle.keys()}
+        else:
+            data = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # every parser failure becomes one clear message
+        raise EmbeddingFileError(
+            f"{p.name}: cannot be read as an embedding ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "The file may be truncated, corrupt, or contain pickled code, which is never executed."
+        ) from None
+    if torch.is_tensor(data):
+        data = {"embedding": data}
+    if not isinstance(data, dict):
+        raise EmbeddingFileError(f"{p.name}: expected a dict of tensors; got {type(data).__name__}.")
+    embedding = _from_tensor_dict(data, p, metadata)
+    embedding.metadata.setdefault("source_file", p.name)
+    return embedding

@@ -1,0 +1,254 @@
+"""Textual inversion of the Cross-Initialized tokens on the host's MODEL, CLIP and VAE.
+
+Only the new vectors are trained. Latents of every face (and its mirror image) are encoded once before
+the loop; each step draws faces, flips, timesteps, noise and caption templates from a seeded CPU
+generator, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__, host_adapter
+from .embedding import CrossInitEmbedding, check_matches_slots
+from .errors import InvalidInputError, TrainingDivergedError
+from .loss import diffusion_mse, prediction_from_denoised, regularizer, target
+from .prompt_tokens import PromptLayout, layout_prompt
+from .settings import LossSettings, TrainingSettings
+from .templates import PHOTO_TEMPLATES
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "{}"
+
+StepCallback = Callable[[int, int, float], None]
+
+
+@dataclass
+class TrainingResult:
+    embedding: CrossInitEmbedding
+    losses: list[float]
+    regs: list[float]
+    seconds: float
+    setup_seconds: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def prepare_pixels(images: Any, resolution: int, what: str = "images") -> torch.Tensor:
+    """IMAGE batch [B, H, W, C] in [0, 1] -> [B, res, res, 3] (centre square crop, bicubic resize)."""
+    if not torch.is_tensor(images) or images.ndim != 4:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise InvalidInputError(f"{what}: expected an IMAGE batch [B, H, W, C]; got {shape}. Connect a LoadImage or face-prep output.")
+    b, h, w, c = images.shape
+    if b == 0:
+        raise InvalidInputError(f"{what}: the batch is empty. Give at least one face photo.")
+    if c not in (1, 3, 4):
+        raise InvalidInputError(f"{what}: images have {c} channels; use RGB (3), RGBA (4) or grayscale (1).")
+    if min(h, w) < 8:
+        raise InvalidInputError(f"{what}: images are {w}x{h} pixels, too small to train on; use face photos of at least 256 px.")
+    pixels = images.detach().float().cpu()
+    if not torch.isfinite(pixels).all():
+        bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(pixels))[:, 0]})
+        raise InvalidInputError(f"{what}: image(s) {bad} contain NaN or infinite pixels; reload or re-export them.")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < -1e-3 or high > 1.0 + 1e-3:
+        raise InvalidInputError(
+            f"{what}: pixel values span [{low:.3g}, {high:.3g}] but ComfyUI images are in [0, 1]; scale them (e.g. /255 or /65535)."
+        )
+    pixels = pixels.clamp(0, 1)
+    if c == 1:
+        pixels = pixels.expand(-1, -1, -1, 3)
+    pixels = pixels[..., :3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = pixels[:, top : top + side, left : left + side].movedim(-1, 1)
+    if side != resolution:
+        square = F.interpolate(square, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
+    return square.clamp(0, 1).movedim(1, -1).contiguous()
+
+
+def prepare_masks(masks: Any, count: int, resolution: int, latent_hw: tuple[int, int], background_weight: float) -> torch.Tensor | None:
+    """MASK [B, H, W] -> loss weights [2B, 1, h, w] for (faces, mirrored faces); None when unused."""
+    if masks is None or background_weight >= 1.0:
+        return None
+    if not torch.is_tensor(masks) or masks.ndim not in (2, 3):
+        raise InvalidInputError("masks: expected a MASK [B, H, W]; connect the face-prep node's masks output.")
+    m = masks.detach().float().cpu()
+    if m.ndim == 2:
+        m = m.unsqueeze(0)
+    if m.shape[0] == 1 and count > 1:
+        m = m.expand(count, -1, -1)
+    if m.shape[0] != count:
+        raise InvalidInputError(f"masks: {m.shape[0]} masks for {count} images; give one mask per image.")
+    square = prepare_pixels(m.unsqueeze(-1), resolution, what="masks")[..., :1].movedim(-1, 1)
+    small = F.interpolate(square, size=latent_hw, mode="area")
+    both = torch.cat([small, small.flip(-1)])
+    return background_weight + (1.0 - background_weight) * both
+
+
+def encode_latents(vae: Any, model: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """Latents of every face and its mirror image [2B, C, h, w], scaled for the model, encoded once."""
+    both = torch.cat([pixels, pixels.flip(2)])
+    with torch.inference_mode(False), torch.no_grad():
+        latent = host_adapter.vae_encode(vae, both)
+        return host_adapter.process_latent_in(model, latent.float()).detach().clone()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class StepDraw:
+    latent_index: torch.Tensor
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    templates: list[int]
+
+
+class StepSampler:
+    """Seeded draws on the CPU (identical across devices): faces, flips, timesteps, noise, templates."""
+
+    def __init__(self, seed: int, num_images: int, num_timesteps: int, num_templates: int, latent_shape: tuple[int, ...]) -> None:
+        self.gen = torch.Generator(device="cpu").manual_seed(int(seed) % (2**63))
+        self.num_images, self.num_timesteps, self.num_templates = num_images, num_timesteps, num_templates
+        self.latent_shape = latent_shape
+
+    def draw(self, batch: int) -> StepDraw:
+        faces = torch.randint(0, self.num_images, (batch,), generator=self.gen)
+        flips = torch.randint(0, 2, (batch,), generator=self.gen)
+        timesteps = torch.randint(0, self.num_timesteps, (batch,), generator=self.gen)
+        noise = torch.randn((batch, *self.latent_shape), generator=self.gen)
+        templates = torch.randint(0, self.num_templates, (batch,), generator=self.gen).tolist()
+        return StepDraw(faces + flips * self.num_images, timesteps, noise, templates)
+
+
+def base_model_kind(slots: list[host_adapter.EncoderSlot], prediction: str) -> str:
+    family = {("clip_l",): "sd1", ("clip_h",): "sd2", ("clip_l", "clip_g"): "sdxl"}.get(tuple(s.key for s in slots), "unknown")
+    return f"{family}-{prediction}"
+
+
+def _caption_layouts(clip: Any, slots: list[host_adapter.EncoderSlot], num_tokens: int) -> list[PromptLayout]:
+    return [layout_prompt(clip, slots, template, PLACEHOLDER, num_tokens) for template in PHOTO_TEMPLATES]
+
+
+def train(
+    model: Any,
+    clip: Any,
+    vae: Any,
+    images: torch.Tensor,
+    embedding: CrossInitEmbedding,
+    settings: TrainingSettings,
+    loss_settings: LossSettings | None = None,
+    masks: torch.Tensor | None = None,
+    mode: str = "custom",
+    on_step: StepCallback | None = None,
+    fault_hook: Callable[[int], None] | None = None,
+) -> TrainingResult:
+    """Trains `embedding`'s vectors on the host models; host objects are left exactly as they were.
+
+    `on_step(step, total, loss)` is called after every step (progress, previews); `fault_hook(step)` runs
+    inside the step before the forward pass (tests use it to inject faults).
+    """
+    started = time.perf_counter()
+    settings = settings.validated()
+    loss_settings = (loss_settings or LossSettings()).validated()
+    slots = host_adapter.check_model_matches_clip(model, clip)
+    check_matches_slots(embedding, slots)
+    kind = host_adapter.prediction_type(model)
+    init = embedding.init_vectors or embedding.vectors
+
+    pixels = prepare_pixels(images, settings.resolution)
+    latents = encode_latents(vae, model, pixels)
+    weights = prepare_masks(masks, pixels.shape[0], settings.resolution, tuple(latents.shape[-2:]), loss_settings.background_weight)
+    layouts = _caption_layouts(clip, slots, embedding.num_tokens)
+    sampler = StepSampler(settings.seed, pixels.shape[0], host_adapter.num_train_timesteps(model), len(layouts), tuple(latents.shape[1:]))
+    all_sigmas = host_adapter.sigmas_for_timesteps(model, torch.arange(host_adapter.num_train_timesteps(model)))
+    reporter = host_adapter.progress_reporter(settings.steps)
+
+    losses: list[float] = []
+    regs: list[float] = []
+    with host_adapter.training_session(model, clip) as device:
+        params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in embedding.vectors.items()}
+        init_dev = {k: init[k].detach().float().clone().to(device) for k in params}
+        latents_dev = latents.to(device)
+        sigmas_dev = all_sigmas.to(device)
+        weights_dev = weights.to(device) if weights is not None else None
+        optimizer = torch.optim.AdamW(list(params.values()), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        setup_seconds = time.perf_counter() - started
+        loop_started = time.perf_counter()
+        for step in range(settings.steps):
+            host_adapter.check_interrupted()
+            draw = sampler.draw(settings.batch_size)
+            if fault_hook is not None:
+                fault_hook(step)
+            x0 = latents_dev[draw.latent_index.to(device)]
+            sigma = sigmas_dev[draw.timesteps.to(device)]
+            noise = draw.noise.to(device)
+            x_noisy = x0 + sigma.view(-1, 1, 1, 1) * noise
+            rows = {slot.token_key: [] for slot in slots}
+            for template in draw.templates:
+                filled = layouts[template].fill(params, slots)
+                for slot in slots:
+                    rows[slot.token_key].append(filled[slot.token_key][0])
+            cond, pooled = host_adapter.encode_batch_for_training(clip, slots, rows)
+            extra = {}
+            if host_adapter.is_sdxl_model(model):
+                extra["y"] = host_adapter.sdxl_adm(model, pooled, settings.resolution, settings.resolution)
+            den = host_adapter.denoised(model, x_noisy, sigma, cond.to(device), **extra)
+            prediction = prediction_from_denoised(kind, x_noisy, den, sigma)
+            pixel_weight = None if weights_dev is None else weights_dev[draw.latent_index.to(device)]
+            mse = diffusion_mse(prediction, target(kind, x0, noise, sigma), pixel_weight)
+            reg = regularizer(params, init_dev)
+            loss = mse + loss_settings.reg_weight * reg
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss_value = float(loss.detach())
+            grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in params.values() if p.grad is not None)
+            if not (torch.isfinite(torch.tensor(loss_value)) and grads_finite):
+                last = embedding.with_vectors({k: p.detach() for k, p in params.items()}, stopped_at_step=str(step))
+                raise TrainingDivergedError(
+                    f"training stopped at step {step + 1}/{settings.steps}: the loss became {loss_value} (NaN/inf). "
+                    "The last finite vectors were kept. Lower learning_rate, or if the model runs in fp16, "
+                    "start ComfyUI with --force-fp32 or --fp32-unet.",
+                    embedding=last,
+                    step=step,
+                )
+            optimizer.step()
+            losses.append(loss_value)
+            regs.append(float(reg.detach()))
+            reporter(step + 1, None)
+            if on_step is not None:
+                on_step(step + 1, settings.steps, loss_value)
+        loop_seconds = time.perf_counter() - loop_started
+        learned = {k: p.detach() for k, p in params.items()}
+
+    metadata = {
+        "method": "cross_initialization",
+        "mode": mode,
+        **settings.as_metadata(),
+        "reg_weight": str(loss_settings.reg_weight),
+        "base_model": base_model_kind(slots, kind),
+        "num_tokens": str(embedding.num_tokens),
+        "pack_version": __version__,
+    }
+    result = embedding.with_vectors(learned, **metadata)
+    result.loss_history = list(zip(losses, regs, strict=True))
+    result.init_vectors = {k: v.detach().float().cpu().clone() for k, v in init.items()}
+    log.info(
+        "Cross-Init training: %d steps in %.1f s (setup %.1f s), final loss %.4f, norms %s (init %s)",
+        settings.steps, loop_seconds, setup_seconds, losses[-1] if losses else float("nan"),
+        {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.vectors.items()},
+        {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.init_vectors.items()},
+    )
+    return TrainingResult(embedding=result, losses=losses, regs=regs, seconds=loop_seconds, setup_seconds=setup_seconds)

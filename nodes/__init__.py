@@ -1,0 +1,20 @@
+"""The pack's nodes: thin schemas over cross_init_core."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
+from .embedding_init import CrossInitEmbeddingInit
+from .loss_settings import CrossInitLossSettings
+from .text_encode import CrossInitCLIPTextEncode
+from .trainer import CrossInitTrainer
+
+NODE_CLASSES: list[type[io.ComfyNode]] = [
+    CrossInitEmbeddingInit,
+    CrossInitLossSettings,
+    CrossInitTrainer,
+    CrossInitCLIPTextEncode,
+    CrossInitSaveEmbedding,
+    CrossInitLoadEmbedding,
+]

@@ -1,0 +1,12 @@
+"""Shared node pieces: the pack's custom socket types and category."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+CATEGORY = "training/cross_init"
+
+# A CrossInitEmbedding (cross_init_core.embedding) travelling between the pack's nodes.
+Embedding = io.Custom("CROSS_INIT_EMBEDDING")
+# A LossSettings (cross_init_core.settings).
+LossSettingsType = io.Custom("CROSS_INIT_LOSS")

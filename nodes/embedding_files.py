@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io, ui
+
+from ..cross_init_core import embedding_io, host_adapter
+from ..cross_init_core.errors import EmbeddingFileError, InvalidInputError
+from .common import CATEGORY, Embedding
+
+log = logging.getLogger(__name__)
+
+
+class CrossInitSaveEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CrossInitSaveEmbedding",
+            display_name="Cross-Init Save Embedding",
+            category=CATEGORY,
+            description="Saves the embedding to models/embeddings as NAME.safetensors; use it anywhere as embedding:NAME.",
+            inputs=[
+                Embedding.Input("embedding", tooltip="The trained embedding."),
+                io.String.Input("name", default="my_face",
+                                tooltip="File name without extension: letters, digits, _ - . (no spaces or folders). "
+                                        "Prompts then use embedding:NAME."),
+                io.Boolean.Input("overwrite", default=False,
+                                 tooltip="Replace an existing file of that name. Off: an existing file is never touched."),
+            ],
+            outputs=[io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, embedding, name: str, overwrite: bool = False) -> io.NodeOutput:  # type: ignore[override]
+        folders = host_adapter.embedding_directories()
+        if not folders:
+            raise InvalidInputError("name: ComfyUI has no embeddings folder configured (models/embeddings).")
+        path = embedding_io.save_embedding(embedding, folders[0], name, overwrite=overwrite)
+        stem = embedding_io.validate_name(name)
+        message = f"Saved {path}. Use it in any prompt as embedding:{stem}"
+        log.info(message)
+        return io.NodeOutput(str(path), ui=ui.PreviewText(message))
+
+
+class CrossInitLoadEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CrossInitLoadEmbedding",
+            display_name="Cross-Init Load Embedding",
+            category=CATEGORY,
+            description="Loads an embedding file (ours, A1111 .pt/.safetensors, or the reference learned_embeds.bin).",
+            inputs=[
+                io.Combo.Input("name", options=host_adapter.list_embedding_files(),
+                               tooltip="A file from the embeddings folders (models/embeddings and extra paths)."),
+            ],
+            outputs=[Embedding.Output(display_name="embedding")],
+        )
+
+    @classmethod
+    def execute(cls, name: str) -> io.NodeOutput:  # type: ignore[override]
+        path = host_adapter.embedding_file_path(name)
+        if path is None:
+            raise EmbeddingFileError(f"name: {name!r} is not in the embeddings folders; refresh the node list (press R).")
+        return io.NodeOutput(embedding_io.load_embedding(path))

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ..cross_init_core import loss_plot, settings, training
+from ..cross_init_core.settings import PRESETS
+from .common import CATEGORY, Embedding, LossSettingsType
+
+log = logging.getLogger(__name__)
+
+
+class CrossInitTrainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CrossInitTrainer",
+            display_name="Cross-Init Trainer",
+            category=CATEGORY,
+            description=(
+                "Learns the embedding's tokens from face photos on the loaded MODEL/CLIP/VAE (textual inversion "
+                "with the Cross-Init regularizer). Only the tokens are trained; your models are not changed."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to train against (SD 1.x/2.x eps or v, SDXL)."),
+                io.Clip.Input("clip", tooltip="The CLIP from the same checkpoint."),
+                io.Vae.Input("vae", tooltip="The VAE from the same checkpoint (encodes the faces once)."),
+                io.Image.Input("images", tooltip="1-5 photos of one person's face (aligned square crops work best)."),
+                Embedding.Input("embedding", tooltip="The start vectors from Cross-Init Embedding Init."),
+                LossSettingsType.Input("loss", optional=True, tooltip="Optional loss settings (default reg_weight 1e-5)."),
+                io.Combo.Input("mode", options=list(settings.MODES), default="fast",
+                               tooltip=f"fast: {PRESETS['fast'].steps} steps, batch {PRESETS['fast'].batch_size}, lr "
+                                       f"{PRESETS['fast'].learning_rate}. full: {PRESETS['full'].steps} steps, batch "
+                                       f"{PRESETS['full'].batch_size}, lr {PRESETS['full'].learning_rate} (the paper). "
+                                       "custom: uses steps, batch_size and learning_rate below."),
+                io.Int.Input("steps", default=320, min=1, max=100000, tooltip="Training steps (custom mode only; 25-1000 is typical)."),
+                io.Int.Input("batch_size", default=8, min=1, max=64, tooltip="Samples per step (custom mode only; 8 in the paper)."),
+                io.Float.Input("learning_rate", default=0.005, min=1e-6, max=1.0, step=1e-4,
+                               tooltip="AdamW learning rate (custom mode only; 0.005 in the paper, 0.001-0.05 is sane)."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                             tooltip="Seed for faces, flips, timesteps, noise and captions; same seed = same result on CPU."),
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=64, optional=True,
+                             tooltip="Training resolution in pixels (multiple of 64; 512 for SD 1.5/2.1-base)."),
+                io.Mask.Input("masks", optional=True, tooltip="Optional face masks (from face prep) for a face-weighted loss; "
+                                                                "set background_weight in the loss settings."),
+            ],
+            outputs=[
+                Embedding.Output(display_name="embedding"),
+                io.Image.Output(display_name="loss_curve"),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, embedding, mode: str, steps: int, batch_size: int,  # type: ignore[override]
+                learning_rate: float, seed: int, loss=None, resolution: int = 512, masks=None) -> io.NodeOutput:
+        chosen = settings.resolve(mode, steps, batch_size, learning_rate, seed, resolution)
+        if mode != "custom":
+            log.info("Cross-Init %s preset: %d steps, batch %d, lr %g", mode, chosen.steps, chosen.batch_size, chosen.learning_rate)
+        result = training.train(model, clip, vae, images, embedding, chosen, loss, masks=masks, mode=mode)
+        curve = loss_plot.render_loss_curve(result.losses, result.regs)
+        return io.NodeOutput(result.embedding, curve)

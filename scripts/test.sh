@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command: builds (or reuses) a cached venv with the pinned test host, then runs ruff + pytest.
+# Usage: bash scripts/test.sh [pytest args...]
+# Env:   COMFYUI_PATH   test against this ComfyUI checkout instead of the pinned 0.3.75
+#        CROSS_INIT_CACHE  where cached venvs live (default ~/.cache/cross-init-comfyui)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+# shellcheck source=scripts/test_env.sh
+source scripts/test_env.sh
+ensure_test_env
+log "ruff"
+"$VENV/bin/ruff" check .
+log "pytest"
+set +e
+"$VENV/bin/python" -m pytest "$@"
+rc=$?
+set -e
+exit $rc
