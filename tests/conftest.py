@@ -25,3 +25,28 @@ def pack(comfy_base: Path):
 def core(pack):
     """The pack's core package (the same module objects the nodes use)."""
     return pack.cross_init_core
+
+
+@pytest.fixture(scope="session")
+def tiny(pack):
+    """Factory: tiny("sd1" | "sd2" | "sdxl") -> TinyModels, cached per kind (tests must not change them)."""
+    import tiny_models
+
+    cache: dict[str, tiny_models.TinyModels] = {}
+
+    def get(kind: str) -> tiny_models.TinyModels:
+        if kind not in cache:
+            cache[kind] = tiny_models.build(kind)
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def embeddings_dir(pack) -> Path:
+    """ComfyUI's first embeddings folder (inside the session's temp base directory)."""
+    import folder_paths
+
+    folder = Path(folder_paths.get_folder_paths("embeddings")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
