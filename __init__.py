@@ -19,12 +19,17 @@ except ImportError as exc:  # older hosts lack the V3 node API this pack uses
     ) from exc
 
 from .cross_init_core import __version__  # noqa: E402
+from .cross_init_core.face import register_insightface_folder  # noqa: E402
 from .nodes import NODE_CLASSES  # noqa: E402
 
 
 class CrossInitExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return list(NODE_CLASSES)
+
+
+# `insightface` models folder key, so extra_model_paths.yaml can point it elsewhere
+register_insightface_folder()
 
 
 async def comfy_entrypoint() -> CrossInitExtension:

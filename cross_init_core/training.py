@@ -8,6 +8,7 @@ generator, so a run is reproducible.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +143,91 @@ def _caption_layouts(clip: Any, slots: list[host_adapter.EncoderSlot], num_token
     return [layout_prompt(clip, slots, template, PLACEHOLDER, num_tokens) for template in PHOTO_TEMPLATES]
 
 
+@dataclass
+class PreparedRun:
+    """Everything computed once before the loop: checked inputs, latents, caption layouts, sigmas."""
+
+    model: Any
+    clip: Any
+    slots: list[host_adapter.EncoderSlot]
+    kind: str
+    settings: TrainingSettings
+    loss_settings: LossSettings
+    layouts: list[PromptLayout]
+    latents: torch.Tensor
+    weights: torch.Tensor | None
+    sigmas: torch.Tensor
+    init: dict[str, torch.Tensor]
+    num_images: int
+
+    def sampler(self) -> StepSampler:
+        return StepSampler(self.settings.seed, self.num_images, self.sigmas.shape[0], len(self.layouts), tuple(self.latents.shape[1:]))
+
+
+def prepare_run(
+    model: Any,
+    clip: Any,
+    vae: Any,
+    images: torch.Tensor,
+    embedding: CrossInitEmbedding,
+    settings: TrainingSettings,
+    loss_settings: LossSettings | None = None,
+    masks: torch.Tensor | None = None,
+) -> PreparedRun:
+    settings = settings.validated()
+    loss_settings = (loss_settings or LossSettings()).validated()
+    slots = host_adapter.check_model_matches_clip(model, clip)
+    check_matches_slots(embedding, slots)
+    kind = host_adapter.prediction_type(model)
+    pixels = prepare_pixels(images, settings.resolution)
+    latents = encode_latents(vae, model, pixels)
+    weights = prepare_masks(masks, pixels.shape[0], settings.resolution, tuple(latents.shape[-2:]), loss_settings.background_weight)
+    timesteps = torch.arange(host_adapter.num_train_timesteps(model))
+    init = embedding.init_vectors or embedding.vectors
+    return PreparedRun(
+        model=model, clip=clip, slots=slots, kind=kind, settings=settings, loss_settings=loss_settings,
+        layouts=_caption_layouts(clip, slots, embedding.num_tokens), latents=latents, weights=weights,
+        sigmas=host_adapter.sigmas_for_timesteps(model, timesteps),
+        init={k: v.detach().float().cpu().clone() for k, v in init.items()}, num_images=pixels.shape[0],
+    )
+
+
+class StepLoss:
+    """loss(params, draw) -> (total, diffusion mse, regularizer) for one step; inside a training_session."""
+
+    def __init__(self, run: PreparedRun, device: torch.device) -> None:
+        self.run, self.device = run, device
+        self.latents = run.latents.to(device)
+        self.sigmas = run.sigmas.to(device)
+        self.weights = run.weights.to(device) if run.weights is not None else None
+        self.init = {k: v.to(device) for k, v in run.init.items()}
+        self.sdxl = host_adapter.is_sdxl_model(run.model)
+
+    def __call__(self, params: dict[str, torch.Tensor], draw: StepDraw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        run = self.run
+        index = draw.latent_index.to(self.device)
+        x0 = self.latents[index]
+        sigma = self.sigmas[draw.timesteps.to(self.device)]
+        noise = draw.noise.to(self.device)
+        x_noisy = x0 + sigma.view(-1, 1, 1, 1) * noise
+        rows: dict[str, list[Any]] = {slot.token_key: [] for slot in run.slots}
+        for template in draw.templates:
+            filled = run.layouts[template].fill(params, run.slots)
+            for slot in run.slots:
+                rows[slot.token_key].append(filled[slot.token_key][0])
+        cond, pooled = host_adapter.encode_batch_for_training(run.clip, run.slots, rows)
+        extra = {}
+        if self.sdxl:
+            size = run.settings.resolution
+            extra["y"] = host_adapter.sdxl_adm(run.model, pooled, size, size)
+        den = host_adapter.denoised(run.model, x_noisy, sigma, cond.to(self.device), **extra)
+        prediction = prediction_from_denoised(run.kind, x_noisy, den, sigma)
+        pixel_weight = None if self.weights is None else self.weights[index]
+        mse = diffusion_mse(prediction, target(run.kind, x0, noise, sigma), pixel_weight)
+        reg = regularizer(params, self.init)
+        return mse + run.loss_settings.reg_weight * reg, mse, reg
+
+
 def train(
     model: Any,
     clip: Any,
@@ -161,29 +247,15 @@ def train(
     inside the step before the forward pass (tests use it to inject faults).
     """
     started = time.perf_counter()
-    settings = settings.validated()
-    loss_settings = (loss_settings or LossSettings()).validated()
-    slots = host_adapter.check_model_matches_clip(model, clip)
-    check_matches_slots(embedding, slots)
-    kind = host_adapter.prediction_type(model)
-    init = embedding.init_vectors or embedding.vectors
-
-    pixels = prepare_pixels(images, settings.resolution)
-    latents = encode_latents(vae, model, pixels)
-    weights = prepare_masks(masks, pixels.shape[0], settings.resolution, tuple(latents.shape[-2:]), loss_settings.background_weight)
-    layouts = _caption_layouts(clip, slots, embedding.num_tokens)
-    sampler = StepSampler(settings.seed, pixels.shape[0], host_adapter.num_train_timesteps(model), len(layouts), tuple(latents.shape[1:]))
-    all_sigmas = host_adapter.sigmas_for_timesteps(model, torch.arange(host_adapter.num_train_timesteps(model)))
+    run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
+    settings = run.settings
+    sampler = run.sampler()
     reporter = host_adapter.progress_reporter(settings.steps)
-
     losses: list[float] = []
     regs: list[float] = []
     with host_adapter.training_session(model, clip) as device:
+        step_loss = StepLoss(run, device)
         params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in embedding.vectors.items()}
-        init_dev = {k: init[k].detach().float().clone().to(device) for k in params}
-        latents_dev = latents.to(device)
-        sigmas_dev = all_sigmas.to(device)
-        weights_dev = weights.to(device) if weights is not None else None
         optimizer = torch.optim.AdamW(list(params.values()), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
         setup_seconds = time.perf_counter() - started
         loop_started = time.perf_counter()
@@ -192,30 +264,12 @@ def train(
             draw = sampler.draw(settings.batch_size)
             if fault_hook is not None:
                 fault_hook(step)
-            x0 = latents_dev[draw.latent_index.to(device)]
-            sigma = sigmas_dev[draw.timesteps.to(device)]
-            noise = draw.noise.to(device)
-            x_noisy = x0 + sigma.view(-1, 1, 1, 1) * noise
-            rows = {slot.token_key: [] for slot in slots}
-            for template in draw.templates:
-                filled = layouts[template].fill(params, slots)
-                for slot in slots:
-                    rows[slot.token_key].append(filled[slot.token_key][0])
-            cond, pooled = host_adapter.encode_batch_for_training(clip, slots, rows)
-            extra = {}
-            if host_adapter.is_sdxl_model(model):
-                extra["y"] = host_adapter.sdxl_adm(model, pooled, settings.resolution, settings.resolution)
-            den = host_adapter.denoised(model, x_noisy, sigma, cond.to(device), **extra)
-            prediction = prediction_from_denoised(kind, x_noisy, den, sigma)
-            pixel_weight = None if weights_dev is None else weights_dev[draw.latent_index.to(device)]
-            mse = diffusion_mse(prediction, target(kind, x0, noise, sigma), pixel_weight)
-            reg = regularizer(params, init_dev)
-            loss = mse + loss_settings.reg_weight * reg
+            loss, _mse, reg = step_loss(params, draw)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_value = float(loss.detach())
             grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in params.values() if p.grad is not None)
-            if not (torch.isfinite(torch.tensor(loss_value)) and grads_finite):
+            if not (math.isfinite(loss_value) and grads_finite):
                 last = embedding.with_vectors({k: p.detach() for k, p in params.items()}, stopped_at_step=str(step))
                 raise TrainingDivergedError(
                     f"training stopped at step {step + 1}/{settings.steps}: the loss became {loss_value} (NaN/inf). "
@@ -237,14 +291,14 @@ def train(
         "method": "cross_initialization",
         "mode": mode,
         **settings.as_metadata(),
-        "reg_weight": str(loss_settings.reg_weight),
-        "base_model": base_model_kind(slots, kind),
+        "reg_weight": str(run.loss_settings.reg_weight),
+        "base_model": base_model_kind(run.slots, run.kind),
         "num_tokens": str(embedding.num_tokens),
         "pack_version": __version__,
     }
     result = embedding.with_vectors(learned, **metadata)
     result.loss_history = list(zip(losses, regs, strict=True))
-    result.init_vectors = {k: v.detach().float().cpu().clone() for k, v in init.items()}
+    result.init_vectors = {k: v.clone() for k, v in run.init.items()}
     log.info(
         "Cross-Init training: %d steps in %.1f s (setup %.1f s), final loss %.4f, norms %s (init %s)",
         settings.steps, loop_seconds, setup_seconds, losses[-1] if losses else float("nan"),

@@ -6,11 +6,13 @@ from comfy_api.latest import io
 
 from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
+from .face_prep import CrossInitFacePrep
 from .loss_settings import CrossInitLossSettings
 from .text_encode import CrossInitCLIPTextEncode
 from .trainer import CrossInitTrainer
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
+    CrossInitFacePrep,
     CrossInitEmbeddingInit,
     CrossInitLossSettings,
     CrossInitTrainer,

@@ -13,7 +13,8 @@ log "ruff"
 "$VENV/bin/ruff" check .
 log "pytest"
 set +e
-"$VENV/bin/python" -m pytest "$@"
+if [ $# -eq 0 ]; then set -- tests; fi
+"$VENV/bin/python" -m pytest -c tests/pytest.ini --rootdir tests "$@"
 rc=$?
 set -e
 exit $rc

@@ -1,0 +1,125 @@
+"""Cross Initialization against an independent computation of method.md steps 1-6."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+NAMES = ["Tom Hanks", "Meryl Streep", "Cher", "Denzel Washington", "Scarlett Johansson"]
+
+
+def _manual_encode(clip, token_key: str, seq: torch.Tensor, layer_idx: int | None, final_ln: bool) -> torch.Tensor:
+    """CLIP text transformer run by hand on input embeddings [1, L, D]: causal mask, positions, layers."""
+    csm = clip.cond_stage_model
+    encoder = {"l": getattr(csm, "clip_l", None), "h": getattr(csm, "clip_h", None), "g": getattr(csm, "clip_g", None)}[token_key]
+    text_model = encoder.transformer.text_model
+    from comfy.ldm.modules.attention import optimized_attention_for_device
+
+    x = seq + text_model.embeddings.position_embedding.weight.float()[: seq.shape[1]]
+    mask = torch.full((seq.shape[1], seq.shape[1]), -torch.finfo(x.dtype).max).triu_(1)
+    attention = optimized_attention_for_device(x.device, mask=True, small_input=True)
+    layers = text_model.encoder.layers
+    stop = len(layers) if layer_idx is None else len(layers) + layer_idx + 1
+    for layer in list(layers)[:stop]:
+        x = layer(x.clone(), mask, attention)
+    return text_model.final_layer_norm(x) if final_ln else x
+
+
+def _independent_init(clip, token_key: str, names: list[str], n: int, layer_idx: int | None, final_ln: bool) -> torch.Tensor:
+    from transformers import CLIPTokenizer
+
+    sd_tokenizer = getattr(clip.tokenizer, f"clip_{token_key}")
+    tokenizer: CLIPTokenizer = sd_tokenizer.tokenizer
+    csm = clip.cond_stage_model
+    encoder = {"l": getattr(csm, "clip_l", None), "h": getattr(csm, "clip_h", None), "g": getattr(csm, "clip_g", None)}[token_key]
+    table = encoder.transformer.text_model.embeddings.token_embedding.weight.float()
+    columns: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for name in names:
+        ids = tokenizer(name, add_special_tokens=False)["input_ids"]
+        for j, token in enumerate(ids[:n]):
+            columns[j].append(table[token])
+    means = torch.stack([torch.stack(c).mean(0) for c in columns])
+    bos, eos = sd_tokenizer.start_token, sd_tokenizer.end_token
+    pad = sd_tokenizer.pad_token
+    ids = [bos] + [eos] + [pad] * (77 - 2 - n)
+    embeds = table[torch.tensor(ids)]
+    seq = torch.cat([embeds[:1], means, embeds[1:]]).unsqueeze(0)
+    return _manual_encode(clip, token_key, seq, layer_idx, final_ln)[0, 1 : 1 + n]
+
+
+def test_builtin_list_is_large_and_plain(core):
+    names = core.names.builtin_names()
+    assert len(set(names)) >= 600
+    assert all(name == name.strip() and "," not in name for name in names)
+
+
+@pytest.mark.parametrize("kind,token_key,layer_idx", [("sd1", "l", None), ("sd2", "h", -2)])
+def test_initial_vectors_match_independent_computation(core, tiny, kind, token_key, layer_idx):
+    clip = tiny(kind).clip
+    with torch.inference_mode():
+        emb = core.initialization.cross_initialize(clip, 2, NAMES)
+    with torch.inference_mode(False), torch.no_grad():
+        expected = _independent_init(clip, token_key, NAMES, 2, layer_idx, final_ln=True)
+    got = emb.vectors[f"clip_{token_key}"]
+    assert got.shape == (2, 64)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(emb.init_vectors[f"clip_{token_key}"], got)
+
+
+def test_clip_skip_is_respected(core, tiny):
+    clip = tiny("sd1").clip.clone()
+    clip.clip_layer(-2)
+    with torch.inference_mode():
+        skipped = core.initialization.cross_initialize(clip, 2, NAMES).vectors["clip_l"]
+        last = core.initialization.cross_initialize(tiny("sd1").clip, 2, NAMES).vectors["clip_l"]
+    with torch.inference_mode(False), torch.no_grad():
+        expected = _independent_init(clip, "l", NAMES, 2, -2, final_ln=True)
+    torch.testing.assert_close(skipped, expected, rtol=1e-5, atol=1e-5)
+    assert (skipped - last).abs().max() > 1e-3
+
+
+def test_column_means_follow_bpe_pieces(core):
+    table = torch.arange(30.0).view(10, 3)
+    means = core.initialization.column_means([[1, 2], [3], [5, 7, 9]], table, 2)
+    torch.testing.assert_close(means[0], (table[1] + table[3] + table[5]) / 3)
+    torch.testing.assert_close(means[1], (table[2] + table[7]) / 2)
+
+
+def test_words_source_uses_the_phrase_tokens(core, tiny):
+    clip = tiny("sd1").clip
+    with torch.inference_mode():
+        words = core.initialization.cross_initialize(clip, 2, ["woman"], source="words").vectors["clip_l"]
+    with torch.inference_mode(False), torch.no_grad():
+        expected = _independent_init(clip, "l", ["woman woman"], 2, None, final_ln=True)
+    torch.testing.assert_close(words, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "num_tokens,names,source,match",
+    [
+        (0, NAMES, "names", "num_tokens"),
+        (17, NAMES, "names", "num_tokens"),
+        (2, [], "names", "names"),
+        (3, ["Cher"], "names", "num_tokens"),
+        (2, NAMES, "celebs", "source"),
+        (2, ["   "], "words", "words give no tokens"),
+    ],
+)
+def test_bad_settings_name_the_input(core, tiny, num_tokens, names, source, match):
+    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match=match):
+        core.initialization.cross_initialize(tiny("sd1").clip, num_tokens, names, source=source)
+
+
+def test_names_input_parsing(core):
+    assert core.names.names_from_input("# c\nTom Hanks\n\n Cher \n") == ["Tom Hanks", "Cher"]
+    assert len(core.names.names_from_input("  \n")) == len(core.names.builtin_names())
+    with pytest.raises(core.errors.InvalidInputError, match="names"):
+        core.names.names_from_input("# only a comment")
+
+
+def test_unsupported_clip_is_refused(core):
+    class NotAClip:
+        cond_stage_model = torch.nn.Linear(2, 2)
+
+    with pytest.raises(core.errors.UnsupportedModelError, match="supported: SD 1.x"):
+        core.host_adapter.encoder_slots(NotAClip())

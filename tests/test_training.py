@@ -1,0 +1,330 @@
+"""The trainer on tiny host models: gradients, targets, loss, regularizer, determinism, host left unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+NAMES = ["Tom Hanks", "Meryl Streep", "Denzel Washington", "Scarlett Johansson"]
+
+
+def face_images(count: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    face = ((xx**2 / 0.4 + yy**2 / 0.6) < 1).float()
+    base = torch.stack([0.8 * face + 0.1, 0.6 * face + 0.2, 0.5 * face + 0.25], dim=-1)
+    return (base.expand(count, -1, -1, -1) + 0.05 * torch.rand(count, size, size, 3, generator=gen)).clamp(0, 1)
+
+
+def init_embedding(core, clip):
+    with torch.inference_mode():
+        return core.initialization.cross_initialize(clip, 2, NAMES)
+
+
+def settings(core, **kw):
+    base = {"steps": 3, "batch_size": 2, "learning_rate": 0.01, "resolution": 64, "seed": 0}
+    base.update(kw)
+    return core.settings.TrainingSettings(**base)
+
+
+def host_fingerprint(m) -> dict[str, torch.Tensor]:
+    """Outputs of the host MODEL, CLIP and VAE on fixed inputs, plus every weight, as ComfyUI would use them."""
+    gen = torch.Generator().manual_seed(123)
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    with torch.inference_mode():
+        cond = m.clip.encode_from_tokens(m.clip.tokenize("a photo of a person"), return_pooled=True)
+        out = {
+            "unet": m.model.model.apply_model(x, torch.tensor([3.0]), c_crossattn=cond[0]).clone(),
+            "clip": cond[0].clone(),
+            "vae": m.vae.encode(torch.rand(1, 64, 64, 3, generator=gen)).clone(),
+        }
+        for prefix, module in (("w.unet.", m.model.model), ("w.clip.", m.clip.cond_stage_model)):
+            for name, p in module.state_dict(keep_vars=True).items():
+                out[prefix + name] = p
+                out["rg." + prefix + name] = p.requires_grad
+    return out
+
+
+def assert_host_unchanged(before: dict[str, torch.Tensor], m) -> None:
+    after = host_fingerprint(m)
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if key.startswith("rg."):
+            assert after[key] == value, f"{key}: requires_grad changed"
+        elif key.startswith("w."):
+            assert after[key] is value, f"{key}: the host's tensor object was replaced"
+            assert after[key].grad is None, f"{key}: gradient left on a host weight"
+        else:
+            assert torch.equal(after[key], value), f"{key}: host output changed"
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd2"])
+def test_gradient_matches_finite_differences_and_reaches_only_the_vectors(core, tiny, kind):
+    m = tiny(kind)
+    emb = init_embedding(core, m.clip)
+    with torch.inference_mode():
+        run = core.training.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core, batch_size=3))
+    draw = run.sampler().draw(3)
+    key = next(iter(emb.vectors))
+    gen = torch.Generator().manual_seed(7)
+    start = emb.vectors[key].clone() + 0.1 * torch.randn(emb.vectors[key].shape, generator=gen)
+    with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
+        step_loss = core.training.StepLoss(run, device)
+        params = {key: torch.nn.Parameter(start.clone())}
+        loss, _mse, _reg = step_loss(params, draw)
+        loss.backward()
+        grad = params[key].grad.clone()
+        # the steepest direction gives the largest derivative, well above float32 round-off of the loss
+        direction = grad / grad.norm()
+        analytic = float((grad * direction).sum())
+        eps = 0.05
+        with torch.no_grad():
+            plus = float(step_loss({key: start + eps * direction}, draw)[0])
+            minus = float(step_loss({key: start - eps * direction}, draw)[0])
+        host_params = list(m.model.model.parameters()) + list(m.clip.cond_stage_model.parameters())
+        assert all(p.grad is None for p in host_params)
+    numeric = (plus - minus) / (2 * eps)
+    assert abs(analytic) > 1e-6
+    assert abs(numeric - analytic) <= 0.02 * abs(analytic), (numeric, analytic)
+
+
+def test_eps_and_v_predictions_and_targets(core, tiny):
+    for kind, expected in (("sd1", "eps"), ("sd2", "v")):
+        m = tiny(kind)
+        assert core.host_adapter.prediction_type(m.model) == expected
+        gen = torch.Generator().manual_seed(1)
+        x0 = torch.randn(2, 4, 8, 8, generator=gen)
+        noise = torch.randn(2, 4, 8, 8, generator=gen)
+        t = torch.tensor([10, 700])
+        sigma = core.host_adapter.sigmas_for_timesteps(m.model, t)
+        ms = m.model.model.model_sampling
+        with torch.inference_mode():
+            cond = m.clip.encode_from_tokens(m.clip.tokenize("a face"))
+            x_noisy = x0 + sigma.view(-1, 1, 1, 1) * noise
+            den = m.model.model.apply_model(x_noisy, sigma, c_crossattn=cond.expand(2, -1, -1))
+            xc, t_in = ms.calculate_input(sigma, x_noisy), ms.timestep(sigma).float()
+            raw = m.model.model.diffusion_model(xc, t_in, context=cond.expand(2, -1, -1))
+        pred = core.loss.prediction_from_denoised(expected, x_noisy, den, sigma)
+        torch.testing.assert_close(pred, raw, rtol=1e-3, atol=1e-4)
+        # targets from SD's DDPM schedule (scaled-linear betas), diffusers' convention: x_t = sqrt(a) x0 + sqrt(1-a) eps
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+        a = torch.cumprod(1 - betas, 0)[t].float().view(-1, 1, 1, 1)
+        want = noise if expected == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        torch.testing.assert_close(core.loss.target(expected, x0, noise, sigma), want, rtol=1e-4, atol=1e-5)
+
+
+def test_training_loss_decreases_on_the_face(core, tiny):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    images = face_images(1)
+    cfg = settings(core, steps=25, batch_size=4, learning_rate=0.1)
+    with torch.inference_mode():
+        run = core.training.prepare_run(m.model, m.clip, m.vae, images, emb, cfg)
+        result = core.training.train(m.model, m.clip, m.vae, images, emb, cfg)
+    sampler = core.training.StepSampler(99, 1, run.sigmas.shape[0], len(run.layouts), tuple(run.latents.shape[1:]))
+    draws = [sampler.draw(8) for _ in range(4)]
+
+    def held_out(vectors):
+        with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device, torch.no_grad():
+            step_loss = core.training.StepLoss(run, device)
+            return sum(float(step_loss(vectors, d)[1]) for d in draws) / len(draws)
+
+    before, after = held_out(emb.vectors), held_out(result.embedding.vectors)
+    # a random move of the same size is the control: training must beat it, not just wander
+    step = result.embedding.vectors["clip_l"] - emb.vectors["clip_l"]
+    noise = torch.randn(step.shape, generator=torch.Generator().manual_seed(3))
+    control = held_out({"clip_l": emb.vectors["clip_l"] + noise * step.norm(dim=1, keepdim=True) / noise.norm(dim=1, keepdim=True)})
+    # the tiny UNet hears the text weakly, so the gain is small in relative terms but exact (fixed draws)
+    assert before - after > 2e-4, (before, after)
+    assert control - after > 2e-4, (control, after)
+    assert len(result.losses) == 25 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_large_reg_weight_keeps_vectors_near_init(core, tiny):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    cfg = settings(core, steps=12, batch_size=2, learning_rate=0.05)
+    distances = {}
+    for reg in (0.0, 1000.0):
+        with torch.inference_mode():
+            out = core.training.train(m.model, m.clip, m.vae, face_images(), emb, cfg, core.settings.LossSettings(reg_weight=reg))
+        distances[reg] = float((out.embedding.vectors["clip_l"] - emb.vectors["clip_l"]).norm(dim=1).max())
+    assert distances[0.0] > 0.3
+    assert distances[1000.0] < 0.15 * distances[0.0], distances
+
+
+def test_same_seed_same_vectors_and_metadata(core, tiny):
+    m = tiny("sd2")
+    emb = init_embedding(core, m.clip)
+    with torch.inference_mode():
+        a = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=5), mode="custom").embedding
+        b = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=5)).embedding
+        c = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=6)).embedding
+    assert torch.equal(a.vectors["clip_h"], b.vectors["clip_h"])
+    assert not torch.equal(a.vectors["clip_h"], c.vectors["clip_h"])
+    assert a.metadata["base_model"] == "sd2-v"
+    assert a.metadata["steps"] == "3" and a.metadata["seed"] == "5" and a.metadata["method"] == "cross_initialization"
+    assert torch.equal(a.init_vectors["clip_h"], emb.vectors["clip_h"])
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd2"])
+def test_host_bit_identical_after_success(core, tiny, kind):
+    m = tiny(kind)
+    emb = init_embedding(core, m.clip)
+    before = host_fingerprint(m)
+    with torch.inference_mode():
+        core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core))
+    assert_host_unchanged(before, m)
+
+
+def test_host_bit_identical_after_error_inside_the_step(core, tiny):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    before = host_fingerprint(m)
+
+    def boom(step: int) -> None:
+        if step == 1:
+            raise RuntimeError("injected failure")
+
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="injected failure"):
+        core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core), fault_hook=boom)
+    assert_host_unchanged(before, m)
+
+
+def test_cancel_is_honoured_within_one_step_and_host_unchanged(core, tiny):
+    import comfy.model_management as mm
+
+    m = tiny("sd2")
+    emb = init_embedding(core, m.clip)
+    before = host_fingerprint(m)
+    steps_done = []
+
+    def press_cancel(step: int) -> None:
+        if step == 2:
+            mm.interrupt_current_processing(True)
+
+    try:
+        with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+            core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=10), fault_hook=press_cancel,
+                                on_step=lambda s, t, loss: steps_done.append(s))
+    finally:
+        mm.interrupt_current_processing(False)
+    assert steps_done in ([1, 2], [1, 2, 3])  # the step that saw Cancel is the last one at most
+    assert_host_unchanged(before, m)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_finite_vectors(core, tiny, monkeypatch):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    before = host_fingerprint(m)
+    with torch.inference_mode():
+        two_steps = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=2)).embedding
+    real_mse = core.training.diffusion_mse
+    calls = {"n": 0}
+
+    def mse_nan_at_third_step(*args, **kwargs):
+        calls["n"] += 1
+        value = real_mse(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(core.training, "diffusion_mse", mse_nan_at_third_step)
+    with torch.inference_mode(), pytest.raises(core.errors.TrainingDivergedError, match=r"step 3/5.*NaN") as info:
+        core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5))
+    assert info.value.step == 2
+    assert torch.equal(info.value.embedding.vectors["clip_l"], two_steps.vectors["clip_l"])
+    assert_host_unchanged(before, m)
+
+
+def test_progress_bar_reports_every_step(core, tiny):
+    import comfy.utils
+
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    seen = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        with torch.inference_mode():
+            core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=4))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_masked_loss_ignores_the_background(core):
+    gen = torch.Generator().manual_seed(0)
+    goal = torch.randn(2, 4, 8, 8, generator=gen)
+    face = torch.zeros(2, 1, 8, 8)
+    face[..., 2:6, 2:6] = 1.0
+    pred_a = goal + 0.1 * torch.randn(2, 4, 8, 8, generator=gen)
+    pred_b = torch.where(face.bool().expand_as(pred_a), pred_a, pred_a + 5.0)  # only the background differs
+    weight = 0.0 + 1.0 * face
+    assert core.loss.diffusion_mse(pred_a, goal, weight) == core.loss.diffusion_mse(pred_b, goal, weight)
+    assert core.loss.diffusion_mse(pred_a, goal) != core.loss.diffusion_mse(pred_b, goal)
+    masks = torch.zeros(2, 64, 64)
+    masks[:, 16:48, 16:48] = 1
+    w = core.training.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.25)
+    assert w.shape == (4, 1, 8, 8)
+    assert float(w[0, 0, 4, 4]) == 1.0 and float(w[0, 0, 0, 0]) == 0.25
+    assert core.training.prepare_masks(masks, 2, 64, (8, 8), background_weight=1.0) is None
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": -3}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"learning_rate": 50.0}, "learning_rate"),
+        ({"resolution": 100}, "resolution"),
+    ],
+)
+def test_bad_training_settings_name_the_input(core, kw, match):
+    base = {"mode": "custom", "steps": 10, "batch_size": 2, "learning_rate": 0.01, "seed": 0, "resolution": 512}
+    base.update(kw)
+    with pytest.raises(core.errors.InvalidInputError, match=match):
+        core.settings.resolve(**base)
+
+
+def test_presets(core):
+    full = core.settings.resolve("full", 1, 1, 1.0, 3)
+    fast = core.settings.resolve("fast", 1, 1, 1.0, 3)
+    assert (full.steps, full.batch_size, full.learning_rate, full.seed) == (320, 8, 0.005, 3)
+    assert (fast.steps, fast.batch_size) == (25, 8) and fast.learning_rate > full.learning_rate
+    with pytest.raises(core.errors.InvalidInputError, match="reg_weight"):
+        core.settings.LossSettings(reg_weight=-1.0).validated()
+
+
+@pytest.mark.parametrize(
+    "images,match",
+    [
+        (torch.zeros(0, 64, 64, 3), "empty"),
+        (torch.zeros(1, 1, 1, 3), "too small"),
+        (torch.full((1, 64, 64, 3), float("nan")), "NaN"),
+        (torch.full((1, 64, 64, 3), 255.0), r"\[0, 1\]"),
+        (torch.zeros(1, 64, 64, 2), "channels"),
+    ],
+)
+def test_bad_images_are_refused_before_any_work(core, tiny, images, match):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match=match):
+        core.training.train(m.model, m.clip, m.vae, images, emb, settings(core))
+
+
+def test_grayscale_rgba_and_odd_sizes_are_accepted(core):
+    gray = core.training.prepare_pixels(torch.rand(1, 40, 100, 1), 64)
+    rgba = core.training.prepare_pixels(torch.rand(2, 90, 50, 4), 64)
+    assert gray.shape == (1, 64, 64, 3) and rgba.shape == (2, 64, 64, 3)
+    assert torch.equal(gray[..., 0], gray[..., 2])
+
+
+def test_mismatched_model_and_clip_or_embedding_are_refused(core, tiny):
+    sd1, sd2 = tiny("sd1"), tiny("sd2")
+    emb_sd2 = init_embedding(core, sd2.clip)
+    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match="clip_h"):
+        core.training.train(sd1.model, sd1.clip, sd1.vae, face_images(), emb_sd2, settings(core))
+    with torch.inference_mode(), pytest.raises(core.errors.UnsupportedModelError, match="same checkpoint"):
+        core.training.train(tiny("sdxl").model, sd1.clip, sd1.vae, face_images(), init_embedding(core, sd1.clip), settings(core))
