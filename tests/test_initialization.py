@@ -121,5 +121,5 @@ def test_unsupported_clip_is_refused(core):
     class NotAClip:
         cond_stage_model = torch.nn.Linear(2, 2)
 
-    with pytest.raises(core.errors.UnsupportedModelError, match="supported: SD 1.x"):
+    with pytest.raises(core.errors.UnsupportedModelError, match=r"supported: SD 1\.x"):
         core.host_adapter.encoder_slots(NotAClip())
