@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
+import secrets
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,10 @@ from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 100
-WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+# file systems limit a file name to 255 bytes; leave room for ".safetensors" and the temp file's affixes
+MAX_NAME_BYTES = 200
+_PORT_SUFFIXES = (*"0123456789", "\u00b9", "\u00b2", "\u00b3")  # Windows also reserves COM0, COM¹, LPT² ...
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in _PORT_SUFFIXES), *(f"LPT{i}" for i in _PORT_SUFFIXES)}
 _NAME_RE = re.compile(r"^[\w.\-]+$", re.UNICODE)
 _WIDTH_TO_KEY = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
 _REFERENCE_KEY_RE = re.compile(r"^(?P<stem>.*?)(?:_v)?(?P<index>\d+)>?$")
@@ -48,9 +51,24 @@ def validate_name(name: str) -> str:
         raise InvalidInputError(f"{what}: use letters, digits, '_', '-' and '.' only (not first or last).")
     if len(stem) > MAX_NAME_LENGTH:
         raise InvalidInputError(f"{what}: it is {len(stem)} characters long; use at most {MAX_NAME_LENGTH}.")
+    if len(stem.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidInputError(
+            f"{what}: it is {len(stem.encode('utf-8'))} bytes long in UTF-8, too long for a file name; "
+            f"use at most {MAX_NAME_BYTES} bytes (fewer characters for non-Latin letters)."
+        )
     if stem.split(".")[0].upper() in WINDOWS_RESERVED:
         raise InvalidInputError(f"{what}: {stem.split('.')[0]} is a reserved device name on Windows; choose another name.")
     return stem
+
+
+def check_save_target(folders: list[str], name: str, overwrite: bool) -> Path:
+    """The path a save would write; raises now for a bad name or an existing file without overwrite."""
+    if not folders:
+        raise InvalidInputError("name: ComfyUI has no embeddings folder configured (models/embeddings).")
+    final = Path(folders[0]).resolve() / f"{validate_name(name)}.safetensors"
+    if final.exists() and not overwrite:
+        raise EmbeddingExistsError(f"name: {final} already exists. Choose another name, or set overwrite to true to replace it.")
+    return final
 
 
 def to_file_dict(embedding: CrossInitEmbedding) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -64,7 +82,9 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
     """Writes NAME.safetensors into `directory` atomically; an existing file is kept unless `overwrite`.
 
     The file is written to a temp file in the same folder, then linked in place (no-clobber: fails if the
-    name exists, even when another save races us) or renamed over the old file (overwrite).
+    name exists, even when another save races us) or renamed over the old file (overwrite). Where the file
+    system has no hard links, the name is first reserved with an exclusive create, so racing saves still
+    cannot both succeed.
     """
     from safetensors.torch import save_file
 
@@ -77,9 +97,7 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
     if final.exists() and not overwrite:
         raise EmbeddingExistsError(f"name: {final} already exists. Choose another name, or set overwrite to true to replace it.")
     tensors, metadata = to_file_dict(embedding)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temp(folder, stem)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as handle:
@@ -94,14 +112,37 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
                     f"name: {final} already exists (written by another save just now). Choose another name, or set overwrite."
                 ) from None
             except OSError:
-                # file systems without hard links: exclusive rename is not portable, check-then-rename is the fallback
-                if final.exists():
-                    raise EmbeddingExistsError(f"name: {final} already exists. Choose another name, or set overwrite.") from None
-                os.replace(tmp, final)
+                # file systems without hard links: reserve the name with an exclusive create, then rename over it
+                _reserve(final)
+                try:
+                    os.replace(tmp, final)
+                except BaseException:
+                    final.unlink(missing_ok=True)  # our empty placeholder
+                    raise
     finally:
         tmp.unlink(missing_ok=True)
     log.info("Saved embedding %s (%s) to %s", stem, embedding.describe(), final)
     return final
+
+
+def _create_temp(folder: Path, stem: str) -> Path:
+    """An empty temp file created with the process umask (mkstemp's 0600 would make the embedding private)."""
+    while True:
+        tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def _reserve(final: Path) -> None:
+    try:
+        os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+    except FileExistsError:
+        raise EmbeddingExistsError(
+            f"name: {final} already exists (written by another save just now). Choose another name, or set overwrite."
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,8 +223,9 @@ def load_embedding(path: str | os.PathLike[str]) -> CrossInitEmbedding:
         else:
             data = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # every parser failure becomes one clear message
+        first_line = next(iter(str(exc).splitlines()), "")[:200]  # some parsers raise with an empty message
         raise EmbeddingFileError(
-            f"{p.name}: cannot be read as an embedding ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            f"{p.name}: cannot be read as an embedding ({type(exc).__name__}: {first_line}). "
             "The file may be truncated, corrupt, or contain pickled code, which is never executed."
         ) from None
     if torch.is_tensor(data):

@@ -32,6 +32,17 @@ class CrossInitSaveEmbedding(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, name: str | None = None, overwrite: bool | None = False) -> bool | str:  # type: ignore[override]
+        """Runs when the prompt is queued, so a bad or taken name is refused before any training starts."""
+        if not isinstance(name, str):
+            return True  # linked from another node: checked when it runs
+        try:
+            embedding_io.check_save_target(host_adapter.embedding_directories(), name, bool(overwrite))
+        except (InvalidInputError, EmbeddingFileError) as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, embedding, name: str, overwrite: bool = False) -> io.NodeOutput:  # type: ignore[override]
         folders = host_adapter.embedding_directories()
         if not folders:

@@ -1,0 +1,200 @@
+"""The shipped workflows: UI and API files agree, validate against the node definitions, are up to date,
+and run end to end on tiny SD1 (eps) and SD2 (v) models, including the `embedding:NAME` round trip."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import workflow_runner as wr
+
+REPO = Path(__file__).resolve().parents[1]
+STEMS = ("cross_init_fast", "cross_init_full")
+PACK_NODES = {"CrossInitEmbeddingInit", "CrossInitLossSettings", "CrossInitTrainer", "CrossInitCLIPTextEncode", "CrossInitSaveEmbedding"}
+STOCK_NODES = {"CheckpointLoaderSimple", "LoadImage", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage",
+               "PreviewImage"}
+OUTPUT_NODES = {"SaveImage", "PreviewImage", "CrossInitSaveEmbedding"}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def api_file(stem: str) -> dict:
+    return read_json(REPO / "workflows" / "api" / f"{stem}.json")
+
+
+def ui_file(stem: str) -> dict:
+    return read_json(REPO / "workflows" / f"{stem}.json")
+
+
+@pytest.fixture(scope="module")
+def generator(pack):
+    """scripts/make_ui_workflows.py as a module (ComfyUI is already booted by `pack`)."""
+    spec = importlib.util.spec_from_file_location("make_ui_workflows", REPO / "scripts" / "make_ui_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def face_image(pack) -> Path:
+    return wr.install_face_image("face.png")
+
+
+def expected_pack_nodes(generator) -> set[str]:
+    return PACK_NODES | ({generator.FACE_PREP_NODE} if generator.FACE_PREP_NODE else set())
+
+
+# ---------------------------------------------------------------------------------------------
+# Static checks
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_ui_file_converts_back_to_the_api_file(pack, stem):
+    ui = ui_file(stem)
+    assert ui["version"] == 0.4 and ui["groups"] == [] and ui["extra"] == {}
+    assert wr.link_problems(ui) == []
+    assert ui["last_node_id"] == max(n["id"] for n in ui["nodes"]) and ui["last_link_id"] == len(ui["links"])
+    # exactly the same graph: class types, links (source node and slot per input), widget values, titles
+    assert wr.ui_to_api(ui) == api_file(stem)
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_node_types_and_input_names_exist(pack, generator, stem):
+    api = api_file(stem)
+    class_types = {node["class_type"] for node in api.values()}
+    assert {t for t in class_types if t.startswith("CrossInit")} == expected_pack_nodes(generator)
+    assert class_types - expected_pack_nodes(generator) == STOCK_NODES
+    for node_id, node in api.items():
+        defined = {name for name, _spec, _optional in wr.defined_inputs(node["class_type"])}
+        assert set(node["inputs"]) <= defined, f"node {node_id} ({node['class_type']}): unknown inputs {set(node['inputs']) - defined}"
+    (trainer,) = wr.nodes_of(api, "CrossInitTrainer")
+    assert api[trainer]["inputs"]["mode"] == stem.removeprefix("cross_init_")
+    assert sorted(api[n]["inputs"]["filename_prefix"] for n in wr.nodes_of(api, "SaveImage")) == ["cross_init/edit", "cross_init/portrait"]
+    texts = sorted(api[n]["inputs"]["text"] for n in wr.nodes_of(api, "CrossInitCLIPTextEncode"))
+    assert len(texts) == 2 and all("<face>" in t for t in texts)
+    # the UI seed widgets carry the editor's extra control value: fixed for training, any for sampling
+    for node in ui_file(stem)["nodes"]:
+        if node["type"] in ("CrossInitTrainer", "KSampler"):
+            widgets = dict(zip(wr.widget_layout(node["type"]), node["widgets_values"], strict=True))
+            control = widgets[("seed", "control_after_generate")]
+            assert control == "fixed" if node["type"] == "CrossInitTrainer" else control in ("fixed", "randomize")
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_workflows_validate_with_comfyui(pack, tiny, face_image, stem):
+    api = api_file(stem)
+    ckpts = [api[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(api, "CheckpointLoaderSimple")]
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ckpts):
+        ok, error, outputs, node_errors = wr.validate(api)
+        assert ok, (error, node_errors)
+        assert node_errors == {}
+        assert set(outputs) == {n for n, node in api.items() if node["class_type"] in OUTPUT_NODES}
+        # ComfyUI 0.3.75 does not check V3 combo values (the pack's own combos): the runner does
+        assert wr.widget_value_problems(api) == []
+        broken = copy.deepcopy(api)
+        (trainer,) = wr.override(broken, "CrossInitTrainer", mode="turbo")
+        assert [p for p in wr.widget_value_problems(broken) if p.startswith(f"node {trainer} ") and "'turbo'" in p]
+        # and the host does check ranges and files: bad values are reported on their nodes
+        (init,) = wr.override(broken, "CrossInitEmbeddingInit", num_tokens=99)
+        (photo,) = wr.override(broken, "LoadImage", image="no_such_photo.png")
+        ok, _error, _outputs, node_errors = wr.validate(broken)
+        assert not ok and {init, photo} <= set(node_errors)
+
+
+def test_generated_files_are_up_to_date(generator):
+    files = generator.render_all()
+    assert len(files) == 3 * len(STEMS)
+    for path, text in files.items():
+        assert path.read_text(encoding="utf-8") == text, f"{path} is out of date: run scripts/make_ui_workflows.py"
+    for stem in STEMS:
+        shipped = (REPO / "workflows" / f"{stem}.json").read_bytes()
+        assert (REPO / "example_workflows" / f"{stem}.json").read_bytes() == shipped
+
+
+def test_check_flag_detects_drift(generator, tmp_path, monkeypatch):
+    monkeypatch.setattr(generator, "API_DIR", tmp_path / "api")
+    monkeypatch.setattr(generator, "UI_DIRS", (tmp_path / "workflows", tmp_path / "example_workflows"))
+    assert generator.main(["--check"]) == 1  # nothing written yet
+    assert generator.main([]) == 0
+    assert generator.main(["--check"]) == 0
+    edited = tmp_path / "example_workflows" / f"{STEMS[0]}.json"
+    edited.write_text(edited.read_text(encoding="utf-8").replace('"cross_init/edit"', '"cross_init/edited"'), encoding="utf-8")
+    assert generator.main(["--check"]) == 1
+
+
+def test_check_command_line():
+    """The script as CI runs it: boots its own headless ComfyUI and finds the shipped files up to date."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "make_ui_workflows.py"), "--check"],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on tiny models
+
+
+@pytest.mark.parametrize(("stem", "kind", "key"), [("cross_init_fast", "sd1", "clip_l"), ("cross_init_full", "sd2", "clip_h")])
+def test_workflow_runs_end_to_end(pack, tiny, face_image, embeddings_dir, stem, kind, key):
+    from PIL import Image
+    from safetensors import safe_open
+
+    import nodes
+
+    prompt = api_file(stem)
+    name = f"wf_{stem}_{kind}"
+    # speed overrides on the loaded dict only; the shipped files keep their presets
+    (trainer,) = wr.override(prompt, "CrossInitTrainer", mode="custom", steps=2, batch_size=1, resolution=64)
+    (saver,) = wr.override(prompt, "CrossInitSaveEmbedding", name=name, overwrite=True)
+    wr.override(prompt, "KSampler", steps=1)
+    wr.override(prompt, "EmptyLatentImage", width=64, height=64)
+    if wr.nodes_of(prompt, "CrossInitFacePrep"):
+        wr.override(prompt, "CrossInitFacePrep", crop_size=64)
+    ckpts = [prompt[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(prompt, "CheckpointLoaderSimple")]
+    with wr.tiny_checkpoint_loader(tiny(kind), ckpts):
+        executor = wr.execute(prompt)
+    assert executor.success, wr.failure(executor)
+    assert any(event == "execution_success" for event, _ in executor.status_messages)
+
+    # the embedding file: one tensor per encoder, [tokens, width]
+    path = embeddings_dir / f"{name}.safetensors"
+    assert path.is_file()
+    with safe_open(str(path), framework="pt") as handle:
+        assert list(handle.keys()) == [key]
+        saved = handle.get_tensor(key)
+    assert list(saved.shape) == [2, 64] and torch.isfinite(saved).all()
+    trained = wr.node_output(executor, trainer, 0)
+    assert torch.equal(trained.vectors[key], saved)
+    assert wr.node_output(executor, saver, 0) == str(path)
+
+    # the renders and the loss curve
+    for node_id in wr.nodes_of(prompt, "SaveImage"):
+        (image,) = wr.saved_images(executor, node_id)
+        folder, prefix = prompt[node_id]["inputs"]["filename_prefix"].split("/")
+        assert image.is_file() and image.parent.name == folder and image.name.startswith(f"{prefix}_")
+        with Image.open(image) as png:
+            assert png.format == "PNG" and png.size == (64, 64)
+    for node_id in wr.nodes_of(prompt, "PreviewImage"):
+        assert all(p.is_file() for p in wr.saved_images(executor, node_id)) and wr.saved_images(executor, node_id)
+
+    # embedding:NAME in a stock CLIPTextEncode == the pack's encoder with the trained embedding
+    import tiny_models
+
+    encoder = nodes.NODE_CLASS_MAPPINGS["CrossInitCLIPTextEncode"]
+    with torch.inference_mode():
+        clip = tiny_models.build_clip(kind, embedding_directory=str(embeddings_dir))
+        (stock,) = nodes.CLIPTextEncode().encode(clip, f"a photo of embedding:{name} person, portrait")
+        ours = encoder.execute(clip, trained, "a photo of <face> person, portrait", "<face>").result[0]
+        (plain,) = nodes.CLIPTextEncode().encode(clip, "a photo of person, portrait")
+    assert stock[0][0].shape == ours[0][0].shape == (1, 77, 64)
+    torch.testing.assert_close(stock[0][0], ours[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stock[0][1]["pooled_output"], ours[0][1]["pooled_output"], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(stock[0][0], plain[0][0], atol=1e-3)  # the file was really spliced in
