@@ -47,7 +47,7 @@ def test_save_node_refuses_taken_or_bad_names_when_queued(pack, embeddings_dir):
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
         "2": {"class_type": "CrossInitSaveEmbedding", "inputs": {"embedding": ["1", 0], "name": "taken_face", "overwrite": False}},
     }
-    ok, error, _outputs, node_errors = asyncio.run(execution.validate_prompt("p1", prompt, None))
+    ok, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("p1", prompt, None))
     assert not ok
     assert "already exists" in str(node_errors["2"])
     prompt["2"]["inputs"]["name"] = "../escape"
