@@ -1,12 +1,14 @@
 """User-facing errors of face preparation.
 
-All are ValueError subclasses so ComfyUI shows their text as a normal node error instead of a crash trace.
+All are CrossInitError (ValueError) subclasses so ComfyUI shows their text as a normal node error.
 """
 
 from __future__ import annotations
 
+from ..errors import CrossInitError
 
-class FacePrepError(ValueError):
+
+class FacePrepError(CrossInitError):
     """A problem with the inputs or the setup that the user can fix; the text says how."""
 
 
