@@ -1,0 +1,466 @@
+"""Headless batch runner: `python -m cross_init_core train ...` trains face embeddings from a terminal.
+
+It boots ComfyUI in-process, runs the shipped API workflow (workflows/api/cross_init_<mode>.json) through
+ComfyUI's own executor with the given photos, checkpoint and settings, and writes the embeddings where the
+Save node writes them (ComfyUI's first embeddings folder). See docs/batch_runner.md.
+
+Output: progress bars and log messages go to stderr (a logging handler and the bar's own writes); the
+summary table goes to stdout, so `... > summary.txt` keeps just the table.
+Exit codes: 0 all embeddings written, 1 some training failed, 2 bad arguments or inputs (nothing was run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__
+from .errors import CrossInitError
+from .settings import MODES, PRESETS
+
+log = logging.getLogger(__name__)
+
+PROG = "python -m cross_init_core"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+PRESET_MODES = tuple(m for m in MODES if m != "custom")
+
+
+class UsageError(Exception):
+    """Bad arguments or inputs found before any work (exit code 2)."""
+
+
+@dataclass
+class Job:
+    name: str
+    images: list[Path]
+    source: str  # what the job came from, for messages
+    status: str = "pending"
+    message: str = ""
+    path: str | None = None
+    seconds: float | None = None
+    final_loss: float | None = None
+    steps: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _int_in(low: int, high: int, multiple: int = 1) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high or value % multiple:
+            extra = f", a multiple of {multiple}" if multiple > 1 else ""
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low}..{high}{extra}")
+        return value
+
+    return parse
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use a value above 0 and at most 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fast, full = PRESETS["fast"], PRESETS["full"]
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} train",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train Cross-Init face embeddings without the ComfyUI editor: boots ComfyUI in-process, runs the\n"
+            "pack's shipped API workflow through ComfyUI's own executor, and saves NAME.safetensors in\n"
+            "ComfyUI's embeddings folder (models/embeddings), usable in any prompt as embedding:NAME."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {PROG} train --checkpoint v1-5-pruned-emaonly.safetensors --images me1.jpg me2.jpg --name my_face\n"
+            f"  {PROG} train --checkpoint sd15.safetensors --folder faces/ --mode full --skip-existing\n"
+            f"  {PROG} train --checkpoint /models/sd15.safetensors --images a.png --name anna --steps 50 --seed 7\n\n"
+            f"presets: fast = {fast.steps} steps, batch {fast.batch_size}, lr {fast.learning_rate}; "
+            f"full = {full.steps} steps, batch {full.batch_size}, lr {full.learning_rate} (the paper).\n"
+            "--steps/--batch-size/--learning-rate switch the trainer to mode `custom` with the preset's other values.\n\n"
+            "output: progress and messages on stderr, the summary table on stdout.\n"
+            "exit codes: 0 all embeddings written; 1 some training failed (the others were still trained);\n"
+            "            2 bad arguments or inputs (missing checkpoint or photo, bad or clashing name): nothing was run."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"Cross-Init {__version__}")
+
+    what = parser.add_argument_group("what to train (give --images with --name, or --folder)")
+    source = what.add_mutually_exclusive_group()
+    source.add_argument("--images", nargs="+", metavar="FACE", type=Path,
+                        help=f"1-5 photos of one person's face ({', '.join(IMAGE_SUFFIXES)}); one embedding named --name.")
+    source.add_argument("--folder", type=Path, metavar="DIR",
+                        help="batch mode: one embedding per sub-folder of DIR (named after the sub-folder, trained on its photos) "
+                             "and one per photo directly in DIR (named after the file stem). Hidden entries are ignored.")
+    what.add_argument("--name", help="embedding name with --images: letters, digits, _ - . (no spaces); "
+                                     "written as models/embeddings/NAME.safetensors, used as embedding:NAME.")
+    what.add_argument("--checkpoint", required=False, metavar="FILE",
+                      help="SD 1.x/2.x/SDXL checkpoint: a name in ComfyUI's checkpoints folders (as the Load Checkpoint node "
+                           "lists it, e.g. sd15/model.safetensors) or a path to a checkpoint file anywhere (its folder is "
+                           "added to the checkpoint search paths for this run only; nothing is copied). Required.")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--mode", choices=PRESET_MODES, default="fast",
+                       help="preset: fast (default) or full; selects workflows/api/cross_init_<mode>.json.")
+    train.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0, help="training seed (default 0; same seed = same result on CPU).")
+    train.add_argument("--steps", type=_int_in(1, 100_000), metavar="N", help="training steps (overrides the preset).")
+    train.add_argument("--batch-size", type=_int_in(1, 64), metavar="B", help="samples per step (overrides the preset).")
+    train.add_argument("--learning-rate", type=_learning_rate, metavar="LR", help="AdamW learning rate (overrides the preset).")
+    train.add_argument("--resolution", type=_int_in(64, 2048, multiple=64), metavar="PX",
+                       help="training resolution, a multiple of 64 (default: the workflow's, 512; 1024 for SDXL). Also the "
+                            "face-prep crop size when the workflow has a face-prep node.")
+    train.add_argument("--detector", metavar="NAME", help="face-prep detector (auto, insightface, opencv); only for workflows with a "
+                                                          "Cross-Init Face Prep node.")
+    train.add_argument("--on-no-face", metavar="WHAT", help="face-prep: error (default) stops that embedding on a photo "
+                                                            "without a face; skip drops the photo.")
+
+    out = parser.add_argument_group("output")
+    clash = out.add_mutually_exclusive_group()
+    clash.add_argument("--overwrite", action="store_true", help="replace existing embedding files of the same name.")
+    clash.add_argument("--skip-existing", action="store_true", help="do not train names whose file already exists (resume a batch).")
+    out.add_argument("--samples", action="store_true",
+                     help="also run the workflow's sample renders (KSampler -> SaveImage, files "
+                          "output/cross_init/NAME_*.png) and save the loss curve; default: train and save only.")
+    out.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the summary as JSON to FILE.")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar.")
+    out.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's and the pack's log messages.")
+    out.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary table.")
+
+    host = parser.add_argument_group("ComfyUI")
+    host.add_argument("--comfyui", type=Path, metavar="PATH",
+                      help="the ComfyUI folder to boot (default: the ComfyUI this pack is installed in, i.e. two folders up "
+                           "from the pack, else $COMFYUI_PATH).")
+    host.add_argument("--base-directory", type=Path, metavar="DIR",
+                      help="ComfyUI's --base-directory (models/, input/, output/, custom_nodes/ root); default: ComfyUI's own.")
+    host.add_argument("--workflow", type=Path, metavar="FILE",
+                      help="an API-format workflow to run instead of the shipped one (same node types; nodes are found by type).")
+    host.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available (the default without one).")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
+    argv = list(argv)
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    elif not argv:
+        parser.print_usage(sys.stderr)
+        parser.exit(EXIT_USAGE, f"{PROG}: error: give a command: train (see --help)\n")
+    elif argv[0] not in ("-h", "--help", "--version"):
+        parser.error(f"unknown command {argv[0]!r}: the command is `train` (see --help)")
+    args = parser.parse_args(argv)
+    if args.checkpoint is None:
+        parser.error("--checkpoint is required")
+    if args.images is None and args.folder is None:
+        parser.error("give --images FACE... with --name NAME, or --folder DIR")
+    if args.images is not None and not args.name:
+        parser.error("--images needs --name NAME (the embedding's file name)")
+    if args.folder is not None and args.name:
+        parser.error("--name is for --images; with --folder the names come from the sub-folders and files")
+    if args.verbose and args.quiet:
+        parser.error("--verbose and --quiet exclude each other")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs and pre-run checks (no ComfyUI needed)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def collect_jobs(args: argparse.Namespace) -> list[Job]:
+    if args.images is not None:
+        return [Job(name=args.name, images=list(args.images), source="--images")]
+    folder: Path = args.folder
+    if not folder.is_dir():
+        raise UsageError(f"--folder {folder}: not a folder")
+    jobs: list[Job] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            photos = sorted((p for p in entry.iterdir() if _is_image(p)), key=lambda p: p.name)
+            if photos:
+                jobs.append(Job(name=entry.name, images=photos, source=f"{entry}/"))
+            else:
+                log.warning("%s: no photos (%s) in this sub-folder; ignored", entry, ", ".join(IMAGE_SUFFIXES))
+        elif _is_image(entry):
+            jobs.append(Job(name=entry.stem, images=[entry], source=str(entry)))
+    if not jobs:
+        raise UsageError(f"--folder {folder}: no sub-folders with photos and no photos ({', '.join(IMAGE_SUFFIXES)}) in it")
+    return jobs
+
+
+def input_problems(jobs: list[Job]) -> list[str]:
+    """Bad names, duplicate names and unreadable photos, for all jobs at once."""
+    from PIL import Image
+
+    from .embedding_io import validate_name
+
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for job in jobs:
+        try:
+            job.name = validate_name(job.name)
+        except CrossInitError as exc:
+            problems.append(f"{job.source}: bad embedding {exc}")
+            continue
+        key = job.name.casefold()  # case-insensitive file systems would make these the same file
+        if key in seen:
+            problems.append(f"{job.source}: the name {job.name!r} is also used by {seen[key]}")
+        seen[key] = job.source
+    for job in jobs:
+        for photo in job.images:
+            if not photo.exists():
+                problems.append(f"photo {photo}: file not found")
+            elif not photo.is_file():
+                problems.append(f"photo {photo}: not a file")
+            elif photo.suffix.lower() not in IMAGE_SUFFIXES:
+                problems.append(f"photo {photo}: use {', '.join(IMAGE_SUFFIXES)} files")
+            else:
+                try:
+                    with Image.open(photo) as image:
+                        image.verify()
+                except Exception as exc:  # PIL raises many types for broken files
+                    problems.append(f"photo {photo}: not a readable image ({exc})")
+    return problems
+
+
+def clash_problems(jobs: list[Job], folder: Path, overwrite: bool, skip_existing: bool) -> list[str]:
+    problems: list[str] = []
+    for job in jobs:
+        target = folder / f"{job.name}.safetensors"
+        if not target.exists() or overwrite:
+            continue
+        if skip_existing:
+            job.status, job.path, job.message = "skipped", str(target), "file exists (--skip-existing)"
+            continue
+        problems.append(f"{job.name}: {target} already exists; choose another name, or pass --overwrite to replace it "
+                        "(or --skip-existing to keep it)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+@contextmanager
+def _logging_to(stream: TextIO, verbose: bool, quiet: bool) -> Iterator[None]:
+    """This module's messages (and with --verbose everyone's) on `stream`, for the duration of one run."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    ours = [logging.getLogger(__name__), logging.getLogger(f"{__package__}.cli_comfy")]
+    root = logging.getLogger()
+    saved = [(lg, lg.level, lg.propagate) for lg in ours] + [(root, root.level, root.propagate)]
+    if verbose:
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    else:
+        for lg in ours:
+            lg.addHandler(handler)
+            lg.propagate = False
+            lg.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for lg, level, propagate in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
+def summary_rows(jobs: list[Job]) -> list[dict[str, Any]]:
+    return [
+        {"name": j.name, "images": len(j.images), "steps": j.steps, "seconds": None if j.seconds is None else round(j.seconds, 1),
+         "final_loss": j.final_loss, "file": j.path, "status": j.status, "message": j.message}
+        for j in jobs
+    ]
+
+
+def format_summary(jobs: list[Job]) -> str:
+    header = ("name", "images", "steps", "seconds", "final loss", "file", "status")
+    rows = []
+    for j in jobs:
+        status = j.status if not j.message or j.status == "ok" else f"{j.status}: {j.message}"
+        rows.append((
+            j.name, str(len(j.images)), "-" if j.steps is None else str(j.steps),
+            "-" if j.seconds is None else f"{j.seconds:.1f}", "-" if j.final_loss is None else f"{j.final_loss:.4f}",
+            j.path or "-", status,
+        ))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if i < len(header) - 1 else len(h) for i, h in enumerate(header)]
+    line = "  ".join
+    out = [line(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
+           line("-" * w for w in widths)]
+    out += [line(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    ok = sum(j.status == "ok" for j in jobs)
+    skipped = sum(j.status == "skipped" for j in jobs)
+    failed = len(jobs) - ok - skipped
+    out.append(f"{ok} written, {failed} failed, {skipped} skipped")
+    return "\n".join(out) + "\n"
+
+
+def _file_steps(path: str) -> int | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            steps = (handle.metadata() or {}).get("steps")
+        return int(steps) if steps is not None else None
+    except Exception:  # the summary still shows the run without it
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def main(argv: Sequence[str] | None = None, *, checkpoint_loader_override: Any = None,
+         stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Runs the CLI; returns the exit code.
+
+    `checkpoint_loader_override(ckpt_name) -> (MODEL, CLIP, VAE)` replaces what CheckpointLoaderSimple loads
+    for this call (tests inject tiny models through it; the checkpoint name is still checked against
+    ComfyUI's checkpoints folders as usual).
+    """
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr):  # argparse's help and errors go to sys.*
+            args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    with _logging_to(stderr, args.verbose, args.quiet):
+        try:
+            return _run(args, checkpoint_loader_override, stdout, stderr)
+        except UsageError as exc:
+            for line in str(exc).splitlines():
+                log.error("error: %s", line)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            log.error("interrupted")
+            return 130
+
+
+def _run(args: argparse.Namespace, override: Any, stdout: TextIO, stderr: TextIO) -> int:
+    from . import cli_comfy as host
+
+    jobs = collect_jobs(args)
+    problems = input_problems(jobs)
+    workflow_path = args.workflow or host.WORKFLOW_DIR / f"cross_init_{args.mode}.json"
+    try:
+        workflow = json.loads(Path(workflow_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        problems.append(f"workflow {workflow_path}: cannot be read ({exc})")
+        workflow = {}
+    if problems:
+        raise UsageError("\n".join(problems))
+
+    comfyui, where = (args.comfyui, f"--comfyui {args.comfyui}") if args.comfyui else host.default_comfyui_path()
+    root = logging.getLogger()
+    saved_level = root.level
+    if not args.verbose:
+        root.setLevel(logging.ERROR)  # the host's import-time warnings (optional extras missing) are noise here
+    try:
+        host.boot(comfyui, args.base_directory, cpu=args.cpu)
+        embeddings = host.embeddings_folder()
+    except host.HostError as exc:
+        raise UsageError(f"{exc} (ComfyUI: {where})") from None
+    except Exception as exc:  # an import or init failure inside the host
+        log.debug("boot failed", exc_info=True)
+        raise UsageError(f"ComfyUI ({where}) failed to start: {type(exc).__name__}: {exc} (run with --verbose for details)") from None
+    finally:
+        root.setLevel(saved_level)
+
+    ckpt_name, described = host.resolve_checkpoint(args.checkpoint)
+    if ckpt_name is None:
+        problems.append(described)
+    problems += clash_problems(jobs, embeddings, args.overwrite, args.skip_existing)
+    face_prep = _face_prep_settings(args, workflow, problems)
+    for class_type in (host.TRAINER, host.SAVER, "LoadImage"):
+        if workflow and not host.nodes_of(workflow, class_type):
+            problems.append(f"workflow {workflow_path}: it has no {class_type} node")
+    if problems:
+        raise UsageError("\n".join(problems))
+    log.info("checkpoint: %s; embeddings folder: %s; %d embedding(s) to train", described, embeddings,
+             sum(j.status == "pending" for j in jobs))
+
+    progress = host.ProgressBar(stderr, enabled=not args.no_progress and not args.quiet)
+    runner = host.Runner(progress, checkpoint_loader_override=override)
+    pending = [j for j in jobs if j.status == "pending"]
+    for number, job in enumerate(pending, start=1):
+        settings = host.GraphSettings(
+            ckpt_name=ckpt_name, name=job.name, mode=args.mode, seed=args.seed, overwrite=args.overwrite,
+            steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, resolution=args.resolution,
+            samples=args.samples, face_prep=face_prep,
+        )
+        log.info("[%d/%d] %s: %d photo(s) from %s", number, len(pending), job.name, len(job.images), job.source)
+        started = time.perf_counter()
+        try:
+            with host.staged_images(job.images, job.name) as (files, folder):
+                prompt = host.build_prompt(workflow, settings, files, folder, PRESETS)
+                result = runner.run(prompt, f"[{number}/{len(pending)}] {job.name}")
+        except (ValueError, OSError) as exc:
+            result = host.RunResult(False, str(exc), seconds=time.perf_counter() - started)
+        job.seconds = result.seconds
+        if result.ok:
+            job.status, job.path, job.final_loss = "ok", result.path, result.final_loss
+            job.steps = _file_steps(result.path) if result.path else None
+            log.info("%s: saved %s (use it as embedding:%s)", job.name, result.path, job.name)
+        else:
+            job.status, job.message = "failed", result.message
+            log.error("%s: failed: %s", job.name, result.message)
+            if len(job.images) > 1:
+                log.error("%s: photo order in the run: %s", job.name,
+                          ", ".join(f"{i}={p}" for i, p in enumerate(job.images)))
+
+    stdout.write(format_summary(jobs))
+    stdout.flush()
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(summary_rows(jobs), indent=2) + "\n", encoding="utf-8")
+    return EXIT_OK if all(j.status in ("ok", "skipped") for j in jobs) else EXIT_FAILED
+
+
+def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    from . import cli_comfy as host
+
+    wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
+    if not workflow or not host.nodes_of(workflow, host.FACE_PREP) or not host.has_node_type(host.FACE_PREP):
+        for key, value in wanted.items():
+            if value is not None:
+                log.warning("--%s ignored: the workflow has no %s node", key.replace("_", "-"), host.FACE_PREP)
+        return {}
+    values: dict[str, Any] = {}
+    for key, value in wanted.items():
+        if value is None:
+            continue
+        options, _extra = host.node_options(host.FACE_PREP, key)
+        if options is not None and value not in options:
+            problems.append(f"--{key.replace('_', '-')} {value}: use one of {', '.join(map(str, options))}")
+        values[key] = value
+    if args.resolution is not None:
+        _options, extra = host.node_options(host.FACE_PREP, "crop_size")
+        values["crop_size"] = min(max(args.resolution, int(extra.get("min", 64))), int(extra.get("max", 2048)))
+    return values
