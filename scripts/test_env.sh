@@ -34,4 +34,44 @@ ensure_test_env() {
   fi
   export VENV COMFYUI_PATH
   log "ComfyUI host: $COMFYUI_PATH"
+  ensure_browser
+}
+
+# The real-browser test (tests/test_browser.py) drives the system chromium: install the Debian packages
+# when they are missing and this machine can (root + apt-get). Never fails the setup: the outcome goes to
+# $VENV/browser-setup.txt ("ok ..." or "unavailable: <why>") and the test skips loudly with that reason.
+# CROSS_INIT_NO_APT=1 skips the installation attempt.
+ensure_browser() {
+  local status="$VENV/browser-setup.txt"
+  local aptlog="$VENV/browser-apt.log"
+  local pkgs="chromium chromium-driver"
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    echo "ok: system chromium and chromedriver present" >"$status"
+    return 0
+  fi
+  local why=""
+  if [ "${CROSS_INIT_NO_APT:-0}" = "1" ]; then
+    why="CROSS_INIT_NO_APT=1 is set"
+  elif ! command -v apt-get >/dev/null 2>&1; then
+    why="apt-get is not available on this machine"
+  elif [ "$(id -u)" != "0" ]; then
+    why="not root (run: sudo apt-get install -y --no-install-recommends $pkgs)"
+  else
+    log "installing $pkgs with apt-get for the browser test (log: $aptlog)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get update -q >"$aptlog" 2>&1; then
+      why="apt-get update failed (see $aptlog)"
+    elif ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs \
+      >>"$aptlog" 2>&1; then
+      why="apt-get install $pkgs failed (see $aptlog)"
+    elif ! command -v chromium >/dev/null 2>&1; then
+      why="apt-get installed $pkgs but there is no chromium on PATH"
+    fi
+  fi
+  if [ -n "$why" ]; then
+    echo "unavailable: $why" >"$status"
+    log "WARNING: no system chromium ($why): tests/test_browser.py will be SKIPPED"
+  else
+    echo "ok: installed $pkgs with apt-get" >"$status"
+  fi
+  return 0
 }

@@ -1,0 +1,566 @@
+"""Real-browser check: the pinned ComfyUI server with this pack, its real frontend, headless Chromium.
+
+Starts ComfyUI's own main.py (a subprocess, CPU, private --base-directory, free loopback port) with this
+pack linked into custom_nodes, serves the frontend the host pins (comfyui-frontend-package 1.32.9 for
+ComfyUI 0.3.75), opens it in the system chromium (Debian packages chromium + chromium-driver, driven by
+Playwright with executable_path; nothing is downloaded) and, for each shipped UI workflow
+(workflows/*.json), loads it through the frontend and checks:
+
+* no missing-node-types report (the frontend's own hook, its dialog, placeholder nodes);
+* every node of the file is in the graph with its type; every pack node has exactly the widgets its
+  /object_info definition asks for, holding the file's widgets_values, socket inputs/outputs as
+  defined, tooltips on every input, and is drawn on the canvas (multiline text as real textareas);
+* the API form the frontend builds (app.graphToPrompt) is what workflows/api/<name>.json ships, and
+  POST /prompt accepts it (validation passed: 200 with a prompt_id, no node_errors).
+
+A screenshot of each loaded workflow goes to test-output/browser/<name>.png (with the server log and
+the browser console). A control test loads a graph with an unknown node type and checks that the
+missing-nodes signals do fire, so the "no missing nodes" assertions cannot pass vacuously.
+
+Without a system chromium (and no way to install it: see scripts/test_env.sh) the tests skip loudly
+with the reason; set CROSS_INIT_REQUIRE_BROWSER=1 (CI) to make that a failure instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+OUT_DIR = REPO_ROOT / "test-output" / "browser"
+LAUNCHER = Path(__file__).resolve().parent / "browser_server.py"
+PACK_PREFIX = "CrossInit"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_READY_S = 120
+PAGE_TIMEOUT_MS = 60_000
+JS_TIMEOUT_MS = 30_000
+# widget-carrying input types (anything else is a socket); COMBO inputs are given as a list in old specs
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# files the shipped workflows refer to: node type -> (widget index, folder under the base directory)
+REFERENCED_FILES = {
+    "CheckpointLoaderSimple": (0, "models/checkpoints"),
+    "LoadImage": (0, "input"),
+    "CrossInitLoadEmbedding": (0, "models/embeddings"),
+}
+
+pytestmark = pytest.mark.slow
+
+
+def _ui_workflows() -> list[Path]:
+    """workflows/*.json in the UI (graph) format, whatever is there at collection time."""
+    found = []
+    for path in sorted(WORKFLOWS_DIR.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found.append(path)  # reported as a failure by the test itself
+            continue
+        if isinstance(data, dict) and "nodes" in data:
+            found.append(path)
+    return found
+
+
+WORKFLOWS = _ui_workflows()
+
+
+# ----------------------------------------------------------------------------------------------------
+# environment
+
+
+def _chromium() -> str:
+    """The system chromium, or a loud skip (a failure with CROSS_INIT_REQUIRE_BROWSER=1)."""
+    exe = os.environ.get("CROSS_INIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe:
+        return exe
+    status_file = Path(sys.prefix) / "browser-setup.txt"
+    setup = status_file.read_text(encoding="utf-8").strip() if status_file.is_file() else "no record"
+    reason = (
+        "REAL-BROWSER TEST NOT RUN: no system chromium on this machine "
+        f"(scripts/test_env.sh browser setup: {setup}). Install the Debian packages "
+        "`chromium chromium-driver` (apt-get install -y --no-install-recommends chromium chromium-driver) "
+        "and rerun `bash scripts/test.sh`."
+    )
+    if os.environ.get("CROSS_INIT_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason + " CROSS_INIT_REQUIRE_BROWSER=1 makes this a failure.", pytrace=False)
+    warnings.warn(reason, stacklevel=2)
+    sys.stderr.write(f"\n{'!' * 100}\n{reason}\n{'!' * 100}\n")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _http(url: str, payload: object | None = None, timeout: float = 30) -> tuple[int, bytes]:
+    data = None if payload is None else json.dumps(payload).encode("utf-8")
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _write_png(path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (180, 140, 120)).save(path)
+
+
+def _prepare_base(base: Path) -> None:
+    """A private ComfyUI base directory: this pack, the files the workflows name, quiet first-run UI."""
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "custom_nodes" / "cross-init").symlink_to(REPO_ROOT, target_is_directory=True)
+    for path in WORKFLOWS:
+        try:
+            nodes = json.loads(path.read_text(encoding="utf-8")).get("nodes", [])
+        except (OSError, ValueError):
+            continue
+        for node in nodes:
+            ref = REFERENCED_FILES.get(node.get("type"))
+            values = node.get("widgets_values") or []
+            if ref is None or len(values) <= ref[0] or not isinstance(values[ref[0]], str):
+                continue
+            target = base / ref[1] / values[ref[0]]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"}:
+                _write_png(target)
+            else:
+                # validation only checks that the name is listed; execution of it fails at once
+                target.write_bytes(b"not a real checkpoint: browser test placeholder\n")
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True)
+    # no first-run template browser over the canvas, full-detail drawing at any zoom (text and widgets in
+    # the screenshots), no minimap over the corner; the missing-nodes warning stays on (its default)
+    settings.write_text(
+        json.dumps(
+            {
+                "Comfy.TutorialCompleted": True,
+                "Comfy.Workflow.ShowMissingNodesWarning": True,
+                "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+                "Comfy.Minimap.Visible": False,
+            }
+        ),
+        encoding="utf-8",
+    )
+
+
+class Server:
+    def __init__(self, url: str, base: Path, log_path: Path, process: subprocess.Popen):
+        self.url = url
+        self.base = base
+        self.log_path = log_path
+        self.process = process
+        self.object_info: dict = {}
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    exe = _chromium()
+    import importlib.util
+
+    absent = [name for name in ("playwright", "comfyui_frontend_package") if importlib.util.find_spec(name) is None]
+    if absent:
+        pytest.fail(
+            f"{sys.prefix} lacks {absent} (tests/requirements-test.txt): this venv predates the browser test; "
+            "`bash scripts/test.sh` builds the current one",
+            pytrace=False,
+        )
+    return exe
+
+
+@pytest.fixture(scope="module")
+def out_dir() -> Path:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for old in OUT_DIR.iterdir():
+        if old.is_file():
+            old.unlink()
+    return OUT_DIR
+
+
+@pytest.fixture(scope="module")
+def server(chromium_path, out_dir, tmp_path_factory):
+    """ComfyUI's real server (main.py) with this pack, on a free loopback port; killed at the end."""
+    comfyui = os.environ.get("COMFYUI_PATH")
+    if not comfyui or not (Path(comfyui) / "main.py").is_file():
+        pytest.fail("COMFYUI_PATH does not name a ComfyUI checkout: run `bash scripts/test.sh`", pytrace=False)
+    base = tmp_path_factory.mktemp("browser_base")
+    _prepare_base(base)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = out_dir / "server.log"
+    cmd = [
+        sys.executable,
+        str(LAUNCHER),
+        comfyui,
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(base),
+        "--disable-auto-launch",
+        "--database-url",
+        "sqlite:///:memory:",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(cmd, cwd=base, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    srv = Server(url, base, log_path, process)
+    try:
+        deadline = time.monotonic() + SERVER_READY_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {process.returncode} while starting:\n{srv.log()[-4000:]}")
+            try:
+                status, _ = _http(url + "/", timeout=5)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"ComfyUI did not answer on {url} within {SERVER_READY_S} s:\n{srv.log()[-4000:]}")
+            time.sleep(0.5)
+        status, body = _http(url + "/object_info", timeout=60)
+        assert status == 200, body[:500]
+        srv.object_info = json.loads(body)
+        yield srv
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS, timeout=PAGE_TIMEOUT_MS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+class Page:
+    """One fresh browser context with the ComfyUI app loaded; console messages are kept."""
+
+    def __init__(self, page, console: list[str]):
+        self.page = page
+        self.console = console
+
+    def js(self, body: str, arg: object = None, timeout_ms: int = JS_TIMEOUT_MS):
+        """Runs `async (arg) => { body }` in the page, bounded (page.evaluate itself has no timeout)."""
+        script = (
+            "async ([arg, ms]) => { const run = async (arg) => {" + body + "};"
+            " let timer; const limit = new Promise((_, reject) => { timer = setTimeout("
+            " () => reject(new Error('browser test: page script timed out after ' + ms + ' ms')), ms); });"
+            " try { return await Promise.race([run(arg), limit]); } finally { clearTimeout(timer); } }"
+        )
+        return self.page.evaluate(script, [arg, timeout_ms])
+
+
+@pytest.fixture
+def app(browser, server, out_dir, request):
+    context = browser.new_context(viewport={"width": 2400, "height": 1350})
+    # the "Nodes 2.0" promotion banner would cover the top of every screenshot
+    context.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"[{msg.type}] {msg.text}"))
+    page.on("pageerror", lambda err: console.append(f"[pageerror] {err}"))
+    try:
+        page.goto(server.url + "/", wait_until="domcontentloaded", timeout=PAGE_TIMEOUT_MS)
+        page.wait_for_function(
+            "() => window.app && window.app.graph && window.app.canvas && window.app.vueAppReady"
+            " && window.LiteGraph && Object.keys(window.LiteGraph.registered_node_types).length > 100",
+            timeout=PAGE_TIMEOUT_MS,
+        )
+        ui = Page(page, console)
+        # the frontend's own missing-node-types report (its dialog comes from this method)
+        ui.js(
+            "window.__missingNodeReports = [];"
+            " const original = app.showMissingNodesError.bind(app);"
+            " app.showMissingNodesError = (types) => { window.__missingNodeReports.push(types); return original(types); };"
+        )
+        yield ui
+    finally:
+        name = request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
+        (out_dir / f"{name}.console.txt").write_text("\n".join(console) + "\n", encoding="utf-8")
+        context.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# in-page probes
+
+LOAD_JS = "await app.loadGraphData(arg.graph, true, true, arg.name); await new Promise(r => setTimeout(r, 300));"
+
+MISSING_JS = """
+const dialogs = Array.from(document.querySelectorAll('[role="dialog"], .p-dialog'))
+  .filter(d => d.offsetParent !== null || d.getClientRects().length > 0)
+  .map(d => d.innerText);
+const registered = LiteGraph.registered_node_types;
+return {
+  reports: window.__missingNodeReports.map(r => r.map(t => (typeof t === 'string' ? t : t.type))),
+  dialogs: dialogs,
+  missingDialogs: dialogs.filter(t => /missing node|missing nodes|nodes you haven't installed/i.test(t)),
+  placeholders: app.graph._nodes
+    .filter(n => n.has_errors || !registered[n.type])
+    .map(n => ({id: n.id, type: n.type, lastType: n.last_serialization?.type ?? null})),
+};
+"""
+
+GRAPH_JS = """
+app.graph.setDirtyCanvas(true, true);
+app.canvas.draw(true, true);
+const visible = new Set((app.canvas.visible_nodes || []).map(n => n.id));
+const textareas = Array.from(document.querySelectorAll('textarea')).map(t => t.value);
+return app.graph._nodes.map(n => ({
+  id: n.id,
+  type: n.type,
+  title: n.title,
+  mode: n.mode,
+  collapsed: !!n.flags?.collapsed,
+  size: [n.size[0], n.size[1]],
+  visible: visible.has(n.id),
+  widgets: (n.widgets || []).map(w => ({
+    name: w.name, type: w.type, value: w.value, hidden: !!w.hidden,
+    options: Array.isArray(w.options?.values) ? w.options.values : null,
+  })),
+  inputs: (n.inputs || []).map(i => ({name: i.name, type: i.type, link: i.link, widget: !!i.widget})),
+  outputs: (n.outputs || []).map(o => ({name: o.name, type: o.type})),
+  tooltips: Object.fromEntries(Object.entries(n.constructor.nodeData?.inputs || {})
+    .map(([k, spec]) => [k, spec.tooltip || null])),
+  description: n.constructor.nodeData?.description || null,
+  textareasOk: (n.widgets || []).filter(w => w.type === 'customtext').every(w => textareas.includes(w.value)),
+}));
+"""
+
+FIT_JS = """
+try { await app.extensionManager.command.execute('Comfy.Canvas.FitView'); }
+catch (e) { app.canvas.ds.reset(); }
+await new Promise(r => setTimeout(r, 500));
+app.graph.setDirtyCanvas(true, true);
+app.canvas.draw(true, true);
+await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+"""
+
+
+# ----------------------------------------------------------------------------------------------------
+# checks
+
+
+def _widget_spec(object_info: dict, node_type: str) -> list[tuple[str, str]]:
+    """(name, type) of the widget inputs of a node type in definition order, plus the frontend's
+    control_after_generate after a seed-like INT that asks for it."""
+    spec = object_info[node_type]["input"]
+    widgets = []
+    for section in ("required", "optional"):
+        for name, value in spec.get(section, {}).items():
+            kind = value[0]
+            kind = "COMBO" if isinstance(kind, list) else kind
+            if kind not in WIDGET_TYPES:
+                continue
+            widgets.append((name, kind))
+            options = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+            if kind == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed")):
+                widgets.append(("control_after_generate", "COMBO"))
+    return widgets
+
+
+def _socket_spec(object_info: dict, node_type: str) -> list[tuple[str, str]]:
+    spec = object_info[node_type]["input"]
+    sockets = []
+    for section in ("required", "optional"):
+        for name, value in spec.get(section, {}).items():
+            kind = value[0]
+            if not isinstance(kind, list) and kind not in WIDGET_TYPES:
+                sockets.append((name, kind))
+    return sockets
+
+
+def _same_value(live, shipped) -> bool:
+    if isinstance(shipped, float) or isinstance(live, float):
+        if isinstance(shipped, bool) or isinstance(live, bool):
+            return live == shipped
+        try:
+            return math.isclose(float(live), float(shipped), rel_tol=1e-9, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            return False
+    return live == shipped
+
+
+def _check_no_missing(ui: Page, where: str) -> None:
+    missing = ui.js(MISSING_JS)
+    assert not missing["reports"], f"{where}: the frontend reported missing node types {missing['reports']}"
+    assert not missing["missingDialogs"], f"{where}: missing-nodes dialog shown: {missing['missingDialogs']}"
+    assert not missing["placeholders"], f"{where}: placeholder (unregistered) nodes {missing['placeholders']}"
+
+
+def _check_nodes(graph_nodes: list[dict], shipped: dict, object_info: dict, name: str) -> int:
+    live = {node["id"]: node for node in graph_nodes}
+    problems = []
+    pack_nodes = 0
+    for node in shipped["nodes"]:
+        got = live.get(node["id"])
+        if got is None or got["type"] != node["type"]:
+            problems.append(f"node {node['id']} {node['type']}: not in the loaded graph (got {got and got['type']})")
+            continue
+        if not node["type"].startswith(PACK_PREFIX):
+            continue
+        pack_nodes += 1
+        where = f"{name}: node {node['id']} {node['type']} ({got['title']})"
+        if node["type"] not in object_info:
+            problems.append(f"{where}: not in the server's /object_info")
+            continue
+        expected = _widget_spec(object_info, node["type"])
+        widgets = [(w["name"], w["value"]) for w in got["widgets"]]
+        if [w for w, _ in widgets] != [w for w, _ in expected]:
+            problems.append(f"{where}: widgets {[w for w, _ in widgets]} != definition {[w for w, _ in expected]}")
+        values = node.get("widgets_values") or []
+        if len(values) != len(widgets) or not all(_same_value(v, s) for (_, v), s in zip(widgets, values, strict=False)):
+            problems.append(f"{where}: widget values {widgets} != the file's widgets_values {values}")
+        for widget in got["widgets"]:
+            if widget["hidden"]:
+                problems.append(f"{where}: widget {widget['name']} is hidden")
+            if widget["options"] is not None and widget["value"] not in widget["options"]:
+                problems.append(f"{where}: combo {widget['name']}={widget['value']!r} not in {widget['options']}")
+        socket_names = {i["name"] for i in got["inputs"] if not i["widget"]}
+        for socket_name, _ in _socket_spec(object_info, node["type"]):
+            if socket_name not in socket_names:
+                problems.append(f"{where}: input socket {socket_name} missing (has {sorted(socket_names)})")
+        outputs = [o["name"] for o in got["outputs"]]
+        if outputs != list(object_info[node["type"]]["output_name"]):
+            problems.append(f"{where}: outputs {outputs} != {object_info[node['type']]['output_name']}")
+        no_tooltip = sorted(k for k, v in got["tooltips"].items() if not v)
+        if no_tooltip:
+            problems.append(f"{where}: inputs without a tooltip in the UI: {no_tooltip}")
+        if not got["description"]:
+            problems.append(f"{where}: no description in the UI")
+        if got["collapsed"] or got["size"][0] <= 0 or got["size"][1] <= 0 or not got["visible"]:
+            problems.append(f"{where}: not drawn (collapsed={got['collapsed']} size={got['size']} visible={got['visible']})")
+        if not got["textareasOk"]:
+            problems.append(f"{where}: a multiline text widget has no textarea showing its value")
+    assert not problems, "\n".join(problems)
+    return pack_nodes
+
+
+def _api_inputs(prompt: dict) -> dict:
+    return {key: (node["class_type"], node["inputs"]) for key, node in prompt.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# tests
+
+
+def test_server_loaded_the_pack(server):
+    """The pack imported in the real server: its nodes are served and its import did not fail."""
+    log = server.log()
+    pack_types = sorted(k for k in server.object_info if k.startswith(PACK_PREFIX))
+    assert "CrossInitTrainer" in pack_types, f"pack nodes not in /object_info; server log:\n{log[-4000:]}"
+    used = {
+        node["type"]
+        for path in WORKFLOWS
+        for node in json.loads(path.read_text(encoding="utf-8"))["nodes"]
+        if node["type"].startswith(PACK_PREFIX)
+    }
+    assert used <= set(pack_types), f"workflow node types not served: {sorted(used - set(pack_types))}"
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and "cross-init" in line]
+    assert not failed, failed
+    assert "Cross-Init" in log, "the pack's load message is not in the server log"
+
+
+def test_workflows_found():
+    names = {path.name for path in WORKFLOWS}
+    assert {"cross_init_fast.json", "cross_init_full.json"} <= names, f"UI workflows found: {sorted(names)}"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
+def test_workflow_in_real_frontend(workflow: Path, app: Page, server: Server, out_dir: Path):
+    shipped = json.loads(workflow.read_text(encoding="utf-8"))
+    app.js(LOAD_JS, {"graph": shipped, "name": workflow.stem})
+    app.js(FIT_JS)
+    shot = out_dir / f"{workflow.stem}.png"
+    app.page.screenshot(path=str(shot), timeout=PAGE_TIMEOUT_MS)
+
+    _check_no_missing(app, workflow.name)
+    pack_errors = [line for line in app.console if line.startswith(("[error]", "[pageerror]")) and re.search(r"cross.?init", line, re.I)]
+    assert not pack_errors, f"browser errors about the pack while loading {workflow.name}: {pack_errors}"
+    graph_nodes = app.js(GRAPH_JS)
+    assert len(graph_nodes) == len(shipped["nodes"]), (len(graph_nodes), len(shipped["nodes"]))
+    pack_nodes = _check_nodes(graph_nodes, shipped, server.object_info, workflow.name)
+    assert pack_nodes > 0, f"{workflow.name} has no {PACK_PREFIX}* node"
+
+    # the API form, built by the frontend itself
+    prompt = app.js("const p = await app.graphToPrompt(); return p.output;")
+    assert prompt, "graphToPrompt gave an empty prompt"
+    (out_dir / f"{workflow.stem}.api.json").write_text(json.dumps(prompt, indent=2), encoding="utf-8")
+    api_file = WORKFLOWS_DIR / "api" / workflow.name
+    if api_file.is_file():
+        assert _api_inputs(prompt) == _api_inputs(json.loads(api_file.read_text(encoding="utf-8"))), (
+            f"the frontend's API form of {workflow.name} differs from {api_file.relative_to(REPO_ROOT)}"
+            f" (see {out_dir.relative_to(REPO_ROOT)}/{workflow.stem}.api.json)"
+        )
+
+    status, body = _http(server.url + "/prompt", {"prompt": prompt, "client_id": "cross-init-browser-test"})
+    answer = json.loads(body) if body.startswith(b"{") else {"raw": body.decode("utf-8", "replace")}
+    try:
+        assert status == 200, f"/prompt refused {workflow.name}: {status} {json.dumps(answer, indent=1)[:4000]}"
+        assert answer.get("prompt_id"), answer
+        assert not answer.get("node_errors"), answer["node_errors"]
+    finally:
+        # validation is what counts: do not let the server work on the placeholder checkpoint
+        _http(server.url + "/queue", {"clear": True}, timeout=10)
+        _http(server.url + "/interrupt", {}, timeout=10)
+
+
+def test_missing_node_types_are_detected(app: Page, out_dir: Path):
+    """Control: an unknown node type does trip every signal the workflow test relies on."""
+    shipped = json.loads(WORKFLOWS[0].read_text(encoding="utf-8"))
+    victim = next(node for node in shipped["nodes"] if node["type"].startswith(PACK_PREFIX))
+    victim["type"] = "CrossInitNoSuchNodeForTheBrowserTest"
+    app.js(LOAD_JS, {"graph": shipped, "name": "missing_node_control"})
+    app.page.wait_for_selector("text=This workflow has missing nodes", timeout=15_000)
+    app.page.screenshot(path=str(out_dir / "control_missing_node.png"), timeout=PAGE_TIMEOUT_MS)
+    missing = app.js(MISSING_JS)
+    assert any(victim["type"] in report for report in missing["reports"]), missing
+    assert any(victim["type"] in text for text in missing["missingDialogs"]), missing
+    assert [p["id"] for p in missing["placeholders"]] == [victim["id"]], missing
