@@ -27,7 +27,7 @@ class CrossInitSaveEmbedding(io.ComfyNode):
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing file of that name. Off: an existing file is never touched."),
             ],
-            outputs=[io.String.Output(display_name="path")],
+            outputs=[io.String.Output(display_name="path", tooltip="Where the file was written.")],
             is_output_node=True,
         )
 
@@ -66,7 +66,7 @@ class CrossInitLoadEmbedding(io.ComfyNode):
                 io.Combo.Input("name", options=host_adapter.list_embedding_files(),
                                tooltip="A file from the embeddings folders (models/embeddings and extra paths)."),
             ],
-            outputs=[Embedding.Output(display_name="embedding")],
+            outputs=[Embedding.Output(display_name="embedding", tooltip="The vectors, for Cross-Init CLIP Text Encode or more training.")],
         )
 
     @classmethod

@@ -28,7 +28,7 @@ class CrossInitEmbeddingInit(io.ComfyNode):
                                tooltip="names: column-wise mean of each name's BPE tokens (the method). words: the "
                                        "text's first tokens, e.g. 'woman face', also passed through the encoder."),
             ],
-            outputs=[Embedding.Output(display_name="embedding")],
+            outputs=[Embedding.Output(display_name="embedding", tooltip="Start vectors (per text encoder) for the trainer.")],
         )
 
     @classmethod

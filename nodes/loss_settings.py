@@ -22,7 +22,7 @@ class CrossInitLossSettings(io.ComfyNode):
                                tooltip="Loss weight outside the face when the trainer gets masks: 1 = whole image "
                                        "(off), 0 = face only. Ignored without masks."),
             ],
-            outputs=[LossSettingsType.Output(display_name="loss")],
+            outputs=[LossSettingsType.Output(display_name="loss", tooltip="Connect to the trainer's loss input.")],
         )
 
     @classmethod

@@ -23,7 +23,7 @@ class CrossInitCLIPTextEncode(io.ComfyNode):
                 io.String.Input("placeholder", default="<face>", optional=True,
                                 tooltip="The marker in the text that stands for the learned tokens."),
             ],
-            outputs=[io.Conditioning.Output()],
+            outputs=[io.Conditioning.Output(tooltip="Conditioning with the learned face tokens, for any sampler.")],
         )
 
     @classmethod
