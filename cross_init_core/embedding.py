@@ -51,14 +51,48 @@ class CrossInitEmbedding:
         )
 
 
+FAMILIES = {("clip_l",): "SD 1.x", ("clip_h",): "SD 2.x", ("clip_g", "clip_l"): "SDXL"}
+
+
+def family_of(keys: object) -> str | None:
+    """'SD 1.x', 'SD 2.x' or 'SDXL' for a set of encoder keys; None for any other combination."""
+    return FAMILIES.get(tuple(sorted(keys)))  # type: ignore[call-overload]
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def check_matches_slots(embedding: CrossInitEmbedding, slots: list, what: str = "embedding") -> None:
-    """The embedding must have exactly the CLIP's encoders with the same widths."""
+    """The embedding must have exactly the CLIP's encoders with the same widths.
+
+    The host would use a partial match silently (SDXL: a clip_l-only file is spliced into clip_l while
+    clip_g prints "embedding will be ignored"), so every mismatch is an error that says what is missing.
+    """
     expected = {s.key: s.width for s in slots}
     got = embedding.widths()
-    if got != expected:
-        want = ", ".join(f"{k} {w}" for k, w in expected.items())
-        have = ", ".join(f"{k} {w}" for k, w in got.items())
-        raise InvalidInputError(
-            f"{what}: it was made for a different model ({have}); this CLIP needs {want}. "
-            "Use an embedding trained on the same model family (SD1 768, SD2 1024, SDXL 768 + 1280)."
-        )
+    if got == expected:
+        return
+    family = family_of(expected)
+    clip_name = f"this {family} CLIP" if family else "this CLIP"
+    needs = _and([f"{k} {w}" for k, w in expected.items()])
+    shapes = ", ".join(f"{k} [{embedding.vectors[k].shape[0]}, {w}]" for k, w in got.items())
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    wrong = [f"{k} is {got[k]} wide, not {w}" for k, w in expected.items() if k in got and got[k] != w]
+    has = f"only {shapes}" if missing and not extra else shapes
+    details = []
+    if missing:
+        details.append(f"{_and(missing)} {'is' if len(missing) == 1 else 'are'} missing")
+    if extra:
+        details.append(f"{_and(extra)} {'is' if len(extra) == 1 else 'are'} not used by this model")
+    details += wrong
+    made_for = family_of(got)
+    if made_for and made_for != family:
+        hint = f"The embedding was made for {made_for}: connect an {made_for} CLIP, or train one for this model"  # every family is "SD..."
+    else:
+        hint = "Train or load an embedding for this model"
+    if family == "SDXL" and missing and not extra:
+        hint = "An SDXL embedding holds both clip_l and clip_g (the host would silently ignore the missing half). " + hint
+    families = "SD 1.x: clip_l 768; SD 2.x: clip_h 1024; SDXL: clip_l 768 + clip_g 1280"
+    raise InvalidInputError(f"{what}: {clip_name} needs {needs}; the embedding has {has} ({'; '.join(details)}). {hint} ({families}).")

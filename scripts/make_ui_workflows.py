@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 API_DIR = REPO_ROOT / "workflows" / "api"
@@ -33,8 +33,27 @@ UI_DIRS = (REPO_ROOT / "workflows", REPO_ROOT / "example_workflows")
 # output feeds the trainer's images, its first MASK output the trainer's masks, a further IMAGE output a preview).
 FACE_PREP_NODE: str | None = "CrossInitFacePrep"
 
-WORKFLOWS = {"cross_init_fast": "fast", "cross_init_full": "full"}  # file stem -> trainer mode
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+
+
+class Workflow(NamedTuple):
+    """One shipped workflow: trainer mode, checkpoint, and the pixel size used for training, face crops and renders.
+
+    (A NamedTuple, not a dataclass: tests load this script with importlib without registering it in sys.modules.)
+    """
+
+    mode: str
+    checkpoint: str = CHECKPOINT
+    resolution: int = 512
+    note: str = "sd"
+
+
+WORKFLOWS = {  # file stem -> workflow
+    "cross_init_fast": Workflow("fast"),
+    "cross_init_full": Workflow("full"),
+    "cross_init_sdxl_fast": Workflow("fast", checkpoint=SDXL_CHECKPOINT, resolution=1024, note="sdxl"),
+}
 FACE_IMAGE = "face.png"
 EMBEDDING_NAME = "my_face"
 PORTRAIT_PROMPT = "a photo of <face> person, portrait, detailed"
@@ -56,6 +75,18 @@ NOTE_TEXT = (
     "Save Embedding never replaces an existing file: pick a new name for a new face (or turn on overwrite).\n"
     "SD 2.x 768-v models: set the trainer's resolution and the latent size to 768. SDXL: 1024."
 )
+SDXL_NOTE_TEXT = (
+    "Cross-Init for SDXL: a personal face token for both SDXL text encoders (clip_l and clip_g).\n\n"
+    "1. Load Checkpoint: an SDXL base checkpoint (sd_xl_base_1.0 or a fine-tune of it).\n"
+    "2. Face photo: upload a clear photo of one person's face; face prep crops it to 1024 px.\n"
+    "3. Queue. The trainer learns the tokens ({mode}) at 1024 px, saves them as "
+    "models/embeddings/{name}.safetensors (keys clip_l and clip_g) and renders a portrait and an edit.\n\n"
+    "Use the face anywhere: write embedding:{name} in any CLIP Text Encode, or <face> in Cross-Init CLIP Text Encode.\n"
+    "Less GPU memory: set the trainer's resolution to 768 or 512 and lower batch_size (custom mode); "
+    "renders stay at 1024.\n"
+    "Save Embedding never replaces an existing file: pick a new name for a new face (or turn on overwrite)."
+)
+NOTES = {"sd": NOTE_TEXT, "sdxl": SDXL_NOTE_TEXT}
 MODE_TEXT = {"fast": "fast preset: 25 steps", "full": "full preset: 320 steps, the paper's setting"}
 
 log = logging.getLogger("make_ui_workflows")
@@ -157,10 +188,14 @@ def _output_slots(class_type: str, wanted: str) -> list[int]:
     return [i for i, t in enumerate(node_info(class_type)["output"]) if _plain(t) == wanted]
 
 
-def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE) -> dict[str, dict[str, Any]]:
-    """Checkpoint + face photo -> Cross-Init init -> trainer -> saved embedding, portrait and edit renders."""
+def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkpoint: str = CHECKPOINT,
+                       resolution: int = 512) -> dict[str, dict[str, Any]]:
+    """Checkpoint + face photo -> Cross-Init init -> trainer -> saved embedding, portrait and edit renders.
+
+    `resolution` is the trainer's resolution, the face crop size and the render size (SDXL: 1024).
+    """
     g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT})
+    ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": checkpoint})
     model, clip, vae = [ckpt, 0], [ckpt, 1], [ckpt, 2]
     photo = g.add("LoadImage", {"image": FACE_IMAGE}, title="Face photo")
     images: list[Any] = [photo, 0]
@@ -169,6 +204,8 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE) -> dic
     if face_prep:
         image_input = next(s.name for s in input_slots(node_info(face_prep)) if s.type == "IMAGE")
         prep = g.add(face_prep, {image_input: images}, defaults=True)
+        if "crop_size" in g.nodes[prep]["inputs"]:
+            g.nodes[prep]["inputs"]["crop_size"] = resolution  # in place: keeps the definition's input order
         image_outs, mask_outs = _output_slots(face_prep, "IMAGE"), _output_slots(face_prep, "MASK")
         images = [prep, image_outs[0]]
         masks = [prep, mask_outs[0]] if mask_outs else None
@@ -177,7 +214,7 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE) -> dic
     loss = g.add("CrossInitLossSettings", {"reg_weight": 1e-05, "background_weight": 1.0})
     trainer_inputs: dict[str, Any] = {
         "model": model, "clip": clip, "vae": vae, "images": images, "embedding": [init, 0], "loss": [loss, 0],
-        "mode": mode, "steps": 320, "batch_size": 8, "learning_rate": 0.005, "seed": 0, "resolution": 512,
+        "mode": mode, "steps": 320, "batch_size": 8, "learning_rate": 0.005, "seed": 0, "resolution": resolution,
     }
     if masks:
         trainer_inputs["masks"] = masks
@@ -188,7 +225,7 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE) -> dic
     edit = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": embedding, "text": EDIT_PROMPT, "placeholder": "<face>"},
                  title="Edit prompt (<face>)")
     negative = g.add("CLIPTextEncode", {"text": NEGATIVE_PROMPT, "clip": clip}, title="Negative prompt")
-    latent = g.add("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1})
+    latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": 1})
     samplers = []
     for positive, what in ((portrait, "portrait"), (edit, "edit")):
         samplers.append(g.add("KSampler", {
@@ -395,11 +432,12 @@ def dumps(data: Any) -> str:
 def render_all() -> dict[Path, str]:
     """Every generated file and its text (ComfyUI must be booted)."""
     files: dict[Path, str] = {}
-    for stem, mode in WORKFLOWS.items():
-        api = build_api_workflow(mode)
+    for stem, workflow in WORKFLOWS.items():
+        api = build_api_workflow(workflow.mode, checkpoint=workflow.checkpoint, resolution=workflow.resolution)
         api_text = dumps(api)
         files[API_DIR / f"{stem}.json"] = api_text
-        ui_text = dumps(api_to_ui(json.loads(api_text), note=NOTE_TEXT.format(mode=MODE_TEXT[mode], name=EMBEDDING_NAME)))
+        note = NOTES[workflow.note].format(mode=MODE_TEXT[workflow.mode], name=EMBEDDING_NAME)
+        ui_text = dumps(api_to_ui(json.loads(api_text), note=note))
         for folder in UI_DIRS:
             files[folder / f"{stem}.json"] = ui_text
     return files

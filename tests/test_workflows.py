@@ -1,5 +1,5 @@
 """The shipped workflows: UI and API files agree, validate against the node definitions, are up to date,
-and run end to end on tiny SD1 (eps) and SD2 (v) models, including the `embedding:NAME` round trip."""
+and run end to end on tiny SD1 (eps), SD2 (v) and SDXL models, including the `embedding:NAME` round trip."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import torch
 import workflow_runner as wr
 
 REPO = Path(__file__).resolve().parents[1]
-STEMS = ("cross_init_fast", "cross_init_full")
+STEMS = ("cross_init_fast", "cross_init_full", "cross_init_sdxl_fast")
+# the tiny host model family each workflow is validated and run with
+KIND = {"cross_init_fast": "sd1", "cross_init_full": "sd2", "cross_init_sdxl_fast": "sdxl"}
 PACK_NODES = {"CrossInitEmbeddingInit", "CrossInitLossSettings", "CrossInitTrainer", "CrossInitCLIPTextEncode", "CrossInitSaveEmbedding"}
 STOCK_NODES = {"CheckpointLoaderSimple", "LoadImage", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage",
                "PreviewImage"}
@@ -77,7 +79,7 @@ def test_node_types_and_input_names_exist(pack, generator, stem):
         defined = {name for name, _spec, _optional in wr.defined_inputs(node["class_type"])}
         assert set(node["inputs"]) <= defined, f"node {node_id} ({node['class_type']}): unknown inputs {set(node['inputs']) - defined}"
     (trainer,) = wr.nodes_of(api, "CrossInitTrainer")
-    assert api[trainer]["inputs"]["mode"] == stem.removeprefix("cross_init_")
+    assert api[trainer]["inputs"]["mode"] == stem.rsplit("_", 1)[-1]
     assert sorted(api[n]["inputs"]["filename_prefix"] for n in wr.nodes_of(api, "SaveImage")) == ["cross_init/edit", "cross_init/portrait"]
     texts = sorted(api[n]["inputs"]["text"] for n in wr.nodes_of(api, "CrossInitCLIPTextEncode"))
     assert len(texts) == 2 and all("<face>" in t for t in texts)
@@ -93,7 +95,7 @@ def test_node_types_and_input_names_exist(pack, generator, stem):
 def test_workflows_validate_with_comfyui(pack, tiny, face_image, stem):
     api = api_file(stem)
     ckpts = [api[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(api, "CheckpointLoaderSimple")]
-    with wr.tiny_checkpoint_loader(tiny("sd1"), ckpts):
+    with wr.tiny_checkpoint_loader(tiny(KIND[stem]), ckpts):
         ok, error, outputs, node_errors = wr.validate(api)
         assert ok, (error, node_errors)
         assert node_errors == {}
@@ -108,6 +110,28 @@ def test_workflows_validate_with_comfyui(pack, tiny, face_image, stem):
         (photo,) = wr.override(broken, "LoadImage", image="no_such_photo.png")
         ok, _error, _outputs, node_errors = wr.validate(broken)
         assert not ok and {init, photo} <= set(node_errors)
+
+
+def test_sdxl_workflow_is_set_up_for_sdxl(generator):
+    """Same graph as the SD fast workflow; only the checkpoint and the 1024 px sizes differ."""
+    sd, sdxl = api_file("cross_init_fast"), api_file("cross_init_sdxl_fast")
+    assert sd.keys() == sdxl.keys()
+    differences = {(n, name): (sd[n]["inputs"][name], sdxl[n]["inputs"][name])
+                   for n in sd for name in sd[n]["inputs"] if sd[n]["inputs"][name] != sdxl[n]["inputs"].get(name)}
+    (ckpt,) = wr.nodes_of(sdxl, "CheckpointLoaderSimple")
+    (trainer,) = wr.nodes_of(sdxl, "CrossInitTrainer")
+    (latent,) = wr.nodes_of(sdxl, "EmptyLatentImage")
+    expected = {
+        (ckpt, "ckpt_name"): ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"),
+        (trainer, "resolution"): (512, 1024),
+        (latent, "width"): (512, 1024),
+        (latent, "height"): (512, 1024),
+    }
+    for prep in wr.nodes_of(sdxl, "CrossInitFacePrep"):
+        expected[(prep, "crop_size")] = (512, 1024)
+    assert differences == expected
+    assert sdxl[trainer]["inputs"]["mode"] == "fast"
+    assert "SDXL" in ui_file("cross_init_sdxl_fast")["nodes"][-1]["widgets_values"][0]
 
 
 def test_generated_files_are_up_to_date(generator):
@@ -142,8 +166,15 @@ def test_check_command_line():
 # End to end on tiny models
 
 
-@pytest.mark.parametrize(("stem", "kind", "key"), [("cross_init_fast", "sd1", "clip_l"), ("cross_init_full", "sd2", "clip_h")])
-def test_workflow_runs_end_to_end(pack, tiny, face_image, embeddings_dir, stem, kind, key):
+@pytest.mark.parametrize(
+    ("stem", "kind", "widths"),
+    [
+        ("cross_init_fast", "sd1", {"clip_l": 64}),
+        ("cross_init_full", "sd2", {"clip_h": 64}),
+        ("cross_init_sdxl_fast", "sdxl", {"clip_l": 64, "clip_g": 96}),
+    ],
+)
+def test_workflow_runs_end_to_end(pack, tiny, face_image, embeddings_dir, stem, kind, widths):
     from PIL import Image
     from safetensors import safe_open
 
@@ -164,15 +195,16 @@ def test_workflow_runs_end_to_end(pack, tiny, face_image, embeddings_dir, stem, 
     assert executor.success, wr.failure(executor)
     assert any(event == "execution_success" for event, _ in executor.status_messages)
 
-    # the embedding file: one tensor per encoder, [tokens, width]
+    # the embedding file: one tensor per encoder, [tokens, width] (SDXL: clip_l and clip_g)
     path = embeddings_dir / f"{name}.safetensors"
     assert path.is_file()
     with safe_open(str(path), framework="pt") as handle:
-        assert list(handle.keys()) == [key]
-        saved = handle.get_tensor(key)
-    assert list(saved.shape) == [2, 64] and torch.isfinite(saved).all()
+        assert sorted(handle.keys()) == sorted(widths)
+        saved = {key: handle.get_tensor(key) for key in widths}
     trained = wr.node_output(executor, trainer, 0)
-    assert torch.equal(trained.vectors[key], saved)
+    for key, width in widths.items():
+        assert list(saved[key].shape) == [2, width] and torch.isfinite(saved[key]).all()
+        assert torch.equal(trained.vectors[key], saved[key])
     assert wr.node_output(executor, saver, 0) == str(path)
 
     # the renders and the loss curve
@@ -194,7 +226,10 @@ def test_workflow_runs_end_to_end(pack, tiny, face_image, embeddings_dir, stem, 
         (stock,) = nodes.CLIPTextEncode().encode(clip, f"a photo of embedding:{name} person, portrait")
         ours = encoder.execute(clip, trained, "a photo of <face> person, portrait", "<face>").result[0]
         (plain,) = nodes.CLIPTextEncode().encode(clip, "a photo of person, portrait")
-    assert stock[0][0].shape == ours[0][0].shape == (1, 77, 64)
+    assert stock[0][0].shape == ours[0][0].shape == (1, 77, sum(widths.values()))
     torch.testing.assert_close(stock[0][0], ours[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(stock[0][1]["pooled_output"], ours[0][1]["pooled_output"], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(stock[0][0], plain[0][0], atol=1e-3)  # the file was really spliced in
+    if kind == "sdxl":  # the pooled output (ADM input) comes from the learned clip_g vectors
+        assert stock[0][1]["pooled_output"].shape == (1, widths["clip_g"])
+        assert not torch.allclose(stock[0][1]["pooled_output"], plain[0][1]["pooled_output"], atol=1e-3)
