@@ -2,8 +2,8 @@
 
 The graphs are described once, in `build_api_workflow` below, and written as
   workflows/api/<name>.json        API format ({id: {class_type, inputs, _meta}}), what /prompt accepts
-  workflows/<name>.json            UI format (nodes, links, widgets_values), what the editor opens
-  example_workflows/<name>.json    byte-identical copy of the UI file (ComfyUI's template browser reads it)
+  workflows/<name>.json            UI format (nodes, links, widgets_values), what the editor opens; ComfyUI's
+                                   template browser lists this folder too (one of its accepted folder names)
 The UI files are derived from the API graphs with the node definitions of a headless ComfyUI (input
 order, socket/widget split, extra `control_after_generate` and upload widget values), so they cannot
 drift from the nodes. tests/test_workflows.py converts them back with an independent converter.
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 API_DIR = REPO_ROOT / "workflows" / "api"
-UI_DIRS = (REPO_ROOT / "workflows", REPO_ROOT / "example_workflows")
+UI_DIRS = (REPO_ROOT / "workflows",)
 
 # Set to "CrossInitFacePrep" to put the face-prep node between Load Image and the trainer (its first IMAGE
 # output feeds the trainer's images, its first MASK output the trainer's masks, a further IMAGE output a preview).
@@ -188,6 +188,19 @@ def _output_slots(class_type: str, wanted: str) -> list[int]:
     return [i for i, t in enumerate(node_info(class_type)["output"]) if _plain(t) == wanted]
 
 
+# The trainer's steps/batch/lr widgets show the chosen preset's values (used as is once mode is `custom`),
+# so a `fast` workflow never displays the full schedule's numbers. Mirrors cross_init_core.settings.PRESETS;
+# tests/test_workflows.py checks the two agree.
+PRESET_WIDGETS = {
+    "fast": {"steps": 25, "batch_size": 8, "learning_rate": 0.02},
+    "full": {"steps": 320, "batch_size": 8, "learning_rate": 0.005},
+}
+
+
+def _preset_widgets(mode: str) -> dict[str, Any]:
+    return dict(PRESET_WIDGETS[mode])
+
+
 def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkpoint: str = CHECKPOINT,
                        resolution: int = 512) -> dict[str, dict[str, Any]]:
     """Checkpoint + face photo -> Cross-Init init -> trainer -> saved embedding, portrait and edit renders.
@@ -214,7 +227,7 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
     loss = g.add("CrossInitLossSettings", {"reg_weight": 1e-05, "background_weight": 1.0})
     trainer_inputs: dict[str, Any] = {
         "model": model, "clip": clip, "vae": vae, "images": images, "embedding": [init, 0], "loss": [loss, 0],
-        "mode": mode, "steps": 320, "batch_size": 8, "learning_rate": 0.005, "seed": 0, "resolution": resolution,
+        "mode": mode, **_preset_widgets(mode), "seed": 0, "resolution": resolution,
     }
     if masks:
         trainer_inputs["masks"] = masks

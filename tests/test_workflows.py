@@ -136,21 +136,26 @@ def test_sdxl_workflow_is_set_up_for_sdxl(generator):
 
 def test_generated_files_are_up_to_date(generator):
     files = generator.render_all()
-    assert len(files) == 3 * len(STEMS)
+    assert len(files) == 2 * len(STEMS)
     for path, text in files.items():
         assert path.read_text(encoding="utf-8") == text, f"{path} is out of date: run scripts/make_ui_workflows.py"
-    for stem in STEMS:
-        shipped = (REPO / "workflows" / f"{stem}.json").read_bytes()
-        assert (REPO / "example_workflows" / f"{stem}.json").read_bytes() == shipped
+    # one copy of each workflow: ComfyUI's template browser reads workflows/ itself
+    assert not (REPO / "example_workflows").exists()
+
+
+def test_trainer_widgets_show_the_preset_values(generator, core):
+    for mode, widgets in generator.PRESET_WIDGETS.items():
+        preset = core.settings.PRESETS[mode]
+        assert widgets == {"steps": preset.steps, "batch_size": preset.batch_size, "learning_rate": preset.learning_rate}
 
 
 def test_check_flag_detects_drift(generator, tmp_path, monkeypatch):
     monkeypatch.setattr(generator, "API_DIR", tmp_path / "api")
-    monkeypatch.setattr(generator, "UI_DIRS", (tmp_path / "workflows", tmp_path / "example_workflows"))
+    monkeypatch.setattr(generator, "UI_DIRS", (tmp_path / "workflows",))
     assert generator.main(["--check"]) == 1  # nothing written yet
     assert generator.main([]) == 0
     assert generator.main(["--check"]) == 0
-    edited = tmp_path / "example_workflows" / f"{STEMS[0]}.json"
+    edited = tmp_path / "workflows" / f"{STEMS[0]}.json"
     edited.write_text(edited.read_text(encoding="utf-8").replace('"cross_init/edit"', '"cross_init/edited"'), encoding="utf-8")
     assert generator.main(["--check"]) == 1
 
