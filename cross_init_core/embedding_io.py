@@ -66,9 +66,15 @@ def check_save_target(folders: list[str], name: str, overwrite: bool) -> Path:
     if not folders:
         raise InvalidInputError("name: ComfyUI has no embeddings folder configured (models/embeddings).")
     final = Path(folders[0]).resolve() / f"{validate_name(name)}.safetensors"
+    _check_existing(final, overwrite)
+    return final
+
+
+def _check_existing(final: Path, overwrite: bool) -> None:
+    if final.exists() and not final.is_file():  # a folder (or device) squatting on the name: never replace it
+        raise EmbeddingFileError(f"name: {final} exists and is not a file (a folder?). Choose another name.")
     if final.exists() and not overwrite:
         raise EmbeddingExistsError(f"name: {final} already exists. Choose another name, or set overwrite to true to replace it.")
-    return final
 
 
 def to_file_dict(embedding: CrossInitEmbedding) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -94,8 +100,7 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
     final = (folder / f"{stem}.safetensors").resolve()
     if final.parent != folder:
         raise InvalidInputError(f"name {name!r}: it would write outside {folder}.")
-    if final.exists() and not overwrite:
-        raise EmbeddingExistsError(f"name: {final} already exists. Choose another name, or set overwrite to true to replace it.")
+    _check_existing(final, overwrite)
     tensors, metadata = to_file_dict(embedding)
     tmp = _create_temp(folder, stem)
     try:
