@@ -10,6 +10,7 @@ back as it was on exit, exceptions included.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -137,10 +138,63 @@ def encode_conditioning(clip: Any, tokens: dict[str, Any]) -> tuple[torch.Tensor
     return out["cond"], out.get("pooled_output")
 
 
+def _out_of_place_clip_layer(layer: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """ComfyUI's CLIPLayer.forward without its in-place `x += ...` (same math, autograd-safe)."""
+
+    def forward(x: torch.Tensor, mask: Any = None, optimized_attention: Any = None) -> torch.Tensor:
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+
+    return forward
+
+
+_CLIP_LAYER_PARAMETERS = ["self", "x", "mask", "optimized_attention"]
+
+
+def _clip_layers(clip: Any) -> list[torch.nn.Module]:
+    return [m for _key, enc in _inner_encoders(clip) for m in enc.transformer.modules() if type(m).__name__ == "CLIPLayer"]
+
+
+def _clip_layer_is_known(layer: torch.nn.Module) -> bool:
+    """The host's CLIPLayer has the forward this module replaces (ComfyUI 0.3.x: x += attn; x += mlp)."""
+    try:
+        names = list(inspect.signature(type(layer).forward).parameters)
+    except (TypeError, ValueError):
+        return False
+    return names == _CLIP_LAYER_PARAMETERS and all(hasattr(layer, a) for a in ("self_attn", "layer_norm1", "mlp", "layer_norm2"))
+
+
 def _clone_every_saved_tensor() -> contextlib.AbstractContextManager[None]:
-    # ComfyUI's CLIPLayer does `x += ...` on a tensor layer norm saved. Cloning EVERY saved tensor keeps
-    # the values autograd needs exact (cloning only some would give silently wrong gradients).
+    # Fallback for CLIP layers this module does not know: cloning EVERY saved tensor keeps the values
+    # autograd needs exact (cloning only some would give silently wrong gradients), at the cost of a copy.
     return torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t)
+
+
+@contextlib.contextmanager
+def _out_of_place_clip(clip: Any) -> Iterator[int]:
+    """For the duration of training, every CLIPLayer of `clip` runs an out-of-place forward; restored on exit.
+
+    ComfyUI's CLIPLayer does `x += ...` on a tensor layer norm saved for backward. Replacing the two adds
+    by out-of-place ones gives exact gradients without copying anything; any other in-place write onto a
+    saved tensor would make autograd raise (the tensors are normal, version-counted ones in a session),
+    never give silently wrong gradients. The previous fix (cloning every saved tensor) copied every cast
+    weight of the text encoder on every step. Only instance attributes are set, never the class.
+    """
+    patched: list[torch.nn.Module] = []
+    layers = _clip_layers(clip)
+    try:
+        if all(_clip_layer_is_known(layer) for layer in layers):
+            for module in layers:
+                if "forward" not in module.__dict__:
+                    module.forward = _out_of_place_clip_layer(module)
+                    patched.append(module)
+        else:
+            log.warning("Cross-Init: this ComfyUI's CLIPLayer differs from the known one; using the slower "
+                        "clone-every-saved-tensor fix for the text encoder")
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
 
 
 def encode_batch_for_training(
@@ -149,6 +203,8 @@ def encode_batch_for_training(
     """Encodes a batch of single-chunk captions (one per row) differentiably; returns cond [b, 77, D], pooled.
 
     Same layer choice as `encode_from_tokens` (the CLIP's clip-skip), all weights 1.0, rows batched.
+    Differentiable inside a `training_session` (which makes the CLIP layers out-of-place; where it could
+    not, every saved tensor is cloned instead).
     """
     encoders = dict(_inner_encoders(clip))
     clip.cond_stage_model.reset_clip_options()
@@ -156,7 +212,8 @@ def encode_batch_for_training(
         clip.cond_stage_model.set_clip_options({"layer": clip.layer_idx})
     outputs = []
     pooled = None
-    with _clone_every_saved_tensor():
+    out_of_place = all("forward" in layer.__dict__ for layer in _clip_layers(clip))
+    with contextlib.nullcontext() if out_of_place else _clone_every_saved_tensor():
         for slot in slots:
             rows = [[token for token, _weight in row] for row in token_batches[slot.token_key]]
             z, slot_pooled = encoders[slot.token_key].encode(rows)[:2]
@@ -209,25 +266,127 @@ def _clip_options_state(clip: Any) -> list[tuple[Any, tuple[Any, Any, Any]]]:
 
 
 @contextlib.contextmanager
-def training_session(model: Any, clip: Any) -> Iterator[torch.device]:
+def training_session(model: Any, clip: Any, memory_required: int = 0) -> Iterator[torch.device]:
     """Loads MODEL and CLIP onto the compute device and makes them differentiable; yields the device.
 
+    `memory_required` (bytes, the training activations) is passed to the host's loader, which unloads
+    other models (the VAE, whatever else is loaded) as far as needed to leave that much free.
     Host weights are never written: parameters are swapped for zero-copy aliases and the original
-    objects are put back on exit, as are the CLIP's layer options.
+    objects are put back on exit, as are the CLIP's layer options and layer forwards.
     """
     import comfy.model_management as mm
 
-    mm.load_models_gpu([model, clip.patcher], force_full_load=True)
+    mm.load_models_gpu([model, clip.patcher], memory_required=int(memory_required), force_full_load=True)
     device = model.load_device
     options = _clip_options_state(clip)
     modules = [model.model] + [enc.transformer for _key, enc in _inner_encoders(clip)]
     try:
-        with torch.inference_mode(False), torch.enable_grad(), _aliased_weights(modules) as count:
-            log.debug("training session: %d host tensors aliased", count)
+        with torch.inference_mode(False), torch.enable_grad(), _aliased_weights(modules) as count, \
+                _out_of_place_clip(clip) as layers:
+            log.debug("training session: %d host tensors aliased, %d CLIP layers out of place", count, layers)
             yield device
     finally:
         for enc, (layer, layer_idx, projected) in options:
             enc.layer, enc.layer_idx, enc.return_projected_pooled = layer, layer_idx, projected
+
+
+def _unet_blocks(model: Any) -> list[torch.nn.Module]:
+    """The layers of the UNet's input, middle and output blocks (what `forward_timestep_embed` calls)."""
+    unet = model.model.diffusion_model
+    blocks: list[torch.nn.Module] = []
+    for seq in [*getattr(unet, "input_blocks", []), getattr(unet, "middle_block", None), *getattr(unet, "output_blocks", [])]:
+        if seq is not None:
+            blocks.extend(seq.children())
+    return blocks
+
+
+def _checkpointed_forward(module: torch.nn.Module) -> Callable[..., Any]:
+    original = type(module).forward.__get__(module)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return original(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(original, *args, use_reentrant=False, **kwargs)
+
+    return forward
+
+
+@contextlib.contextmanager
+def unet_checkpointing(model: Any, enabled: bool = True) -> Iterator[int]:
+    """Gradient checkpointing of every UNet block layer (ResBlock, SpatialTransformer, up/down samplers).
+
+    Each layer's activations are dropped after its forward and recomputed in backward: the same
+    arithmetic (no dropout in these models; layers are deterministic), about one extra UNet forward of
+    compute, and only the layer inputs stay in memory. Instance `forward`s are set for the duration and
+    removed on exit; the host's classes and modules are otherwise untouched. Yields the layer count.
+    """
+    patched: list[torch.nn.Module] = []
+    try:
+        if enabled:
+            for module in _unet_blocks(model):
+                if "forward" not in module.__dict__:
+                    module.forward = _checkpointed_forward(module)
+                    patched.append(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+# What autograd keeps for one sample's UNet forward, in elements of the compute dtype, as a function of
+# the number of latent pixels P (64x64 = 4096 at 512 px): elements = LINEAR x P + QUADRATIC x P^2.
+# Fitted to the real SD 1.5 UNet (SD 2.1-base needs 10-20 % less) measured with
+# `python bench/activation_memory.py --models sd15 sd21 --latent 16 32 64` (docs/benchmarks.md):
+#   plain:        16x16 26.7 M, 32x32 128.5 M, 64x64 944 M elements  (3.5 GiB fp32 / 1.8 GiB fp16 at 512 px)
+#   checkpointed: 16x16  5.0 M, 32x32  26.0 M, 64x64 205 M elements  (layer inputs + the largest layer)
+# The quadratic part is attention state; it was measured with the sub-quadratic attention ComfyUI picks on
+# the CPU, which keeps more than the SDPA/flash kernels picked on CUDA, so the estimate errs high there.
+ACTIVATION_ELEMENTS = {"plain": (90_500.0, 34.5), "checkpointed": (17_300.0, 8.0)}
+# fixed working memory on top of weights and saved activations (CUDA context, cuBLAS workspace, the
+# transient gradient buffers of the largest layer in backward)
+WORKSPACE_BYTES = 1 << 30
+
+
+def compute_dtype_size(model: Any) -> int:
+    """Bytes per element of the dtype the UNet computes in (its manual-cast dtype if it has one)."""
+    dtype = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def activation_bytes_per_sample(model: Any, latent_hw: tuple[int, int], checkpointed: bool) -> int:
+    """Estimated activation memory of one sample's UNet forward+backward (text-encoder activations are small).
+
+    bytes = (LINEAR x P + QUADRATIC x P^2) x (model_channels / 320) x bytes per element of the compute
+    dtype, with P = latent_h x latent_w and the constants of `ACTIVATION_ELEMENTS` (plain or checkpointed).
+    """
+    config = getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
+    width = float(config.get("model_channels", 320)) / 320.0
+    linear, quadratic = ACTIVATION_ELEMENTS["checkpointed" if checkpointed else "plain"]
+    pixels = float(latent_hw[0] * latent_hw[1])
+    return int((linear * pixels + quadratic * pixels**2) * width * compute_dtype_size(model))
+
+
+def weights_bytes(model: Any, clip: Any) -> int:
+    """Bytes of the UNet and text encoder weights as loaded (what stays on the device during training)."""
+    return int(model.model_size() + clip.patcher.model_size())
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA-like device as the host sees it; None on the CPU (no budget applies there)."""
+    import comfy.model_management as mm
+
+    if device.type in ("cpu", "mps"):
+        return None
+    return int(mm.get_free_memory(device))
+
+
+def peak_memory_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def denoised(model: Any, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, **extra: Any) -> torch.Tensor:

@@ -72,3 +72,74 @@ def resolve(mode: str, steps: int, batch_size: int, learning_rate: float, seed: 
     else:
         chosen = replace(PRESETS[mode], seed=seed, resolution=resolution)
     return chosen.validated()
+
+
+MEMORY_CHOICES = ("auto", "4", "6", "8", "10", "12", "16", "24", "none")
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """How training fits a memory budget; none of these change the result (to float round-off).
+
+    budget_gb: device memory training may use (weights + activations), None = auto (the free memory of a
+    CUDA device; no limit on the CPU), 0 = no limit. micro_batch: force this many samples per
+    forward/backward (gradients are accumulated over the step's batch), None = chosen from the budget.
+    checkpointing: force UNet gradient checkpointing on/off, None = chosen from the budget.
+    """
+
+    budget_gb: float | None = None
+    micro_batch: int | None = None
+    checkpointing: bool | None = None
+
+    def validated(self) -> MemorySettings:
+        if self.budget_gb is not None and (not math.isfinite(self.budget_gb) or self.budget_gb < 0):
+            raise InvalidInputError(f"memory: got {self.budget_gb} GB; use 'auto' or a budget in GB such as 8.")
+        if self.micro_batch is not None and (not isinstance(self.micro_batch, int) or self.micro_batch < 1):
+            raise InvalidInputError(f"micro_batch: got {self.micro_batch}; use a whole number >= 1.")
+        return self
+
+
+def parse_memory(text: str | float | None) -> MemorySettings:
+    """The trainer node's `memory` input: 'auto', 'none' (no limit) or a budget in GB ('8', '12.5')."""
+    if text is None:
+        return MemorySettings()
+    value = str(text).strip().lower().removesuffix("gb").strip()
+    if value in ("", "auto"):
+        return MemorySettings()
+    if value in ("none", "off", "unlimited", "0"):
+        return MemorySettings(budget_gb=0.0)
+    try:
+        budget = float(value)
+    except ValueError:
+        raise InvalidInputError(f"memory: got {text!r}; use 'auto', 'none' or a budget in GB such as 8.") from None
+    if not math.isfinite(budget) or budget <= 0:
+        raise InvalidInputError(f"memory: got {text!r}; use 'auto', 'none' or a budget in GB above 0, such as 8.")
+    return MemorySettings(budget_gb=budget)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    micro_batch: int
+    checkpointing: bool
+    reason: str
+
+
+def plan_memory(batch: int, available_bytes: int | None, plain_bytes: int, checkpointed_bytes: int,
+                forced: MemorySettings | None = None) -> MemoryPlan:
+    """Picks samples per forward/backward and checkpointing so `micro x per-sample bytes <= available`.
+
+    Prefers no checkpointing (it costs ~1/3 more compute) with the largest micro-batch that fits; turns
+    checkpointing on only when not even one sample fits without it. `available_bytes` None = no limit.
+    """
+    forced = forced or MemorySettings()
+    if forced.micro_batch is not None or forced.checkpointing is not None:
+        micro = min(batch, forced.micro_batch or batch)
+        return MemoryPlan(micro, bool(forced.checkpointing), "set by the caller")
+    if available_bytes is None:
+        return MemoryPlan(batch, False, "no memory limit")
+    for checkpointing, per_sample in ((False, plain_bytes), (True, checkpointed_bytes)):
+        fits = available_bytes // max(per_sample, 1)
+        if fits >= 1:
+            return MemoryPlan(int(min(batch, fits)), checkpointing,
+                              f"{available_bytes / 2**30:.1f} GiB for activations, ~{per_sample / 2**30:.2f} GiB per sample")
+    return MemoryPlan(1, True, f"only {available_bytes / 2**30:.1f} GiB for activations; may not fit")

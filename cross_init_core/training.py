@@ -3,6 +3,12 @@
 Only the new vectors are trained. Latents of every face (and its mirror image) are encoded once before
 the loop; each step draws faces, flips, timesteps, noise and caption templates from a seeded CPU
 generator, so a run is reproducible.
+
+Memory: a step's batch may be split into micro-batches whose gradients are accumulated (each chunk's
+loss weighted by its share of the batch, the regularizer added once), and the UNet blocks may be
+gradient-checkpointed. The draws are made for the whole batch first, so neither changes the result
+beyond float round-off. Host syncs: the loop reads the loss back only every `SYNC_EVERY` steps (NaN
+check, loss history), or every step when an `on_step` callback wants the value.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from .embedding import CrossInitEmbedding, check_matches_slots
 from .errors import InvalidInputError, TrainingDivergedError
 from .loss import diffusion_mse, prediction_from_denoised, regularizer, target
 from .prompt_tokens import PromptLayout, layout_prompt
-from .settings import LossSettings, TrainingSettings
+from .settings import LossSettings, MemoryPlan, MemorySettings, TrainingSettings, plan_memory
 from .templates import PHOTO_TEMPLATES
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "{}"
+SYNC_EVERY = 8
 
 StepCallback = Callable[[int, int, float], None]
 
@@ -39,6 +46,7 @@ class TrainingResult:
     regs: list[float]
     seconds: float
     setup_seconds: float
+    memory_plan: MemoryPlan | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,18 +212,35 @@ class StepLoss:
         self.sdxl = host_adapter.is_sdxl_model(run.model)
 
     def __call__(self, params: dict[str, torch.Tensor], draw: StepDraw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mse = self.diffusion(params, draw)
+        reg = regularizer(params, self.init)
+        return mse + self.run.loss_settings.reg_weight * reg, mse, reg
+
+    def regularizer(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return regularizer(params, self.init)
+
+    def diffusion(self, params: dict[str, torch.Tensor], draw: StepDraw, rows: slice | None = None) -> torch.Tensor:
+        """The diffusion MSE of the draw; with `rows`, that chunk's share of the whole batch's MSE.
+
+        Shares of disjoint chunks covering the batch sum to the batch MSE (masked: each chunk's weighted
+        error sum over the batch's total weight), so their gradients sum to the full-batch gradient.
+        """
         run = self.run
-        index = draw.latent_index.to(self.device)
+        batch = draw.latent_index.shape[0]
+        index_all = draw.latent_index.to(self.device)
+        index = index_all if rows is None else index_all[rows]
+        timesteps = draw.timesteps if rows is None else draw.timesteps[rows]
+        noise = (draw.noise if rows is None else draw.noise[rows]).to(self.device)
+        templates = draw.templates if rows is None else draw.templates[rows]
         x0 = self.latents[index]
-        sigma = self.sigmas[draw.timesteps.to(self.device)]
-        noise = draw.noise.to(self.device)
+        sigma = self.sigmas[timesteps.to(self.device)]
         x_noisy = x0 + sigma.view(-1, 1, 1, 1) * noise
-        rows: dict[str, list[Any]] = {slot.token_key: [] for slot in run.slots}
-        for template in draw.templates:
+        token_rows: dict[str, list[Any]] = {slot.token_key: [] for slot in run.slots}
+        for template in templates:
             filled = run.layouts[template].fill(params, run.slots)
             for slot in run.slots:
-                rows[slot.token_key].append(filled[slot.token_key][0])
-        cond, pooled = host_adapter.encode_batch_for_training(run.clip, run.slots, rows)
+                token_rows[slot.token_key].append(filled[slot.token_key][0])
+        cond, pooled = host_adapter.encode_batch_for_training(run.clip, run.slots, token_rows)
         extra = {}
         if self.sdxl:
             size = run.settings.resolution
@@ -224,8 +249,32 @@ class StepLoss:
         prediction = prediction_from_denoised(run.kind, x_noisy, den, sigma)
         pixel_weight = None if self.weights is None else self.weights[index]
         mse = diffusion_mse(prediction, target(run.kind, x0, noise, sigma), pixel_weight)
-        reg = regularizer(params, self.init)
-        return mse + run.loss_settings.reg_weight * reg, mse, reg
+        if rows is None or index.shape[0] == batch:
+            return mse
+        if pixel_weight is None:
+            return mse * (index.shape[0] / batch)
+        return mse * (pixel_weight.sum() / self.weights[index_all].sum().clamp_min(1e-8))
+
+
+def _memory_plan(run: PreparedRun, memory: MemorySettings, device: torch.device | None) -> tuple[MemoryPlan, int]:
+    """The micro-batch/checkpointing plan and the activation bytes to ask the host to keep free.
+
+    available for activations = budget - UNet and text-encoder weights - a fixed workspace (budget given), or
+    free device memory after loading - workspace (auto on CUDA); no limit on the CPU in auto or with budget 0.
+    """
+    batch = run.settings.batch_size
+    latent_hw = (int(run.latents.shape[-2]), int(run.latents.shape[-1]))
+    plain = host_adapter.activation_bytes_per_sample(run.model, latent_hw, checkpointed=False)
+    ckpt = host_adapter.activation_bytes_per_sample(run.model, latent_hw, checkpointed=True)
+    available: int | None = None
+    if memory.budget_gb:
+        budget = int(memory.budget_gb * 2**30)
+        available = max(0, budget - host_adapter.weights_bytes(run.model, run.clip) - host_adapter.WORKSPACE_BYTES)
+    elif memory.budget_gb is None and device is not None:
+        free = host_adapter.free_device_bytes(device)
+        available = None if free is None else max(0, free - host_adapter.WORKSPACE_BYTES)
+    plan = plan_memory(batch, available, plain, ckpt, memory)
+    return plan, plan.micro_batch * (ckpt if plan.checkpointing else plain)
 
 
 def train(
@@ -240,51 +289,90 @@ def train(
     mode: str = "custom",
     on_step: StepCallback | None = None,
     fault_hook: Callable[[int], None] | None = None,
+    memory: MemorySettings | None = None,
 ) -> TrainingResult:
     """Trains `embedding`'s vectors on the host models; host objects are left exactly as they were.
 
     `on_step(step, total, loss)` is called after every step (progress, previews); `fault_hook(step)` runs
-    inside the step before the forward pass (tests use it to inject faults).
+    inside the step before the forward pass (tests use it to inject faults). `memory` picks micro-batches
+    and gradient checkpointing (see `MemorySettings`); the result is the same to float round-off.
     """
     started = time.perf_counter()
+    memory = (memory or MemorySettings()).validated()
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     settings = run.settings
+    batch = settings.batch_size
     sampler = run.sampler()
     reporter = host_adapter.progress_reporter(settings.steps)
     losses: list[float] = []
     regs: list[float] = []
-    with host_adapter.training_session(model, clip) as device:
+    reg_weight = run.loss_settings.reg_weight
+    plan, needed = _memory_plan(run, memory, None)
+    # auto: ask the host for room for the whole batch (it unloads the VAE and other models as needed)
+    request = needed if memory.budget_gb else batch * host_adapter.activation_bytes_per_sample(
+        model, (int(run.latents.shape[-2]), int(run.latents.shape[-1])), checkpointed=False)
+    sync_every = 1 if on_step is not None else SYNC_EVERY
+    with host_adapter.training_session(model, clip, memory_required=request) as device:
+        if memory.budget_gb is None:
+            plan, _ = _memory_plan(run, memory, device)
+        log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
+                 plan.micro_batch, batch, "on" if plan.checkpointing else "off", plan.reason)
         step_loss = StepLoss(run, device)
         params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in embedding.vectors.items()}
         optimizer = torch.optim.AdamW(list(params.values()), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-        setup_seconds = time.perf_counter() - started
-        loop_started = time.perf_counter()
-        for step in range(settings.steps):
-            host_adapter.check_interrupted()
-            draw = sampler.draw(settings.batch_size)
-            if fault_hook is not None:
-                fault_hook(step)
-            loss, _mse, reg = step_loss(params, draw)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            loss_value = float(loss.detach())
-            grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in params.values() if p.grad is not None)
-            if not (math.isfinite(loss_value) and grads_finite):
-                last = embedding.with_vectors({k: p.detach() for k, p in params.items()}, stopped_at_step=str(step))
-                raise TrainingDivergedError(
-                    f"training stopped at step {step + 1}/{settings.steps}: the loss became {loss_value} (NaN/inf). "
-                    "The last finite vectors were kept. Lower learning_rate, or if the model runs in fp16, "
-                    "start ComfyUI with --force-fp32 or --fp32-unet.",
-                    embedding=last,
-                    step=step,
-                )
-            optimizer.step()
-            losses.append(loss_value)
-            regs.append(float(reg.detach()))
-            reporter(step + 1, None)
-            if on_step is not None:
-                on_step(step + 1, settings.steps, loss_value)
-        loop_seconds = time.perf_counter() - loop_started
+        # per step, until read back: (loss, reg, finite flag, vectors before the step) as device tensors
+        pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+
+        def read_back(last_step: int) -> None:
+            """One host sync for the pending steps: NaN/inf check, loss history, callbacks."""
+            first = last_step - len(pending) + 1
+            values = torch.stack([torch.stack([loss, reg, ok.float()]) for loss, reg, ok, _ in pending]).tolist()
+            for offset, (loss_value, reg_value, ok) in enumerate(values):
+                step = first + offset
+                if not (ok and math.isfinite(loss_value)):
+                    last = embedding.with_vectors(pending[offset][3], stopped_at_step=str(step))
+                    raise TrainingDivergedError(
+                        f"training stopped at step {step + 1}/{settings.steps}: the loss became {loss_value} (NaN/inf). "
+                        "The last finite vectors were kept. Lower learning_rate, or if the model runs in fp16, "
+                        "start ComfyUI with --force-fp32 or --fp32-unet.",
+                        embedding=last,
+                        step=step,
+                    )
+                losses.append(loss_value)
+                regs.append(reg_value)
+                if on_step is not None:
+                    on_step(step + 1, settings.steps, loss_value)
+            pending.clear()
+
+        with host_adapter.unet_checkpointing(model, plan.checkpointing):
+            setup_seconds = time.perf_counter() - started
+            loop_started = time.perf_counter()
+            for step in range(settings.steps):
+                host_adapter.check_interrupted()
+                draw = sampler.draw(batch)
+                if fault_hook is not None:
+                    fault_hook(step)
+                optimizer.zero_grad(set_to_none=True)
+                if plan.micro_batch >= batch:
+                    loss, _mse, reg = step_loss(params, draw)
+                    loss.backward()
+                    loss = loss.detach()
+                else:
+                    mse = torch.zeros((), device=device)
+                    for first in range(0, batch, plan.micro_batch):
+                        part = step_loss.diffusion(params, draw, slice(first, first + plan.micro_batch))
+                        part.backward()
+                        mse = mse + part.detach()
+                    reg = step_loss.regularizer(params)
+                    (reg_weight * reg).backward()
+                    loss = mse + reg_weight * reg.detach()
+                finite = torch.stack([torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]).all()
+                pending.append((loss, reg.detach(), finite, {k: p.detach().clone() for k, p in params.items()}))
+                optimizer.step()
+                if len(pending) >= sync_every or step + 1 == settings.steps:
+                    read_back(step)
+                reporter(step + 1, None)
+            loop_seconds = time.perf_counter() - loop_started
         learned = {k: p.detach() for k, p in params.items()}
 
     metadata = {
@@ -305,4 +393,5 @@ def train(
         {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.vectors.items()},
         {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.init_vectors.items()},
     )
-    return TrainingResult(embedding=result, losses=losses, regs=regs, seconds=loop_seconds, setup_seconds=setup_seconds)
+    return TrainingResult(embedding=result, losses=losses, regs=regs, seconds=loop_seconds, setup_seconds=setup_seconds,
+                          memory_plan=plan)

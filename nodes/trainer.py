@@ -44,6 +44,11 @@ class CrossInitTrainer(io.ComfyNode):
                              tooltip="Training resolution in pixels (multiple of 64; 512 for SD 1.5/2.1-base)."),
                 io.Mask.Input("masks", optional=True, tooltip="Optional face masks (from face prep) for a face-weighted loss; "
                                                                 "set background_weight in the loss settings."),
+                io.Combo.Input("memory", options=list(settings.MEMORY_CHOICES), default="auto", optional=True,
+                               tooltip="GPU memory training may use, in GB (weights + activations). auto: the free memory of "
+                                       "the GPU (no limit on the CPU). A budget such as 8 splits each step's batch into "
+                                       "smaller forward/backward passes and, if needed, turns on gradient checkpointing; "
+                                       "the result is the same, only slower. none: no limit."),
             ],
             outputs=[
                 Embedding.Output(display_name="embedding"),
@@ -54,10 +59,12 @@ class CrossInitTrainer(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, embedding, mode: str, steps: int, batch_size: int,  # type: ignore[override]
-                learning_rate: float, seed: int, loss=None, resolution: int = 512, masks=None) -> io.NodeOutput:
+                learning_rate: float, seed: int, loss=None, resolution: int = 512, masks=None,
+                memory: str = "auto") -> io.NodeOutput:
         chosen = settings.resolve(mode, steps, batch_size, learning_rate, seed, resolution)
+        memory_settings = settings.parse_memory(memory)
         if mode != "custom":
             log.info("Cross-Init %s preset: %d steps, batch %d, lr %g", mode, chosen.steps, chosen.batch_size, chosen.learning_rate)
-        result = training.train(model, clip, vae, images, embedding, chosen, loss, masks=masks, mode=mode)
+        result = training.train(model, clip, vae, images, embedding, chosen, loss, masks=masks, mode=mode, memory=memory_settings)
         curve = loss_plot.render_loss_curve(result.losses, result.regs)
         return io.NodeOutput(result.embedding, curve)

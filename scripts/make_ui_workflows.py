@@ -227,7 +227,7 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
     loss = g.add("CrossInitLossSettings", {"reg_weight": 1e-05, "background_weight": 1.0})
     trainer_inputs: dict[str, Any] = {
         "model": model, "clip": clip, "vae": vae, "images": images, "embedding": [init, 0], "loss": [loss, 0],
-        "mode": mode, **_preset_widgets(mode), "seed": 0, "resolution": resolution,
+        "mode": mode, **_preset_widgets(mode), "seed": 0, "resolution": resolution, "memory": "auto",
     }
     if masks:
         trainer_inputs["masks"] = masks

@@ -1,0 +1,53 @@
+"""Progress previews: a quick sample of 'a photo of <face> person' with the current vectors, beside the input face."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import host_adapter
+from .embedding import CrossInitEmbedding
+from .personalized_encode import encode_prompt
+
+log = logging.getLogger(__name__)
+
+PREVIEW_PROMPT = "a photo of <face> person"
+PREVIEW_STEPS = 8
+PREVIEW_CFG = 5.0
+
+
+def default_interval(steps: int) -> int:
+    """About five previews per run."""
+    return max(1, steps // 5)
+
+
+def sample_portrait(model: Any, clip: Any, vae: Any, embedding: CrossInitEmbedding, resolution: int, seed: int = 0,
+                    steps: int = PREVIEW_STEPS) -> torch.Tensor:
+    """IMAGE [1, res, res, 3] sampled by the host's own sampler and VAE with the embedding's vectors."""
+    with torch.inference_mode():
+        positive = encode_prompt(clip, embedding, PREVIEW_PROMPT)
+        negative_cond, negative_pooled = host_adapter.encode_conditioning(clip, host_adapter.tokenize(clip, ""))
+        negative = [[negative_cond, {"pooled_output": negative_pooled}]]
+        latent = torch.zeros(1, 4, resolution // 8, resolution // 8)
+        samples = host_adapter.sample(model, latent, positive, negative, steps=steps, cfg=PREVIEW_CFG, seed=seed)
+        return host_adapter.vae_decode(vae, samples)[:1].float().clamp(0, 1)
+
+
+def side_by_side(face: torch.Tensor, sample: torch.Tensor, height: int = 256) -> Image.Image:
+    """The input face (left) and the current sample (right), each `height` px tall."""
+    panels = []
+    for image in (face, sample):
+        array = (image.detach().float().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8)
+        panel = Image.fromarray(array[..., :3])
+        width = max(1, round(panel.width * height / panel.height))
+        panels.append(panel.resize((width, height), Image.Resampling.BICUBIC))
+    out = Image.new("RGB", (sum(p.width for p in panels), height), "white")
+    x = 0
+    for panel in panels:
+        out.paste(panel, (x, 0))
+        x += panel.width
+    return out
