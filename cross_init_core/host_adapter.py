@@ -47,14 +47,20 @@ def _inner_encoders(clip: Any) -> list[tuple[str, Any]]:
     if csm is None:
         raise UnsupportedModelError("clip: this input is not a ComfyUI CLIP object (connect a checkpoint's CLIP output).")
     kind = type(csm).__name__
+    encoders: list[tuple[str, Any]] = []
     if kind == "SDXLClipModel":
-        return [("l", csm.clip_l), ("g", csm.clip_g)]
-    if kind in ("SD1ClipModel", "SD2ClipModel") and getattr(csm, "clip", None) in ("clip_l", "clip_h"):
-        return [(csm.clip_name, getattr(csm, csm.clip))]
-    raise UnsupportedModelError(
-        f"unsupported model: the CLIP's text encoder is {_type_name(csm)}; supported: {SUPPORTED_MODELS}. "
-        "Load an SD 1.5, SD 2.x or SDXL checkpoint."
-    )
+        encoders = [("l", csm.clip_l), ("g", csm.clip_g)]
+    elif kind in ("SD1ClipModel", "SD2ClipModel") and getattr(csm, "clip", None) in ("clip_l", "clip_h"):
+        encoders = [(csm.clip_name, getattr(csm, csm.clip))]
+    # the wrapper's slots can hold other encoders (the host's `clip_l_class` option): check what is inside
+    foreign = [enc for _key, enc in encoders if type(getattr(enc, "transformer", None)).__name__ != "CLIPTextModel"]
+    if not encoders or foreign:
+        inner = f" holding {_type_name(foreign[0].transformer if hasattr(foreign[0], 'transformer') else foreign[0])}" if foreign else ""
+        raise UnsupportedModelError(
+            f"unsupported model: the CLIP's text encoder is {_type_name(csm)}{inner}; supported: {SUPPORTED_MODELS}. "
+            "Load an SD 1.5, SD 2.x or SDXL checkpoint."
+        )
+    return encoders
 
 
 def encoder_slots(clip: Any) -> list[EncoderSlot]:
@@ -412,6 +418,20 @@ def sdxl_adm(model: Any, pooled: torch.Tensor, width: int, height: int) -> torch
     """SDXL's pooled + size/crop conditioning, built by the host's own code (crop (0, 0))."""
     return model.model.encode_adm(pooled_output=pooled, width=width, height=height, crop_w=0, crop_h=0,
                                   target_width=width, target_height=height)
+
+
+def sample(model: Any, latent: torch.Tensor, positive: list, negative: list, steps: int, cfg: float, seed: int) -> torch.Tensor:
+    """The host's own KSampler path (euler, normal schedule), as a preview render uses it."""
+    import comfy.sample
+
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
+                               denoise=1.0, disable_pbar=True, seed=seed)
+
+
+def vae_decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
+    """Host VAE decode to an IMAGE [B, H, W, 3] in [0, 1]."""
+    return vae.decode(latent)
 
 
 def vae_encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,8 @@ from .personalized_encode import encode_prompt
 log = logging.getLogger(__name__)
 
 PREVIEW_PROMPT = "a photo of <face> person"
-PREVIEW_STEPS = 8
+PREVIEW_STEPS = 6
+PREVIEW_MAX_SIZE = 512
 PREVIEW_CFG = 5.0
 
 
@@ -51,3 +53,16 @@ def side_by_side(face: torch.Tensor, sample: torch.Tensor, height: int = 256) ->
         out.paste(panel, (x, 0))
         x += panel.width
     return out
+
+
+def progress_preview(model: Any, clip: Any, vae: Any, images: torch.Tensor, resolution: int,
+                     seed: int) -> Callable[[int, CrossInitEmbedding], tuple[str, Image.Image, int]]:
+    """A training preview hook: (step, embedding) -> ComfyUI progress-preview tuple ("JPEG", image, max size)."""
+    face = images[0]
+
+    def render(step: int, embedding: CrossInitEmbedding) -> tuple[str, Image.Image, int]:
+        sample = sample_portrait(model, clip, vae, embedding, resolution, seed=seed)
+        log.debug("Cross-Init preview at step %d", step)
+        return ("JPEG", side_by_side(face, sample[0]), PREVIEW_MAX_SIZE)
+
+    return render

@@ -9,6 +9,10 @@ from .errors import InvalidInputError
 
 MODES = ("fast", "full", "custom")
 DEFAULT_REG_WEIGHT = 1e-5
+# the trainer's resolution input: 0 = auto, the base resolution of the model family
+AUTO_RESOLUTION = 0
+SDXL_RESOLUTION = 1024
+SD_RESOLUTION = 512
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,10 @@ class TrainingSettings:
                 f"learning_rate: got {self.learning_rate}; use a value above 0 and at most 1 (full mode uses 0.005)."
             )
         if self.resolution % 64 or not 64 <= self.resolution <= 2048:
-            raise InvalidInputError(f"resolution: got {self.resolution}; use a multiple of 64 from 64 to 2048 (512 for SD 1.5/2.1).")
+            raise InvalidInputError(
+                f"resolution: got {self.resolution}; use a multiple of 64 from 64 to 2048 (512 for SD 1.5/2.1-base, "
+                "1024 for SDXL, 768 or 512 for SDXL on less memory; the trainer node's 0 picks automatically)."
+            )
         return self
 
     def as_metadata(self) -> dict[str, str]:
@@ -61,6 +68,13 @@ PRESETS: dict[str, TrainingSettings] = {
     "full": TrainingSettings(steps=320, batch_size=8, learning_rate=0.005),
     "fast": TrainingSettings(steps=25, batch_size=8, learning_rate=0.02),
 }
+
+
+def auto_resolution(resolution: int, sdxl: bool) -> int:
+    """The trainer's `resolution` input: 0 (auto) -> 1024 for SDXL, 512 otherwise; any other value as given."""
+    if resolution == AUTO_RESOLUTION:
+        return SDXL_RESOLUTION if sdxl else SD_RESOLUTION
+    return resolution
 
 
 def resolve(mode: str, steps: int, batch_size: int, learning_rate: float, seed: int, resolution: int = 512) -> TrainingSettings:

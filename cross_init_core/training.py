@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import __version__, host_adapter
 from .embedding import CrossInitEmbedding, check_matches_slots
-from .errors import InvalidInputError, TrainingDivergedError
+from .errors import CrossInitError, InvalidInputError, TrainingDivergedError
 from .loss import diffusion_mse, prediction_from_denoised, regularizer, target
 from .prompt_tokens import PromptLayout, layout_prompt
 from .settings import LossSettings, MemoryPlan, MemorySettings, TrainingSettings, plan_memory
@@ -277,6 +277,92 @@ def _memory_plan(run: PreparedRun, memory: MemorySettings, device: torch.device 
     return plan, plan.micro_batch * (ckpt if plan.checkpointing else plain)
 
 
+def _out_of_memory(step: int, total: int, plan: MemoryPlan) -> CrossInitError:
+    """The message for an out-of-memory error at `step` (1-based), raised after the host is restored."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return CrossInitError(
+        f"out of GPU memory at step {step}/{total} (micro-batch {plan.micro_batch}, UNet checkpointing "
+        f"{'on' if plan.checkpointing else 'off'}). Set the trainer's memory input to your card's VRAM in GB "
+        "(e.g. 8) so training uses micro-batches and checkpointing, or lower batch_size or resolution, "
+        "and close other programs that use the GPU."
+    )
+
+
+def _segments(steps: int, preview_every: int) -> list[tuple[int, int]]:
+    """[start, end) step ranges; a preview is rendered after each one that ends on a multiple of preview_every."""
+    if preview_every <= 0:
+        return [(0, steps)]
+    ends = [*range(preview_every, steps, preview_every), steps]
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+class _Optimization:
+    """The learned vectors, their optimizer and the not-yet-read losses: state that outlives a session."""
+
+    def __init__(self, embedding: CrossInitEmbedding, settings: TrainingSettings, device: torch.device) -> None:
+        self.embedding, self.settings = embedding, settings
+        self.params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in embedding.vectors.items()}
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
+        )
+        # per step, until read back: (loss, reg, finite flag, vectors before the step) as device tensors
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+        self.losses: list[float] = []
+        self.regs: list[float] = []
+
+    def step(self, step_loss: StepLoss, draw: StepDraw, plan: MemoryPlan, reg_weight: float) -> None:
+        batch = self.settings.batch_size
+        params = self.params
+        self.optimizer.zero_grad(set_to_none=True)
+        if plan.micro_batch >= batch:
+            loss, _mse, reg = step_loss(params, draw)
+            loss.backward()
+            loss = loss.detach()
+        else:
+            mse = torch.zeros((), device=step_loss.device)
+            for first in range(0, batch, plan.micro_batch):
+                part = step_loss.diffusion(params, draw, slice(first, first + plan.micro_batch))
+                part.backward()
+                mse = mse + part.detach()
+            reg = step_loss.regularizer(params)
+            (reg_weight * reg).backward()
+            loss = mse + reg_weight * reg.detach()
+        finite = torch.stack([torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]).all()
+        self.pending.append((loss, reg.detach(), finite, {k: p.detach().clone() for k, p in params.items()}))
+        self.optimizer.step()
+
+    def read_back(self, last_step: int, on_step: StepCallback | None) -> None:
+        """One host sync for the pending steps: NaN/inf check, loss history, callbacks."""
+        if not self.pending:
+            return
+        first = last_step - len(self.pending) + 1
+        values = torch.stack([torch.stack([loss, reg, ok.float()]) for loss, reg, ok, _ in self.pending]).tolist()
+        total = self.settings.steps
+        for offset, (loss_value, reg_value, ok) in enumerate(values):
+            step = first + offset
+            if not (ok and math.isfinite(loss_value)):
+                last = self.embedding.with_vectors(self.pending[offset][3], stopped_at_step=str(step))
+                raise TrainingDivergedError(
+                    f"training stopped at step {step + 1}/{total}: the loss became {loss_value} (NaN/inf). "
+                    "The last finite vectors were kept. Lower learning_rate, or if the model runs in fp16, "
+                    "start ComfyUI with --force-fp32 or --fp32-unet.",
+                    embedding=last,
+                    step=step,
+                )
+            self.losses.append(loss_value)
+            self.regs.append(reg_value)
+            if on_step is not None:
+                on_step(step + 1, total, loss_value)
+        self.pending.clear()
+
+    def vectors(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach() for k, p in self.params.items()}
+
+
+PreviewHook = Callable[[int, CrossInitEmbedding], Any]
+
+
 def train(
     model: Any,
     clip: Any,
@@ -290,12 +376,16 @@ def train(
     on_step: StepCallback | None = None,
     fault_hook: Callable[[int], None] | None = None,
     memory: MemorySettings | None = None,
+    preview: PreviewHook | None = None,
+    preview_every: int = 0,
 ) -> TrainingResult:
     """Trains `embedding`'s vectors on the host models; host objects are left exactly as they were.
 
-    `on_step(step, total, loss)` is called after every step (progress, previews); `fault_hook(step)` runs
-    inside the step before the forward pass (tests use it to inject faults). `memory` picks micro-batches
-    and gradient checkpointing (see `MemorySettings`); the result is the same to float round-off.
+    `on_step(step, total, loss)` is called after every step; `fault_hook(step)` runs inside the step before
+    the forward pass (tests use it to inject faults). `memory` picks micro-batches and gradient
+    checkpointing (see `MemorySettings`); the result is the same to float round-off. Every `preview_every`
+    steps, `preview(step, embedding_so_far)` runs with the host models restored (it may sample with them)
+    and what it returns is shown in the progress bar.
     """
     started = time.perf_counter()
     memory = (memory or MemorySettings()).validated()
@@ -304,76 +394,52 @@ def train(
     batch = settings.batch_size
     sampler = run.sampler()
     reporter = host_adapter.progress_reporter(settings.steps)
-    losses: list[float] = []
-    regs: list[float] = []
     reg_weight = run.loss_settings.reg_weight
     plan, needed = _memory_plan(run, memory, None)
     # auto: ask the host for room for the whole batch (it unloads the VAE and other models as needed)
     request = needed if memory.budget_gb else batch * host_adapter.activation_bytes_per_sample(
         model, (int(run.latents.shape[-2]), int(run.latents.shape[-1])), checkpointed=False)
     sync_every = 1 if on_step is not None else SYNC_EVERY
-    with host_adapter.training_session(model, clip, memory_required=request) as device:
-        if memory.budget_gb is None:
-            plan, _ = _memory_plan(run, memory, device)
-        log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
-                 plan.micro_batch, batch, "on" if plan.checkpointing else "off", plan.reason)
-        step_loss = StepLoss(run, device)
-        params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in embedding.vectors.items()}
-        optimizer = torch.optim.AdamW(list(params.values()), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-        # per step, until read back: (loss, reg, finite flag, vectors before the step) as device tensors
-        pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
-
-        def read_back(last_step: int) -> None:
-            """One host sync for the pending steps: NaN/inf check, loss history, callbacks."""
-            first = last_step - len(pending) + 1
-            values = torch.stack([torch.stack([loss, reg, ok.float()]) for loss, reg, ok, _ in pending]).tolist()
-            for offset, (loss_value, reg_value, ok) in enumerate(values):
-                step = first + offset
-                if not (ok and math.isfinite(loss_value)):
-                    last = embedding.with_vectors(pending[offset][3], stopped_at_step=str(step))
-                    raise TrainingDivergedError(
-                        f"training stopped at step {step + 1}/{settings.steps}: the loss became {loss_value} (NaN/inf). "
-                        "The last finite vectors were kept. Lower learning_rate, or if the model runs in fp16, "
-                        "start ComfyUI with --force-fp32 or --fp32-unet.",
-                        embedding=last,
-                        step=step,
-                    )
-                losses.append(loss_value)
-                regs.append(reg_value)
-                if on_step is not None:
-                    on_step(step + 1, settings.steps, loss_value)
-            pending.clear()
-
-        with host_adapter.unet_checkpointing(model, plan.checkpointing):
-            setup_seconds = time.perf_counter() - started
-            loop_started = time.perf_counter()
-            for step in range(settings.steps):
-                host_adapter.check_interrupted()
-                draw = sampler.draw(batch)
-                if fault_hook is not None:
-                    fault_hook(step)
-                optimizer.zero_grad(set_to_none=True)
-                if plan.micro_batch >= batch:
-                    loss, _mse, reg = step_loss(params, draw)
-                    loss.backward()
-                    loss = loss.detach()
-                else:
-                    mse = torch.zeros((), device=device)
-                    for first in range(0, batch, plan.micro_batch):
-                        part = step_loss.diffusion(params, draw, slice(first, first + plan.micro_batch))
-                        part.backward()
-                        mse = mse + part.detach()
-                    reg = step_loss.regularizer(params)
-                    (reg_weight * reg).backward()
-                    loss = mse + reg_weight * reg.detach()
-                finite = torch.stack([torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]).all()
-                pending.append((loss, reg.detach(), finite, {k: p.detach().clone() for k, p in params.items()}))
-                optimizer.step()
-                if len(pending) >= sync_every or step + 1 == settings.steps:
-                    read_back(step)
-                reporter(step + 1, None)
-            loop_seconds = time.perf_counter() - loop_started
-        learned = {k: p.detach() for k, p in params.items()}
+    state: _Optimization | None = None
+    setup_seconds = 0.0
+    loop_seconds = 0.0
+    out_of_memory_at: int | None = None
+    for first_step, end_step in _segments(settings.steps, preview_every if preview is not None else 0):
+        with host_adapter.training_session(model, clip, memory_required=request) as device:
+            if state is None:
+                if memory.budget_gb is None:
+                    plan, _ = _memory_plan(run, memory, device)
+                log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
+                         plan.micro_batch, batch, "on" if plan.checkpointing else "off", plan.reason)
+                state = _Optimization(embedding, settings, device)
+                setup_seconds = time.perf_counter() - started
+            step_loss = StepLoss(run, device)
+            segment_started = time.perf_counter()
+            step = first_step
+            try:
+                with host_adapter.unet_checkpointing(model, plan.checkpointing):
+                    for step in range(first_step, end_step):
+                        host_adapter.check_interrupted()
+                        draw = sampler.draw(batch)
+                        if fault_hook is not None:
+                            fault_hook(step)
+                        state.step(step_loss, draw, plan, reg_weight)
+                        if len(state.pending) >= sync_every or step + 1 == end_step:
+                            state.read_back(step, on_step)
+                        reporter(step + 1, None)
+            except torch.OutOfMemoryError:
+                out_of_memory_at = step + 1  # leaving the except frees the activations its frames hold
+            loop_seconds += time.perf_counter() - segment_started
+            del step_loss
+            if out_of_memory_at is not None:
+                state = None  # drop device tensors before the cache is emptied
+        if out_of_memory_at is not None:
+            raise _out_of_memory(out_of_memory_at, settings.steps, plan)
+        if preview is not None and preview_every > 0 and end_step % preview_every == 0:
+            snapshot = embedding.with_vectors(state.vectors())
+            reporter(end_step, preview(end_step, snapshot))
+    assert state is not None
+    learned = state.vectors()
 
     metadata = {
         "method": "cross_initialization",
@@ -385,13 +451,13 @@ def train(
         "pack_version": __version__,
     }
     result = embedding.with_vectors(learned, **metadata)
-    result.loss_history = list(zip(losses, regs, strict=True))
+    result.loss_history = list(zip(state.losses, state.regs, strict=True))
     result.init_vectors = {k: v.clone() for k, v in run.init.items()}
     log.info(
         "Cross-Init training: %d steps in %.1f s (setup %.1f s), final loss %.4f, norms %s (init %s)",
-        settings.steps, loop_seconds, setup_seconds, losses[-1] if losses else float("nan"),
+        settings.steps, loop_seconds, setup_seconds, state.losses[-1] if state.losses else float("nan"),
         {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.vectors.items()},
         {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.init_vectors.items()},
     )
-    return TrainingResult(embedding=result, losses=losses, regs=regs, seconds=loop_seconds, setup_seconds=setup_seconds,
-                          memory_plan=plan)
+    return TrainingResult(embedding=result, losses=state.losses, regs=state.regs, seconds=loop_seconds,
+                          setup_seconds=setup_seconds, memory_plan=plan)

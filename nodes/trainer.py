@@ -4,7 +4,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cross_init_core import loss_plot, settings, training
+from ..cross_init_core import host_adapter, loss_plot, preview, settings, training
 from ..cross_init_core.settings import PRESETS
 from .common import CATEGORY, Embedding, LossSettingsType
 
@@ -40,8 +40,9 @@ class CrossInitTrainer(io.ComfyNode):
                                tooltip="AdamW learning rate (custom mode only; 0.005 in the paper, 0.001-0.05 is sane)."),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
                              tooltip="Seed for faces, flips, timesteps, noise and captions; same seed = same result on CPU."),
-                io.Int.Input("resolution", default=512, min=64, max=2048, step=64, optional=True,
-                             tooltip="Training resolution in pixels (multiple of 64; 512 for SD 1.5/2.1-base)."),
+                io.Int.Input("resolution", default=settings.AUTO_RESOLUTION, min=0, max=2048, step=64, optional=True,
+                             tooltip="Training resolution in pixels, a multiple of 64. 0 = auto: 1024 for SDXL, 512 for "
+                                     "SD 1.x/2.x. SDXL on less memory: 768 or 512."),
                 io.Mask.Input("masks", optional=True, tooltip="Optional face masks (from face prep) for a face-weighted loss; "
                                                                 "set background_weight in the loss settings."),
                 io.Combo.Input("memory", options=list(settings.MEMORY_CHOICES), default="auto", optional=True,
@@ -49,22 +50,31 @@ class CrossInitTrainer(io.ComfyNode):
                                        "the GPU (no limit on the CPU). A budget such as 8 splits each step's batch into "
                                        "smaller forward/backward passes and, if needed, turns on gradient checkpointing; "
                                        "the result is the same, only slower. none: no limit."),
+                io.Int.Input("preview_every", default=-1, min=-1, max=100000, optional=True,
+                             tooltip="Every N steps, show a quick sample of 'a photo of <face> person' with the current "
+                                     "tokens beside your face in the progress preview. -1 = auto (about 5 previews), "
+                                     "0 = off (fastest)."),
             ],
             outputs=[
-                Embedding.Output(display_name="embedding"),
-                io.Image.Output(display_name="loss_curve"),
+                Embedding.Output(display_name="embedding", tooltip="The learned tokens: save them or use them in prompts."),
+                io.Image.Output(display_name="loss_curve", tooltip="Loss per step (light), its moving average (dark) "
+                                                                   "and the regularizer term (orange, right axis)."),
             ],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, images, embedding, mode: str, steps: int, batch_size: int,  # type: ignore[override]
-                learning_rate: float, seed: int, loss=None, resolution: int = 512, masks=None,
-                memory: str = "auto") -> io.NodeOutput:
+                learning_rate: float, seed: int, loss=None, resolution: int = settings.AUTO_RESOLUTION, masks=None,
+                memory: str = "auto", preview_every: int = -1) -> io.NodeOutput:
+        resolution = settings.auto_resolution(resolution, host_adapter.is_sdxl_model(model))
         chosen = settings.resolve(mode, steps, batch_size, learning_rate, seed, resolution)
         memory_settings = settings.parse_memory(memory)
         if mode != "custom":
             log.info("Cross-Init %s preset: %d steps, batch %d, lr %g", mode, chosen.steps, chosen.batch_size, chosen.learning_rate)
-        result = training.train(model, clip, vae, images, embedding, chosen, loss, masks=masks, mode=mode, memory=memory_settings)
+        every = preview.default_interval(chosen.steps) if preview_every < 0 else preview_every
+        hook = preview.progress_preview(model, clip, vae, images, chosen.resolution, seed) if every > 0 else None
+        result = training.train(model, clip, vae, images, embedding, chosen, loss, masks=masks, mode=mode,
+                                memory=memory_settings, preview=hook, preview_every=every)
         curve = loss_plot.render_loss_curve(result.losses, result.regs)
         return io.NodeOutput(result.embedding, curve)

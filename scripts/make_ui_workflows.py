@@ -228,6 +228,7 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
     trainer_inputs: dict[str, Any] = {
         "model": model, "clip": clip, "vae": vae, "images": images, "embedding": [init, 0], "loss": [loss, 0],
         "mode": mode, **_preset_widgets(mode), "seed": 0, "resolution": resolution, "memory": "auto",
+        "preview_every": -1,
     }
     if masks:
         trainer_inputs["masks"] = masks

@@ -328,3 +328,44 @@ def test_mismatched_model_and_clip_or_embedding_are_refused(core, tiny):
         core.training.train(sd1.model, sd1.clip, sd1.vae, face_images(), emb_sd2, settings(core))
     with torch.inference_mode(), pytest.raises(core.errors.UnsupportedModelError, match="same checkpoint"):
         core.training.train(tiny("sdxl").model, sd1.clip, sd1.vae, face_images(), init_embedding(core, sd1.clip), settings(core))
+
+
+def test_previews_render_with_the_host_models_restored_and_reach_the_progress_bar(core, tiny):
+    import comfy.utils
+
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    before = host_fingerprint(m)
+    seen, rendered = [], []
+    hook = core.preview.progress_preview(m.model, m.clip, m.vae, face_images(1), 64, seed=0)
+
+    def preview(step, snapshot):
+        rendered.append((step, snapshot.vectors["clip_l"].clone()))
+        return hook(step, snapshot)
+
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, image, node_id=None: seen.append((value, image)))
+    try:
+        with torch.inference_mode():
+            result = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5),
+                                         preview=preview, preview_every=2)
+            plain = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    assert [step for step, _v in rendered] == [2, 4]
+    images = [image for _value, image in seen if image is not None]
+    assert len(images) == 2 and images[0][0] == "JPEG" and images[0][1].size == (512, 256)  # face | sample
+    assert [value for value, _image in seen if _image is None] == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+    # previews leave the optimisation untouched: same vectors as a run without them
+    assert torch.equal(result.embedding.vectors["clip_l"], plain.embedding.vectors["clip_l"])
+    assert not torch.equal(rendered[0][1], rendered[1][1])
+    assert_host_unchanged(before, m)
+
+
+def test_preview_panel_shows_the_face_beside_the_sample(core):
+    face = torch.zeros(64, 48, 3)
+    face[..., 0] = 1.0
+    sample = torch.ones(64, 64, 3) * 0.5
+    panel = core.preview.side_by_side(face, sample, height=128)
+    assert panel.size == (96 + 128, 128)
+    assert panel.getpixel((10, 10)) == (255, 0, 0) and panel.getpixel((200, 10)) == (127, 127, 127)

@@ -127,8 +127,6 @@ def test_fault_with_clip_skip_restores_the_clip_layer_options(core, tiny):
     assert_unchanged(before, m)
 
 
-@pytest.mark.xfail(strict=True, reason="training.py does not yet turn torch.OutOfMemoryError into a CrossInitError "
-                                       "naming the memory option (diff in docs/reliability.md, section 'Pending')")
 def test_out_of_memory_becomes_a_clear_error_that_suggests_the_memory_option(core, tiny):
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)

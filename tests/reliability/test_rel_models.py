@@ -44,10 +44,7 @@ def _foreign_clip(kind: str):
     raise ValueError(kind)
 
 
-FOREIGN = ["sd3_t5_only", "flux", "mochi_t5_only",
-           pytest.param("sd1_slot_holding_t5", marks=pytest.mark.xfail(
-               strict=True, reason="host_adapter._inner_encoders checks the wrapper's class name only, not that the "
-                                   "encoder is a CLIP text model (diff in docs/reliability.md, section 'Pending')"))]
+FOREIGN = ["sd3_t5_only", "flux", "mochi_t5_only", "sd1_slot_holding_t5"]
 
 
 @pytest.fixture(scope="module")
