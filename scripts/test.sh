@@ -13,7 +13,16 @@ log "ruff"
 "$VENV/bin/ruff" check .
 log "pytest"
 set +e
-if [ $# -eq 0 ]; then set -- tests; fi
+# pytest's rootdir is tests/ (the repo root is the ComfyUI package itself): default to the whole suite when
+# no test path is given, e.g. `bash scripts/test.sh -k cancel`
+has_path=0
+for arg in "$@"; do
+  case "$arg" in
+    -*) ;;
+    *) if [ -e "${arg%%::*}" ]; then has_path=1; fi ;;
+  esac
+done
+if [ "$has_path" = 0 ]; then set -- "$@" tests; fi
 "$VENV/bin/python" -m pytest -c tests/pytest.ini --rootdir tests "$@"
 rc=$?
 set -e
