@@ -8,7 +8,7 @@ The UI files are derived from the API graphs with the node definitions of a head
 order, socket/widget split, extra `control_after_generate` and upload widget values), so they cannot
 drift from the nodes. tests/test_workflows.py converts them back with an independent converter.
 
-Usage (venv and COMFYUI_PATH from `source scripts/test_env.sh && ensure_test_env`, or /tmp/env.sh):
+Usage (venv and COMFYUI_PATH from `source scripts/test_env.sh && ensure_test_env`):
   $VENV/bin/python scripts/make_ui_workflows.py            write the files
   $VENV/bin/python scripts/make_ui_workflows.py --check    exit 1 if a file on disk differs
 """
