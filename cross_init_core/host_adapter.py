@@ -53,9 +53,10 @@ def _inner_encoders(clip: Any) -> list[tuple[str, Any]]:
     elif kind in ("SD1ClipModel", "SD2ClipModel") and getattr(csm, "clip", None) in ("clip_l", "clip_h"):
         encoders = [(csm.clip_name, getattr(csm, csm.clip))]
     # the wrapper's slots can hold other encoders (the host's `clip_l_class` option): check what is inside
-    foreign = [enc for _key, enc in encoders if type(getattr(enc, "transformer", None)).__name__ != "CLIPTextModel"]
+    foreign = [getattr(enc, "transformer", enc) for _key, enc in encoders]
+    foreign = [inner for inner in foreign if type(inner).__name__ != "CLIPTextModel"]
     if not encoders or foreign:
-        inner = f" holding {_type_name(foreign[0].transformer if hasattr(foreign[0], 'transformer') else foreign[0])}" if foreign else ""
+        inner = f" holding {_type_name(foreign[0])}" if foreign else ""
         raise UnsupportedModelError(
             f"unsupported model: the CLIP's text encoder is {_type_name(csm)}{inner}; supported: {SUPPORTED_MODELS}. "
             "Load an SD 1.5, SD 2.x or SDXL checkpoint."
