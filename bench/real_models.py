@@ -9,11 +9,11 @@ real one while no weights are needed. Dtypes are the host's choices for the devi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from real_checkpoints import init_weights  # tests/: the seeded init the real-checkpoint test uses
 
 _COMMON_SD = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
@@ -57,22 +57,6 @@ class RealSizeModels:
     unet_params: int
     clip_params: int
     vae_params: int
-
-
-def init_weights(module: torch.nn.Module, gen: torch.Generator) -> int:
-    """Seeded init in place (norms 1/0, matrices N(0, 1/fan_in), other vectors N(0, 0.02^2)); returns the count."""
-    norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm)
-    count = 0
-    for _name, sub in module.named_modules():
-        for pname, p in sub.named_parameters(recurse=False):
-            if isinstance(sub, norm_types):
-                p.fill_(1.0 if pname == "weight" else 0.0)
-            elif p.ndim >= 2:
-                p.normal_(0.0, 1.0 / math.sqrt(math.prod(p.shape[1:])), generator=gen)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-            count += p.numel()
-    return count
 
 
 def _config(kind: str) -> Any:
