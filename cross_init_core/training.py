@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from . import __version__, host_adapter
 from .embedding import CrossInitEmbedding, check_matches_slots
@@ -363,6 +364,77 @@ class _Optimization:
 PreviewHook = Callable[[int, CrossInitEmbedding], Any]
 
 
+@dataclass
+class _Callbacks:
+    """Where a run reports to: the host progress bar, the console bar, and the caller's optional hooks."""
+
+    reporter: Callable[[int, Any], None]
+    console: tqdm
+    on_step: StepCallback | None = None
+    fault_hook: Callable[[int], None] | None = None
+    preview: PreviewHook | None = None
+    preview_every: int = 0
+
+
+def _run_segments(
+    run: PreparedRun, embedding: CrossInitEmbedding, memory: MemorySettings, plan: MemoryPlan, request: int,
+    sync_every: int, calls: _Callbacks, started: float,
+) -> tuple[_Optimization, MemoryPlan, float, float]:
+    """The training loop, one host session per preview interval; returns (state, plan, setup s, loop s)."""
+    reporter, console, on_step, fault_hook = calls.reporter, calls.console, calls.on_step, calls.fault_hook
+    preview, preview_every = calls.preview, calls.preview_every
+    model, clip, settings = run.model, run.clip, run.settings
+    batch, reg_weight = settings.batch_size, run.loss_settings.reg_weight
+    sampler = run.sampler()
+    state: _Optimization | None = None
+    setup_seconds = 0.0
+    loop_seconds = 0.0
+    out_of_memory_at: int | None = None
+
+    def report_losses(step: int, total: int, loss: float) -> None:
+        console.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if on_step is not None:
+            on_step(step, total, loss)
+
+    for first_step, end_step in _segments(settings.steps, preview_every if preview is not None else 0):
+        with host_adapter.training_session(model, clip, memory_required=request) as device:
+            if state is None:
+                if memory.budget_gb is None:
+                    plan, _ = _memory_plan(run, memory, device)
+                log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
+                         plan.micro_batch, batch, "on" if plan.checkpointing else "off", plan.reason)
+                state = _Optimization(embedding, settings, device)
+                setup_seconds = time.perf_counter() - started
+            step_loss = StepLoss(run, device)
+            segment_started = time.perf_counter()
+            step = first_step
+            try:
+                with host_adapter.unet_checkpointing(model, plan.checkpointing):
+                    for step in range(first_step, end_step):
+                        host_adapter.check_interrupted()
+                        draw = sampler.draw(batch)
+                        if fault_hook is not None:
+                            fault_hook(step)
+                        state.step(step_loss, draw, plan, reg_weight)
+                        if len(state.pending) >= sync_every or step + 1 == end_step:
+                            state.read_back(step, report_losses)
+                        reporter(step + 1, None)
+                        console.update(1)
+            except torch.OutOfMemoryError:
+                out_of_memory_at = step + 1  # leaving the except frees the activations its frames hold
+            loop_seconds += time.perf_counter() - segment_started
+            del step_loss
+            if out_of_memory_at is not None:
+                state = None  # drop device tensors before the cache is emptied
+        if out_of_memory_at is not None:
+            raise _out_of_memory(out_of_memory_at, settings.steps, plan)
+        if preview is not None and preview_every > 0 and end_step % preview_every == 0:
+            snapshot = embedding.with_vectors(state.vectors())
+            reporter(end_step, preview(end_step, snapshot))
+    assert state is not None
+    return state, plan, setup_seconds, loop_seconds
+
+
 def train(
     model: Any,
     clip: Any,
@@ -391,54 +463,17 @@ def train(
     memory = (memory or MemorySettings()).validated()
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     settings = run.settings
-    batch = settings.batch_size
-    sampler = run.sampler()
-    reporter = host_adapter.progress_reporter(settings.steps)
-    reg_weight = run.loss_settings.reg_weight
     plan, needed = _memory_plan(run, memory, None)
     # auto: ask the host for room for the whole batch (it unloads the VAE and other models as needed)
-    request = needed if memory.budget_gb else batch * host_adapter.activation_bytes_per_sample(
+    request = needed if memory.budget_gb else settings.batch_size * host_adapter.activation_bytes_per_sample(
         model, (int(run.latents.shape[-2]), int(run.latents.shape[-1])), checkpointed=False)
     sync_every = 1 if on_step is not None else SYNC_EVERY
-    state: _Optimization | None = None
-    setup_seconds = 0.0
-    loop_seconds = 0.0
-    out_of_memory_at: int | None = None
-    for first_step, end_step in _segments(settings.steps, preview_every if preview is not None else 0):
-        with host_adapter.training_session(model, clip, memory_required=request) as device:
-            if state is None:
-                if memory.budget_gb is None:
-                    plan, _ = _memory_plan(run, memory, device)
-                log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
-                         plan.micro_batch, batch, "on" if plan.checkpointing else "off", plan.reason)
-                state = _Optimization(embedding, settings, device)
-                setup_seconds = time.perf_counter() - started
-            step_loss = StepLoss(run, device)
-            segment_started = time.perf_counter()
-            step = first_step
-            try:
-                with host_adapter.unet_checkpointing(model, plan.checkpointing):
-                    for step in range(first_step, end_step):
-                        host_adapter.check_interrupted()
-                        draw = sampler.draw(batch)
-                        if fault_hook is not None:
-                            fault_hook(step)
-                        state.step(step_loss, draw, plan, reg_weight)
-                        if len(state.pending) >= sync_every or step + 1 == end_step:
-                            state.read_back(step, on_step)
-                        reporter(step + 1, None)
-            except torch.OutOfMemoryError:
-                out_of_memory_at = step + 1  # leaving the except frees the activations its frames hold
-            loop_seconds += time.perf_counter() - segment_started
-            del step_loss
-            if out_of_memory_at is not None:
-                state = None  # drop device tensors before the cache is emptied
-        if out_of_memory_at is not None:
-            raise _out_of_memory(out_of_memory_at, settings.steps, plan)
-        if preview is not None and preview_every > 0 and end_step % preview_every == 0:
-            snapshot = embedding.with_vectors(state.vectors())
-            reporter(end_step, preview(end_step, snapshot))
-    assert state is not None
+    console = tqdm(total=settings.steps, desc="Cross-Init training", unit="step", dynamic_ncols=True)
+    calls = _Callbacks(host_adapter.progress_reporter(settings.steps), console, on_step, fault_hook, preview, preview_every)
+    try:
+        state, plan, setup_seconds, loop_seconds = _run_segments(run, embedding, memory, plan, request, sync_every, calls, started)
+    finally:
+        console.close()
     learned = state.vectors()
 
     metadata = {

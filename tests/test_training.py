@@ -369,3 +369,13 @@ def test_preview_panel_shows_the_face_beside_the_sample(core):
     panel = core.preview.side_by_side(face, sample, height=128)
     assert panel.size == (96 + 128, 128)
     assert panel.getpixel((10, 10)) == (255, 0, 0) and panel.getpixel((200, 10)) == (127, 127, 127)
+
+
+def test_console_progress_shows_steps_and_loss(core, tiny, capsys):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    with torch.inference_mode():
+        result = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=3))
+    err = capsys.readouterr().err
+    assert "Cross-Init training" in err and "3/3" in err
+    assert f"loss={result.losses[-1]:.4f}" in err
