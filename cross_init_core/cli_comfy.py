@@ -371,6 +371,12 @@ class ServerStub:
         self.executing: str | None = None
         self.messages: list[tuple[str, Any]] = []
 
+    def __getattr__(self, name: str) -> Any:
+        # newer hosts call more PromptServer methods (progress handlers, model trackers): accept and ignore them
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
     def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
         if event == "executing" and isinstance(data, dict):
             self.executing = data.get("node")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,17 +78,14 @@ def token_table(clip: Any, slot: EncoderSlot) -> torch.Tensor:
     """The encoder's input token-embedding table as float32 [vocab, width] (host weights are often fp16)."""
     encoder = dict(_inner_encoders(clip))[slot.token_key]
     with torch.inference_mode(False):
-        return encoder.transformer.get_input_embeddings().weight.detach().float().clone()
+        weight = encoder.transformer.get_input_embeddings().weight.detach()
+        # fp16 -> float32 already copies; a float32 (inference) tensor needs an explicit copy
+        return weight.clone() if weight.dtype == torch.float32 else weight.float()
 
 
 def hf_tokenizer(clip: Any, slot: EncoderSlot) -> Any:
     """The Hugging Face BPE tokenizer behind the host tokenizer of this slot."""
     return getattr(clip.tokenizer, slot.key).tokenizer
-
-
-def special_tokens(clip: Any, slot: EncoderSlot) -> dict[str, int]:
-    sd_tokenizer = getattr(clip.tokenizer, slot.key)
-    return {"start": sd_tokenizer.start_token, "end": sd_tokenizer.end_token}
 
 
 def prediction_type(model: Any) -> str:
@@ -129,6 +127,33 @@ def check_model_matches_clip(model: Any, clip: Any) -> list[EncoderSlot]:
     if is_sdxl_model(model) != (len(slots) == 2):
         raise UnsupportedModelError("model/clip: SDXL MODEL and CLIP must be used together. Connect both from the same checkpoint.")
     return slots
+
+
+def _is_dynamic(patcher: Any) -> bool:
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    return bool(is_dynamic()) if callable(is_dynamic) else False
+
+
+def static_models(model: Any, clip: Any) -> tuple[Any, Any]:
+    """MODEL and CLIP whose weights are ordinary module parameters during a forward pass.
+
+    Newer ComfyUI (about 0.3.7x and later, on NVIDIA by default) streams weights through reusable GPU
+    buffers ("dynamic VRAM"); autograd cannot keep such weights for the backward pass, so training uses
+    the host's own non-dynamic copies. Hosts without that feature (0.3.75) return the objects unchanged.
+    """
+    try:
+        if _is_dynamic(model):
+            model = model.get_non_dynamic_delegate()
+            log.info("Cross-Init: training on a non-streaming copy of the MODEL (dynamic VRAM is on)")
+        if _is_dynamic(getattr(clip, "patcher", None)):
+            clip = clip.clone(disable_dynamic=True)
+            log.info("Cross-Init: training on a non-streaming copy of the CLIP (dynamic VRAM is on)")
+    except (AttributeError, RuntimeError, TypeError) as exc:
+        raise UnsupportedModelError(
+            "model: this ComfyUI streams model weights (dynamic VRAM) and gave no static copy to train on "
+            f"({type(exc).__name__}: {exc}). Start ComfyUI with --disable-dynamic-vram to train embeddings."
+        ) from None
+    return model, clip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +202,10 @@ def _clone_every_saved_tensor() -> contextlib.AbstractContextManager[None]:
     return torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t)
 
 
+# CLIP layers currently running this module's out-of-place forward (another pack's own forward is not ours)
+_OUT_OF_PLACE_LAYERS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
 @contextlib.contextmanager
 def _out_of_place_clip(clip: Any) -> Iterator[int]:
     """For the duration of training, every CLIPLayer of `clip` runs an out-of-place forward; restored on exit.
@@ -195,6 +224,7 @@ def _out_of_place_clip(clip: Any) -> Iterator[int]:
                 if "forward" not in module.__dict__:
                     module.forward = _out_of_place_clip_layer(module)
                     patched.append(module)
+                    _OUT_OF_PLACE_LAYERS.add(module)
         else:
             log.warning("Cross-Init: this ComfyUI's CLIPLayer differs from the known one; using the slower "
                         "clone-every-saved-tensor fix for the text encoder")
@@ -202,6 +232,7 @@ def _out_of_place_clip(clip: Any) -> Iterator[int]:
     finally:
         for module in patched:
             del module.forward
+            _OUT_OF_PLACE_LAYERS.discard(module)
 
 
 def encode_batch_for_training(
@@ -217,9 +248,12 @@ def encode_batch_for_training(
     clip.cond_stage_model.reset_clip_options()
     if clip.layer_idx is not None:
         clip.cond_stage_model.set_clip_options({"layer": clip.layer_idx})
+    # newer hosts run the encoder where `execution_device` says (reset to None = where the weights are);
+    # older ones ignore the key
+    clip.cond_stage_model.set_clip_options({"execution_device": clip.patcher.load_device})
     outputs = []
     pooled = None
-    out_of_place = all("forward" in layer.__dict__ for layer in _clip_layers(clip))
+    out_of_place = all(layer in _OUT_OF_PLACE_LAYERS for layer in _clip_layers(clip))
     with contextlib.nullcontext() if out_of_place else _clone_every_saved_tensor():
         for slot in slots:
             rows = [[token for token, _weight in row] for row in token_batches[slot.token_key]]
@@ -241,8 +275,19 @@ def _non_inference_alias(tensor: torch.Tensor) -> torch.Tensor:
     try:
         return torch.utils.dlpack.from_dlpack(tensor.detach())
     except (BufferError, RuntimeError, TypeError):
-        # dtypes DLPack cannot carry (e.g. fp8): a copy is correct, just slower
+        # dtypes DLPack cannot carry (e.g. fp8): a copy is correct, but costs that weight's memory again
+        _warn_once(f"Cross-Init: {tensor.dtype} weights cannot be shared with autograd; they are copied for "
+                   "training, which needs that much extra memory (set the trainer's memory input if it runs out)")
         return tensor.detach().clone()
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 @contextlib.contextmanager
@@ -265,9 +310,13 @@ def _aliased_weights(modules: Sequence[torch.nn.Module]) -> Iterator[int]:
             store[name] = value
 
 
-def _clip_options_state(clip: Any) -> list[tuple[Any, tuple[Any, Any, Any]]]:
+_CLIP_OPTION_ATTRIBUTES = ("layer", "layer_idx", "return_projected_pooled", "execution_device")
+
+
+def _clip_options_state(clip: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Each encoder's clip options (those it has), to put back after training."""
     return [
-        (enc, (enc.layer, enc.layer_idx, enc.return_projected_pooled))
+        (enc, {name: getattr(enc, name) for name in _CLIP_OPTION_ATTRIBUTES if hasattr(enc, name)})
         for _key, enc in _inner_encoders(clip)
     ]
 
@@ -287,14 +336,20 @@ def training_session(model: Any, clip: Any, memory_required: int = 0) -> Iterato
     device = model.load_device
     options = _clip_options_state(clip)
     modules = [model.model] + [enc.transformer for _key, enc in _inner_encoders(clip)]
+    in_training = getattr(mm, "in_training", None)  # newer hosts' memory manager flag for training nodes
     try:
+        if in_training is not None:
+            mm.in_training = True
         with torch.inference_mode(False), torch.enable_grad(), _aliased_weights(modules) as count, \
                 _out_of_place_clip(clip) as layers:
             log.debug("training session: %d host tensors aliased, %d CLIP layers out of place", count, layers)
             yield device
     finally:
-        for enc, (layer, layer_idx, projected) in options:
-            enc.layer, enc.layer_idx, enc.return_projected_pooled = layer, layer_idx, projected
+        if in_training is not None:
+            mm.in_training = in_training
+        for enc, values in options:
+            for name, value in values.items():
+                setattr(enc, name, value)
 
 
 def _unet_blocks(model: Any) -> list[torch.nn.Module]:
@@ -338,6 +393,7 @@ def unet_checkpointing(model: Any, enabled: bool = True) -> Iterator[int]:
     finally:
         for module in patched:
             del module.forward
+            _OUT_OF_PLACE_LAYERS.discard(module)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,9 +447,10 @@ def free_device_bytes(device: torch.device) -> int | None:
     return int(mm.get_free_memory(device))
 
 
-def peak_memory_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """The exception types torch raises when device memory runs out (names differ across torch versions)."""
+    kinds = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
+    return tuple(kind for kind in kinds if kind is not None)
 
 
 def denoised(model: Any, x_noisy: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, **extra: Any) -> torch.Tensor:

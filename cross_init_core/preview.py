@@ -43,8 +43,10 @@ def side_by_side(face: torch.Tensor, sample: torch.Tensor, height: int = 256) ->
     """The input face (left) and the current sample (right), each `height` px tall."""
     panels = []
     for image in (face, sample):
-        array = (image.detach().float().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8)
-        panel = Image.fromarray(array[..., :3])
+        array = image.detach().float().cpu().clamp(0, 1).numpy()
+        if array.shape[-1] == 1:  # grayscale photos are accepted for training
+            array = array.repeat(3, axis=-1)
+        panel = Image.fromarray((array[..., :3] * 255).astype(np.uint8))
         width = max(1, round(panel.width * height / panel.height))
         panels.append(panel.resize((width, height), Image.Resampling.BICUBIC))
     out = Image.new("RGB", (sum(p.width for p in panels), height), "white")

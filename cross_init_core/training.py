@@ -185,6 +185,7 @@ def prepare_run(
 ) -> PreparedRun:
     settings = settings.validated()
     loss_settings = (loss_settings or LossSettings()).validated()
+    model, clip = host_adapter.static_models(model, clip)
     slots = host_adapter.check_model_matches_clip(model, clip)
     check_matches_slots(embedding, slots)
     kind = host_adapter.prediction_type(model)
@@ -420,7 +421,7 @@ def _run_segments(
                             state.read_back(step, report_losses)
                         reporter(step + 1, None)
                         console.update(1)
-            except torch.OutOfMemoryError:
+            except host_adapter.out_of_memory_errors():
                 out_of_memory_at = step + 1  # leaving the except frees the activations its frames hold
             loop_seconds += time.perf_counter() - segment_started
             del step_loss
@@ -464,9 +465,10 @@ def train(
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     settings = run.settings
     plan, needed = _memory_plan(run, memory, None)
-    # auto: ask the host for room for the whole batch (it unloads the VAE and other models as needed)
-    request = needed if memory.budget_gb else settings.batch_size * host_adapter.activation_bytes_per_sample(
-        model, (int(run.latents.shape[-2]), int(run.latents.shape[-1])), checkpointed=False)
+    # a budget: ask the host to keep the planned activations free (it unloads the VAE and other models as
+    # needed). auto: ask for nothing more than the models; the plan then fits what is free after loading
+    # (asking for more than the card has would make the host unload and reload the models being trained)
+    request = needed if memory.budget_gb else 0
     sync_every = 1 if on_step is not None else SYNC_EVERY
     console = tqdm(total=settings.steps, desc="Cross-Init training", unit="step", dynamic_ncols=True)
     calls = _Callbacks(host_adapter.progress_reporter(settings.steps), console, on_step, fault_hook, preview, preview_every)

@@ -33,12 +33,17 @@ class CrossInitSaveEmbedding(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name: str | None = None, overwrite: bool | None = False) -> bool | str:  # type: ignore[override]
-        """Runs when the prompt is queued, so a bad or taken name is refused before any training starts."""
+        """Runs when the prompt is queued, so an unusable name is refused before any training starts.
+
+        A name that is merely taken is refused when the node runs instead: every queue re-validates, and a
+        re-queued graph (new sample seeds) must not fail because its own earlier run saved the file. The
+        trainer's result stays cached, so renaming and queueing again does not retrain.
+        """
         if not isinstance(name, str):
             return True  # linked from another node: checked when it runs
         try:
-            embedding_io.check_save_target(host_adapter.embedding_directories(), name, bool(overwrite))
-        except (InvalidInputError, EmbeddingFileError) as exc:
+            embedding_io.validate_name(name)
+        except InvalidInputError as exc:
             return str(exc)
         return True
 

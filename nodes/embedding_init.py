@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..cross_init_core import initialization, names
+from ..cross_init_core import initialization
+from ..cross_init_core import names as name_lists
 from .common import CATEGORY, Embedding
 
 
@@ -23,7 +24,7 @@ class CrossInitEmbeddingInit(io.ComfyNode):
                              tooltip="How many new tokens stand for the face (1-16; the method uses 2)."),
                 io.String.Input("names", multiline=True, default="",
                                 tooltip="One name per line to average. Empty = the built-in list of "
-                                        f"{len(names.builtin_names())} well-known people (recommended)."),
+                                        f"{len(name_lists.builtin_names())} well-known people (recommended)."),
                 io.Combo.Input("source", options=["names", "words"], default="names",
                                tooltip="names: column-wise mean of each name's BPE tokens (the method). words: the "
                                        "text's first tokens, e.g. 'woman face', also passed through the encoder."),
@@ -33,9 +34,5 @@ class CrossInitEmbeddingInit(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, num_tokens: int, names: str, source: str = "names") -> io.NodeOutput:  # type: ignore[override]
-        lines = names_from(names)
+        lines = name_lists.names_from_input(names)
         return io.NodeOutput(initialization.cross_initialize(clip, num_tokens, lines, source))
-
-
-def names_from(text: str) -> list[str]:
-    return names.names_from_input(text)

@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..cross_init_core import face
+from .common import CATEGORY
 
 _DESCRIPTION = (
     "Finds the face in each photo, aligns it (eyes level, same size and place) to a square crop and "
@@ -21,7 +22,7 @@ class CrossInitFacePrep(io.ComfyNode):
         return io.Schema(
             node_id="CrossInitFacePrep",
             display_name="Cross-Init Face Prep",
-            category="training/cross_init",
+            category=CATEGORY,
             description=_DESCRIPTION,
             # Lists let photos of different sizes in (e.g. from a folder loader); all crops leave as one batch.
             is_input_list=True,

@@ -58,9 +58,9 @@ class CrossInitTrainer(io.ComfyNode):
             outputs=[
                 Embedding.Output(display_name="embedding", tooltip="The learned tokens: save them or use them in prompts."),
                 io.Image.Output(display_name="loss_curve", tooltip="Loss per step (light), its moving average (dark) "
-                                                                   "and the regularizer term (orange, right axis)."),
+                                                                   "and the tokens' distance from their start "
+                                                                   "(unweighted, orange, right axis)."),
             ],
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod

@@ -37,22 +37,26 @@ def test_every_node_is_registered_with_description_category_and_tooltips(pack):
                 assert len(options.get("tooltip", "")) > 10, f"{name}.{input_name} has no tooltip"
 
 
-def test_save_node_refuses_taken_or_bad_names_when_queued(pack, embeddings_dir):
+def test_save_node_refuses_bad_names_when_queued_and_taken_names_when_run(pack, core, embeddings_dir):
     import asyncio
 
     import execution
 
     (embeddings_dir / "taken_face.safetensors").write_bytes(b"keep me")
+    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
+    core.embedding_io.save_embedding(emb, embeddings_dir, "queue_source_face", overwrite=True)
     prompt = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "CrossInitSaveEmbedding", "inputs": {"embedding": ["1", 0], "name": "taken_face", "overwrite": False}},
+        "1": {"class_type": "CrossInitLoadEmbedding", "inputs": {"name": "queue_source_face.safetensors"}},
+        "2": {"class_type": "CrossInitSaveEmbedding", "inputs": {"embedding": ["1", 0], "name": "../escape", "overwrite": False}},
     }
     ok, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("p1", prompt, None))
-    assert not ok
-    assert "already exists" in str(node_errors["2"])
-    prompt["2"]["inputs"]["name"] = "../escape"
-    ok, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("p2", prompt, None))
     assert not ok and "plain file name" in str(node_errors["2"])
+    # a taken name queues: re-queueing a workflow after its own successful save must not be refused
+    prompt["2"]["inputs"]["name"] = "taken_face"
+    ok, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("p2", prompt, None))
+    assert ok, node_errors
+    with pytest.raises(core.errors.EmbeddingExistsError, match="already exists"):
+        node_class("CrossInitSaveEmbedding").execute(embedding=emb, name="taken_face", overwrite=False)
     assert (embeddings_dir / "taken_face.safetensors").read_bytes() == b"keep me"
 
 

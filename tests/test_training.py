@@ -369,6 +369,8 @@ def test_preview_panel_shows_the_face_beside_the_sample(core):
     panel = core.preview.side_by_side(face, sample, height=128)
     assert panel.size == (96 + 128, 128)
     assert panel.getpixel((10, 10)) == (255, 0, 0) and panel.getpixel((200, 10)) == (127, 127, 127)
+    gray = core.preview.side_by_side(torch.full((64, 64, 1), 0.5), sample, height=64)  # grayscale photos train too
+    assert gray.getpixel((5, 5)) == (127, 127, 127)
 
 
 def test_console_progress_shows_steps_and_loss(core, tiny, capsys):

@@ -219,6 +219,12 @@ class ServerStub:
         self.sockets_metadata: dict[str, Any] = {}
         self.messages: list[tuple[str, Any]] = []
 
+    def __getattr__(self, name: str) -> Any:
+        # newer hosts call more PromptServer methods (progress handlers, model trackers): accept and ignore them
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
     def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
         self.messages.append((event, data))
 

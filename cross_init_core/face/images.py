@@ -17,7 +17,7 @@ from .errors import InvalidImageError
 logger = logging.getLogger(__name__)
 
 MIN_SIDE = 64  # below this no detector finds a face worth training on
-HUGE_SIDE = 8192  # above this we only detect on a downscaled copy (see prepare.DETECT_MAX_SIDE)
+HUGE_SIDE = 8192  # worth a log line; detection itself runs on a copy of at most prepare.DETECT_MAX_PIXELS
 # Upscalers and colour nodes overshoot [0, 1] slightly; such values are clamped (documented).
 RANGE_TOLERANCE = 0.05
 
@@ -92,7 +92,7 @@ def _convert_one(pixels: torch.Tensor, input_name: str, index: int, count: int) 
     elif channels in (1, 2):
         array = np.repeat(array[..., :1], 3, axis=-1)  # grayscale (+alpha): train on gray RGB
     if max(height, width) > HUGE_SIDE:
-        logger.info("%s is larger than %d px: detecting on a downscaled copy", where, HUGE_SIDE)
+        logger.info("%s is larger than %d px: faces are found on a downscaled copy, crops cut from the full photo", where, HUGE_SIDE)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
