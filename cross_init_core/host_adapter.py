@@ -430,7 +430,23 @@ def activation_bytes_per_sample(model: Any, latent_hw: tuple[int, int], checkpoi
     width = float(config.get("model_channels", 320)) / 320.0
     linear, quadratic = ACTIVATION_ELEMENTS["checkpointed" if checkpointed else "plain"]
     pixels = float(latent_hw[0] * latent_hw[1])
+    # attention state grows with tokens^2; a UNet whose first attention level is downsampled k times
+    # (SDXL: k = 1) attends over P / 4^k tokens, so that part shrinks by 16^k
+    quadratic /= 16.0 ** _first_attention_level(config)
     return int((linear * pixels + quadratic * pixels**2) * width * compute_dtype_size(model))
+
+
+def _first_attention_level(config: dict[str, Any]) -> int:
+    """Index of the first resolution level with transformer blocks (0 for SD 1.x/2.x, 1 for SDXL)."""
+    depths = list(config.get("transformer_depth") or [])
+    blocks = config.get("num_res_blocks") or []
+    blocks = list(blocks) if isinstance(blocks, (list, tuple)) else [int(blocks)] * len(config.get("channel_mult") or [])
+    index = 0
+    for level, count in enumerate(blocks):
+        if any(depths[index : index + count]):
+            return level
+        index += count
+    return 0
 
 
 def weights_bytes(model: Any, clip: Any) -> int:

@@ -214,3 +214,18 @@ def test_unknown_clip_layer_falls_back_to_cloning_with_the_same_result(core, tin
         assert abs(a - b) <= REL * abs(b)
     assert _rel(fallback.embedding.vectors["clip_l"], known.embedding.vectors["clip_l"]) <= REL
     assert_host_unchanged(before, m)
+
+
+def test_attention_memory_estimate_follows_the_first_attention_level(core, tiny):
+    sd1 = tiny("sd1")
+    first = core.host_adapter._first_attention_level
+    assert first(sd1.model.model.model_config.unet_config) == 0
+    assert first({"transformer_depth": [0, 0, 2, 2, 10, 10], "num_res_blocks": [2, 2, 2]}) == 1  # SDXL's layout
+    assert first({"transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "num_res_blocks": [2, 2, 2, 2]}) == 0  # SD 1.5's
+    # at a large latent the quadratic (attention) part dominates: 16x smaller one level down
+    config = dict(sd1.model.model.model_config.unet_config)
+    linear, quadratic = core.host_adapter.ACTIVATION_ELEMENTS["plain"]
+    pixels = 128 * 128
+    sd_like = core.host_adapter.activation_bytes_per_sample(sd1.model, (128, 128), checkpointed=False)
+    element = core.host_adapter.compute_dtype_size(sd1.model) * config["model_channels"] / 320
+    assert sd_like == int((linear * pixels + quadratic * pixels**2) * element)
