@@ -50,8 +50,12 @@ def measure(core, models, latent: int) -> dict[str, float]:
                 per_layer.setdefault(current[0], {})[ptr] = t.untyped_storage().nbytes()
             return t
 
+        extra = {}
+        if core.host_adapter.is_sdxl_model(model):  # SDXL's UNet also takes the pooled + size vector (ADM)
+            pooled = torch.randn(1, int(model.model.model_config.unet_config["adm_in_channels"]) - 6 * 256)
+            extra["y"] = core.host_adapter.sdxl_adm(model, pooled, latent * 8, latent * 8)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = core.host_adapter.denoised(model, x, sigma, cond)
+            out = core.host_adapter.denoised(model, x, sigma, cond, **extra)
         element = out.element_size()
         del out
     for h in hooks:

@@ -402,13 +402,17 @@ def unet_checkpointing(model: Any, enabled: bool = True) -> Iterator[int]:
 
 # What autograd keeps for one sample's UNet forward, in elements of the compute dtype, as a function of
 # the number of latent pixels P (64x64 = 4096 at 512 px): elements = LINEAR x P + QUADRATIC x P^2.
-# Fitted to the real SD 1.5 UNet (SD 2.1-base needs 10-20 % less) measured with
-# `python bench/activation_memory.py --models sd15 sd21 --latent 16 32 64` (docs/benchmarks.md):
-#   plain:        16x16 26.7 M, 32x32 128.5 M, 64x64 944 M elements  (3.5 GiB fp32 / 1.8 GiB fp16 at 512 px)
-#   checkpointed: 16x16  5.0 M, 32x32  26.0 M, 64x64 205 M elements  (layer inputs + the largest layer)
+# Fitted to the real UNets measured with `python bench/activation_memory.py` (docs/benchmarks.md):
+#   SD 1.5 (SD 2.1-base needs 10-20 % less), latents 16/32/64:
+#     plain 26.7 M / 128.5 M / 944 M elements; checkpointed 5.0 M / 26.0 M / 205 M
+#   SDXL (no attention at full latent resolution, deep transformers below), latents 16/32/64:
+#     plain 52.0 M / 177.9 M / 803 M elements; checkpointed 7.9 M / 26.5 M / 110 M
 # The quadratic part is attention state; it was measured with the sub-quadratic attention ComfyUI picks on
 # the CPU, which keeps more than the SDPA/flash kernels picked on CUDA, so the estimate errs high there.
-ACTIVATION_ELEMENTS = {"plain": (90_500.0, 34.5), "checkpointed": (17_300.0, 8.0)}
+ACTIVATION_ELEMENTS = {
+    "sd": {"plain": (90_500.0, 34.5), "checkpointed": (17_300.0, 8.0)},
+    "sdxl": {"plain": (170_000.0, 7.2), "checkpointed": (26_000.0, 0.3)},
+}
 # fixed working memory on top of weights and saved activations (CUDA context, cuBLAS workspace, the
 # transient gradient buffers of the largest layer in backward)
 WORKSPACE_BYTES = 1 << 30
@@ -424,29 +428,14 @@ def activation_bytes_per_sample(model: Any, latent_hw: tuple[int, int], checkpoi
     """Estimated activation memory of one sample's UNet forward+backward (text-encoder activations are small).
 
     bytes = (LINEAR x P + QUADRATIC x P^2) x (model_channels / 320) x bytes per element of the compute
-    dtype, with P = latent_h x latent_w and the constants of `ACTIVATION_ELEMENTS` (plain or checkpointed).
+    dtype, with P = latent_h x latent_w and the family's constants of `ACTIVATION_ELEMENTS`.
     """
     config = getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
     width = float(config.get("model_channels", 320)) / 320.0
-    linear, quadratic = ACTIVATION_ELEMENTS["checkpointed" if checkpointed else "plain"]
+    family = ACTIVATION_ELEMENTS["sdxl" if is_sdxl_model(model) else "sd"]
+    linear, quadratic = family["checkpointed" if checkpointed else "plain"]
     pixels = float(latent_hw[0] * latent_hw[1])
-    # attention state grows with tokens^2; a UNet whose first attention level is downsampled k times
-    # (SDXL: k = 1) attends over P / 4^k tokens, so that part shrinks by 16^k
-    quadratic /= 16.0 ** _first_attention_level(config)
     return int((linear * pixels + quadratic * pixels**2) * width * compute_dtype_size(model))
-
-
-def _first_attention_level(config: dict[str, Any]) -> int:
-    """Index of the first resolution level with transformer blocks (0 for SD 1.x/2.x, 1 for SDXL)."""
-    depths = list(config.get("transformer_depth") or [])
-    blocks = config.get("num_res_blocks") or []
-    blocks = list(blocks) if isinstance(blocks, (list, tuple)) else [int(blocks)] * len(config.get("channel_mult") or [])
-    index = 0
-    for level, count in enumerate(blocks):
-        if any(depths[index : index + count]):
-            return level
-        index += count
-    return 0
 
 
 def weights_bytes(model: Any, clip: Any) -> int:
