@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from comfy_api.latest import io, ui
 
@@ -73,6 +74,15 @@ class CrossInitLoadEmbedding(io.ComfyNode):
             ],
             outputs=[Embedding.Output(display_name="embedding", tooltip="The vectors, for Cross-Init CLIP Text Encode or more training.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, name: str) -> str:  # type: ignore[override]
+        """A file re-saved under the same name is read again instead of served from ComfyUI's cache."""
+        path = host_adapter.embedding_file_path(name)
+        if path is None:
+            return f"missing:{name}"
+        stat = os.stat(path)
+        return f"{path}:{stat.st_mtime_ns}:{stat.st_size}"
 
     @classmethod
     def execute(cls, name: str) -> io.NodeOutput:  # type: ignore[override]

@@ -93,3 +93,14 @@ def test_load_node_reads_a_saved_embedding(core, embeddings_dir):
     loaded = out.result[0]
     assert torch.equal(loaded.vectors["clip_l"], vectors["clip_l"])
     assert loaded.metadata["mode"] == "fast"
+
+
+def test_load_node_fingerprint_changes_when_the_file_is_rewritten(core, embeddings_dir):
+    load = node_class("CrossInitLoadEmbedding")
+    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
+    core.embedding_io.save_embedding(emb, embeddings_dir, "fingerprint_face", overwrite=True)
+    first = load.fingerprint_inputs(name="fingerprint_face.safetensors")
+    assert load.fingerprint_inputs(name="fingerprint_face.safetensors") == first
+    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.ones(3, 768)})
+    core.embedding_io.save_embedding(emb, embeddings_dir, "fingerprint_face", overwrite=True)
+    assert load.fingerprint_inputs(name="fingerprint_face.safetensors") != first
