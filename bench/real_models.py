@@ -13,18 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from real_checkpoints import init_weights  # tests/: the seeded init the real-checkpoint test uses
 
-_COMMON_SD = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
+# tests/: the real architectures and seeded init the real-checkpoint test uses
+from real_checkpoints import SD15_UNET, SD21_UNET, VAE_CONFIG, init_weights
+
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
-    "sd15": {**_COMMON_SD, "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8},
-    "sd21": {**_COMMON_SD, "use_linear_in_transformer": True, "context_dim": 1024, "num_head_channels": 64},
+    "sd15": SD15_UNET,
+    "sd21": SD21_UNET,
     "sdxl": {
         "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
         "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
@@ -36,16 +31,6 @@ UNET_CONFIGS: dict[str, dict[str, Any]] = {
 }
 CONFIG_CLASSES = {"sd15": "SD15", "sd21": "SD20", "sdxl": "SDXL"}
 LABELS = {"sd15": "SD 1.5", "sd21": "SD 2.1-base", "sdxl": "SDXL"}
-
-VAE_CONFIG = {
-    "params": {
-        "ddconfig": {
-            "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-            "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
-        },
-        "embed_dim": 4,
-    }
-}
 
 
 @dataclass
