@@ -46,7 +46,11 @@ def host_fingerprint(m) -> dict[str, torch.Tensor]:
 
 
 def assert_host_unchanged(before: dict[str, torch.Tensor], m) -> None:
-    after = host_fingerprint(m)
+    assert_same_fingerprint(before, host_fingerprint(m))
+
+
+def assert_same_fingerprint(before: dict, after: dict) -> None:
+    """Same outputs, same weight objects, same requires_grad, no gradients left on host weights."""
     assert before.keys() == after.keys()
     for key, value in before.items():
         if key.startswith("rg."):
