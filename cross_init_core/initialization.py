@@ -89,7 +89,11 @@ def cross_encode(clip: Any, slots: Sequence[EncoderSlot], means: dict[str, torch
 
 
 def cross_initialize(clip: Any, num_tokens: int = 2, names: Sequence[str] = (), source: str = "names") -> CrossInitEmbedding:
-    """Initial embedding for `clip`: one [num_tokens, width] tensor per text encoder."""
+    """Initial embedding for `clip`: one [num_tokens, width] tensor per text encoder.
+
+    `names` are averaged as given, repeats included; the metadata records whether they are one of the
+    shipped lists (`init_names`).
+    """
     _validate_num_tokens(num_tokens)
     if source not in ("names", "words"):
         raise InvalidInputError(f"source: got {source!r}; use 'names' or 'words'.")
