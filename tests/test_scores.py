@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import workflow_runner as wr
-from face_photos import T1_DAVID, T1_LISA, T1_MATTHEW, as_image, astronaut, insightface_image
+from face_photos import ASTRONAUT_FACE, T1_DAVID, T1_LISA, T1_MATTHEW, TOM_FACE, as_image, astronaut, insightface_image
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,9 @@ def test_reference_without_face_is_an_error_naming_its_index(scoring, dlib_embed
 # ---- insightface plumbing -------------------------------------------------------------------------------------
 # The detector model packs are not installable without a model hub, so these tests cover the recognizer side:
 # a linear ONNX "ArcFace" the test builds, loaded and routed by insightface's own model zoo, fed by insightface's
-# own norm_crop. Face boxes and landmarks come from the pack's OpenCV detector as a stand-in for SCRFD. The
-# numbers are those of a random linear map, not of a face recognizer: they check plumbing, not recognition.
+# own norm_crop. Face boxes and landmarks are hand-measured ones standing in for SCRFD. The numbers are those of
+# a random linear map, not of a face recognizer: they check plumbing (alignment, input convention, cosine,
+# report), not recognition quality, and the SCRFD call itself is not run.
 
 POOL = 4
 EMBED_DIM = 512
@@ -235,30 +236,54 @@ def test_test_built_recognizer_loads_through_insightface_model_zoo_as_arcface(sc
     assert model.get_feat(np.zeros((112, 112, 3), np.uint8)).shape == (1, EMBED_DIM)
 
 
+class HandMarkedDetector:
+    """Stand-in for the pack's SCRFD detector: the hand-measured face box of known photos, with 5 landmarks
+    placed from the box as the OpenCV fallback places them; no face on any other photo."""
+
+    name = "hand-marked"
+    attempts = 1
+
+    def __init__(self, core: ModuleType, known: list[tuple[np.ndarray, tuple[float, float, float, float], bool]]) -> None:
+        face_prep = importlib.import_module(core.__name__ + ".face")
+        box_landmarks = importlib.import_module(face_prep.__name__ + ".opencv_detector").box_landmarks
+        detection = importlib.import_module(face_prep.__name__ + ".detection").Detection
+        self.known = {}
+        for rgb, box, mirrored in known:
+            x0, y0, x1, y1 = box
+            width = rgb.shape[1]
+            if mirrored:  # the box of the unflipped photo, mirrored; landmark order stays image-left first
+                x0, x1 = width - x1, width - x0
+            marks = box_landmarks((x0, y0, x1 - x0, y1 - y0), 0.0)
+            self.known[rgb.tobytes()] = detection(box=(x0, y0, x1, y1), landmarks=marks, score=1.0, detector=self.name)
+
+    def detect(self, rgb: np.ndarray, attempt: int) -> list:
+        found = self.known.get(np.ascontiguousarray(rgb).tobytes())
+        return [found] if found is not None else []
+
+
 def test_arcface_scores_equal_an_independent_computation(core, scoring, tmp_path):
-    face_prep = importlib.import_module(core.__name__ + ".face")
-    opencv = importlib.import_module(face_prep.__name__ + ".opencv_detector").OpenCVFaceDetector()
-    find_faces = importlib.import_module(face_prep.__name__ + ".prepare").find_faces
     arcface = sub(scoring, "arcface_backend")
     weight = build_linear_recognizer(tmp_path / "rec.onnx", seed=1)
-    embedder = arcface.ArcFaceEmbedder(opencv, arcface.load_recognizer(tmp_path / "rec.onnx", ["CPUExecutionProvider"]), "test")
-    reference, generated = astronaut(), [flipped(astronaut()), rotated(astronaut(), 6.0), no_face_photo()]
+    tom = insightface_image("Tom_Hanks_54745.png")
+    reference, generated = astronaut(), [flipped(astronaut()), tom, no_face_photo()]
+    detector = HandMarkedDetector(core, [(reference, ASTRONAUT_FACE, False), (generated[0], ASTRONAUT_FACE, True), (tom, TOM_FACE, False)])
+    embedder = arcface.ArcFaceEmbedder(detector, arcface.load_recognizer(tmp_path / "rec.onnx", ["CPUExecutionProvider"]), "test")
     result = scoring.score_identity(batch(reference), batch(*generated), embedder=embedder)
     report = strict_json(result.report_json())
     assert (report["backend"], report["metric"], report["higher_is_better"], report["threshold"]) == ("insightface", "cosine", True, 0.28)
     assert report["faces_found"] == 2 and report["images"][2]["face"] is False
 
     def embed(rgb: np.ndarray) -> np.ndarray:
-        faces = find_faces(opencv, rgb.astype(np.float32) / 255.0)
-        largest = max(faces, key=lambda f: f.area)
-        return independent_embedding(core, rgb, largest.landmarks, weight)
+        return independent_embedding(core, rgb, detector.known[rgb.tobytes()].landmarks, weight)
 
     ref = embed(reference)
+    expected = []
     for entry, rgb in zip(report["images"][:2], generated[:2], strict=True):
         other = embed(rgb)
-        expected = float(ref @ other / (np.linalg.norm(ref) * np.linalg.norm(other)))
-        assert entry["score"] == pytest.approx(expected, abs=1e-4)
-        assert entry["match"] is (expected >= 0.28)
+        expected.append(float(ref @ other / (np.linalg.norm(ref) * np.linalg.norm(other))))
+        assert entry["score"] == pytest.approx(expected[-1], abs=1e-4)
+        assert entry["match"] is (expected[-1] >= 0.28)
+    assert expected[0] != pytest.approx(expected[1], abs=1e-3)
     assert result.mean == pytest.approx(np.mean([e["score"] for e in report["images"][:2]]))
 
 
@@ -444,6 +469,21 @@ def _install_input(name: str, rgb: np.ndarray) -> str:
     return name
 
 
+def test_score_node_schemas_follow_the_contract(pack):
+    expected = {
+        "CrossInitIdentityScore": (["reference", "images", "backend"], ["FLOAT", "STRING", "IMAGE"], ["mean", "report", "annotated"]),
+        "CrossInitPromptScore": (["images", "prompt", "model"], ["FLOAT", "STRING"], ["mean", "report"]),
+    }
+    for name, (inputs, types, outputs) in expected.items():
+        info = wr.node_class(name).GET_NODE_INFO_V1()
+        assert list(info["input"]["required"]) == inputs and list(info["output"]) == types and list(info["output_name"]) == outputs
+        assert info["category"] == "training/cross_init"
+        assert all(len(tip) > 20 for tip in info["output_tooltips"]), name
+    backend = wr.node_class("CrossInitIdentityScore").INPUT_TYPES()["required"]["backend"]
+    options = backend[0] if isinstance(backend[0], list) else backend[1]["options"]
+    assert options == ["auto", "insightface", "dlib"]
+
+
 def test_identity_node_passes_and_displays_nan_when_no_face(pack, dlib_embedder):
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": _install_input("score_reference.png", astronaut())}},
@@ -468,10 +508,11 @@ def test_identity_node_scores_a_real_face(pack, dlib_embedder):
         "2": {"class_type": "LoadImage", "inputs": {"image": _install_input("score_generated.png", jpeg(flipped(astronaut()), 60))}},
         "3": {"class_type": "CrossInitIdentityScore", "inputs": {"reference": ["1", 0], "images": ["2", 0], "backend": "dlib"}},
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
     executor = wr.execute(prompt)
     assert executor.success, wr.failure(executor)
-    mean = wr.node_output(executor, "3", 0)
+    mean = float(executor.history_result["outputs"]["5"]["text"][0])
     report = strict_json(executor.history_result["outputs"]["4"]["text"][0])
     assert report["faces_found"] == 1 and report["mean"] == pytest.approx(mean) and 0.0 <= mean < 0.6
 
@@ -487,6 +528,7 @@ def test_prompt_node_lists_models_validates_and_scores(pack, scoring):
             "inputs": {"images": ["1", 0], "prompt": "a photo of <face> person", "model": "node-clip"},
         },
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
     }
     ok, _error, _outputs, node_errors = wr.validate(prompt)
     assert not ok and "clip_scoring" in str(node_errors["2"]) and "config.json" in str(node_errors["2"])
@@ -500,4 +542,5 @@ def test_prompt_node_lists_models_validates_and_scores(pack, scoring):
     report = strict_json(executor.history_result["outputs"]["3"]["text"][0])
     direct = scoring.score_prompt(torch.tensor([0x33, 0x66, 0xCC]).float().div(255).expand(2, 48, 64, 3), "a photo of person", "node-clip")
     assert report["prompt"] == "a photo of person" and len(report["images"]) == 2
-    assert wr.node_output(executor, "2", 0) == pytest.approx(direct.mean, abs=1e-6)
+    assert float(executor.history_result["outputs"]["4"]["text"][0]) == pytest.approx(direct.mean, abs=1e-6)
+    assert report["mean"] == pytest.approx(direct.mean, abs=1e-6)
