@@ -458,6 +458,13 @@ def free_device_bytes(device: torch.device) -> int | None:
     return int(mm.get_free_memory(device))
 
 
+def evaluation_devices() -> tuple[torch.device, torch.device]:
+    """(compute, offload) devices for the models the pack loads itself for scoring (the CLIP prompt score)."""
+    import comfy.model_management as mm
+
+    return mm.get_torch_device(), mm.unet_offload_device()
+
+
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:
     """The exception types torch raises when device memory runs out (names differ across torch versions)."""
     kinds = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
