@@ -35,31 +35,67 @@ FACE_PREP_NODE: str | None = "CrossInitFacePrep"
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+PAPER_CHECKPOINT = "v2-1_512-ema-pruned.safetensors"  # SD 2.1-base, the model the paper trains and evaluates on
+
+PORTRAIT_PROMPT = "a photo of <face> person, portrait, detailed"
+EDIT_PROMPT = "a watercolor painting of <face> person smiling"
+NEGATIVE_PROMPT = "blurry, lowres, deformed, disfigured, bad anatomy, extra fingers, watermark, text"
+
+
+class Sampling(NamedTuple):
+    """How a workflow renders: sampler settings, the (portrait, edit) prompts and the negative prompt."""
+
+    steps: int = 25
+    cfg: float = 7.0
+    sampler: str = "dpmpp_2m"
+    scheduler: str = "karras"
+    prompts: tuple[str, str] = (PORTRAIT_PROMPT, EDIT_PROMPT)
+    negative: str = NEGATIVE_PROMPT
+
+
+# The paper's evaluation sampling (the authors' test script): diffusers' DPMSolverMultistepScheduler with its
+# defaults (DPM-Solver++ 2M) on SD 2.1-base, 50 steps, the pipeline's CFG 7.5, no negative prompt, 512 px.
+# Those defaults space the 50 timesteps as linspace(0, 999, 51) from 999 down, leaving out t=0, and end at
+# sigma 0; ComfyUI's `sgm_uniform` scheduler gives exactly that spacing (`normal` would also put a step at
+# t=0, `karras` spaces by sigma instead). The renders use prompts from the paper's evaluation list
+# (cross_init_core/data/eval_prompts.txt, its `{}` written as <face>).
+DEFAULT_SAMPLING = Sampling()
+PAPER_SAMPLING = Sampling(steps=50, cfg=7.5, sampler="dpmpp_2m", scheduler="sgm_uniform",
+                          prompts=("a photo of a <face> person", "a <face> person wearing a scifi spacesuit in space"),
+                          negative="")
 
 
 class Workflow(NamedTuple):
     """One shipped workflow: trainer mode, checkpoint, and the pixel size used for training, face crops and renders.
 
-    (A NamedTuple, not a dataclass: tests load this script with importlib without registering it in sys.modules.)
+    `kind` is "train" (photo -> embedding -> renders) or "eval" (embedding -> renders -> identity and prompt
+    scores). (A NamedTuple, not a dataclass: tests load this script with importlib without registering it in
+    sys.modules.)
     """
 
     mode: str
     checkpoint: str = CHECKPOINT
     resolution: int = 512
     note: str = "sd"
+    sampling: Sampling = DEFAULT_SAMPLING
+    kind: str = "train"
 
 
 WORKFLOWS = {  # file stem -> workflow
     "cross_init_fast": Workflow("fast"),
     "cross_init_full": Workflow("full"),
     "cross_init_sdxl_fast": Workflow("fast", checkpoint=SDXL_CHECKPOINT, resolution=1024, note="sdxl"),
+    "cross_init_paper": Workflow("full", checkpoint=PAPER_CHECKPOINT, note="paper", sampling=PAPER_SAMPLING),
+    "cross_init_eval": Workflow("", checkpoint=PAPER_CHECKPOINT, note="eval", sampling=PAPER_SAMPLING, kind="eval"),
 }
 FACE_IMAGE = "face.png"
 EMBEDDING_NAME = "my_face"
-PORTRAIT_PROMPT = "a photo of <face> person, portrait, detailed"
-EDIT_PROMPT = "a watercolor painting of <face> person smiling"
-NEGATIVE_PROMPT = "blurry, lowres, deformed, disfigured, bad anatomy, extra fingers, watermark, text"
 SAMPLER_SEED = 1234
+# the eval workflow: images per prompt (the batch), and the CLIP scoring model it names (the paper's ViT-B/32,
+# in models/clip_scoring/<name>/ as docs/evaluation.md describes)
+EVAL_BATCH = 4
+EVAL_PROMPT = "a photo of a <face> person"
+CLIP_SCORING_MODEL = "clip-vit-base-patch32"
 # `control_after_generate` values the UI stores after seed widgets: a fixed trainer seed keeps the trained
 # embedding cached while prompts change; the samplers draw new images on every queue.
 SEED_CONTROL = {"CrossInitTrainer": "fixed"}
@@ -86,8 +122,29 @@ SDXL_NOTE_TEXT = (
     "renders stay at 1024.\n"
     "Save Embedding never replaces an existing file: pick a new name for a new face (or turn on overwrite)."
 )
-NOTES = {"sd": NOTE_TEXT, "sdxl": SDXL_NOTE_TEXT}
-MODE_TEXT = {"fast": "fast preset: 25 steps", "full": "full preset: 320 steps, the paper's setting"}
+PAPER_NOTE_TEXT = (
+    "Cross-Init, the paper's setting: SD 2.1-base, full preset (320 steps, batch 8, lr 0.005), the reference's name "
+    "list and captions.\n\n"
+    "1. Load Checkpoint: SD 2.1-base (v2-1_512-ema-pruned.safetensors, 512 px, epsilon).\n"
+    "2. Face photo: upload a clear photo of one person's face (the paper: one photo per person).\n"
+    "3. Queue. The trainer learns the tokens ({mode}), saves them as models/embeddings/{name}.safetensors and "
+    "renders two of the paper's evaluation prompts as the paper samples: DPM-Solver++ (2M), 50 steps, CFG 7.5, "
+    "no negative prompt, 512 px.\n\n"
+    "Score the result with the cross_init_eval workflow or `python -m cross_init_core eval` (docs/evaluation.md)."
+)
+EVAL_NOTE_TEXT = (
+    "Cross-Init evaluation: how well a trained token keeps the face and follows the prompt.\n\n"
+    "1. Load Checkpoint: the checkpoint the embedding was trained on (the paper: SD 2.1-base).\n"
+    "2. Load Embedding: the trained file; Reference face photo: a photo of that person (several: batch them).\n"
+    "3. Prompt: one with <face> where the person goes (the paper's 20 are in cross_init_core/data/eval_prompts.txt). "
+    "The latent's batch_size is the number of images.\n"
+    "4. Queue. Identity Score compares each image's face with the photo (insightface ArcFace: cosine, higher is "
+    "better; dlib: distance, lower is better); Prompt Score is the CLIP cosine of image and prompt without <face> "
+    "(a full CLIP in models/clip_scoring/, see docs/evaluation.md).\n\n"
+    "All 20 prompts at once, with a table and a contact sheet: python -m cross_init_core eval."
+)
+NOTES = {"sd": NOTE_TEXT, "sdxl": SDXL_NOTE_TEXT, "paper": PAPER_NOTE_TEXT, "eval": EVAL_NOTE_TEXT}
+MODE_TEXT = {"fast": "fast preset: 25 steps", "full": "full preset: 320 steps, the paper's setting", "": ""}
 
 log = logging.getLogger("make_ui_workflows")
 
@@ -202,7 +259,7 @@ def _preset_widgets(mode: str) -> dict[str, Any]:
 
 
 def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkpoint: str = CHECKPOINT,
-                       resolution: int = 512) -> dict[str, dict[str, Any]]:
+                       resolution: int = 512, sampling: Sampling = DEFAULT_SAMPLING) -> dict[str, dict[str, Any]]:
     """Checkpoint + face photo -> Cross-Init init -> trainer -> saved embedding, portrait and edit renders.
 
     `resolution` is the trainer's resolution, the face crop size and the render size (SDXL: 1024).
@@ -234,16 +291,18 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
         trainer_inputs["masks"] = masks
     trainer = g.add("CrossInitTrainer", trainer_inputs)
     embedding = [trainer, 0]
-    portrait = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": embedding, "text": PORTRAIT_PROMPT, "placeholder": "<face>"},
+    portrait_text, edit_text = sampling.prompts
+    portrait = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": embedding, "text": portrait_text, "placeholder": "<face>"},
                      title="Portrait prompt (<face>)")
-    edit = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": embedding, "text": EDIT_PROMPT, "placeholder": "<face>"},
+    edit = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": embedding, "text": edit_text, "placeholder": "<face>"},
                  title="Edit prompt (<face>)")
-    negative = g.add("CLIPTextEncode", {"text": NEGATIVE_PROMPT, "clip": clip}, title="Negative prompt")
+    negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": clip},
+                     title="Negative prompt" if sampling.negative else "No negative prompt (empty, as the paper)")
     latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": 1})
     samplers = []
     for positive, what in ((portrait, "portrait"), (edit, "edit")):
         samplers.append(g.add("KSampler", {
-            "model": model, "seed": SAMPLER_SEED, "steps": 25, "cfg": 7.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+            "model": model, "seed": SAMPLER_SEED, **_sampler_widgets(sampling),
             "positive": [positive, 0], "negative": [negative, 0], "latent_image": [latent, 0], "denoise": 1.0,
         }, title=f"KSampler ({what})"))
     decoded = [g.add("VAEDecode", {"samples": [s, 0], "vae": vae}, title=f"VAE Decode ({what})")
@@ -257,11 +316,50 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
     return g.nodes
 
 
+def _sampler_widgets(sampling: Sampling) -> dict[str, Any]:
+    return {"steps": sampling.steps, "cfg": sampling.cfg, "sampler_name": sampling.sampler, "scheduler": sampling.scheduler}
+
+
+def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 512,
+                        sampling: Sampling = PAPER_SAMPLING) -> dict[str, dict[str, Any]]:
+    """Checkpoint + saved embedding -> a batch of renders of one prompt -> identity and prompt scores.
+
+    One text node holds the prompt: it feeds both the encoder and the prompt score, so the score always sees
+    the prompt the images were made from. `python -m cross_init_core eval` runs this graph once per prompt
+    (nodes found by type), so every node it reads is here exactly once.
+    """
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": checkpoint})
+    model, clip, vae = [ckpt, 0], [ckpt, 1], [ckpt, 2]
+    embedding = g.add("CrossInitLoadEmbedding", {"name": f"{EMBEDDING_NAME}.safetensors"})
+    prompt = g.add("PrimitiveStringMultiline", {"value": EVAL_PROMPT}, title="Prompt (<face> = the person)")
+    positive = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": [embedding, 0], "text": [prompt, 0],
+                                                 "placeholder": "<face>"}, title="Prompt with the embedding")
+    negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": clip},
+                     title="Negative prompt" if sampling.negative else "No negative prompt (empty, as the paper)")
+    latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": EVAL_BATCH},
+                   title="Images per prompt (batch_size)")
+    sampler = g.add("KSampler", {
+        "model": model, "seed": SAMPLER_SEED, **_sampler_widgets(sampling),
+        "positive": [positive, 0], "negative": [negative, 0], "latent_image": [latent, 0], "denoise": 1.0,
+    })
+    images = [g.add("VAEDecode", {"samples": [sampler, 0], "vae": vae}), 0]
+    g.add("SaveImage", {"images": images, "filename_prefix": f"cross_init_eval/{EMBEDDING_NAME}"})
+    reference = g.add("LoadImage", {"image": FACE_IMAGE}, title="Reference face photo")
+    identity = g.add("CrossInitIdentityScore", {"reference": [reference, 0], "images": images, "backend": "auto"})
+    prompt_score = g.add("CrossInitPromptScore", {"images": images, "prompt": [prompt, 0], "model": CLIP_SCORING_MODEL})
+    g.add("PreviewAny", {"source": [identity, 1]}, title="Identity report")
+    g.add("PreviewAny", {"source": [prompt_score, 1]}, title="Prompt score report")
+    g.add("PreviewImage", {"images": [identity, 2]}, title="Identity (annotated)")
+    return g.nodes
+
+
 # ---------------------------------------------------------------------------------------------
 # API format -> UI format
 
 SOCKET_ROW, WIDGET_ROW, MULTILINE_ROW, TITLE_PAD = 22, 26, 96, 10
 IMAGE_NODES = {"LoadImage", "PreviewImage", "SaveImage"}
+TEXT_PREVIEW_NODES = {"PreviewAny"}
 GAP_X, GAP_Y, ORIGIN = 70, 50, (40, 40)
 NOTE_WIDTH = 320  # the first column's width (the checkpoint loader), so the note does not reach the second
 
@@ -319,6 +417,8 @@ def _size(class_type: str, slots: list[Slot], n_outputs: int) -> list[int]:
     width = 400 if any(s.options.get("multiline") for s in slots) else 320
     if class_type in IMAGE_NODES:
         height += 280
+    if class_type in TEXT_PREVIEW_NODES:  # room for the text the node shows after a run
+        width, height = 400, height + 200
     return [width, height]
 
 
@@ -447,7 +547,11 @@ def render_all() -> dict[Path, str]:
     """Every generated file and its text (ComfyUI must be booted)."""
     files: dict[Path, str] = {}
     for stem, workflow in WORKFLOWS.items():
-        api = build_api_workflow(workflow.mode, checkpoint=workflow.checkpoint, resolution=workflow.resolution)
+        if workflow.kind == "eval":
+            api = build_eval_workflow(workflow.checkpoint, workflow.resolution, workflow.sampling)
+        else:
+            api = build_api_workflow(workflow.mode, checkpoint=workflow.checkpoint, resolution=workflow.resolution,
+                                     sampling=workflow.sampling)
         api_text = dumps(api)
         files[API_DIR / f"{stem}.json"] = api_text
         note = NOTES[workflow.note].format(mode=MODE_TEXT[workflow.mode], name=EMBEDDING_NAME)

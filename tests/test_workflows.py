@@ -16,9 +16,11 @@ import torch
 import workflow_runner as wr
 
 REPO = Path(__file__).resolve().parents[1]
-STEMS = ("cross_init_fast", "cross_init_full", "cross_init_sdxl_fast")
+STEMS = ("cross_init_fast", "cross_init_full", "cross_init_sdxl_fast", "cross_init_paper")  # training workflows
+EVAL_STEM = "cross_init_eval"
+ALL_STEMS = (*STEMS, EVAL_STEM)
 # the tiny host model family each workflow is validated and run with
-KIND = {"cross_init_fast": "sd1", "cross_init_full": "sd2", "cross_init_sdxl_fast": "sdxl"}
+KIND = {"cross_init_fast": "sd1", "cross_init_full": "sd2", "cross_init_sdxl_fast": "sdxl", "cross_init_paper": "sd2"}
 PACK_NODES = {"CrossInitEmbeddingInit", "CrossInitLossSettings", "CrossInitTrainer", "CrossInitCLIPTextEncode", "CrossInitSaveEmbedding"}
 STOCK_NODES = {"CheckpointLoaderSimple", "LoadImage", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage",
                "PreviewImage"}
@@ -59,7 +61,7 @@ def expected_pack_nodes(generator) -> set[str]:
 # Static checks
 
 
-@pytest.mark.parametrize("stem", STEMS)
+@pytest.mark.parametrize("stem", ALL_STEMS)
 def test_ui_file_converts_back_to_the_api_file(pack, stem):
     ui = ui_file(stem)
     assert ui["version"] == 0.4 and ui["groups"] == [] and ui["extra"] == {}
@@ -79,7 +81,7 @@ def test_node_types_and_input_names_exist(pack, generator, stem):
         defined = {name for name, _spec, _optional in wr.defined_inputs(node["class_type"])}
         assert set(node["inputs"]) <= defined, f"node {node_id} ({node['class_type']}): unknown inputs {set(node['inputs']) - defined}"
     (trainer,) = wr.nodes_of(api, "CrossInitTrainer")
-    assert api[trainer]["inputs"]["mode"] == stem.rsplit("_", 1)[-1]
+    assert api[trainer]["inputs"]["mode"] == generator.WORKFLOWS[stem].mode
     assert sorted(api[n]["inputs"]["filename_prefix"] for n in wr.nodes_of(api, "SaveImage")) == ["cross_init/edit", "cross_init/portrait"]
     texts = sorted(api[n]["inputs"]["text"] for n in wr.nodes_of(api, "CrossInitCLIPTextEncode"))
     assert len(texts) == 2 and all("<face>" in t for t in texts)
@@ -136,7 +138,7 @@ def test_sdxl_workflow_is_set_up_for_sdxl(generator):
 
 def test_generated_files_are_up_to_date(generator):
     files = generator.render_all()
-    assert len(files) == 2 * len(STEMS)
+    assert len(files) == 2 * len(ALL_STEMS)
     for path, text in files.items():
         assert path.read_text(encoding="utf-8") == text, f"{path} is out of date: run scripts/make_ui_workflows.py"
     # one copy of each workflow: ComfyUI's template browser reads workflows/ itself
@@ -177,6 +179,7 @@ def test_check_command_line():
         ("cross_init_fast", "sd1", {"clip_l": 64}),
         ("cross_init_full", "sd2", {"clip_h": 64}),
         ("cross_init_sdxl_fast", "sdxl", {"clip_l": 64, "clip_g": 96}),
+        ("cross_init_paper", "sd2", {"clip_h": 64}),
     ],
 )
 def test_workflow_runs_end_to_end(pack, tiny, face_image, embeddings_dir, stem, kind, widths):
@@ -238,3 +241,155 @@ def test_workflow_runs_end_to_end(pack, tiny, face_image, embeddings_dir, stem, 
     if kind == "sdxl":  # the pooled output (ADM input) comes from the learned clip_g vectors
         assert stock[0][1]["pooled_output"].shape == (1, widths["clip_g"])
         assert not torch.allclose(stock[0][1]["pooled_output"], plain[0][1]["pooled_output"], atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's workflow and the evaluation workflow
+
+
+def paper_prompts() -> list[str]:
+    text = (REPO / "cross_init_core" / "data" / "eval_prompts.txt").read_text(encoding="utf-8")
+    return [line.replace("{}", "<face>") for line in text.splitlines() if line.strip()]
+
+
+def test_paper_workflow_samples_as_the_paper():
+    """SD 2.1-base, full preset, DPM-Solver++ (2M) 50 steps, CFG 7.5, no negative prompt, 512 px, the paper's prompts."""
+    api = api_file("cross_init_paper")
+    (ckpt,) = wr.nodes_of(api, "CheckpointLoaderSimple")
+    assert api[ckpt]["inputs"]["ckpt_name"] == "v2-1_512-ema-pruned.safetensors"
+    (trainer,) = wr.nodes_of(api, "CrossInitTrainer")
+    assert api[trainer]["inputs"]["mode"] == "full" and api[trainer]["inputs"]["resolution"] == 512
+    samplers = wr.nodes_of(api, "KSampler")
+    assert len(samplers) == 2
+    for node_id in samplers:
+        inputs = api[node_id]["inputs"]
+        assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"]) == (50, 7.5, "dpmpp_2m", "sgm_uniform")
+        negative = api[inputs["negative"][0]]
+        assert negative["class_type"] == "CLIPTextEncode" and negative["inputs"]["text"] == ""
+        positive = api[inputs["positive"][0]]
+        assert positive["class_type"] == "CrossInitCLIPTextEncode" and positive["inputs"]["text"] in paper_prompts()
+    (latent,) = wr.nodes_of(api, "EmptyLatentImage")
+    assert (api[latent]["inputs"]["width"], api[latent]["inputs"]["height"]) == (512, 512)
+    (init,) = wr.nodes_of(api, "CrossInitEmbeddingInit")
+    assert api[init]["inputs"]["name_list"] == "reference" and api[init]["inputs"]["names"] == ""
+
+
+def test_sgm_uniform_gives_the_reference_schedulers_sigmas(pack):
+    """The reference samples with diffusers' DPMSolverMultistepScheduler defaults: timesteps
+    linspace(0, 999, 51) rounded, from 999 down, the last left out, then sigma 0. ComfyUI's sgm_uniform
+    matches that to the rounding of the timesteps; `normal` and `karras` do not."""
+    import comfy.model_sampling
+    import comfy.samplers
+    import numpy as np
+
+    sampling = comfy.model_sampling.ModelSamplingDiscrete(None)  # SD's scaled-linear betas 0.00085..0.012
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    timesteps = np.linspace(0, 999, 51).round()[::-1][:-1].astype(int)
+    expected = np.append(((1 - alphas_cumprod[timesteps]) / alphas_cumprod[timesteps]) ** 0.5, 0.0)
+    got = {name: comfy.samplers.calculate_sigmas(sampling, name, 50).double().numpy() for name in ("sgm_uniform", "normal", "karras")}
+    assert got["sgm_uniform"].shape == expected.shape
+    np.testing.assert_allclose(got["sgm_uniform"], expected, rtol=0.02, atol=1e-6)
+    for other in ("normal", "karras"):
+        assert np.abs(got[other][:-1] / expected[:-1] - 1).max() > 0.1
+
+
+@pytest.fixture(scope="module")
+def eval_setup(pack, embeddings_dir):
+    """An SD 2.x embedding file (random [2, 1024] clip_h vectors, for validation: the loader checks the real
+    widths) and a tiny full CLIP in the documented models/clip_scoring/clip-vit-base-patch32/ layout."""
+    import folder_paths
+    from safetensors.torch import save_file
+    from test_scores import save_tiny_clip
+
+    vectors = torch.randn(2, 1024, generator=torch.Generator().manual_seed(7))
+    save_file({"clip_h": vectors}, str(embeddings_dir / "eval_face.safetensors"))
+    folder = Path(folder_paths.get_folder_paths("clip_scoring")[-1]) / "clip-vit-base-patch32"
+    if not (folder / "config.json").is_file():
+        save_tiny_clip(folder, seed=11)
+    wr.install_face_image("face.png")
+    return "eval_face.safetensors"
+
+
+def fast_eval_prompt(batch: int = 2) -> dict:
+    """The eval workflow on tiny models: the loaded embedding is replaced by Cross-Init vectors of the tiny
+    CLIP (a file of the tiny widths would be refused by the loader, which checks the real SD widths)."""
+    prompt = api_file(EVAL_STEM)
+    (loader,) = wr.nodes_of(prompt, "CrossInitLoadEmbedding")
+    (ckpt,) = wr.nodes_of(prompt, "CheckpointLoaderSimple")
+    prompt[loader] = {"class_type": "CrossInitEmbeddingInit", "_meta": {"title": "tiny embedding"}, "inputs": {
+        "clip": [ckpt, 1], "num_tokens": 2, "names": "", "source": "names", "name_list": "reference"}}
+    wr.override(prompt, "KSampler", steps=1)
+    wr.override(prompt, "EmptyLatentImage", width=64, height=64, batch_size=batch)
+    wr.override(prompt, "CrossInitIdentityScore", backend="dlib")
+    return prompt
+
+
+def test_eval_workflow_is_set_up_as_the_paper_evaluates():
+    api = api_file(EVAL_STEM)
+    (sampler,) = wr.nodes_of(api, "KSampler")
+    inputs = api[sampler]["inputs"]
+    assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"]) == (50, 7.5, "dpmpp_2m", "sgm_uniform")
+    assert api[inputs["negative"][0]]["inputs"]["text"] == ""
+    # one prompt node feeds the encoder and the prompt score: the score sees what the images were made from
+    (encoder,) = wr.nodes_of(api, "CrossInitCLIPTextEncode")
+    (scorer,) = wr.nodes_of(api, "CrossInitPromptScore")
+    assert api[encoder]["inputs"]["text"] == api[scorer]["inputs"]["prompt"]
+    assert api[api[encoder]["inputs"]["text"][0]]["inputs"]["value"] in paper_prompts()
+    (identity,) = wr.nodes_of(api, "CrossInitIdentityScore")
+    decoded = api[identity]["inputs"]["images"]
+    assert api[scorer]["inputs"]["images"] == decoded and api[decoded[0]]["class_type"] == "VAEDecode"
+    assert api[api[identity]["inputs"]["reference"][0]]["class_type"] == "LoadImage"
+    shown = {tuple(api[n]["inputs"]["source"]) for n in wr.nodes_of(api, "PreviewAny")}
+    assert shown == {(identity, 1), (scorer, 1)}
+
+
+def test_eval_workflow_validates_with_comfyui(pack, tiny, eval_setup):
+    api = api_file(EVAL_STEM)
+    wr.override(api, "CrossInitLoadEmbedding", name=eval_setup)
+    with wr.tiny_checkpoint_loader(tiny("sd2"), [api[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(api, "CheckpointLoaderSimple")]):
+        ok, error, _outputs, node_errors = wr.validate(api)
+        assert ok and node_errors == {}, (error, node_errors)
+        assert wr.widget_value_problems(api) == []
+        broken = copy.deepcopy(api)
+        (scorer,) = wr.override(broken, "CrossInitPromptScore", model="no-such-clip")
+        _ok, _error, outputs, node_errors = wr.validate(broken)
+        # the host refuses the score's branch (its report preview) with the folder named; the rest may still run
+        assert scorer in node_errors and "clip_scoring" in str(node_errors[scorer])
+        assert not [n for n in outputs if broken[n]["inputs"].get("source") == [scorer, 1]]
+
+
+def test_eval_workflow_runs_end_to_end(pack, tiny, eval_setup, core):
+    """Renders with the embedding and scores them: the reports cover every image, the prompt score equals the
+    score of the decoded batch, and tiny-model noise has no face (counted, left out of the mean)."""
+    prompt = fast_eval_prompt(batch=3)
+    with wr.tiny_checkpoint_loader(tiny("sd2"), [prompt[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(prompt, "CheckpointLoaderSimple")]):
+        executor = wr.execute(prompt)
+    assert executor.success, wr.failure(executor)
+    outputs = executor.history_result["outputs"]
+    (identity,) = wr.nodes_of(prompt, "CrossInitIdentityScore")
+    (scorer,) = wr.nodes_of(prompt, "CrossInitPromptScore")
+    reports = {tuple(prompt[n]["inputs"]["source"]): json.loads(outputs[n]["text"][0]) for n in wr.nodes_of(prompt, "PreviewAny")}
+    id_report, pr_report = reports[(identity, 1)], reports[(scorer, 1)]
+    assert id_report["backend"] == "dlib" and id_report["faces_found"] == 0 and id_report["mean"] is None
+    assert [e["face"] for e in id_report["images"]] == [False] * 3
+    (decode,) = wr.nodes_of(prompt, "VAEDecode")
+    images = wr.node_output(executor, decode, 0)
+    assert tuple(images.shape) == (3, 64, 64, 3)
+    (text_node,) = wr.nodes_of(prompt, "PrimitiveStringMultiline")
+    direct = core.scoring.score_prompt(images, prompt[text_node]["inputs"]["value"], "clip-vit-base-patch32")
+    assert pr_report["prompt"] == "a photo of a person"
+    expected = [e["score"] for e in json.loads(direct.report_json())["images"]]
+    assert [e["score"] for e in pr_report["images"]] == pytest.approx(expected, abs=1e-6)
+    assert wr.node_output(executor, scorer, 0) == pytest.approx(direct.mean, abs=1e-6)
+    (saver,) = wr.nodes_of(prompt, "SaveImage")
+    assert len(wr.saved_images(executor, saver)) == 3
+    # the embedding really conditions the images: without it (plain CLIPTextEncode of the same words) they differ
+    plain = copy.deepcopy(prompt)
+    (encoder,) = wr.nodes_of(plain, "CrossInitCLIPTextEncode")
+    clip_link = plain[encoder]["inputs"]["clip"]
+    plain[encoder] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_link, "text": "a photo of a person"}, "_meta": {"title": "x"}}
+    with wr.tiny_checkpoint_loader(tiny("sd2"), [prompt[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(prompt, "CheckpointLoaderSimple")]):
+        other = wr.execute(plain)
+    assert other.success, wr.failure(other)
+    assert not torch.allclose(wr.node_output(other, decode, 0), images, atol=1e-4)

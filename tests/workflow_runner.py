@@ -9,6 +9,7 @@ Everything needs a booted host (the `pack` fixture).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -259,7 +260,11 @@ def failure(executor: Any) -> str:
 
 def node_output(executor: Any, node_id: str, slot: int) -> Any:
     """The value a node produced on one output in the executor's last run (first list item)."""
-    entry = executor.caches.outputs.get(node_id)
+    cache = executor.caches.outputs
+    # newer hosts (0.33) made the cache's get() a coroutine and added a synchronous get_local()
+    entry = cache.get_local(node_id) if hasattr(cache, "get_local") else cache.get(node_id)
+    if inspect.isawaitable(entry):
+        entry = asyncio.run(entry)
     if entry is None:
         raise KeyError(f"node {node_id} has no cached outputs")
     return entry.outputs[slot][0]

@@ -1,0 +1,193 @@
+"""The evaluation's execution: a ComfyUI server (local child or --server) driven over its HTTP API.
+
+Uses the batch runner's client (comfy_client.ComfyClient, LocalServer) and its local-server setup
+(cli_comfy.local_server_setup), so `eval` finds ComfyUI, the pack and the checkpoint as `train` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__
+from . import cli_comfy as host
+from .comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, combo_options, normalize_url
+from .eval_cli import (
+    CKPT_LOADER,
+    EMBEDDING_LOADER,
+    EXIT_FAILED,
+    EXIT_OK,
+    PROMPT_SCORE,
+    REQUIRED_NODES,
+    TEXT_PREVIEW,
+    GraphSettings,
+    Plan,
+    UsageError,
+    build_prompt,
+    choose_clip_model,
+    match_embedding,
+    probe_prompt,
+    read_outcome,
+)
+from .evaluation import EvalTable, add_prompt_result, contact_sheet, format_table, write_table
+
+log = logging.getLogger("cross_init_core.eval_cli")
+
+UPLOAD_SUBFOLDER = "cross_init_eval"
+NO_MODEL_PREFIX = "("  # the prompt score's placeholder option when its folder is empty, e.g. "(no model in ...)"
+
+
+def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) -> int:
+    with tempfile.TemporaryDirectory(prefix="cross_init_eval_") as scratch:
+        local: LocalServer | None = None
+        ckpt_name = args.checkpoint
+        if not args.server:
+            comfyui, where = (args.comfyui, f"--comfyui {args.comfyui}") if args.comfyui else host.default_comfyui_path()
+            if comfyui is None:
+                raise UsageError("no ComfyUI found to start: pass --comfyui PATH, set COMFYUI_PATH, install this pack in "
+                                 "ComfyUI/custom_nodes, or give a running server with --server URL")
+            if not host.looks_like_comfyui(comfyui):
+                raise UsageError(f"{where}: this is not a ComfyUI folder (no main.py, folder_paths.py and comfy/ in it)")
+            cpu = args.cpu or not host.has_accelerator()
+            extra, ckpt_name, _embeddings = host.local_server_setup(comfyui, args.base_directory, args.checkpoint,
+                                                                    Path(scratch), cpu)
+            local = LocalServer(comfyui.resolve(), extra, log_path=Path(scratch) / "comfyui.log")
+        try:
+            return asyncio.run(_serve(args, plan, ckpt_name, local, stdout, stderr))
+        finally:
+            if local is not None:
+                local.stop()
+
+
+async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, ckpt_name: str) -> tuple[str, str | None]:
+    """(the server's embedding name, the CLIP model or None); UsageError listing every problem."""
+    problems: list[str] = []
+    needed = set(REQUIRED_NODES) | {TEXT_PREVIEW} | ({"ImageBatch"} if len(plan.faces) > 1 else set())
+    infos: dict[str, Any] = {}
+    for class_type in sorted(needed):
+        if class_type == PROMPT_SCORE and args.no_prompt_score:
+            continue
+        infos[class_type] = await client.object_info(class_type)
+        if infos[class_type] is None:
+            hint = "install or update the Cross-Init pack there" if class_type.startswith("CrossInit") else "update ComfyUI"
+            problems.append(f"server {client.url}: it has no node {class_type!r}, which the evaluation uses; {hint}")
+    if problems:
+        raise UsageError("\n".join(problems))
+    options, _ = combo_options(infos[CKPT_LOADER], "ckpt_name")
+    if options is None or ckpt_name not in options:
+        known = ", ".join(map(str, (options or [])[:10])) or "none"
+        problems.append(f"--checkpoint {args.checkpoint}: not found in the server's checkpoints folders (it has: {known})")
+    embeddings, _ = combo_options(infos[EMBEDDING_LOADER], "name")
+    embedding = match_embedding(plan.embedding, [str(e) for e in embeddings or []])
+    if embedding is None:
+        known = ", ".join(map(str, (embeddings or [])[:10])) or "none"
+        problems.append(f"--embedding {plan.embedding}: not in the server's embeddings folders (it has: {known}); train it "
+                        "with `python -m cross_init_core train` or copy the file into ComfyUI/models/embeddings")
+    clip_model = None
+    if not args.no_prompt_score:
+        models, _ = combo_options(infos[PROMPT_SCORE], "model")
+        listed = [str(m) for m in models or [] if not str(m).startswith(NO_MODEL_PREFIX)]
+        clip_model, problem = choose_clip_model(args.clip_model, listed, "")
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise UsageError("\n".join(problems))
+    return embedding or "", clip_model
+
+
+async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: LocalServer | None, stdout: TextIO,
+                 stderr: TextIO) -> int:
+    import aiohttp
+    from PIL import Image
+
+    async with aiohttp.ClientSession() as session:
+        if local is not None:
+            log.info("starting ComfyUI (%s) on %s ...", local.comfyui, local.url)
+            local.start()
+            client = ComfyClient(local.url, session)
+            try:
+                await client.wait_until_up(600.0, is_alive=local.alive)
+            except ServerGone:
+                tail = local.log_tail()
+                raise UsageError(f"the local ComfyUI ({local.comfyui}) did not start"
+                                 + (f"; the end of its log:\n{tail}" if tail else "")) from None
+        else:
+            client = ComfyClient(normalize_url(args.server), session)
+            try:
+                await client.system_stats()
+            except ServerGone as exc:
+                raise UsageError(f"--server {args.server}: not answering ({exc})") from None
+
+        embedding, clip_model = await _preflight(client, args, plan, ckpt_name)
+        run_id = uuid.uuid4().hex[:8]
+        references = []
+        for i, photo in enumerate(plan.faces):
+            references.append(await client.upload_image(photo, UPLOAD_SUBFOLDER, f"{run_id}_ref{i}{photo.suffix.lower()}"))
+        try:  # the reference photos against themselves: the backend runs and each photo shows a face
+            probe = probe_prompt(plan.workflow, references, args.identity_backend)
+            outcome = await client.run(probe)
+            report = outcome.outputs.get("probe_report", {}).get("text", [""])[0]
+            log.info("identity backend and reference photos checked (%s)", report.split(",")[0].strip("{ ") or "ok")
+        except (PromptFailed, PromptRejected) as exc:
+            raise UsageError(f"--faces: the identity score cannot use the reference photos: {exc}") from None
+
+        settings = GraphSettings(ckpt_name=ckpt_name, embedding=embedding, references=references, per_prompt=args.per_prompt,
+                                 seed=args.seed, backend=args.identity_backend, clip_model=clip_model, steps=args.steps,
+                                 resolution=args.resolution, prefix=f"cross_init_eval/{Path(embedding).stem}_{run_id}")
+        images_dir = plan.output / "images"
+        images_dir.mkdir(parents=True, exist_ok=True)
+        table = EvalTable(identity={}, prompt_model=clip_model)
+        rows: list[list[Image.Image]] = []
+        enabled = not args.no_progress and not args.quiet
+        status = EXIT_OK
+        log.info("%d prompts x %d images with %s on %s; output: %s", len(plan.prompts), args.per_prompt, embedding, ckpt_name,
+                 plan.output)
+        for index, text in enumerate(plan.prompts):
+            prompt = build_prompt(plan.workflow, settings, text, index)
+            bar = host.ProgressBar(stderr, f"[{index + 1}/{len(plan.prompts)}] {text[:40]}", enabled=enabled)
+            try:
+                outcome = await client.run(prompt, on_progress=bar.hook)
+            except (PromptFailed, PromptRejected, ServerGone) as exc:
+                bar.finish()
+                log.error("prompt %d (%s) failed: %s; the table holds the %d prompts before it", index, text, exc, index)
+                status = EXIT_FAILED
+                break
+            bar.finish()
+            result = read_outcome(prompt, outcome.outputs)
+            files, images = [], []
+            for j, entry in enumerate(result.images):
+                data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
+                path = images_dir / f"p{index:02d}_i{j:02d}.png"
+                path.write_bytes(data)
+                files.append(str(path.relative_to(plan.output)))
+                with Image.open(io.BytesIO(data)) as image:
+                    images.append(image.convert("RGB"))
+            add_prompt_result(table, index, text, files, result.identity, result.prompt)
+            rows.append(images)
+
+    run_info = {
+        "version": __version__, "checkpoint": ckpt_name, "embedding": embedding, "faces": [str(p) for p in plan.faces],
+        "prompts": args.prompts, "per_prompt": args.per_prompt, "seed": args.seed, "identity_backend": args.identity_backend,
+        "sampler": _sampler_settings(build_prompt(plan.workflow, settings, "", 0)),
+        "server": "local" if local is not None else args.server, "complete": status == EXIT_OK,
+    }
+    csv_path, json_path = write_table(plan.output, table, run_info)
+    sheet = plan.output / "contact_sheet.jpg"
+    if rows:
+        contact_sheet(rows, table).save(sheet, quality=90)
+    stdout.write(format_table(table))
+    stdout.flush()
+    log.info("wrote %s, %s%s and %d images in %s", csv_path.name, json_path.name, f", {sheet.name}" if rows else "",
+             len(table.images), plan.output)
+    return status
+
+
+def _sampler_settings(prompt: dict[str, Any]) -> dict[str, Any]:
+    sampler = next(node for node in prompt.values() if node.get("class_type") == "KSampler")["inputs"]
+    return {key: sampler.get(key) for key in ("steps", "cfg", "sampler_name", "scheduler")}

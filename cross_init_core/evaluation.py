@@ -1,0 +1,306 @@
+"""The evaluation protocol's pure parts: the prompt list, the score table and the contact sheet.
+
+`python -m cross_init_core eval` (cross_init_core/eval_cli.py) renders N images per prompt with an
+embedding and scores each batch with the identity and prompt score nodes; this module turns their JSON
+reports into one table (per prompt and overall, CSV and JSON) and a contact sheet. Nothing here needs
+ComfyUI.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PLACEHOLDER = "<face>"
+REFERENCE_SLOT = "{}"  # how the reference's prompt files mark the person
+PAPER_PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "eval_prompts.txt"
+MAX_PROMPT_CHARS = 1000
+
+
+def parse_prompts(text: str, source: str) -> list[str]:
+    """Prompts, one per non-blank line (`#` starts a comment line), each with the person marked exactly once,
+    as `{}` (the reference's files) or `<face>`; returned with `<face>`.
+
+    Raises InvalidInputError naming `source`, the line and the fix.
+    """
+    prompts: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{source}, line {number}"
+        marks = line.count(REFERENCE_SLOT) + line.count(PLACEHOLDER)
+        if marks != 1:
+            found = "no" if marks == 0 else str(marks)
+            raise InvalidInputError(
+                f"prompts: {where} has {found} person marks ({line!r}); write the person exactly once, "
+                f"as {REFERENCE_SLOT} or {PLACEHOLDER}, e.g. 'a {PLACEHOLDER} person on the beach'"
+            )
+        if len(line) > MAX_PROMPT_CHARS:
+            raise InvalidInputError(f"prompts: {where} is {len(line)} characters long; keep prompts under {MAX_PROMPT_CHARS}")
+        prompts.append(line.replace(REFERENCE_SLOT, PLACEHOLDER))
+    if not prompts:
+        raise InvalidInputError(f"prompts: {source} holds no prompts; write one prompt per line with {PLACEHOLDER} where the person goes")
+    return prompts
+
+
+def read_prompts(spec: str) -> list[str]:
+    """`paper` (the paper's 20 evaluation prompts) or a UTF-8 text file of prompts (see parse_prompts)."""
+    if spec == "paper":
+        return parse_prompts(PAPER_PROMPTS_FILE.read_text(encoding="utf-8"), "the paper's list")
+    path = Path(spec)
+    if not path.is_file():
+        raise InvalidInputError(f"--prompts {spec}: no such file; give a text file with one prompt per line, or 'paper'")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"--prompts {spec}: cannot be read as UTF-8 text ({exc})") from None
+    return parse_prompts(text, str(path))
+
+
+def scored_prompt(prompt: str) -> str:
+    """The prompt as the prompt score sees it (the placeholder removed, spaces collapsed), for the table."""
+    return " ".join(prompt.replace(PLACEHOLDER, " ").split())
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclass
+class ImageRow:
+    prompt_index: int
+    image_index: int
+    file: str
+    face: bool | None  # None: identity not scored
+    identity: float | None  # None: no face (or not scored)
+    match: bool | None
+    prompt_score: float | None
+
+
+@dataclass
+class PromptRow:
+    prompt_index: int
+    prompt: str
+    images: int
+    faces_found: int | None
+    identity_mean: float | None  # over this prompt's images with a face
+    prompt_mean: float | None
+
+
+@dataclass
+class EvalTable:
+    identity: dict[str, Any]  # backend, metric, higher_is_better, threshold (from the first report)
+    prompt_model: str | None
+    prompts: list[PromptRow] = field(default_factory=list)
+    images: list[ImageRow] = field(default_factory=list)
+
+    def overall(self) -> dict[str, Any]:
+        """Over all images: identity mean over every image with a face (pooled, as the per-prompt reports
+        average), prompt mean over every image, faces found of all images."""
+        ids = [r.identity for r in self.images if r.identity is not None]
+        prompts = [r.prompt_score for r in self.images if r.prompt_score is not None]
+        faces = None if any(r.face is None for r in self.images) else sum(bool(r.face) for r in self.images)
+        return {
+            "images": len(self.images),
+            "faces_found": faces,
+            "identity_mean": _mean(ids),
+            "prompt_mean": _mean(prompts),
+        }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+IDENTITY_KEYS = ("backend", "metric", "higher_is_better", "threshold")
+
+
+def add_prompt_result(table: EvalTable, prompt_index: int, prompt: str, files: Sequence[str],
+                      identity_report: dict[str, Any] | None, prompt_report: dict[str, Any] | None) -> PromptRow:
+    """Adds one prompt's batch to the table from the score nodes' JSON reports (either may be None when that
+    score was not run). The reports must cover exactly the images in `files`, in order."""
+    n = len(files)
+    id_images = (identity_report or {}).get("images", [])
+    pr_images = (prompt_report or {}).get("images", [])
+    if identity_report is not None:
+        if len(id_images) != n:
+            raise ValueError(f"prompt {prompt_index}: the identity report covers {len(id_images)} images, {n} were made")
+        described = {k: identity_report.get(k) for k in IDENTITY_KEYS}
+        if not table.identity:
+            table.identity = described
+        elif table.identity != described:
+            raise ValueError(f"prompt {prompt_index}: identity scored with {described}, earlier prompts with {table.identity}")
+    if prompt_report is not None and len(pr_images) != n:
+        raise ValueError(f"prompt {prompt_index}: the prompt report covers {len(pr_images)} images, {n} were made")
+    rows = []
+    for i, file in enumerate(files):
+        entry = id_images[i] if identity_report is not None else None
+        rows.append(ImageRow(
+            prompt_index=prompt_index, image_index=i, file=file,
+            face=None if entry is None else bool(entry.get("face")),
+            identity=None if entry is None else _finite(entry.get("score")),
+            match=None if entry is None else entry.get("match"),
+            prompt_score=_finite(pr_images[i].get("score")) if prompt_report is not None else None,
+        ))
+    table.images.extend(rows)
+    ids = [r.identity for r in rows if r.identity is not None]
+    row = PromptRow(
+        prompt_index=prompt_index, prompt=prompt, images=n,
+        faces_found=None if identity_report is None else sum(bool(r.face) for r in rows),
+        identity_mean=_mean(ids),
+        prompt_mean=_mean([r.prompt_score for r in rows if r.prompt_score is not None]) if prompt_report is not None else None,
+    )
+    table.prompts.append(row)
+    return row
+
+
+CSV_COLUMNS = ("prompt_index", "prompt", "images", "faces_found", "identity_mean", "prompt_mean")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Whole file or nothing (a temp file beside it, then os.replace)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def table_csv(table: EvalTable) -> str:
+    """One row per prompt and a last row `overall` (empty cells: not scored / no face)."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in table.prompts:
+        writer.writerow([_cell(getattr(row, c)) for c in CSV_COLUMNS])
+    overall = table.overall()
+    writer.writerow(["overall", "", overall["images"], _cell(overall["faces_found"]),
+                     _cell(overall["identity_mean"]), _cell(overall["prompt_mean"])])
+    return buffer.getvalue()
+
+
+def table_json(table: EvalTable, run: dict[str, Any]) -> str:
+    """Strict JSON (null, never NaN): the run's settings, the identity metric, per prompt, overall, per image."""
+    data = {
+        "run": run,
+        "identity": table.identity or None,
+        "prompt_model": table.prompt_model,
+        "prompt_metric": None if table.prompt_model is None else "cosine",
+        "overall": table.overall(),
+        "prompts": [{**asdict(r), "scored_prompt": scored_prompt(r.prompt)} for r in table.prompts],
+        "images": [asdict(r) for r in table.images],
+    }
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+
+def write_table(folder: Path, table: EvalTable, run: dict[str, Any]) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = folder / "scores.csv", folder / "scores.json"
+    _write_text(csv_path, table_csv(table))
+    _write_text(json_path, table_json(table, run))
+    return csv_path, json_path
+
+
+def format_table(table: EvalTable) -> str:
+    """The table for the terminal."""
+    header = ("#", "prompt", "faces", "identity", "prompt score")
+    rows = [(str(r.prompt_index), r.prompt, "-" if r.faces_found is None else f"{r.faces_found}/{r.images}",
+             "-" if r.identity_mean is None else f"{r.identity_mean:.4f}",
+             "-" if r.prompt_mean is None else f"{r.prompt_mean:.4f}") for r in table.prompts]
+    o = table.overall()
+    rows.append(("all", "", "-" if o["faces_found"] is None else f"{o['faces_found']}/{o['images']}",
+                 "-" if o["identity_mean"] is None else f"{o['identity_mean']:.4f}",
+                 "-" if o["prompt_mean"] is None else f"{o['prompt_mean']:.4f}"))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if table.identity:
+        better = "higher" if table.identity.get("higher_is_better") else "lower"
+        lines.append(f"identity: {table.identity.get('backend')} {table.identity.get('metric')} ({better} is better, "
+                     f"same person at threshold {table.identity.get('threshold')}); prompt score: "
+                     f"{table.prompt_model or 'not scored'}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The contact sheet
+
+CELL = 160
+CAPTION = 34
+MARGIN = 6
+
+
+def contact_sheet(rows: Sequence[Sequence[Image.Image]], table: EvalTable, cell: int = CELL) -> Image.Image:
+    """One row per prompt: a caption (index, prompt, faces, means) over that prompt's images, each image
+    framed green (a face that matches), orange (a face that does not), red (no face) or grey (not scored),
+    with its scores under it."""
+    from PIL import Image, ImageDraw
+
+    if len(rows) != len(table.prompts):
+        raise ValueError(f"{len(rows)} image rows for {len(table.prompts)} prompts")
+    columns = max((len(r) for r in rows), default=1) or 1
+    row_height = CAPTION + cell + 16 + MARGIN
+    sheet = Image.new("RGB", (MARGIN + columns * (cell + MARGIN), MARGIN + len(rows) * row_height), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    by_prompt: dict[int, list[ImageRow]] = {}
+    for image_row in table.images:
+        by_prompt.setdefault(image_row.prompt_index, []).append(image_row)
+    for r, (images, info) in enumerate(zip(rows, table.prompts, strict=True)):
+        top = MARGIN + r * row_height
+        faces = "" if info.faces_found is None else f"faces {info.faces_found}/{info.images}  "
+        ident = "" if info.identity_mean is None else f"identity {info.identity_mean:.3f}  "
+        prompt = "" if info.prompt_mean is None else f"prompt {info.prompt_mean:.3f}"
+        draw.text((MARGIN, top + 2), f"{info.prompt_index}: {info.prompt}"[: columns * cell // 6], fill=(235, 235, 235))
+        draw.text((MARGIN, top + 17), f"{faces}{ident}{prompt}".strip(), fill=(190, 190, 190))
+        scores = by_prompt.get(info.prompt_index, [])
+        for c, image in enumerate(images):
+            left = MARGIN + c * (cell + MARGIN)
+            thumb = image.convert("RGB")
+            thumb.thumbnail((cell, cell))
+            sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + CAPTION + (cell - thumb.height) // 2))
+            s = scores[c] if c < len(scores) else None
+            colour = (120, 120, 120)
+            if s is not None and s.face is not None:
+                colour = (220, 40, 40) if not s.face else (40, 200, 70) if s.match else (240, 150, 30)
+            draw.rectangle((left - 2, top + CAPTION - 2, left + cell + 1, top + CAPTION + cell + 1), outline=colour, width=2)
+            if s is not None:
+                label = " ".join(x for x in (
+                    None if s.identity is None else f"id {s.identity:.3f}",
+                    None if s.prompt_score is None else f"clip {s.prompt_score:.3f}",
+                    "no face" if s.face is False else None,
+                ) if x)
+                draw.text((left, top + CAPTION + cell + 3), label, fill=(210, 210, 210))
+    return sheet
