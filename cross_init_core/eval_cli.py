@@ -321,7 +321,8 @@ def build_prompt(workflow: dict[str, Any], settings: GraphSettings, text: str, i
     for node in prompt.values():
         if "ckpt_name" in node.get("inputs", {}):
             node["inputs"]["ckpt_name"] = settings.ckpt_name
-    prompt[_only(prompt, EMBEDDING_LOADER)]["inputs"]["name"] = settings.embedding
+    for loader in nodes_of(prompt, EMBEDDING_LOADER):  # (input_problems requires exactly one in a workflow file)
+        prompt[loader]["inputs"]["name"] = settings.embedding
     _set_text(prompt, _only(prompt, ENCODER), "text", text)
     latent = prompt[_only(prompt, "EmptyLatentImage")]["inputs"]
     latent["batch_size"] = settings.per_prompt

@@ -1,0 +1,256 @@
+"""`python -m cross_init_core eval`: bad input exits 2 before any work, the paper's prompts, the graph it runs
+per prompt, and the table and contact sheet it writes from the score nodes' real reports."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import workflow_runner as wr
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ev(pack):
+    """cross_init_core.eval_cli as `python -m cross_init_core eval` imports it (the pack folder on sys.path)."""
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
+    import cross_init_core.eval_cli as module
+
+    return module
+
+
+@pytest.fixture(scope="module")
+def evaluation(ev):
+    import cross_init_core.evaluation as module
+
+    return module
+
+
+@pytest.fixture()
+def face(tmp_path: Path) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path / "me.png"
+    Image.fromarray(data.astronaut()).crop(wr.ASTRONAUT_HEAD).save(path)
+    return path
+
+
+def run(ev, argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = ev.main(argv, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit 2, a message naming the input, nothing written
+
+
+def test_bad_inputs_exit_2_before_any_work(ev, face, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    base = ["eval", "--checkpoint", "v2-1_512-ema-pruned.safetensors", "--embedding", "my_face", "--faces", str(face),
+            "--output", str(out)]
+    no_placeholder = tmp_path / "prompts.txt"
+    no_placeholder.write_text("a {} person on the beach\n\na person in the rain\n", encoding="utf-8")
+    broken_photo = tmp_path / "broken.jpg"
+    broken_photo.write_bytes(b"not a jpeg")
+    cases = {
+        "missing face photo": (["--faces", str(tmp_path / "nobody.png")], "nobody.png: file not found"),
+        "unreadable face photo": (["--faces", str(broken_photo)], "broken.jpg: not a readable image"),
+        "prompt without the person": (["--prompts", str(no_placeholder)], "line 3 has no person marks"),
+        "missing prompts file": (["--prompts", str(tmp_path / "none.txt")], "none.txt: no such file"),
+        "missing checkpoint file": (["--checkpoint", str(tmp_path / "gone.safetensors")], "gone.safetensors: no such file"),
+        "embedding given as a missing path": (["--embedding", "./faces/me.safetensors"],
+                                              "--embedding ./faces/me.safetensors: no such file"),
+        "N below 1": (["--per-prompt", "0"], "--per-prompt: 0 is out of range"),
+        "N not a number": (["--per-prompt", "many"], "'many' is not a whole number"),
+        "negative seed": (["--seed", "-1"], "--seed: -1 is out of range"),
+        "both prompt-score options": (["--clip-model", "x", "--no-prompt-score"], "not allowed with argument"),
+        "local-server options with --server": (["--server", "http://127.0.0.1:9", "--cpu"], "--cpu are for the local ComfyUI"),
+    }
+    for what, (extra, message) in cases.items():
+        code, stdout, stderr = run(ev, base + extra)
+        assert code == 2, (what, stderr)
+        assert message in stderr, (what, stderr)
+        assert stdout == "" and not out.exists(), what
+    # several problems are reported together
+    code, _stdout, stderr = run(ev, [*base, "--faces", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompts", str(no_placeholder)])
+    assert code == 2 and "a.png: file not found" in stderr and "b.png: file not found" in stderr and "line 3" in stderr
+    # an earlier run's results are kept unless --overwrite
+    out.mkdir()
+    (out / "scores.json").write_text("{}", encoding="utf-8")
+    code, _stdout, stderr = run(ev, base)
+    assert code == 2 and "holds the results of an earlier run" in stderr and "--overwrite" in stderr
+    assert sorted(p.name for p in out.iterdir()) == ["scores.json"]
+
+
+def test_help_names_every_option(ev):
+    code, stdout, _stderr = run(ev, ["eval", "--help"])
+    assert code == 0
+    for option in ("--checkpoint", "--embedding", "--faces", "--prompts", "--per-prompt", "--seed", "--no-prompt-score",
+                   "--clip-model", "--identity-backend", "--server", "exit codes"):
+        assert option in stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+def test_paper_prompts_are_the_reference_file(evaluation):
+    lines = (REPO / "cross_init_core" / "data" / "eval_prompts.txt").read_text(encoding="utf-8").splitlines()
+    reference = (Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "eval_prompts.txt")
+    if reference.is_file():  # the shipped copy is unchanged
+        assert reference.read_bytes() == (REPO / "cross_init_core" / "data" / "eval_prompts.txt").read_bytes()
+    prompts = evaluation.read_prompts("paper")
+    assert len(prompts) == 20 == len([line for line in lines if line.strip()])
+    assert prompts == [line.replace("{}", "<face>") for line in lines if line.strip()]
+    assert all(p.count("<face>") == 1 for p in prompts)
+    assert evaluation.scored_prompt(prompts[6]) == "a person on the beach"
+
+
+def test_prompt_files_accept_both_marks_and_comments(evaluation, tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("# my prompts\n a {} person   reading \n\n<face> in the snow\n", encoding="utf-8")
+    assert evaluation.read_prompts(str(path)) == ["a <face> person   reading", "<face> in the snow"]
+    from cross_init_core.errors import InvalidInputError
+
+    for text, fault in (("a {} and <face>\n", "2 person marks"), ("# only a comment\n", "holds no prompts")):
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(InvalidInputError, match=fault):
+            evaluation.read_prompts(str(path))
+
+
+def test_model_and_embedding_choice(ev):
+    assert ev.match_embedding("my_face", ["a.pt", "my_face.safetensors"]) == "my_face.safetensors"
+    assert ev.match_embedding("my_face.pt", ["my_face.pt", "my_face.safetensors"]) == "my_face.pt"
+    assert ev.match_embedding("other", ["my_face.safetensors"]) is None
+    assert ev.choose_clip_model(None, ["a", "clip-vit-base-patch32"], "(none)") == ("clip-vit-base-patch32", None)
+    assert ev.choose_clip_model(None, ["only-one"], "(none)") == ("only-one", None)
+    model, problem = ev.choose_clip_model(None, ["(none)"], "(none)")
+    assert model is None and "clip_scoring" in problem and "--no-prompt-score" in problem
+    model, problem = ev.choose_clip_model(None, ["a", "b"], "(none)")
+    assert model is None and "--clip-model" in problem
+    model, problem = ev.choose_clip_model("c", ["a"], "(none)")
+    assert model is None and "--clip-model c" in problem and "found: a" in problem
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph per prompt, run in the real host, and the table built from its reports
+
+
+def shipped_workflow() -> dict:
+    return json.loads((REPO / "workflows" / "api" / "cross_init_eval.json").read_text(encoding="utf-8"))
+
+
+def test_graph_per_prompt(ev):
+    workflow = shipped_workflow()
+    settings = ev.GraphSettings(ckpt_name="sd21.safetensors", embedding="me.safetensors", references=["cli/a.png", "cli/b.png"],
+                                per_prompt=5, seed=100, backend="dlib", clip_model="tiny-clip", steps=3, resolution=256,
+                                prefix="cross_init_eval/me_x")
+    prompt = ev.build_prompt(workflow, settings, "a <face> person on the beach", 7)
+    assert workflow == shipped_workflow()  # not edited in place
+    node = {n["class_type"]: n["inputs"] for n in prompt.values() if n["class_type"] not in ("LoadImage", "ImageBatch", "PreviewAny")}
+    assert node["CheckpointLoaderSimple"]["ckpt_name"] == "sd21.safetensors"
+    assert node["CrossInitLoadEmbedding"]["name"] == "me.safetensors"
+    assert node["PrimitiveStringMultiline"]["value"] == "a <face> person on the beach"
+    assert node["EmptyLatentImage"] == {**node["EmptyLatentImage"], "batch_size": 5, "width": 256, "height": 256}
+    assert (node["KSampler"]["seed"], node["KSampler"]["steps"], node["KSampler"]["cfg"]) == (107, 3, 7.5)
+    assert node["SaveImage"]["filename_prefix"] == "cross_init_eval/me_x/p07"
+    assert node["CrossInitIdentityScore"]["backend"] == "dlib" and node["CrossInitPromptScore"]["model"] == "tiny-clip"
+    # two reference photos: batched onto the LoadImage the identity score reads
+    (batch,) = wr.nodes_of(prompt, "ImageBatch")
+    assert node["CrossInitIdentityScore"]["reference"] == [batch, 0]
+    loads = {prompt[n]["inputs"]["image"] for n in wr.nodes_of(prompt, "LoadImage")}
+    assert loads == {"cli/a.png", "cli/b.png"}
+    # without the prompt score its node and its report preview are gone, the rest is unchanged
+    settings.clip_model = None
+    bare = ev.build_prompt(workflow, settings, "a <face> person", 0)
+    assert not wr.nodes_of(bare, "CrossInitPromptScore") and len(wr.nodes_of(bare, "PreviewAny")) == 1
+    assert len(bare) == len(prompt) - 2
+    # the probe scores the reference photos against themselves and nothing else
+    probe = ev.probe_prompt(workflow, ["cli/a.png"], "auto")
+    assert {n["class_type"] for n in probe.values()} == {"LoadImage", "CrossInitIdentityScore", "PreviewAny"}
+
+
+def test_table_and_contact_sheet_from_real_reports(ev, evaluation, pack, tiny, tmp_path):
+    """Two prompts through the eval graph in the host; their /history-shaped outputs feed the table."""
+    import folder_paths
+    from PIL import Image
+    from test_scores import save_tiny_clip
+    from test_workflows import fast_eval_prompt
+
+    folder = Path(folder_paths.get_folder_paths("clip_scoring")[-1]) / "clip-vit-base-patch32"
+    if not (folder / "config.json").is_file():
+        save_tiny_clip(folder, seed=11)
+    wr.install_face_image("face.png")
+    workflow = fast_eval_prompt(batch=2)
+    settings = ev.GraphSettings(ckpt_name=workflow["1"]["inputs"]["ckpt_name"], embedding="", references=["face.png"],
+                                per_prompt=2, seed=3, backend="dlib", clip_model="clip-vit-base-patch32", steps=1, resolution=64,
+                                prefix="cross_init_eval/table_test")
+    texts = ["a photo of a <face> person", "cubism painting of a <face> person"]
+    table = evaluation.EvalTable(identity={}, prompt_model="clip-vit-base-patch32")
+    rows, reports = [], []
+    for index, text in enumerate(texts):
+        prompt = ev.build_prompt(workflow, settings, text, index)
+        with wr.tiny_checkpoint_loader(tiny("sd2"), [settings.ckpt_name]):
+            executor = wr.execute(prompt)
+        assert executor.success, wr.failure(executor)
+        outcome = ev.read_outcome(prompt, executor.history_result["outputs"])
+        assert len(outcome.images) == 2 and outcome.identity is not None and outcome.prompt is not None
+        files = [f"images/p{index:02d}_i{j:02d}.png" for j in range(2)]
+        row = evaluation.add_prompt_result(table, index, text, files, outcome.identity, outcome.prompt)
+        reports.append(outcome)
+        (saver,) = wr.nodes_of(prompt, "SaveImage")
+        rows.append([Image.open(p).convert("RGB") for p in wr.saved_images(executor, saver)])
+        assert outcome.prompt["prompt"] == evaluation.scored_prompt(text)
+        assert row.prompt_mean == pytest.approx(outcome.prompt["mean"], abs=1e-9)
+        assert row.faces_found == outcome.identity["faces_found"] == 0 and row.identity_mean is None
+    csv_path, json_path = evaluation.write_table(tmp_path, table, {"seed": 3})
+    lines = list(csv.reader(csv_path.read_text(encoding="utf-8").splitlines()))
+    assert lines[0] == list(evaluation.CSV_COLUMNS) and [r[0] for r in lines[1:]] == ["0", "1", "overall"]
+    all_scores = [e["score"] for o in reports for e in o.prompt["images"]]
+    assert float(lines[-1][5]) == pytest.approx(sum(all_scores) / 4, abs=1e-6)
+    assert lines[-1][3] == "0" and lines[-1][4] == ""  # no face anywhere: counted, no identity mean
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    assert data["identity"]["backend"] == "dlib" and data["identity"]["higher_is_better"] is False
+    assert data["overall"]["images"] == 4 and data["overall"]["identity_mean"] is None
+    assert [i["prompt_score"] for i in data["images"]] == pytest.approx(all_scores, abs=1e-9)
+    assert data["prompts"][1]["scored_prompt"] == "cubism painting of a person"
+    sheet = evaluation.contact_sheet(rows, table)
+    assert sheet.size == (evaluation.MARGIN + 2 * (evaluation.CELL + evaluation.MARGIN),
+                          evaluation.MARGIN + 2 * (evaluation.CAPTION + evaluation.CELL + 16 + evaluation.MARGIN))
+    # every image is framed red: no face was found in tiny-model noise
+    left, top = evaluation.MARGIN, evaluation.MARGIN + evaluation.CAPTION
+    assert sheet.getpixel((left - 1, top + evaluation.CELL // 2)) == (220, 40, 40)
+    text = evaluation.format_table(table)
+    assert "0/2" in text and "dlib" in text and f"{sum(all_scores) / 4:.4f}" in text
+
+
+def test_table_pools_identity_over_images_with_a_face(evaluation):
+    """Synthetic reports in the node's format: the overall identity is the mean over every image with a face."""
+    table = evaluation.EvalTable(identity={}, prompt_model=None)
+    meta = {"backend": "insightface", "metric": "cosine", "higher_is_better": True, "threshold": 0.28}
+    first = {**meta, "images": [{"index": 0, "face": True, "score": 0.5, "match": True},
+                                {"index": 1, "face": False, "score": None, "match": None}]}
+    second = {**meta, "images": [{"index": 0, "face": True, "score": 0.2, "match": False},
+                                 {"index": 1, "face": True, "score": 0.3, "match": True}]}
+    evaluation.add_prompt_result(table, 0, "a <face>", ["a", "b"], first, None)
+    evaluation.add_prompt_result(table, 1, "b <face>", ["c", "d"], second, None)
+    overall = table.overall()
+    assert overall["faces_found"] == 3 and overall["identity_mean"] == pytest.approx((0.5 + 0.2 + 0.3) / 3)
+    assert [r.identity_mean for r in table.prompts] == pytest.approx([0.5, 0.25])
+    assert overall["prompt_mean"] is None
+    other = copy.deepcopy(second)
+    other["backend"] = "dlib"
+    with pytest.raises(ValueError, match="earlier prompts"):
+        evaluation.add_prompt_result(table, 2, "c <face>", ["e", "f"], other, None)
+    with pytest.raises(ValueError, match="covers 2 images, 3 were made"):
+        evaluation.add_prompt_result(table, 2, "c <face>", ["e", "f", "g"], second, None)
