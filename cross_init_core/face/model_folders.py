@@ -77,6 +77,6 @@ def search_model_pack(pack: str, roots: list[Path]) -> PackSearch:
             f"No insightface {pack} model files found. Searched: {searched}. Put the pack's .onnx files "
             f"(including {DETECTOR_FILES[pack]}) directly in {expected}, or add an `insightface:` entry "
             "to extra_model_paths.yaml pointing at a folder that contains models/" + pack + "/. "
-            "Or choose detector `opencv`, which needs no model files."
+            "Or choose detector `mtcnn` (built in), which needs no model files."
         ),
     )
