@@ -1,15 +1,16 @@
-"""Real-browser check: the pinned ComfyUI server with this pack, its real frontend, headless Chromium.
+"""Real-browser check: the lane's ComfyUI server with this pack, its real frontend, headless Chromium.
 
 Starts ComfyUI's own main.py (a subprocess, CPU, private --base-directory, free loopback port) with this
 pack linked into custom_nodes, serves the frontend the host pins (comfyui-frontend-package 1.32.9 for
-ComfyUI 0.3.75), opens it in the system chromium (Debian packages chromium + chromium-driver, driven by
-Playwright with executable_path; nothing is downloaded) and, for each shipped UI workflow
-(workflows/*.json), loads it through the frontend and checks:
+ComfyUI 0.3.75, 1.49.6 for 0.33), opens it in the system chromium (Debian packages chromium +
+chromium-driver, driven by Playwright with executable_path; nothing is downloaded) and, for each shipped
+UI workflow (workflows/*.json), loads it through the frontend (app.loadGraphData) and checks:
 
-* no missing-node-types report (the frontend's own hook, its dialog, placeholder nodes);
-* every node of the file is in the graph with its type; every pack node has exactly the widgets its
-  /object_info definition asks for, holding the file's widgets_values, socket inputs/outputs as
-  defined, tooltips on every input, and is drawn on the canvas (multiline text as real textareas);
+* no missing node types: the list the frontend hands to extensions (afterConfigureGraph), its visible
+  warning (a dialog in 1.32, a toast in 1.49), placeholder nodes;
+* every node of the file is in the graph with its type and the outputs its host defines; every pack node
+  has exactly the widgets its /object_info definition asks for, holding the file's widgets_values, socket
+  inputs as defined, tooltips on every input, and is drawn on the canvas (multiline text as real textareas);
 * the API form the frontend builds (app.graphToPrompt) is what workflows/api/<name>.json ships, and
   POST /prompt accepts it (validation passed: 200 with a prompt_id, no node_errors).
 
