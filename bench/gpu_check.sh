@@ -41,41 +41,30 @@ flags=()
 [ "$smoke" = 1 ] && flags+=(--smoke)
 [ "${#models[@]}" -gt 0 ] && flags+=(--models "${models[@]}")
 
-# Sets VENV and COMFYUI_PATH for a host lane (scripts/test_env.sh builds or reuses its cached venv).
+# Sets VENV and COMFYUI_PATH for a host lane (scripts/test_env.sh builds or reuses its cached venv;
+# it returns 3 when the newest host's source is absent on this machine).
 lane_env() {
-  local lane="$1"
   unset COMFYUI_PATH
   # shellcheck source=scripts/test_env.sh
   source scripts/test_env.sh
-  CROSS_INIT_LANE="$lane" ensure_test_env "$lane" >&2 || return 1
+  ensure_lane "$1" >&2
 }
 
-host_version() { "$1" -c 'import sys; sys.path.insert(0, sys.argv[1]); import comfyui_version; print(comfyui_version.__version__)' "$COMFYUI_PATH"; }
-
-oldest_version=""
 for lane in $lanes; do
   if [ "$lane" = current ]; then
-    python="${CROSS_INIT_PYTHON:-${VENV:-}/bin/python}"
-    if [ -z "${COMFYUI_PATH:-}" ] || [ ! -x "$python" ]; then
+    python="${CROSS_INIT_PYTHON:-}"
+    if [ -z "$python" ] && [ -n "${VENV:-}" ]; then python="$VENV/bin/python"; fi
+    if [ -z "${COMFYUI_PATH:-}" ] || [ -z "$python" ] || [ ! -x "$python" ]; then
       echo "gpu_check: --lane current needs COMFYUI_PATH and CROSS_INIT_PYTHON (or VENV) set" >&2; exit 2
     fi
   else
     if ! lane_env "$lane"; then
-      echo "gpu_check: could not set up the $lane host lane; skipped" >&2
+      echo "gpu_check: LANE $lane NOT MEASURED: its test environment could not be set up here (see above)" >&2
       notes+=("Lane $lane: not measured (its test environment could not be set up on this machine).")
       status=1
       continue
     fi
     python="$VENV/bin/python"
-    version="$(host_version "$python")"
-    if [ "$lane" = oldest ]; then oldest_version="$version"; fi
-    if [ "$lane" = newest ] && [ "$version" = "$oldest_version" ]; then
-      # scripts/test_env.sh gave the same host for both lanes: do not label it as the newest
-      echo "gpu_check: NEWEST LANE UNAVAILABLE: scripts/test_env.sh gave ComfyUI $version for both lanes; skipped" >&2
-      notes+=("Lane newest: not measured (this checkout's test environment has one host lane, ComfyUI $version).")
-      status=1
-      continue
-    fi
   fi
   echo "gpu_check: lane $lane: $python, ComfyUI at $COMFYUI_PATH" >&2
   COMFYUI_PATH="$COMFYUI_PATH" "$python" bench/gpu_check.py measure --lane "$lane" --rows "$rows" "${flags[@]}" || status=1
