@@ -267,10 +267,11 @@ def diffusers_reference_seconds(kind: str, plan: Plan, device: Any) -> float:
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
     unet.requires_grad_(False)
     vae.requires_grad_(False)
-    text.text_model.encoder.requires_grad_(False)
-    text.text_model.final_layer_norm.requires_grad_(False)
-    text.text_model.embeddings.position_embedding.requires_grad_(False)
+    # the script freezes the encoder, final norm and position embeddings: everything but the token table
+    # (set this way because transformers 5 moved the submodules)
+    text.requires_grad_(False)
     table = text.get_input_embeddings()
+    table.weight.requires_grad_(True)
     optimizer = torch.optim.AdamW(table.parameters(), lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     original = table.weight.detach().clone()
     new_token = 49407
