@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -573,6 +574,20 @@ def progress_reporter(total: int, node_id: str | None = None) -> Callable[[int, 
         bar.update_absolute(step, total, preview)
 
     return report
+
+
+def register_model_folder(key: str) -> list[str]:
+    """Adds ComfyUI/models/<key> under the folder key `key`, after any extra_model_paths.yaml entries (so a
+    `<key>:` entry there works); idempotent. Returns the key's folders in search order."""
+    import folder_paths
+
+    default = os.path.join(folder_paths.models_dir, key)
+    entry = folder_paths.folder_names_and_paths.get(key)
+    if entry is None:
+        folder_paths.folder_names_and_paths[key] = ([default], set())
+    elif default not in entry[0]:
+        entry[0].append(default)
+    return list(folder_paths.folder_names_and_paths[key][0])
 
 
 def embedding_directories() -> list[str]:
