@@ -76,3 +76,19 @@ def build(kind: str, seed: int = 0, unet_dtype: torch.dtype | None = None) -> Re
         vae = comfy.sd.VAE(sd=source.state_dict(), config=VAE_CONFIG)
         del source
     return RealSizeModels(model, clip, vae, kind, unet_params, clip_params, vae_params)
+
+
+def with_unet_dtype(m: RealSizeModels, dtype: torch.dtype) -> Any:
+    """A MODEL with `m`'s UNet weights (rounded to `dtype`), configured by the host for `dtype` on this device."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    device = mm.get_torch_device()
+    with torch.inference_mode():
+        config = _config(m.kind)
+        config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, device, config.supported_inference_dtypes))
+        cls = comfy.model_base.SDXL if m.kind == "sdxl" else comfy.model_base.BaseModel
+        base = cls(config, model_type=comfy.model_base.ModelType.EPS, device=mm.unet_offload_device())
+        base.diffusion_model.load_state_dict(m.model.model.diffusion_model.state_dict())
+        return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=mm.unet_offload_device())

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resolution", type=_int_in(64, 2048, multiple=64), metavar="PX",
                        help="training resolution, a multiple of 64 (default: the workflow's, 512; 1024 for SDXL). Also the "
                             "face-prep crop size when the workflow has a face-prep node.")
-    train.add_argument("--detector", metavar="NAME", help="face-prep detector (auto, insightface, opencv); only for workflows with a "
+    train.add_argument("--detector", metavar="NAME", help="face-prep detector (auto, insightface, mtcnn); only for workflows with a "
                                                           "Cross-Init Face Prep node.")
     train.add_argument("--on-no-face", metavar="WHAT", help="face-prep: error (default) stops that embedding on a photo "
                                                             "without a face; skip drops the photo.")
@@ -445,6 +445,7 @@ def _run(args: argparse.Namespace, override: Any, stdout: TextIO, stderr: TextIO
 
 def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     from . import cli_comfy as host
+    from .face.choose import LEGACY_DETECTORS
 
     wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
     if not workflow or not host.nodes_of(workflow, host.FACE_PREP) or not host.has_node_type(host.FACE_PREP):
@@ -457,6 +458,8 @@ def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], prob
         if value is None:
             continue
         options, _extra = host.node_options(host.FACE_PREP, key)
+        if key == "detector" and value in LEGACY_DETECTORS:
+            value = LEGACY_DETECTORS[value]  # a name from an earlier version, still accepted
         if options is not None and value not in options:
             problems.append(f"--{key.replace('_', '-')} {value}: use one of {', '.join(map(str, options))}")
         values[key] = value

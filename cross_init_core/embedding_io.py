@@ -92,7 +92,7 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
     system has no hard links, the name is first reserved with an exclusive create, so racing saves still
     cannot both succeed.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     stem = validate_name(name)
     folder = Path(directory).resolve()
@@ -104,8 +104,12 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
     tensors, metadata = to_file_dict(embedding)
     tmp = _create_temp(folder, stem)
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as handle:
+        # the bytes go into our own temp file: newer safetensors' save_file writes a private (0600) temp
+        # file of its own and renames it, which would make the embedding unreadable to other users
+        data = save(tensors, metadata=metadata)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
             os.fsync(handle.fileno())
         if overwrite:
             os.replace(tmp, final)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -241,6 +242,24 @@ def _out_of_place_clip(clip: Any) -> Iterator[int]:
             _OUT_OF_PLACE_LAYERS.discard(module)
 
 
+def clip_layer(clip: Any) -> str:
+    """The text-encoder layer the conditioning is taken from, as the host would use it.
+
+    The host's layer index (CLIP Set Last Layer, e.g. '-2') when one is set; otherwise each encoder's
+    default ('last', 'penultimate', or the index of its default hidden layer). SDXL's two encoders are
+    named when their defaults differ, e.g. 'clip_l:-2 clip_g:last'.
+    """
+    if clip.layer_idx is not None:
+        return str(clip.layer_idx)
+    names = []
+    for key, encoder in _inner_encoders(clip):
+        layer, index = (getattr(encoder, "options_default", None) or (getattr(encoder, "layer", "last"), None, None))[:2]
+        names.append((f"clip_{key}", str(index) if layer == "hidden" else str(layer)))
+    if len({name for _key, name in names}) == 1:
+        return names[0][1]
+    return " ".join(f"{key}:{name}" for key, name in names)
+
+
 def encode_batch_for_training(
     clip: Any, slots: Sequence[EncoderSlot], token_batches: dict[str, list[list[tuple[Any, float]]]]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -424,10 +443,29 @@ ACTIVATION_ELEMENTS = {
 WORKSPACE_BYTES = 1 << 30
 
 
+def unet_compute_dtype(model: Any) -> torch.dtype:
+    """The dtype the UNet's activations, and so its backward's gradients, flow in.
+
+    Not the weight dtype: `apply_model` casts the input and the text context to the manual-cast dtype when
+    the host set one (e.g. fp8 or fp16 weights computed in fp16/bf16/fp32), else to the weight dtype.
+    Newer hosts name this `get_dtype_inference()`; older ones (0.3.75) compute it inline the same way.
+    The text encoder needs no such check: ComfyUI's CLIP runs in float32 whatever its weight dtype.
+    """
+    inner = model.model
+    inference = getattr(inner, "get_dtype_inference", None)
+    if callable(inference):
+        return inference()
+    return getattr(inner, "manual_cast_dtype", None) or inner.get_dtype()
+
+
 def compute_dtype_size(model: Any) -> int:
     """Bytes per element of the dtype the UNet computes in (its manual-cast dtype if it has one)."""
-    dtype = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()
-    return torch.empty((), dtype=dtype).element_size()
+    return torch.empty((), dtype=unet_compute_dtype(model)).element_size()
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float16', 'bfloat16', 'float32', ... (as saved in file metadata)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def activation_bytes_per_sample(model: Any, latent_hw: tuple[int, int], checkpointed: bool) -> int:
@@ -536,6 +574,20 @@ def progress_reporter(total: int, node_id: str | None = None) -> Callable[[int, 
         bar.update_absolute(step, total, preview)
 
     return report
+
+
+def register_model_folder(key: str) -> list[str]:
+    """Adds ComfyUI/models/<key> under the folder key `key`, after any extra_model_paths.yaml entries (so a
+    `<key>:` entry there works); idempotent. Returns the key's folders in search order."""
+    import folder_paths
+
+    default = os.path.join(folder_paths.models_dir, key)
+    entry = folder_paths.folder_names_and_paths.get(key)
+    if entry is None:
+        folder_paths.folder_names_and_paths[key] = ([default], set())
+    elif default not in entry[0]:
+        entry[0].append(default)
+    return list(folder_paths.folder_names_and_paths[key][0])
 
 
 def embedding_directories() -> list[str]:

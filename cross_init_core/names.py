@@ -7,6 +7,7 @@ kept, as the reference reads its list, so a repeated name weighs twice in the me
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -22,9 +23,15 @@ DEFAULT_NAME_LIST = "reference"
 TYPED = "typed"  # metadata value for names that are not one of the shipped lists
 
 
+def _visible(line: str) -> str:
+    # invisible format characters (zero-width space, BOM, word joiner) tokenize to nothing in transformers 4
+    # but to byte tokens in transformers 5: drop them so a name means the same with either
+    return "".join(ch for ch in line if unicodedata.category(ch) != "Cf").strip()
+
+
 def parse_name_lines(text: str) -> list[str]:
     """One name per line; blank lines and lines starting with '#' are ignored. Duplicates are kept."""
-    lines = (line.strip() for line in text.splitlines())
+    lines = (_visible(line) for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 

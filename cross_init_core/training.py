@@ -9,6 +9,10 @@ loss weighted by its share of the batch, the regularizer added once), and the UN
 gradient-checkpointed. The draws are made for the whole batch first, so neither changes the result
 beyond float round-off. Host syncs: the loop reads the loss back only every `SYNC_EVERY` steps (NaN
 check, loss history), or every step when an `on_step` callback wants the value.
+
+Precision: the vectors, their gradients and the AdamW state are float32 whatever the host's UNet runs in.
+A float16 UNet gets dynamic loss scaling (`LossScaler`): its backward would otherwise flush the tiny
+gradients reaching the text context to zero. bfloat16 has float32's exponent range and needs none.
 """
 
 from __future__ import annotations
@@ -43,11 +47,13 @@ StepCallback = Callable[[int, int, float], None]
 @dataclass
 class TrainingResult:
     embedding: CrossInitEmbedding
-    losses: list[float]
+    losses: list[float]  # one per applied step (steps skipped for fp16 overflow leave no entry)
     regs: list[float]
     seconds: float
     setup_seconds: float
     memory_plan: MemoryPlan | None = None
+    skipped_steps: list[int] | None = None  # 0-based steps skipped for fp16 gradient overflow
+    loss_scale: float | None = None  # the fp16 loss scale at the end (None: no scaling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,39 +307,120 @@ def _segments(steps: int, preview_every: int) -> list[tuple[int, int]]:
     return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
+# Dynamic loss scaling for float16 UNets, torch.amp.GradScaler's rule: scale the loss, unscale the float32
+# gradients, skip a step whose gradients hold inf/NaN and halve the scale, double it after a run of good steps.
+#
+# Initial scale 2^16: the MSE's gradient w.r.t. each predicted element is 2 x error / N for the N elements
+# of a batch; the error is about 1 (unit-variance noise target), and at 512 px, batch 8, N = 8 x 4 x 64 x 64
+# = 131072, so the backward starts at ~1.5e-5 per element and reaches the text context at ~1e-8, under fp16's
+# smallest subnormal (6e-8): flushed to zero. x 2^16 puts the output gradient near 1, the middle of fp16's
+# range, lifts ~1e-8 to ~6.5e-4 (a normal fp16 number, 6.1e-5 and up, with full 11-bit precision) and
+# leaves four decades of headroom (to 65504) for gradients growing inside the UNet; an overflow costs one
+# skipped step. Powers of two make scaling and unscaling exact.
+LOSS_SCALE_INIT = 2.0**16
+LOSS_SCALE_BACKOFF = 0.5
+LOSS_SCALE_GROWTH = 2.0
+# GradScaler's 2000 would never grow within a 25-320 step run; 50 good steps re-probe a higher scale after
+# a back-off at the cost of at most one skipped step per 50
+LOSS_SCALE_GROWTH_INTERVAL = 50
+
+
+class LossScaler:
+    """Dynamic loss scaling (enabled for float16 UNets); a no-op pass-through when disabled.
+
+    The scale is a Python float: the skip decision needs the gradients' finite flag on the host, one sync
+    per step, which only float16 runs pay.
+    """
+
+    def __init__(self, enabled: bool, scale: float = LOSS_SCALE_INIT, growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL) -> None:
+        self.enabled = enabled
+        self.scale = float(scale) if enabled else 1.0
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+
+    @classmethod
+    def for_model(cls, model: Any) -> LossScaler:
+        return cls(host_adapter.unet_compute_dtype(model) == torch.float16)
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale if self.enabled else loss
+
+    def unscale_(self, params: dict[str, torch.Tensor]) -> None:
+        """Divides the accumulated (float32) gradients by the scale, in place."""
+        if self.enabled:
+            for p in params.values():
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / self.scale)
+
+    def update(self, finite: bool) -> bool:
+        """Adjusts the scale after a step's backward; True when the step must be skipped."""
+        if not self.enabled:
+            return False
+        if not finite:
+            self.scale *= LOSS_SCALE_BACKOFF
+            self.good_steps = 0
+            return True
+        self.good_steps += 1
+        if self.good_steps >= self.growth_interval:
+            self.scale *= LOSS_SCALE_GROWTH
+            self.good_steps = 0
+        return False
+
+
+@dataclass
+class _Pending:
+    """One step's results, on the device until read back."""
+
+    loss: torch.Tensor
+    reg: torch.Tensor
+    finite: torch.Tensor
+    before: dict[str, torch.Tensor]  # the vectors before the step
+    skipped: bool = False
+
+
 class _Optimization:
     """The learned vectors, their optimizer and the not-yet-read losses: state that outlives a session."""
 
-    def __init__(self, embedding: CrossInitEmbedding, settings: TrainingSettings, device: torch.device) -> None:
+    def __init__(self, embedding: CrossInitEmbedding, settings: TrainingSettings, device: torch.device,
+                 scaler: LossScaler | None = None) -> None:
         self.embedding, self.settings = embedding, settings
+        self.scaler = scaler or LossScaler(False)
+        self.skipped: list[int] = []
         self.params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in embedding.vectors.items()}
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
         )
-        # per step, until read back: (loss, reg, finite flag, vectors before the step) as device tensors
-        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+        self.pending: list[_Pending] = []
         self.losses: list[float] = []
         self.regs: list[float] = []
 
     def step(self, step_loss: StepLoss, draw: StepDraw, plan: MemoryPlan, reg_weight: float) -> None:
         batch = self.settings.batch_size
-        params = self.params
+        params, scaler = self.params, self.scaler
         self.optimizer.zero_grad(set_to_none=True)
         if plan.micro_batch >= batch:
             loss, _mse, reg = step_loss(params, draw)
-            loss.backward()
+            scaler.scaled(loss).backward()
             loss = loss.detach()
         else:
             mse = torch.zeros((), device=step_loss.device)
             for first in range(0, batch, plan.micro_batch):
                 part = step_loss.diffusion(params, draw, slice(first, first + plan.micro_batch))
-                part.backward()
+                scaler.scaled(part).backward()
                 mse = mse + part.detach()
             reg = step_loss.regularizer(params)
-            (reg_weight * reg).backward()
+            scaler.scaled(reg_weight * reg).backward()
             loss = mse + reg_weight * reg.detach()
+        scaler.unscale_(params)
         finite = torch.stack([torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]).all()
-        self.pending.append((loss, reg.detach(), finite, {k: p.detach().clone() for k, p in params.items()}))
+        pending = _Pending(loss, reg.detach(), finite, {k: p.detach().clone() for k, p in params.items()})
+        self.pending.append(pending)
+        if scaler.enabled:
+            scale = scaler.scale
+            pending.skipped = scaler.update(bool(finite))
+            if pending.skipped:
+                log.info("Cross-Init fp16: gradient overflow at loss scale %g; step skipped, scale now %g", scale, scaler.scale)
+                return
         self.optimizer.step()
 
     def read_back(self, last_step: int, on_step: StepCallback | None) -> None:
@@ -341,12 +428,15 @@ class _Optimization:
         if not self.pending:
             return
         first = last_step - len(self.pending) + 1
-        values = torch.stack([torch.stack([loss, reg, ok.float()]) for loss, reg, ok, _ in self.pending]).tolist()
+        values = torch.stack([torch.stack([p.loss, p.reg, p.finite.float()]) for p in self.pending]).tolist()
         total = self.settings.steps
         for offset, (loss_value, reg_value, ok) in enumerate(values):
             step = first + offset
+            if self.pending[offset].skipped:
+                self.skipped.append(step)  # fp16 overflow: the vectors did not move, the scale was lowered
+                continue
             if not (ok and math.isfinite(loss_value)):
-                last = self.embedding.with_vectors(self.pending[offset][3], stopped_at_step=str(step))
+                last = self.embedding.with_vectors(self.pending[offset].before, stopped_at_step=str(step))
                 raise TrainingDivergedError(
                     f"training stopped at step {step + 1}/{total}: the loss became {loss_value} (NaN/inf). "
                     "The last finite vectors were kept. Lower learning_rate, or if the model runs in fp16, "
@@ -359,6 +449,18 @@ class _Optimization:
             if on_step is not None:
                 on_step(step + 1, total, loss_value)
         self.pending.clear()
+
+    def check_some_step_applied(self) -> None:
+        """Raises when float16 overflow skipped every step (the vectors never moved)."""
+        total = self.settings.steps
+        if self.scaler.enabled and len(self.skipped) == total:
+            raise TrainingDivergedError(
+                f"training made no progress: all {total} steps overflowed in the float16 UNet (inf/NaN gradients "
+                f"even at loss scale {self.scaler.scale:g}), so every step was skipped. Start ComfyUI with "
+                "--bf16-unet (cards that support it) or --fp32-unet, or lower learning_rate.",
+                embedding=self.embedding.with_vectors(self.vectors(), stopped_at_step="0"),
+                step=0,
+            )
 
     def vectors(self) -> dict[str, torch.Tensor]:
         return {k: p.detach() for k, p in self.params.items()}
@@ -406,7 +508,7 @@ def _run_segments(
                     plan, _ = _memory_plan(run, memory, device)
                 log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
                          plan.micro_batch, batch, "on" if plan.checkpointing else "off", plan.reason)
-                state = _Optimization(embedding, settings, device)
+                state = _Optimization(embedding, settings, device, LossScaler.for_model(model))
                 setup_seconds = time.perf_counter() - started
             step_loss = StepLoss(run, device)
             segment_started = time.perf_counter()
@@ -435,6 +537,7 @@ def _run_segments(
             snapshot = embedding.with_vectors(state.vectors())
             reporter(end_step, preview(end_step, snapshot))
     assert state is not None
+    state.check_some_step_applied()
     return state, plan, setup_seconds, loop_seconds
 
 
@@ -479,6 +582,9 @@ def train(
     finally:
         console.close()
     learned = state.vectors()
+    if state.skipped:
+        log.warning("Cross-Init fp16: %d of %d steps skipped for gradient overflow (loss scale now %g)",
+                    len(state.skipped), settings.steps, state.scaler.scale)
 
     metadata = {
         "method": "cross_initialization",
@@ -487,8 +593,12 @@ def train(
         "reg_weight": str(run.loss_settings.reg_weight),
         "base_model": base_model_kind(run.slots, run.kind),
         "num_tokens": str(embedding.num_tokens),
+        "unet_dtype": host_adapter.dtype_name(host_adapter.unet_compute_dtype(run.model)),
+        "clip_layer": host_adapter.clip_layer(run.clip),
         "pack_version": __version__,
     }
+    if state.scaler.enabled:
+        metadata["fp16_skipped_steps"] = str(len(state.skipped))
     result = embedding.with_vectors(learned, **metadata)
     result.loss_history = list(zip(state.losses, state.regs, strict=True))
     result.init_vectors = {k: v.clone() for k, v in run.init.items()}
@@ -499,4 +609,5 @@ def train(
         {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.init_vectors.items()},
     )
     return TrainingResult(embedding=result, losses=state.losses, regs=state.regs, seconds=loop_seconds,
-                          setup_seconds=setup_seconds, memory_plan=plan)
+                          setup_seconds=setup_seconds, memory_plan=plan, skipped_steps=list(state.skipped),
+                          loss_scale=state.scaler.scale if state.scaler.enabled else None)

@@ -12,7 +12,7 @@ _DESCRIPTION = (
     "Finds the face in each photo, aligns it (eyes level, same size and place) to a square crop and "
     "outputs the crops, a mask of the face in each crop (for a face-only loss) and a preview with the "
     "detections drawn. 1-5 photos of one person work best. Uses insightface when installed and its "
-    "model files are in ComfyUI/models/insightface/models/<pack>/, else a built-in OpenCV detector."
+    "model files are in ComfyUI/models/insightface/models/<pack>/, else the built-in MTCNN detector (no download)."
 )
 
 
@@ -35,8 +35,8 @@ class CrossInitFacePrep(io.ComfyNode):
                     options=list(face.DETECTORS),
                     default="auto",
                     tooltip=(
-                        "auto: insightface if installed and its model files are found, else opencv. insightface: best "
-                        "landmarks, needs model files. opencv: built-in Haar cascades, frontal faces only, no download."
+                        "auto: insightface if installed and its model files are found, else mtcnn. insightface: most robust, "
+                        "needs model files. mtcnn: built in (MTCNN with 5 landmarks), no download, mostly frontal faces."
                     ),
                 ),
                 io.Combo.Input(
@@ -111,6 +111,22 @@ class CrossInitFacePrep(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, detector: str | list[str] | None = None) -> bool | str:  # type: ignore[override]
+        """Accepts detector names saved by earlier versions (e.g. `opencv`) besides the current options.
+
+        Declaring `detector` here makes the host skip its own combo check for it (0.33+ checks V3 combos).
+        """
+        values = detector if isinstance(detector, list) else [detector]
+        for value in values:
+            if value is None:
+                continue
+            try:
+                face.resolve_detector(value)
+            except face.FacePrepError as exc:
+                return str(exc)
+        return True
 
     @classmethod
     def execute(

@@ -1,7 +1,8 @@
 """Template-browser thumbnails: workflows/<name>.jpg from the real-browser test's screenshots.
 
-ComfyUI's template browser shows `<name>.jpg` beside `<name>.json`. Run the browser test first
-(`bash scripts/test.sh tests/test_browser.py`), which leaves test-output/browser/<name>.png, then
+ComfyUI's template browser shows `<name>.jpg` beside `<name>.json`. Run the browser test first on the
+oldest host lane (`bash scripts/test.sh --lane oldest tests/test_browser.py`; each lane overwrites the
+screenshots with its own frontend's), which leaves test-output/browser/<name>.png, then
 `$VENV/bin/python scripts/make_thumbnails.py`. The graph is cropped out of the editor chrome.
 """
 

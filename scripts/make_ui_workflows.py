@@ -6,7 +6,8 @@ The graphs are described once, in `build_api_workflow` below, and written as
                                    template browser lists this folder too (one of its accepted folder names)
 The UI files are derived from the API graphs with the node definitions of a headless ComfyUI (input
 order, socket/widget split, extra `control_after_generate` and upload widget values), so they cannot
-drift from the nodes. tests/test_workflows.py converts them back with an independent converter.
+drift from the nodes; every supported ComfyUI version generates the same files (see HOST_DEPENDENT_OUTPUTS).
+tests/test_workflows.py converts them back with an independent converter.
 
 Usage (venv and COMFYUI_PATH from `source scripts/test_env.sh && ensure_test_env`):
   $VENV/bin/python scripts/make_ui_workflows.py            write the files
@@ -360,6 +361,11 @@ def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 51
 SOCKET_ROW, WIDGET_ROW, MULTILINE_ROW, TITLE_PAD = 22, 26, 96, 10
 IMAGE_NODES = {"LoadImage", "PreviewImage", "SaveImage"}
 TEXT_PREVIEW_NODES = {"PreviewAny"}
+# Nodes whose outputs depend on the host: ComfyUI 0.33 gave SaveImage and PreviewImage an IMAGE output that
+# 0.3.75 lacks (and PreviewAny a STRING output). The files list no outputs for them, so they are the same whichever host generates them and
+# each editor shows the node as its own host defines it: frontend 1.49 adds a definition's outputs that a
+# file lacks, while 1.32 keeps every output a file lists (a dead socket where the host has none).
+HOST_DEPENDENT_OUTPUTS = {"PreviewAny", "PreviewImage", "SaveImage"}
 GAP_X, GAP_Y, ORIGIN = 70, 50, (40, 40)
 NOTE_WIDTH = 320  # the first column's width (the checkpoint loader), so the note does not reach the second
 
@@ -440,6 +446,7 @@ def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None) -> dict[s
         outputs = [
             {"name": _plain(name), "type": _plain(kind), "links": [], "slot_index": i}
             for i, (name, kind) in enumerate(zip(info["output_name"], info["output"], strict=True))
+            if class_type not in HOST_DEPENDENT_OUTPUTS
         ]
         ui_nodes[node_id] = {
             "id": int(node_id),
@@ -472,6 +479,10 @@ def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None) -> dict[s
                 if not _is_link(value):
                     raise ValueError(f"node {node_id}: socket input {slot.name} needs a link, got {value!r}")
                 source, source_slot = value
+                if source_slot >= len(ui_nodes[source]["outputs"]):
+                    raise ValueError(f"node {node_id} ({node['class_type']}): input {slot.name} links output {source_slot} of node "
+                                     f"{source} ({api[source]['class_type']}), which this file does not list: "
+                                     "link from another node (see HOST_DEPENDENT_OUTPUTS)")
                 link_id = len(links) + 1
                 link_type = ui_nodes[source]["outputs"][source_slot]["type"]
                 links.append([link_id, int(source), source_slot, int(node_id), target_slot, link_type])

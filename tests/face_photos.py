@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 ASTRONAUT_FACE = (182, 72, 266, 174)  # skimage.data.astronaut(), 512x512
-ASTRONAUT_EYES = ((199, 101), (245, 103))  # pupil centers, same zoom
+ASTRONAUT_EYES = ((203, 101), (245, 103))  # pupil centers (10x zoom, 5 px grid)
+ASTRONAUT_NOSE = (224, 127)  # the highlight on the nose tip, same zoom
 T1_DAVID = (470, 283, 582, 420)  # insightface data/images/t1.jpg (1280x886): man centre-left, smiling
 T1_MATTHEW = (750, 345, 857, 477)  # man in the red shirt, laughing
 T1_LISA = (1138, 275, 1218, 403)  # blonde woman on the right
@@ -28,7 +29,7 @@ def astronaut() -> np.ndarray:
 
 def insightface_image(name: str) -> np.ndarray | None:
     """RGB uint8 of one of insightface's sample images, None when the wheel lacks it."""
-    import cv2
+    from PIL import Image
 
     spec = importlib.util.find_spec("insightface")
     if spec is None or not spec.submodule_search_locations:
@@ -36,7 +37,8 @@ def insightface_image(name: str) -> np.ndarray | None:
     path = Path(spec.submodule_search_locations[0]) / "data" / "images" / name
     if not path.is_file():
         return None
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    with Image.open(path) as photo:
+        return np.asarray(photo.convert("RGB"))
 
 
 def as_image(rgb: np.ndarray) -> torch.Tensor:

@@ -1,15 +1,16 @@
-"""Real-browser check: the pinned ComfyUI server with this pack, its real frontend, headless Chromium.
+"""Real-browser check: the lane's ComfyUI server with this pack, its real frontend, headless Chromium.
 
 Starts ComfyUI's own main.py (a subprocess, CPU, private --base-directory, free loopback port) with this
 pack linked into custom_nodes, serves the frontend the host pins (comfyui-frontend-package 1.32.9 for
-ComfyUI 0.3.75), opens it in the system chromium (Debian packages chromium + chromium-driver, driven by
-Playwright with executable_path; nothing is downloaded) and, for each shipped UI workflow
-(workflows/*.json), loads it through the frontend and checks:
+ComfyUI 0.3.75, 1.49.6 for 0.33), opens it in the system chromium (Debian packages chromium +
+chromium-driver, driven by Playwright with executable_path; nothing is downloaded) and, for each shipped
+UI workflow (workflows/*.json), loads it through the frontend (app.loadGraphData) and checks:
 
-* no missing-node-types report (the frontend's own hook, its dialog, placeholder nodes);
-* every node of the file is in the graph with its type; every pack node has exactly the widgets its
-  /object_info definition asks for, holding the file's widgets_values, socket inputs/outputs as
-  defined, tooltips on every input, and is drawn on the canvas (multiline text as real textareas);
+* no missing node types: the list the frontend hands to extensions (afterConfigureGraph), its visible
+  warning (a dialog in 1.32, a toast in 1.49), placeholder nodes;
+* every node of the file is in the graph with its type and the outputs its host defines; every pack node
+  has exactly the widgets its /object_info definition asks for, holding the file's widgets_values, socket
+  inputs as defined, tooltips on every input, and is drawn on the canvas (multiline text as real textareas);
 * the API form the frontend builds (app.graphToPrompt) is what workflows/api/<name>.json ships, and
   POST /prompt accepts it (validation passed: 200 with a prompt_id, no node_errors).
 
@@ -315,11 +316,13 @@ def app(browser, server, out_dir, request):
             timeout=PAGE_TIMEOUT_MS,
         )
         ui = Page(page, console)
-        # the frontend's own missing-node-types report (its dialog comes from this method)
+        # the frontend's own list of missing node types, as it hands it to extensions after every load (the
+        # public `afterConfigureGraph(missingNodeTypes)` hook: frontend 1.32 and 1.49 alike; 1.49 no longer
+        # calls app.showMissingNodesError while loading)
         ui.js(
             "window.__missingNodeReports = [];"
-            " const original = app.showMissingNodesError.bind(app);"
-            " app.showMissingNodesError = (types) => { window.__missingNodeReports.push(types); return original(types); };"
+            " app.registerExtension({name: 'CrossInit.BrowserTest', afterConfigureGraph(types) {"
+            " window.__missingNodeReports.push((types || []).map(t => (typeof t === 'string' ? t : t.type))); }});"
         )
         yield ui
     finally:
@@ -333,28 +336,34 @@ def app(browser, server, out_dir, request):
 
 LOAD_JS = "await app.loadGraphData(arg.graph, true, true, arg.name); await new Promise(r => setTimeout(r, 300));"
 
+# The visible missing-nodes warning differs by frontend version: 1.32 opens a modal dialog ("This workflow
+# has missing nodes"), 1.49 shows a toast (role="status", "Missing node: <type>"). Both are collected.
+WARNING_SELECTOR = '[role="dialog"], .p-dialog, [role="status"], [role="alert"]'
+MISSING_WARNING_RE = r"/missing node|nodes you haven't installed/i"
+
 MISSING_JS = """
-const dialogs = Array.from(document.querySelectorAll('[role="dialog"], .p-dialog'))
+const dialogs = Array.from(document.querySelectorAll('__WARNINGS__'))
   .filter(d => d.offsetParent !== null || d.getClientRects().length > 0)
   .map(d => d.innerText);
 const registered = LiteGraph.registered_node_types;
 return {
-  reports: window.__missingNodeReports.map(r => r.map(t => (typeof t === 'string' ? t : t.type))),
+  reports: window.__missingNodeReports.filter(r => r.length),
   dialogs: dialogs,
-  missingDialogs: dialogs.filter(t => /missing node|missing nodes|nodes you haven't installed/i.test(t)),
+  missingDialogs: dialogs.filter(t => __MISSING_RE__.test(t)),
   placeholders: app.graph._nodes
     .filter(n => n.has_errors || !registered[n.type])
-    .map(n => ({id: n.id, type: n.type, lastType: n.last_serialization?.type ?? null})),
+    .map(n => ({id: String(n.id), type: n.type, lastType: n.last_serialization?.type ?? null})),
 };
-"""
+""".replace("__WARNINGS__", WARNING_SELECTOR).replace("__MISSING_RE__", MISSING_WARNING_RE)
 
 GRAPH_JS = """
 app.graph.setDirtyCanvas(true, true);
 app.canvas.draw(true, true);
 const visible = new Set((app.canvas.visible_nodes || []).map(n => n.id));
 const textareas = Array.from(document.querySelectorAll('textarea')).map(t => t.value);
+// ids are compared as strings: frontend 1.49 keeps them as strings in the live graph (numbers in files)
 return app.graph._nodes.map(n => ({
-  id: n.id,
+  id: String(n.id),
   type: n.type,
   title: n.title,
   mode: n.mode,
@@ -436,14 +445,22 @@ def _check_no_missing(ui: Page, where: str) -> None:
 
 
 def _check_nodes(graph_nodes: list[dict], shipped: dict, object_info: dict, name: str) -> int:
-    live = {node["id"]: node for node in graph_nodes}
+    live = {node["id"]: node for node in graph_nodes}  # ids as strings (see GRAPH_JS)
     problems = []
     pack_nodes = 0
     for node in shipped["nodes"]:
-        got = live.get(node["id"])
+        got = live.get(str(node["id"]))
         if got is None or got["type"] != node["type"]:
             problems.append(f"node {node['id']} {node['type']}: not in the loaded graph (got {got and got['type']})")
             continue
+        definition = object_info.get(node["type"])
+        if definition is not None:
+            # every node's output sockets are its host's, whatever the file lists (1.32 keeps a file's extra
+            # slots, 1.49 adds the definition's: SaveImage/PreviewImage have an IMAGE output from ComfyUI 0.33)
+            outputs = [(o["name"], o["type"]) for o in got["outputs"]]
+            defined = list(zip(definition["output_name"], definition["output"], strict=True))
+            if outputs != defined:
+                problems.append(f"{name}: node {node['id']} {node['type']}: outputs {outputs} != definition {defined}")
         if not node["type"].startswith(PACK_PREFIX):
             continue
         pack_nodes += 1
@@ -467,9 +484,6 @@ def _check_nodes(graph_nodes: list[dict], shipped: dict, object_info: dict, name
         for socket_name, _ in _socket_spec(object_info, node["type"]):
             if socket_name not in socket_names:
                 problems.append(f"{where}: input socket {socket_name} missing (has {sorted(socket_names)})")
-        outputs = [o["name"] for o in got["outputs"]]
-        if outputs != list(object_info[node["type"]]["output_name"]):
-            problems.append(f"{where}: outputs {outputs} != {object_info[node['type']]['output_name']}")
         no_tooltip = sorted(k for k, v in got["tooltips"].items() if not v)
         if no_tooltip:
             problems.append(f"{where}: inputs without a tooltip in the UI: {no_tooltip}")
@@ -558,9 +572,14 @@ def test_missing_node_types_are_detected(app: Page, out_dir: Path):
     victim = next(node for node in shipped["nodes"] if node["type"].startswith(PACK_PREFIX))
     victim["type"] = "CrossInitNoSuchNodeForTheBrowserTest"
     app.js(LOAD_JS, {"graph": shipped, "name": "missing_node_control"})
-    app.page.wait_for_selector("text=This workflow has missing nodes", timeout=15_000)
+    app.page.wait_for_function(
+        f"(type) => Array.from(document.querySelectorAll('{WARNING_SELECTOR}'))"
+        f".some(d => {MISSING_WARNING_RE}.test(d.innerText) && d.innerText.includes(type))",
+        arg=victim["type"],
+        timeout=15_000,
+    )
     app.page.screenshot(path=str(out_dir / "control_missing_node.png"), timeout=PAGE_TIMEOUT_MS)
     missing = app.js(MISSING_JS)
     assert any(victim["type"] in report for report in missing["reports"]), missing
     assert any(victim["type"] in text for text in missing["missingDialogs"]), missing
-    assert [p["id"] for p in missing["placeholders"]] == [victim["id"]], missing
+    assert [p["id"] for p in missing["placeholders"]] == [str(victim["id"])], missing

@@ -202,14 +202,14 @@ def test_workflow_with_face_prep(cli, checkpoint, override, embeddings_dir, tmp_
         (loader,) = [k for k, n in workflow.items() if n["class_type"] == "LoadImage"]
         (trainer,) = [k for k, n in workflow.items() if n["class_type"] == "CrossInitTrainer"]
         workflow["90"] = {"class_type": "CrossInitFacePrep", "inputs": {
-            "image": [loader, 0], "detector": "opencv", "model_pack": "antelopev2", "provider": "CPU", "crop_size": 512,
+            "image": [loader, 0], "detector": "mtcnn", "model_pack": "antelopev2", "provider": "CPU", "crop_size": 512,
             "margin": 0.6, "face_select": "largest", "on_no_face": "error"}}
         workflow[trainer]["inputs"].update(images=["90", 0], masks=["90", 1])
     path = tmp_path / "with_prep.json"
     path.write_text(json.dumps(workflow), encoding="utf-8")
     photos = [face_photo(tmp_path / "big.png", 200), face_photo(tmp_path / "small.png", 160)]
     code, out, err = run(cli, ["train", "--checkpoint", checkpoint, "--images", *map(str, photos), "--name", "cli_prep",
-                               "--workflow", str(path), "--detector", "opencv", *FAST], override)
+                               "--workflow", str(path), "--detector", "opencv", *FAST], override)  # earlier name, still accepted
     assert code == 0, err + out
     tensors, metadata = read_embedding(embeddings_dir / "cli_prep.safetensors")
     assert list(tensors["clip_l"].shape) == [2, 64] and metadata["resolution"] == "64"

@@ -65,10 +65,11 @@ def test_streaming_clip_is_cloned_without_streaming(core, tiny):
 def test_clip_options_are_restored_including_newer_keys(core, tiny):
     m = tiny("sd1")
     encoder = m.clip.cond_stage_model.clip_l
+    emb = init_embedding(core, m.clip)  # the host's own encode (0.33 leaves execution_device set itself)
     encoder.execution_device = "sentinel"  # what a newer host keeps on the encoder
     try:
         with torch.inference_mode():
-            core.training.train(m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), settings(core, steps=1))
+            core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=1))
         assert encoder.execution_device == "sentinel"
     finally:
         del encoder.execution_device

@@ -108,7 +108,10 @@ def build_clip(kind: str, embedding_directory: str | None = None, seed: int = 2)
     return clip
 
 
-def build_model(kind: str, seed: int = 1) -> Any:
+def build_model(kind: str, seed: int = 1, dtype: torch.dtype = torch.float32, manual_cast: torch.dtype | None = None) -> Any:
+    """The family's tiny MODEL; `dtype`/`manual_cast` go through the host's own `set_inference_dtype`, as its
+    loader sets them on a GPU (e.g. float16, or float32 weights computed in float16 by comfy's manual-cast
+    ops). Same seed, same weights in every dtype (rounded to it)."""
     import comfy.model_base
     import comfy.supported_models
 
@@ -130,7 +133,7 @@ def build_model(kind: str, seed: int = 1) -> Any:
         raise ValueError(kind)
     # the family configs set real head sizes (SD2/SDXL: 64 channels per head); tiny models use 2 heads
     config.unet_config.update({"num_heads": 2, "num_head_channels": -1})
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, manual_cast)
     model = cls(config, model_type=model_type)
     _init_weights(model.diffusion_model, seed)
     return _patcher(model)

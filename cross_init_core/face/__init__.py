@@ -1,12 +1,13 @@
 """Face preparation for Cross-Init training: detect, align to the ArcFace template, mask, preview.
 
-cv2, insightface and onnxruntime are imported lazily inside functions, so the pack imports without them.
+insightface and onnxruntime are imported lazily inside functions, so the pack imports without them; the
+built-in detector (MTCNN) needs only torch and its shipped weights, and nothing here uses OpenCV.
 """
 
 from __future__ import annotations
 
 from .alignment import DEFAULT_MARGIN, MAX_MARGIN
-from .choose import DETECTORS
+from .choose import DETECTORS, LEGACY_DETECTORS, resolve_detector
 from .detection import FACE_SELECTIONS
 from .errors import FacePrepError, InvalidImageError, MissingDependencyError, ModelFilesError, NoFaceError
 from .insightface_backend import PROVIDERS
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_MARGIN",
     "DETECTORS",
     "FACE_SELECTIONS",
+    "LEGACY_DETECTORS",
     "MAX_CROP",
     "MAX_MARGIN",
     "MIN_CROP",
@@ -32,4 +34,5 @@ __all__ = [
     "NoFaceError",
     "prepare_faces",
     "register_insightface_folder",
+    "resolve_detector",
 ]

@@ -7,8 +7,9 @@ Landmark order everywhere: left eye, right eye, nose tip, left mouth corner, rig
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from .cvlib import require_cv2
 from .errors import FacePrepError
 
 # The canonical ArcFace template for a 112x112 crop (the insightface / InsightFace-recognition standard).
@@ -69,19 +70,30 @@ def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def warp_face(rgb: np.ndarray, matrix: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cuts the aligned crop; returns (crop HxWx3 float32, valid HxW float32: 1 where the photo covers it)."""
-    cv2 = require_cv2()
+    """Cuts the aligned crop; returns (crop HxWx3 float32, valid HxW float32: 1 where the photo covers it).
+
+    Bilinear sampling at pixel centres (integer coordinates), edge pixels repeated outside the photo.
+    """
     matrix = np.array(matrix, dtype=np.float64)
-    source = rgb
-    # warpAffine samples without low-pass filtering: halve the source first when shrinking a lot.
-    while np.sqrt(abs(np.linalg.det(matrix[:, :2]))) < 0.5 and min(source.shape[:2]) >= 4:
-        source = cv2.pyrDown(source)
+    source = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+    # Bilinear sampling does no low-pass filtering: halve the source first when shrinking a lot.
+    while np.sqrt(abs(np.linalg.det(matrix[:, :2]))) < 0.5 and min(source.shape[-2:]) >= 4:
+        # 2x2 averaging: new pixel i sits at old coordinate 2i + 0.5
+        matrix[:, 2] += 0.5 * matrix[:, :2].sum(axis=1)
         matrix[:, :2] *= 2.0
-    size = (int(crop_size), int(crop_size))
-    crop = cv2.warpAffine(source, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    ones = np.ones(source.shape[:2], dtype=np.float32)
-    valid = cv2.warpAffine(ones, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return np.clip(crop, 0.0, 1.0).astype(np.float32), (valid > 0.5).astype(np.float32)
+        source = F.avg_pool2d(source, 2)
+    height, width = source.shape[-2:]
+    inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
+    ys, xs = np.mgrid[0:crop_size, 0:crop_size].astype(np.float64)
+    src = np.stack([xs, ys], axis=-1) @ inverse[:, :2].T + inverse[:, 2]
+    # grid_sample's normalized coordinates (align_corners=False): pixel centre i -> (2i + 1) / size - 1
+    grid = (2.0 * src + 1.0) / np.array([width, height]) - 1.0
+    grid_t = torch.from_numpy(grid.astype(np.float32))[None]
+    crop = F.grid_sample(source, grid_t, mode="bilinear", padding_mode="border", align_corners=False)
+    ones = torch.ones(1, 1, height, width)
+    valid = F.grid_sample(ones, grid_t, mode="bilinear", padding_mode="zeros", align_corners=False)
+    crop_np = crop[0].permute(1, 2, 0).numpy()
+    return np.clip(crop_np, 0.0, 1.0).astype(np.float32), (valid[0, 0].numpy() > 0.5).astype(np.float32)
 
 
 def face_oval_mask(crop_size: int, margin: float = DEFAULT_MARGIN) -> np.ndarray:

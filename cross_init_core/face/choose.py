@@ -9,27 +9,39 @@ from .detection import FaceDetector
 from .errors import FacePrepError, MissingDependencyError, ModelFilesError
 from .insightface_backend import InsightFaceDetector, choose_providers, insightface_importable
 from .model_folders import insightface_roots, search_model_pack
-from .opencv_detector import OpenCVFaceDetector
+from .mtcnn import MTCNNFaceDetector
 
 logger = logging.getLogger(__name__)
 
-DETECTORS = ("auto", "insightface", "opencv")
+DETECTORS = ("auto", "insightface", "mtcnn")
+# Values saved by earlier versions: workflows that still hold them run with the built-in detector.
+LEGACY_DETECTORS = {"opencv": "mtcnn"}
+
+
+def resolve_detector(detector: str) -> str:
+    """The detector option as a current name (an old saved value becomes its replacement)."""
+    if detector in LEGACY_DETECTORS:
+        return LEGACY_DETECTORS[detector]
+    if detector not in DETECTORS:
+        raise FacePrepError(f"detector {detector!r} is unknown; choose one of {', '.join(DETECTORS)}")
+    return detector
 
 
 def choose_detector(detector: str, model_pack: str, provider: str, roots: list[Path] | None = None) -> FaceDetector:
-    if detector not in DETECTORS:
-        raise FacePrepError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
-    if detector == "opencv":
-        logger.info("Face prep: using the OpenCV Haar fallback detector (as chosen)")
-        return OpenCVFaceDetector()
+    name = resolve_detector(detector)
+    if name != detector:
+        logger.info("Face prep: detector %r (from an older workflow) now means the built-in %r detector", detector, name)
+    if name == "mtcnn":
+        logger.info("Face prep: using the built-in MTCNN detector (as chosen)")
+        return MTCNNFaceDetector()
     if not insightface_importable():
-        if detector == "insightface":
+        if name == "insightface":
             raise MissingDependencyError(
                 "detector is `insightface` but the insightface package is not installed. Install it with: "
-                "python -m pip install insightface onnxruntime. Or choose detector `opencv` (no model files needed)."
+                "python -m pip install insightface onnxruntime. Or choose detector `mtcnn` (built in, no download)."
             )
-        logger.info("Face prep: insightface is not installed; using the OpenCV Haar fallback detector")
-        return OpenCVFaceDetector()
+        logger.info("Face prep: insightface is not installed; using the built-in MTCNN detector")
+        return MTCNNFaceDetector()
     roots = insightface_roots() if roots is None else roots
     search = search_model_pack(model_pack, roots)
     try:
@@ -37,9 +49,9 @@ def choose_detector(detector: str, model_pack: str, provider: str, roots: list[P
             raise ModelFilesError(search.problem or "insightface model files not found")
         found = InsightFaceDetector(search.model_dir, search.model_dir.parent.parent, choose_providers(provider))
     except FacePrepError as exc:
-        if detector == "insightface":
+        if name == "insightface":
             raise
-        logger.warning("Face prep: insightface unusable, using the OpenCV Haar fallback detector. %s", exc)
-        return OpenCVFaceDetector()
+        logger.warning("Face prep: insightface unusable, using the built-in MTCNN detector. %s", exc)
+        return MTCNNFaceDetector()
     logger.info("Face prep: using insightface %s from %s", model_pack, search.model_dir)
     return found

@@ -13,7 +13,7 @@ FACE_SELECTIONS = ("largest", "center", "leftmost", "rightmost", "most_confident
 @dataclass(frozen=True)
 class Detection:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
-    landmarks: np.ndarray  # 5x2: eyes, nose, mouth corners (estimated by the OpenCV fallback)
+    landmarks: np.ndarray  # 5x2: eyes, nose, mouth corners
     score: float
     detector: str
 

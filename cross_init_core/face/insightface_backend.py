@@ -75,7 +75,7 @@ def load_face_analysis(model_dir: Path, root: Path, providers: list[str]) -> obj
     except ImportError as exc:
         raise MissingDependencyError(
             f"The insightface detector needs the insightface package, which cannot be imported ({exc}). "
-            "Install it with: python -m pip install insightface onnxruntime. Or choose detector `opencv`."
+            "Install it with: python -m pip install insightface onnxruntime. Or choose detector `mtcnn` (built in)."
         ) from exc
     try:
         # The folder path as name makes insightface use it as is: it never tries to download.

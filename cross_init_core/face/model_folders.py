@@ -6,9 +6,10 @@ Layout: <insightface folder>/models/<pack>/*.onnx, e.g. ComfyUI/models/insightfa
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .. import host_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -21,17 +22,8 @@ RECOGNIZER_FILES = {"antelopev2": "glintr100.onnx", "buffalo_l": "w600k_r50.onnx
 
 
 def register_insightface_folder() -> list[str]:
-    """Adds ComfyUI/models/insightface under the `insightface` key (kept after any extra_model_paths.yaml
-    entries) so that `insightface:` in extra_model_paths.yaml works. Call once at pack import."""
-    import folder_paths
-
-    default = os.path.join(folder_paths.models_dir, FOLDER_KEY)
-    entry = folder_paths.folder_names_and_paths.get(FOLDER_KEY)
-    if entry is None:
-        folder_paths.folder_names_and_paths[FOLDER_KEY] = ([default], set())
-    elif default not in entry[0]:
-        entry[0].append(default)
-    return list(folder_paths.folder_names_and_paths[FOLDER_KEY][0])
+    """The `insightface` model folders (ComfyUI/models/insightface plus extra_model_paths.yaml entries), registering the key."""
+    return host_adapter.register_model_folder(FOLDER_KEY)
 
 
 def insightface_roots() -> list[Path]:
@@ -77,6 +69,6 @@ def search_model_pack(pack: str, roots: list[Path]) -> PackSearch:
             f"No insightface {pack} model files found. Searched: {searched}. Put the pack's .onnx files "
             f"(including {DETECTOR_FILES[pack]}) directly in {expected}, or add an `insightface:` entry "
             "to extra_model_paths.yaml pointing at a folder that contains models/" + pack + "/. "
-            "Or choose detector `opencv`, which needs no model files."
+            "Or choose detector `mtcnn` (built in), which needs no model files."
         ),
     )

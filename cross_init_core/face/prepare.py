@@ -11,10 +11,10 @@ import torch
 
 from .alignment import DEFAULT_MARGIN, MAX_MARGIN, face_oval_mask, similarity_transform, template_points, warp_face
 from .choose import choose_detector
-from .cvlib import require_cv2
 from .detection import FACE_SELECTIONS, Detection, FaceDetector, select_face
 from .errors import FacePrepError, NoFaceError
 from .images import split_batch, to_uint8
+from .pixels import pad_edges, resize
 from .preview import draw_preview
 
 logger = logging.getLogger(__name__)
@@ -125,16 +125,16 @@ def find_faces(detector: FaceDetector, rgb: np.ndarray) -> list[Detection]:
 
 def _views(rgb: np.ndarray) -> Iterator[tuple[str, np.ndarray, float, tuple[float, float]]]:
     """(name, pixels, factor, offset) with source = found * factor - offset, cheapest view first."""
-    cv2 = require_cv2()
-    scale = min(1.0, (DETECT_MAX_PIXELS / (rgb.shape[0] * rgb.shape[1])) ** 0.5)
-    base = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
-    yield "photo", base, 1.0 / scale, (0.0, 0.0)
+    height, width = rgb.shape[:2]
+    scale = min(1.0, (DETECT_MAX_PIXELS / (height * width)) ** 0.5)
+    base = resize(rgb, max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1 else rgb
+    scale_x = base.shape[1] / width  # the rounded size sets the real factor
+    yield "photo", base, 1.0 / scale_x, (0.0, 0.0)
     pad = int(PAD_FRACTION * max(base.shape[:2]))
-    padded = cv2.copyMakeBorder(base, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    yield "padded", padded, 1.0 / scale, (pad / scale, pad / scale)
+    yield "padded", pad_edges(base, pad), 1.0 / scale_x, (pad / scale_x, pad / scale_x)
     if max(base.shape[:2]) <= UPSCALE_BELOW:
-        bigger = cv2.resize(base, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
-        yield "upscaled 2x", bigger, 0.5 / scale, (0.0, 0.0)
+        bigger = resize(base, base.shape[1] * 2, base.shape[0] * 2)
+        yield "upscaled 2x", bigger, 0.5 / scale_x, (0.0, 0.0)
 
 
 def _warn_if_upscaled(matrix: np.ndarray, index: int, input_name: str) -> None:

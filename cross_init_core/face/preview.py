@@ -3,39 +3,44 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-from .cvlib import require_cv2
 from .detection import Detection
+from .images import to_uint8
+from .pixels import resize
 
 PREVIEW_SIDE = 512
 CHOSEN = (0, 220, 0)
 OTHER = (255, 200, 0)
 MISSING = (230, 0, 0)
 LANDMARK = (255, 0, 255)
+TEXT = (255, 255, 255)
 
 
 def draw_preview(rgb: np.ndarray, faces: list[Detection], chosen: Detection | None, label: str) -> np.ndarray:
     """PREVIEW_SIDE^2 x 3 float32: the photo fitted in, all faces boxed (chosen green), or a red frame if none."""
-    cv2 = require_cv2()
     height, width = rgb.shape[:2]
     scale = PREVIEW_SIDE / max(height, width)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    small = cv2.resize(np.ascontiguousarray(rgb), (new_w, new_h), interpolation=cv2.INTER_AREA)
-    canvas = np.zeros((PREVIEW_SIDE, PREVIEW_SIDE, 3), dtype=np.float32)
+    canvas = Image.new("RGB", (PREVIEW_SIDE, PREVIEW_SIDE))
     ox, oy = (PREVIEW_SIDE - new_w) // 2, (PREVIEW_SIDE - new_h) // 2
-    canvas[oy : oy + new_h, ox : ox + new_w] = small
-    canvas = np.ascontiguousarray((canvas * 255).astype(np.uint8))
+    canvas.paste(Image.fromarray(resize(to_uint8(rgb), new_w, new_h)), (ox, oy))
+    draw = ImageDraw.Draw(canvas)
 
-    def to_canvas(x: float, y: float) -> tuple[int, int]:
-        return round(x * scale + ox), round(y * scale + oy)
+    def to_canvas(x: float, y: float) -> tuple[float, float]:
+        return x * scale + ox, y * scale + oy
 
     for face in sorted(faces, key=lambda f: f is chosen):  # chosen drawn last, on top
-        color, thick = (CHOSEN, 3) if face is chosen else (OTHER, 1)
-        cv2.rectangle(canvas, to_canvas(*face.box[:2]), to_canvas(*face.box[2:]), color, thick)
+        color, thick, dot = (CHOSEN, 3, 3) if face is chosen else (OTHER, 1, 2)
+        (x0, y0), (x1, y1) = to_canvas(*face.box[:2]), to_canvas(*face.box[2:])
+        draw.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), outline=color, width=thick)
         for x, y in face.landmarks:
-            cv2.circle(canvas, to_canvas(x, y), 3 if face is chosen else 2, LANDMARK, -1)
+            cx, cy = to_canvas(x, y)
+            draw.ellipse((cx - dot, cy - dot, cx + dot, cy + dot), fill=LANDMARK)
     if chosen is None:
-        cv2.rectangle(canvas, (ox, oy), (ox + new_w - 1, oy + new_h - 1), MISSING, 6)
+        draw.rectangle((ox, oy, ox + new_w - 1, oy + new_h - 1), outline=MISSING, width=6)
         label += " no face"
-    cv2.putText(canvas, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
-    return canvas.astype(np.float32) / 255.0
+    font = ImageFont.load_default()
+    draw.text((9, 9), label, fill=(0, 0, 0), font=font)  # shadow: readable on light photos too
+    draw.text((8, 8), label, fill=TEXT, font=font)
+    return np.asarray(canvas, dtype=np.float32) / 255.0

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..face.cvlib import require_cv2
 from ..face.errors import MissingDependencyError, ModelFilesError
 from ..face.images import to_uint8
+from ..face.pixels import pad_edges
 from .metrics import FoundFace, Metric
 
 logger = logging.getLogger(__name__)
@@ -100,8 +100,7 @@ class DlibEmbedder:
         rects = self._rects(pixels)
         if not rects:
             offset = int(PAD_FRACTION * max(pixels.shape[:2]))
-            cv2 = require_cv2()
-            pixels = np.ascontiguousarray(cv2.copyMakeBorder(pixels, offset, offset, offset, offset, cv2.BORDER_REPLICATE))
+            pixels = np.ascontiguousarray(pad_edges(pixels, offset))
             rects = self._rects(pixels)
             if not rects:
                 return None

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import CrossInitError
-from ..face.cvlib import require_cv2
 from ..face.errors import FacePrepError, MissingDependencyError
 from ..face.images import split_batch, to_uint8
+from ..face.pixels import resize
 from .arcface_backend import insightface_embedder
 from .dlib_backend import INSTALL_HINT as DLIB_INSTALL_HINT
 from .dlib_backend import dlib_embedder
@@ -145,24 +146,25 @@ def score_identity(
     return IdentityResult(mean=mean, report=report, annotated=draw_grid(generated, faces, entries, caption))
 
 
-def _tile(rgb: np.ndarray, found: FoundFace | None, entry: dict[str, Any]) -> np.ndarray:
-    cv2 = require_cv2()
+def _tile(rgb: np.ndarray, found: FoundFace | None, entry: dict[str, Any]) -> Image.Image:
     height, width = rgb.shape[:2]
     scale = TILE / max(height, width)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    canvas = np.zeros((TILE, TILE, 3), dtype=np.uint8)
+    canvas = Image.new("RGB", (TILE, TILE))
     ox, oy = (TILE - new_w) // 2, (TILE - new_h) // 2
-    canvas[oy : oy + new_h, ox : ox + new_w] = cv2.resize(to_uint8(rgb), (new_w, new_h), interpolation=cv2.INTER_AREA)
+    canvas.paste(Image.fromarray(resize(to_uint8(rgb), new_w, new_h)), (ox, oy))
+    draw = ImageDraw.Draw(canvas)
     if found is None:
-        cv2.rectangle(canvas, (ox, oy), (ox + new_w - 1, oy + new_h - 1), NO_FACE, 5)
+        draw.rectangle((ox, oy, ox + new_w - 1, oy + new_h - 1), outline=NO_FACE, width=5)
         label, color = f"#{entry['index']} no face", NO_FACE
     else:
         color = MATCH if entry["match"] else NO_MATCH
         x0, y0, x1, y1 = (round(v * scale) for v in found.box)
-        cv2.rectangle(canvas, (x0 + ox, y0 + oy), (x1 + ox, y1 + oy), color, 2)
+        draw.rectangle((x0 + ox, y0 + oy, x1 + ox, y1 + oy), outline=color, width=2)
         label = f"#{entry['index']} {entry['score']:.3f}"
-    cv2.rectangle(canvas, (0, 0), (len(label) * 11 + 10, 24), (0, 0, 0), -1)
-    cv2.putText(canvas, label, (5, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, color, 1, cv2.LINE_AA)
+    font = ImageFont.load_default()
+    draw.rectangle((0, 0, len(label) * 7 + 10, 20), fill=(0, 0, 0))
+    draw.text((5, 4), label, fill=color, font=font)
     return canvas
 
 
@@ -170,13 +172,14 @@ def draw_grid(
     generated: list[np.ndarray], faces: list[FoundFace | None], entries: list[dict[str, Any]], caption: tuple[str, str]
 ) -> torch.Tensor:
     """The generated images as TILE px tiles (face box and score, red frame when no face) under a caption line."""
-    cv2 = require_cv2()
     columns = math.ceil(math.sqrt(len(generated)))
     rows = math.ceil(len(generated) / columns)
-    sheet = np.zeros((CAPTION_HEIGHT + rows * TILE, max(columns * TILE, 2 * TILE), 3), dtype=np.uint8)
+    sheet = Image.new("RGB", (max(columns * TILE, 2 * TILE), CAPTION_HEIGHT + rows * TILE))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
     for line, text in enumerate(caption):
-        cv2.putText(sheet, text, (6, 17 + 20 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        draw.text((6, 5 + 20 * line), text, fill=(255, 255, 255), font=font)
     for i, (rgb, found, entry) in enumerate(zip(generated, faces, entries, strict=True)):
         top, left = CAPTION_HEIGHT + (i // columns) * TILE, (i % columns) * TILE
-        sheet[top : top + TILE, left : left + TILE] = _tile(rgb, found, entry)
-    return torch.from_numpy(sheet.astype(np.float32) / 255.0)[None]
+        sheet.paste(_tile(rgb, found, entry), (left, top))
+    return torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255.0)[None]

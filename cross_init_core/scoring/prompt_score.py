@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,17 +47,8 @@ _cache: dict[str, LoadedClip] = {}
 
 
 def register_clip_scoring_folder() -> list[str]:
-    """Adds ComfyUI/models/clip_scoring under the `clip_scoring` key (after any extra_model_paths.yaml entries,
-    so `clip_scoring:` there works). Call once at pack import."""
-    import folder_paths
-
-    default = os.path.join(folder_paths.models_dir, FOLDER_KEY)
-    entry = folder_paths.folder_names_and_paths.get(FOLDER_KEY)
-    if entry is None:
-        folder_paths.folder_names_and_paths[FOLDER_KEY] = ([default], set())
-    elif default not in entry[0]:
-        entry[0].append(default)
-    return list(folder_paths.folder_names_and_paths[FOLDER_KEY][0])
+    """The `clip_scoring` model folders (ComfyUI/models/clip_scoring plus extra_model_paths.yaml entries), registering the key."""
+    return host_adapter.register_model_folder(FOLDER_KEY)
 
 
 def clip_scoring_roots() -> list[Path]:

@@ -109,7 +109,7 @@ def test_bad_loss_settings_are_refused_naming_the_input(core, kwargs, name):
     ({"num_tokens": -3}, "num_tokens", "from 1 to 16"),
     ({"num_tokens": 17}, "num_tokens", "from 1 to 16"),
     ({"names": "# just a comment\n\n   "}, "names", "blank or a '#' comment"),
-    ({"names": "\u200b\n\ufeff\n\u2060"}, "names", "none of the names gives any token"),  # invisible characters only
+    ({"names": "\u200b\n\ufeff\n\u2060"}, "names", "blank or a '#' comment"),  # invisible characters only
     ({"num_tokens": 5, "names": "Cher\nMadonna"}, "num_tokens", "longest name"),
     ({"source": "celebrities"}, "source", "'names' or 'words'"),
 ])
