@@ -64,6 +64,8 @@ REFERENCED_FILES = {
     "CheckpointLoaderSimple": (0, "models/checkpoints"),
     "LoadImage": (0, "input"),
     "CrossInitLoadEmbedding": (0, "models/embeddings"),
+    # a model folder: listed when it holds a config.json (widget 0 is the prompt text)
+    "CrossInitPromptScore": (1, "models/clip_scoring"),
 }
 
 pytestmark = pytest.mark.slow
@@ -147,6 +149,8 @@ def _prepare_base(base: Path) -> None:
             if ref is None or len(values) <= ref[0] or not isinstance(values[ref[0]], str):
                 continue
             target = base / ref[1] / values[ref[0]]
+            if node.get("type") == "CrossInitPromptScore":
+                target = target / "config.json"
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"}:
                 _write_png(target)
@@ -497,8 +501,16 @@ def _check_nodes(graph_nodes: list[dict], shipped: dict, object_info: dict, name
     return pack_nodes
 
 
-def _api_inputs(prompt: dict) -> dict:
-    return {key: (node["class_type"], node["inputs"]) for key, node in prompt.items()}
+def _api_inputs(prompt: dict, object_info: dict) -> dict:
+    """Class and inputs per node, leaving out inputs the node does not define: display-only widgets the
+    frontend adds and sends along (PreviewAny's `preview`), which the server ignores."""
+
+    def defined(class_type: str) -> set[str]:
+        spec = object_info.get(class_type, {}).get("input", {})
+        return {name for section in spec.values() if isinstance(section, dict) for name in section}
+
+    return {key: (node["class_type"], {k: v for k, v in node["inputs"].items() if k in defined(node["class_type"])})
+            for key, node in prompt.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -549,7 +561,8 @@ def test_workflow_in_real_frontend(workflow: Path, app: Page, server: Server, ou
     (out_dir / f"{workflow.stem}.api.json").write_text(json.dumps(prompt, indent=2), encoding="utf-8")
     api_file = WORKFLOWS_DIR / "api" / workflow.name
     if api_file.is_file():
-        assert _api_inputs(prompt) == _api_inputs(json.loads(api_file.read_text(encoding="utf-8"))), (
+        shipped_api = json.loads(api_file.read_text(encoding="utf-8"))
+        assert _api_inputs(prompt, server.object_info) == _api_inputs(shipped_api, server.object_info), (
             f"the frontend's API form of {workflow.name} differs from {api_file.relative_to(REPO_ROOT)}"
             f" (see {out_dir.relative_to(REPO_ROOT)}/{workflow.stem}.api.json)"
         )
