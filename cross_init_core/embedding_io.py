@@ -106,11 +106,7 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
     try:
         # the bytes go into our own temp file: newer safetensors' save_file writes a private (0600) temp
         # file of its own and renames it, which would make the embedding unreadable to other users
-        data = save(tensors, metadata=metadata)
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_bytes(tmp, save(tensors, metadata=metadata))
         if overwrite:
             os.replace(tmp, final)
         else:
@@ -132,6 +128,14 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
         tmp.unlink(missing_ok=True)
     log.info("Saved embedding %s (%s) to %s", stem, embedding.describe(), final)
     return final
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Writes `data` into the existing file `path` and syncs it to disk."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _create_temp(folder: Path, stem: str) -> Path:

@@ -212,14 +212,12 @@ def _fill_then_fail(path: str) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize("crash", ["save_file", "replace"])
+@pytest.mark.parametrize("crash", ["write", "replace"])
 def test_crash_while_overwriting_keeps_old_file_and_leaves_no_temp(core, tmp_path: Path, monkeypatch, crash: str) -> None:
-    import safetensors.torch
-
     path = core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=1)), tmp_path, "face")
     before = path.read_bytes()
-    if crash == "save_file":
-        monkeypatch.setattr(safetensors.torch, "save_file", lambda tensors, filename, metadata=None: _fill_then_fail(filename))
+    if crash == "write":
+        monkeypatch.setattr(core.embedding_io, "_write_bytes", lambda path, data: _fill_then_fail(path))
     else:
         def failing_replace(src, dst):
             raise OSError(errno.EIO, "I/O error")

@@ -238,14 +238,17 @@ def test_test_built_recognizer_loads_through_insightface_model_zoo_as_arcface(sc
 
 class HandMarkedDetector:
     """Stand-in for the pack's SCRFD detector: the hand-measured face box of known photos, with 5 landmarks
-    placed from the box as the OpenCV fallback places them; no face on any other photo."""
+    placed in the box as a frontal face has them (the ArcFace template with its eye midpoint at (0.49, 0.385)
+    of the box and the eyes 0.41 box widths apart); no face on any other photo."""
 
     name = "hand-marked"
     attempts = 1
 
     def __init__(self, core: ModuleType, known: list[tuple[np.ndarray, tuple[float, float, float, float], bool]]) -> None:
         face_prep = importlib.import_module(core.__name__ + ".face")
-        box_landmarks = importlib.import_module(face_prep.__name__ + ".opencv_detector").box_landmarks
+        template = importlib.import_module(face_prep.__name__ + ".alignment").ARCFACE_TEMPLATE_112
+        eye_mid, eye_dist = template[:2].mean(axis=0), float(np.linalg.norm(template[1] - template[0]))
+        in_box = (template - eye_mid) * (0.41 / eye_dist) + np.array([0.49, 0.385])
         detection = importlib.import_module(face_prep.__name__ + ".detection").Detection
         self.known = {}
         for rgb, box, mirrored in known:
@@ -253,7 +256,7 @@ class HandMarkedDetector:
             width = rgb.shape[1]
             if mirrored:  # the box of the unflipped photo, mirrored; landmark order stays image-left first
                 x0, x1 = width - x1, width - x0
-            marks = box_landmarks((x0, y0, x1 - x0, y1 - y0), 0.0)
+            marks = np.array([x0, y0]) + in_box * np.array([x1 - x0, y1 - y0])
             self.known[rgb.tobytes()] = detection(box=(x0, y0, x1, y1), landmarks=marks, score=1.0, detector=self.name)
 
     def detect(self, rgb: np.ndarray, attempt: int) -> list:

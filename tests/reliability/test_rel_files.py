@@ -119,26 +119,21 @@ def _fork(child) -> int:
 @pytest.mark.parametrize("when", ["mid_write", "written_not_published"])
 def test_sigkill_during_save_leaves_the_old_file_or_nothing_never_a_truncated_one(core, tmp_path, overwrite, when):
     import folder_paths
-    import safetensors.torch
 
     old = None
     if overwrite:
         old = core.embedding_io.save_embedding(_embedding(core, seed=1), tmp_path, "face").read_bytes()
 
     def child() -> int:
-        real_save = safetensors.torch.save_file
-
-        def half_then_die(tensors, filename, metadata=None):
-            real_save(tensors, filename, metadata=metadata)
-            data = Path(filename).read_bytes()
-            Path(filename).write_bytes(data[: len(data) // 2])
+        def half_then_die(path, data):
+            Path(path).write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
 
         def die_before_publish(fd):
             os.kill(os.getpid(), signal.SIGKILL)
 
         if when == "mid_write":
-            safetensors.torch.save_file = half_then_die
+            core.embedding_io._write_bytes = half_then_die
         else:
             os.fsync = die_before_publish  # the data is complete; the kill lands before link/rename
         core.embedding_io.save_embedding(_embedding(core, seed=2), tmp_path, "face", overwrite=overwrite)
