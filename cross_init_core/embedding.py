@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import InvalidInputError
-
-KNOWN_WIDTHS = {"clip_l": 768, "clip_h": 1024, "clip_g": 1280}
+from .families import ENCODER_WIDTHS, SDXL, family_of
 
 
 @dataclass
@@ -51,12 +51,9 @@ class CrossInitEmbedding:
         )
 
 
-FAMILIES = {("clip_l",): "SD 1.x", ("clip_h",): "SD 2.x", ("clip_g", "clip_l"): "SDXL"}
-
-
-def family_of(keys: object) -> str | None:
-    """'SD 1.x', 'SD 2.x' or 'SDXL' for a set of encoder keys; None for any other combination."""
-    return FAMILIES.get(tuple(sorted(keys)))  # type: ignore[call-overload]
+def _family_name(keys: Iterable[str]) -> str | None:
+    family = family_of(keys)
+    return family.name if family else None
 
 
 def _and(items: list[str]) -> str:
@@ -73,7 +70,7 @@ def check_matches_slots(embedding: CrossInitEmbedding, slots: list, what: str = 
     got = embedding.widths()
     if got == expected:
         return
-    family = family_of(expected)
+    family = _family_name(expected)
     clip_name = f"this {family} CLIP" if family else "this CLIP"
     needs = _and([f"{k} {w}" for k, w in expected.items()])
     shapes = ", ".join(f"{k} [{embedding.vectors[k].shape[0]}, {w}]" for k, w in got.items())
@@ -87,12 +84,13 @@ def check_matches_slots(embedding: CrossInitEmbedding, slots: list, what: str = 
     if extra:
         details.append(f"{_and(extra)} {'is' if len(extra) == 1 else 'are'} not used by this model")
     details += wrong
-    made_for = family_of(got)
+    made_for = _family_name(got)
     if made_for and made_for != family:
         hint = f"The embedding was made for {made_for}: connect an {made_for} CLIP, or train one for this model"  # every family is "SD..."
     else:
         hint = "Train or load an embedding for this model"
-    if family == "SDXL" and missing and not extra:
+    if family == SDXL.name and missing and not extra:
         hint = "An SDXL embedding holds both clip_l and clip_g (the host would silently ignore the missing half). " + hint
-    families = "SD 1.x: clip_l 768; SD 2.x: clip_h 1024; SDXL: clip_l 768 + clip_g 1280"
-    raise InvalidInputError(f"{what}: {clip_name} needs {needs}; the embedding has {has} ({'; '.join(details)}). {hint} ({families}).")
+    raise InvalidInputError(
+        f"{what}: {clip_name} needs {needs}; the embedding has {has} ({'; '.join(details)}). {hint} ({ENCODER_WIDTHS})."
+    )

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from .embedding import KNOWN_WIDTHS, CrossInitEmbedding
+from .embedding import CrossInitEmbedding
 from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
+from .families import KEY_WIDTHS, WIDTH_KEYS, WIDTHS_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ MAX_NAME_BYTES = 200
 _PORT_SUFFIXES = (*"0123456789", "\u00b9", "\u00b2", "\u00b3")  # Windows also reserves COM0, COM¹, LPT² ...
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in _PORT_SUFFIXES), *(f"LPT{i}" for i in _PORT_SUFFIXES)}
 _NAME_RE = re.compile(r"^[\w.\-]+$", re.UNICODE)
-_WIDTH_TO_KEY = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
 _REFERENCE_KEY_RE = re.compile(r"^(?P<stem>.*?)(?:_v)?(?P<index>\d+)>?$")
 
 
@@ -170,7 +170,7 @@ def _as_2d(tensor: Any, where: str) -> torch.Tensor:
 
 
 def _from_tensor_dict(data: dict[str, Any], path: Path, metadata: dict[str, str]) -> CrossInitEmbedding:
-    encoder_keys = [k for k in data if k in KNOWN_WIDTHS]
+    encoder_keys = [k for k in data if k in KEY_WIDTHS]
     if encoder_keys:
         extra = sorted(set(data) - set(encoder_keys))
         if extra:
@@ -190,8 +190,8 @@ def _from_tensor_dict(data: dict[str, Any], path: Path, metadata: dict[str, str]
             f"{path.name}: no embedding found (keys {sorted(data)[:8]}); expected clip_l / clip_h / clip_g tensors."
         )
     for key, v in vectors.items():
-        if key in KNOWN_WIDTHS and v.shape[1] != KNOWN_WIDTHS[key]:
-            raise EmbeddingFileError(f"{path.name}: key {key} is {v.shape[1]} wide, but {key} vectors are {KNOWN_WIDTHS[key]} wide.")
+        if key in KEY_WIDTHS and v.shape[1] != KEY_WIDTHS[key]:
+            raise EmbeddingFileError(f"{path.name}: key {key} is {v.shape[1]} wide, but {key} vectors are {KEY_WIDTHS[key]} wide.")
         if not torch.isfinite(v).all():
             raise EmbeddingFileError(f"{path.name}: key {key} holds NaN or infinite values.")
     try:
@@ -215,9 +215,9 @@ def _stack_reference_tokens(data: dict[str, torch.Tensor], path: Path) -> torch.
 
 def _keyed_by_width(vectors: torch.Tensor, path: Path) -> dict[str, torch.Tensor]:
     width = int(vectors.shape[1])
-    if width not in _WIDTH_TO_KEY:
-        raise EmbeddingFileError(f"{path.name}: vectors are {width} wide; supported widths are 768 (SD1), 1024 (SD2), 1280 (SDXL-G).")
-    return {_WIDTH_TO_KEY[width]: vectors}
+    if width not in WIDTH_KEYS:
+        raise EmbeddingFileError(f"{path.name}: vectors are {width} wide; {WIDTHS_MESSAGE}.")
+    return {WIDTH_KEYS[width]: vectors}
 
 
 def load_embedding(path: str | os.PathLike[str]) -> CrossInitEmbedding:

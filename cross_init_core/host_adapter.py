@@ -15,25 +15,14 @@ import logging
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .errors import UnsupportedModelError
+from .families import SUPPORTED_MODELS, SUPPORTED_PREDICTIONS, EncoderSlot
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_MODELS = "SD 1.x (clip_l, 768), SD 2.x (clip_h, 1024), SDXL (clip_l 768 + clip_g 1280)"
-
-
-@dataclass(frozen=True)
-class EncoderSlot:
-    """One text encoder of a CLIP: `key` names it in embedding files, `token_key` in token dicts."""
-
-    key: str
-    token_key: str
-    width: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,13 +83,12 @@ def prediction_type(model: Any) -> str:
     import comfy.model_base
 
     model_type = getattr(model.model, "model_type", None)
-    if model_type == comfy.model_base.ModelType.EPS:
-        return "eps"
-    if model_type == comfy.model_base.ModelType.V_PREDICTION:
-        return "v"
+    host_types = {comfy.model_base.ModelType.EPS: "eps", comfy.model_base.ModelType.V_PREDICTION: "v"}
+    if model_type in host_types:
+        return host_types[model_type]
     raise UnsupportedModelError(
         f"unsupported model: the MODEL predicts {model_type} ({_type_name(model.model)}); supported: "
-        f"{SUPPORTED_MODELS} with epsilon or v-prediction."
+        f"{SUPPORTED_MODELS} with {SUPPORTED_PREDICTIONS}."
     )
 
 

@@ -6,13 +6,12 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from .errors import InvalidInputError
+from .families import SD1, SDXL
 
 MODES = ("fast", "full", "custom")
 DEFAULT_REG_WEIGHT = 1e-5
 # the trainer's resolution input: 0 = auto, the base resolution of the model family
 AUTO_RESOLUTION = 0
-SDXL_RESOLUTION = 1024
-SD_RESOLUTION = 512
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,9 @@ PRESETS: dict[str, TrainingSettings] = {
 
 
 def auto_resolution(resolution: int, sdxl: bool) -> int:
-    """The trainer's `resolution` input: 0 (auto) -> 1024 for SDXL, 512 otherwise; any other value as given."""
+    """The trainer's `resolution` input: 0 (auto) -> the family's base resolution (SDXL 1024, SD 1.x/2.x 512)."""
     if resolution == AUTO_RESOLUTION:
-        return SDXL_RESOLUTION if sdxl else SD_RESOLUTION
+        return SDXL.resolution if sdxl else SD1.resolution
     return resolution
 
 

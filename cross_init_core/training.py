@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__, host_adapter
+from . import __version__, families, host_adapter
 from .embedding import CrossInitEmbedding, check_matches_slots
 from .errors import CrossInitError, InvalidInputError, TrainingDivergedError
 from .loss import diffusion_mse, prediction_from_denoised, regularizer, target
@@ -147,11 +147,6 @@ class StepSampler:
         noise = torch.randn((batch, *self.latent_shape), generator=self.gen)
         templates = torch.randint(0, self.num_templates, (batch,), generator=self.gen).tolist()
         return StepDraw(faces + flips * self.num_images, timesteps, noise, templates)
-
-
-def base_model_kind(slots: list[host_adapter.EncoderSlot], prediction: str) -> str:
-    family = {("clip_l",): "sd1", ("clip_h",): "sd2", ("clip_l", "clip_g"): "sdxl"}.get(tuple(s.key for s in slots), "unknown")
-    return f"{family}-{prediction}"
 
 
 def _caption_layouts(clip: Any, slots: list[host_adapter.EncoderSlot], num_tokens: int) -> list[PromptLayout]:
@@ -591,7 +586,7 @@ def train(
         "mode": mode,
         **settings.as_metadata(),
         "reg_weight": str(run.loss_settings.reg_weight),
-        "base_model": base_model_kind(run.slots, run.kind),
+        "base_model": families.base_model((s.key for s in run.slots), run.kind),
         "num_tokens": str(embedding.num_tokens),
         "unet_dtype": host_adapter.dtype_name(host_adapter.unet_compute_dtype(run.model)),
         "clip_layer": host_adapter.clip_layer(run.clip),
