@@ -3,7 +3,7 @@
 Counts the distinct storages that `saved_tensors_hooks` see during a forward with a cond that requires
 grad (host weights excluded), attributing each to the UNet block layer running at the time. Plain =
 their sum; checkpointed = the layers' inputs (what checkpointing keeps) + the largest single layer
-(recomputed in backward). Prints elements per latent pixel; `host_adapter.ACTIVATION_ELEMENTS` is
+(recomputed in backward). Prints elements per latent pixel; `memory.ACTIVATION_ELEMENTS` is
 fitted to these numbers.
 
     python bench/activation_memory.py --models sd15 sd21 --latent 32

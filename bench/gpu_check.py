@@ -178,7 +178,7 @@ def timed_train(core: Any, models: Models, dtype: str, emb: Any, images: Any, se
     started = time.perf_counter()
     with torch.inference_mode():
         result = core.training.train(model, models.clip, models.vae, images, emb, settings, on_step=clock.on_step,
-                                     fault_hook=clock.start, memory=core.settings.parse_memory(memory))
+                                     fault_hook=clock.start, memory=core.memory.parse_memory(memory))
     _sync(device)
     seconds = time.perf_counter() - started
     plan = result.memory_plan

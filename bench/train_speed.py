@@ -204,8 +204,8 @@ def bench_model(core, real_models, kind: str, args, rows: list[str], notes: list
     for _round in range(args.rounds):
         timer = Interleaved(core, m, emb, images, settings)
         timer.compare_clip_fix = args.compare_clip_fix
-        memory = core.settings.parse_memory(args.memory)
-        timer.memory = core.settings.MemorySettings(memory.budget_gb, args.micro_batch, True if args.checkpointing else None)
+        memory = core.memory.parse_memory(args.memory)
+        timer.memory = core.memory.MemorySettings(memory.budget_gb, args.micro_batch, True if args.checkpointing else None)
         setup_s, peak = timer.train()
         trainer += timer.trainer[args.warmup:]
         unet += timer.unet[args.warmup:]

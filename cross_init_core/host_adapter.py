@@ -92,9 +92,12 @@ def prediction_type(model: Any) -> str:
     )
 
 
+def _unet_config(model: Any) -> dict[str, Any]:
+    return getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
+
+
 def model_context_width(model: Any) -> int | None:
-    config = getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
-    width = config.get("context_dim")
+    width = _unet_config(model).get("context_dim")
     return int(width) if width is not None else None
 
 
@@ -413,24 +416,6 @@ def unet_checkpointing(model: Any, enabled: bool = True) -> Iterator[int]:
 # Memory
 
 
-# What autograd keeps for one sample's UNet forward, in elements of the compute dtype, as a function of
-# the number of latent pixels P (64x64 = 4096 at 512 px): elements = LINEAR x P + QUADRATIC x P^2.
-# Fitted to the real UNets measured with `python bench/activation_memory.py` (docs/benchmarks.md):
-#   SD 1.5 (SD 2.1-base needs 10-20 % less), latents 16/32/64:
-#     plain 26.7 M / 128.5 M / 944 M elements; checkpointed 5.0 M / 26.0 M / 205 M
-#   SDXL (no attention at full latent resolution, deep transformers below), latents 16/32/64:
-#     plain 52.0 M / 177.9 M / 803 M elements; checkpointed 7.9 M / 26.5 M / 110 M
-# The quadratic part is attention state; it was measured with the sub-quadratic attention ComfyUI picks on
-# the CPU, which keeps more than the SDPA/flash kernels picked on CUDA, so the estimate errs high there.
-ACTIVATION_ELEMENTS = {
-    "sd": {"plain": (90_500.0, 34.5), "checkpointed": (17_300.0, 8.0)},
-    "sdxl": {"plain": (170_000.0, 7.2), "checkpointed": (26_000.0, 0.3)},
-}
-# fixed working memory on top of weights and saved activations (CUDA context, cuBLAS workspace, the
-# transient gradient buffers of the largest layer in backward)
-WORKSPACE_BYTES = 1 << 30
-
-
 def unet_compute_dtype(model: Any) -> torch.dtype:
     """The dtype the UNet's activations, and so its backward's gradients, flow in.
 
@@ -456,18 +441,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def activation_bytes_per_sample(model: Any, latent_hw: tuple[int, int], checkpointed: bool) -> int:
-    """Estimated activation memory of one sample's UNet forward+backward (text-encoder activations are small).
-
-    bytes = (LINEAR x P + QUADRATIC x P^2) x (model_channels / 320) x bytes per element of the compute
-    dtype, with P = latent_h x latent_w and the family's constants of `ACTIVATION_ELEMENTS`.
-    """
-    config = getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
-    width = float(config.get("model_channels", 320)) / 320.0
-    family = ACTIVATION_ELEMENTS["sdxl" if is_sdxl_model(model) else "sd"]
-    linear, quadratic = family["checkpointed" if checkpointed else "plain"]
-    pixels = float(latent_hw[0] * latent_hw[1])
-    return int((linear * pixels + quadratic * pixels**2) * width * compute_dtype_size(model))
+def unet_model_channels(model: Any) -> int:
+    """The UNet's base channel count (320 for SD 1.x/2.x and SDXL), which activation sizes scale with."""
+    return _unet_config(model).get("model_channels", 320)
 
 
 def weights_bytes(model: Any, clip: Any) -> int:

@@ -30,10 +30,11 @@ from tqdm import tqdm
 
 from . import __version__, families, host_adapter
 from .embedding import CrossInitEmbedding, check_matches_slots
-from .errors import CrossInitError, InvalidInputError, TrainingDivergedError
+from .errors import InvalidInputError, TrainingDivergedError
 from .loss import diffusion_mse, prediction_from_denoised, regularizer, target
+from .memory import MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
 from .prompt_tokens import PromptLayout, layout_prompt
-from .settings import LossSettings, MemoryPlan, MemorySettings, TrainingSettings, plan_memory
+from .settings import LossSettings, TrainingSettings
 from .templates import CAPTION_TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,10 @@ class PreparedRun:
     init: dict[str, torch.Tensor]
     num_images: int
 
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return int(self.latents.shape[-2]), int(self.latents.shape[-1])
+
     def sampler(self) -> StepSampler:
         return StepSampler(self.settings.seed, self.num_images, self.sigmas.shape[0], len(self.layouts), tuple(self.latents.shape[1:]))
 
@@ -259,39 +264,6 @@ class StepLoss:
         if pixel_weight is None:
             return mse * (index.shape[0] / batch)
         return mse * (pixel_weight.sum() / self.weights[index_all].sum().clamp_min(1e-8))
-
-
-def _memory_plan(run: PreparedRun, memory: MemorySettings, device: torch.device | None) -> tuple[MemoryPlan, int]:
-    """The micro-batch/checkpointing plan and the activation bytes to ask the host to keep free.
-
-    available for activations = budget - UNet and text-encoder weights - a fixed workspace (budget given), or
-    free device memory after loading - workspace (auto on CUDA); no limit on the CPU in auto or with budget 0.
-    """
-    batch = run.settings.batch_size
-    latent_hw = (int(run.latents.shape[-2]), int(run.latents.shape[-1]))
-    plain = host_adapter.activation_bytes_per_sample(run.model, latent_hw, checkpointed=False)
-    ckpt = host_adapter.activation_bytes_per_sample(run.model, latent_hw, checkpointed=True)
-    available: int | None = None
-    if memory.budget_gb:
-        budget = int(memory.budget_gb * 2**30)
-        available = max(0, budget - host_adapter.weights_bytes(run.model, run.clip) - host_adapter.WORKSPACE_BYTES)
-    elif memory.budget_gb is None and device is not None:
-        free = host_adapter.free_device_bytes(device)
-        available = None if free is None else max(0, free - host_adapter.WORKSPACE_BYTES)
-    plan = plan_memory(batch, available, plain, ckpt, memory)
-    return plan, plan.micro_batch * (ckpt if plan.checkpointing else plain)
-
-
-def _out_of_memory(step: int, total: int, plan: MemoryPlan) -> CrossInitError:
-    """The message for an out-of-memory error at `step` (1-based), raised after the host is restored."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return CrossInitError(
-        f"out of GPU memory at step {step}/{total} (micro-batch {plan.micro_batch}, UNet checkpointing "
-        f"{'on' if plan.checkpointing else 'off'}). Set the trainer's memory input to your card's VRAM in GB "
-        "(e.g. 8) so training uses micro-batches and checkpointing, or lower batch_size or resolution, "
-        "and close other programs that use the GPU."
-    )
 
 
 def _segments(steps: int, preview_every: int) -> list[tuple[int, int]]:
@@ -500,7 +472,7 @@ def _run_segments(
         with host_adapter.training_session(model, clip, memory_required=request) as device:
             if state is None:
                 if memory.budget_gb is None:
-                    plan, _ = _memory_plan(run, memory, device)
+                    plan, _ = plan_for_run(model, clip, batch, run.latent_hw, memory, device)
                 log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
                          plan.micro_batch, batch, "on" if plan.checkpointing else "off", plan.reason)
                 state = _Optimization(embedding, settings, device, LossScaler.for_model(model))
@@ -527,7 +499,7 @@ def _run_segments(
             if out_of_memory_at is not None:
                 state = None  # drop device tensors before the cache is emptied
         if out_of_memory_at is not None:
-            raise _out_of_memory(out_of_memory_at, settings.steps, plan)
+            raise out_of_memory_error(out_of_memory_at, settings.steps, plan)
         if preview is not None and preview_every > 0 and end_step % preview_every == 0:
             snapshot = embedding.with_vectors(state.vectors())
             reporter(end_step, preview(end_step, snapshot))
@@ -564,7 +536,7 @@ def train(
     memory = (memory or MemorySettings()).validated()
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     settings = run.settings
-    plan, needed = _memory_plan(run, memory, None)
+    plan, needed = plan_for_run(run.model, run.clip, settings.batch_size, run.latent_hw, memory, None)
     # a budget: ask the host to keep the planned activations free (it unloads the VAE and other models as
     # needed). auto: ask for nothing more than the models; the plan then fits what is free after loading
     # (asking for more than the card has would make the host unload and reload the models being trained)

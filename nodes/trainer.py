@@ -5,6 +5,7 @@ import logging
 from comfy_api.latest import io
 
 from ..cross_init_core import host_adapter, loss_plot, preview, settings, training
+from ..cross_init_core.memory import MEMORY_CHOICES, parse_memory
 from ..cross_init_core.settings import PRESETS
 from .common import CATEGORY, Embedding, LossSettingsType
 
@@ -45,7 +46,7 @@ class CrossInitTrainer(io.ComfyNode):
                                      "SD 1.x/2.x. SDXL on less memory: 768 or 512."),
                 io.Mask.Input("masks", optional=True, tooltip="Optional face masks (from face prep) for a face-weighted loss; "
                                                                 "set background_weight in the loss settings."),
-                io.Combo.Input("memory", options=list(settings.MEMORY_CHOICES), default="auto", optional=True,
+                io.Combo.Input("memory", options=list(MEMORY_CHOICES), default="auto", optional=True,
                                tooltip="GPU memory training may use, in GB (weights + activations). auto: the free memory of "
                                        "the GPU (no limit on the CPU). A budget such as 8 splits each step's batch into "
                                        "smaller forward/backward passes and, if needed, turns on gradient checkpointing; "
@@ -69,7 +70,7 @@ class CrossInitTrainer(io.ComfyNode):
                 memory: str = "auto", preview_every: int = -1) -> io.NodeOutput:
         resolution = settings.auto_resolution(resolution, host_adapter.is_sdxl_model(model))
         chosen = settings.resolve(mode, steps, batch_size, learning_rate, seed, resolution)
-        memory_settings = settings.parse_memory(memory)
+        memory_settings = parse_memory(memory)
         if mode != "custom":
             log.info("Cross-Init %s preset: %d steps, batch %d, lr %g", mode, chosen.steps, chosen.batch_size, chosen.learning_rate)
         every = preview.default_interval(chosen.steps) if preview_every < 0 else preview_every

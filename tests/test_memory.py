@@ -29,7 +29,7 @@ def test_micro_batches_and_checkpointing_give_the_same_trajectory_and_vectors(co
     m = tiny(kind)
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
-    mem = core.settings.MemorySettings
+    mem = core.memory.MemorySettings
     plain = _train(core, m, emb, mem(budget_gb=0))
     assert plain.memory_plan.micro_batch == 4 and not plain.memory_plan.checkpointing
     variants = {
@@ -62,8 +62,8 @@ def test_micro_batches_keep_the_masked_loss_exact(core, tiny):
     masks[1, 20:64, 0:30] = 1  # faces of different area: chunk shares are not chunk sizes
     masks[2, 0:16, 0:16] = 1
     loss = core.settings.LossSettings(background_weight=0.1)
-    plain = _train(core, m, emb, core.settings.MemorySettings(budget_gb=0), masks=masks, loss=loss)
-    micro = _train(core, m, emb, core.settings.MemorySettings(micro_batch=1), masks=masks, loss=loss)
+    plain = _train(core, m, emb, core.memory.MemorySettings(budget_gb=0), masks=masks, loss=loss)
+    micro = _train(core, m, emb, core.memory.MemorySettings(micro_batch=1), masks=masks, loss=loss)
     for a, b in zip(micro.losses, plain.losses, strict=True):
         assert abs(a - b) <= REL * abs(b), (micro.losses, plain.losses)
     assert _rel(micro.embedding.vectors["clip_l"], plain.embedding.vectors["clip_l"]) <= REL
@@ -179,7 +179,7 @@ def test_reading_the_loss_back_lazily_changes_nothing(core, tiny):
 
 
 def test_memory_plan_picks_micro_batches_then_checkpointing(core):
-    plan = core.settings.plan_memory
+    plan = core.memory.plan_memory
     gib = 2**30
     assert plan(8, None, 3 * gib, gib).micro_batch == 8
     p = plan(8, 7 * gib, 3 * gib, gib)
@@ -188,19 +188,19 @@ def test_memory_plan_picks_micro_batches_then_checkpointing(core):
     assert (p.micro_batch, p.checkpointing) == (4, True)
     p = plan(8, 100 * gib, 3 * gib, gib)
     assert (p.micro_batch, p.checkpointing) == (8, False)
-    p = plan(8, 100 * gib, 3 * gib, gib, core.settings.MemorySettings(micro_batch=3))
+    p = plan(8, 100 * gib, 3 * gib, gib, core.memory.MemorySettings(micro_batch=3))
     assert (p.micro_batch, p.checkpointing) == (3, False)
 
 
 @pytest.mark.parametrize("text,budget", [("auto", None), ("", None), ("8", 8.0), ("12.5 GB", 12.5), ("none", 0.0)])
 def test_memory_input_parses(core, text, budget):
-    assert core.settings.parse_memory(text).budget_gb == budget
+    assert core.memory.parse_memory(text).budget_gb == budget
 
 
 @pytest.mark.parametrize("text", ["lots", "-4", "nan", "0.0.1"])
 def test_bad_memory_input_names_the_input(core, text):
     with pytest.raises(core.errors.InvalidInputError, match="memory"):
-        core.settings.parse_memory(text)
+        core.memory.parse_memory(text)
 
 
 def test_unknown_clip_layer_falls_back_to_cloning_with_the_same_result(core, tiny, monkeypatch):
@@ -217,16 +217,16 @@ def test_unknown_clip_layer_falls_back_to_cloning_with_the_same_result(core, tin
 
 
 def test_activation_estimate_uses_each_familys_measured_constants(core, tiny):
-    ha = core.host_adapter
+    ha, mem = core.host_adapter, core.memory
     for kind, family in (("sd1", "sd"), ("sdxl", "sdxl")):
         m = tiny(kind)
         element = ha.compute_dtype_size(m.model) * m.model.model.model_config.unet_config["model_channels"] / 320
         for checkpointed, key in ((False, "plain"), (True, "checkpointed")):
-            linear, quadratic = ha.ACTIVATION_ELEMENTS[family][key]
+            linear, quadratic = mem.ACTIVATION_ELEMENTS[family][key]
             pixels = 64 * 64
             want = int((linear * pixels + quadratic * pixels**2) * element)
-            assert ha.activation_bytes_per_sample(m.model, (64, 64), checkpointed=checkpointed) == want
+            assert mem.activation_bytes_per_sample(m.model, (64, 64), checkpointed=checkpointed) == want
     # the measured SDXL UNet keeps more per latent pixel than SD 1.5 at 512 px (deep transformers)
-    sd = ha.ACTIVATION_ELEMENTS["sd"]["plain"]
-    xl = ha.ACTIVATION_ELEMENTS["sdxl"]["plain"]
+    sd = mem.ACTIVATION_ELEMENTS["sd"]["plain"]
+    xl = mem.ACTIVATION_ELEMENTS["sdxl"]["plain"]
     assert xl[0] + xl[1] * 4096 > 0.8 * (sd[0] + sd[1] * 4096)

@@ -145,7 +145,7 @@ def test_fault_inside_checkpointed_micro_batches_removes_every_instance_forward(
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
     before = snapshot(m)
-    memory = core.settings.MemorySettings(micro_batch=1, checkpointing=True)
+    memory = core.memory.MemorySettings(micro_batch=1, checkpointing=True)
     hook = KthCall(_unet_block(m), call, _raise(RuntimeError("injected micro-batch failure")))
     try:
         with torch.inference_mode(), pytest.raises(RuntimeError, match="injected micro-batch failure"):
