@@ -201,13 +201,13 @@ def token_gradient(core: Any, models: Models, dtype: str, emb: Any, images: Any,
     model = models.unets[dtype]
     _free_models()
     with torch.inference_mode():
-        run = core.training.prepare_run(model, models.clip, models.vae, images, emb, settings)
+        run = core.run_setup.prepare_run(model, models.clip, models.vae, images, emb, settings)
     draw = run.sampler().draw(settings.batch_size)
-    scaler = core.training.LossScaler.for_model(model) if scaled else core.training.LossScaler(False)
+    scaler = core.loss_scaling.LossScaler.for_model(model) if scaled else core.loss_scaling.LossScaler(False)
     micro = 2  # chunks of the batch, gradients summed: the trainer's micro-batching
     while True:
         with torch.inference_mode(), core.host_adapter.training_session(model, models.clip) as device:
-            step_loss = core.training.StepLoss(run, device)
+            step_loss = core.loss.StepLoss(run, device)
             params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in emb.vectors.items()}
             for first in range(0, settings.batch_size, micro):
                 scaler.scaled(step_loss.diffusion(params, draw, slice(first, first + micro))).backward()

@@ -102,7 +102,7 @@ class Interleaved:
     def __init__(self, core, m, emb, images, settings) -> None:
         self.core, self.m, self.emb, self.images, self.settings = core, m, emb, images, settings
         with torch.inference_mode():
-            self.run = core.training.prepare_run(m.model, m.clip, m.vae, images, emb, settings)
+            self.run = core.run_setup.prepare_run(m.model, m.clip, m.vae, images, emb, settings)
         self.sampler = self.run.sampler()
         self.device = m.model.load_device
         self.trainer: list[float] = []

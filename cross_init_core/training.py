@@ -1,18 +1,16 @@
-"""Textual inversion of the Cross-Initialized tokens on the host's MODEL, CLIP and VAE.
+"""Textual inversion of the Cross-Initialized tokens on the host's MODEL, CLIP and VAE: the training loop.
 
-Only the new vectors are trained. Latents of every face (and its mirror image) are encoded once before
-the loop; each step draws faces, flips, timesteps, noise and caption templates from a seeded CPU
-generator, so a run is reproducible.
+Only the new vectors are trained. `run_setup` prepares the run (latents, caption layouts, seeded draws);
+`loss.StepLoss` evaluates the objective of one step on the host models; a `Trainer` runs the steps.
 
 Memory: a step's batch may be split into micro-batches whose gradients are accumulated (each chunk's
 loss weighted by its share of the batch, the regularizer added once), and the UNet blocks may be
-gradient-checkpointed. The draws are made for the whole batch first, so neither changes the result
-beyond float round-off. Host syncs: the loop reads the loss back only every `SYNC_EVERY` steps (NaN
-check, loss history), or every step when an `on_step` callback wants the value.
+gradient-checkpointed (`memory` plans both). The draws are made for the whole batch first, so neither
+changes the result beyond float round-off. Host syncs: the loop reads the loss back only every
+`SYNC_EVERY` steps (NaN check, loss history), or every step when an `on_step` callback wants the value.
 
-Precision: the vectors, their gradients and the AdamW state are float32 whatever the host's UNet runs in.
-A float16 UNet gets dynamic loss scaling (`LossScaler`): its backward would otherwise flush the tiny
-gradients reaching the text context to zero. bfloat16 has float32's exponent range and needs none.
+Precision: the vectors, their gradients and the AdamW state are float32 whatever the host's UNet runs in;
+a float16 UNet gets dynamic loss scaling (`loss_scaling.LossScaler`).
 """
 
 from __future__ import annotations
@@ -25,24 +23,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__, families, host_adapter
-from .embedding import CrossInitEmbedding, check_matches_slots
-from .errors import InvalidInputError, TrainingDivergedError
-from .loss import diffusion_mse, prediction_from_denoised, regularizer, target
+from .embedding import CrossInitEmbedding
+from .errors import TrainingDivergedError
+from .loss import StepLoss
+from .loss_scaling import LossScaler
 from .memory import MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
-from .prompt_tokens import PromptLayout, layout_prompt
+from .run_setup import PreparedRun, StepDraw, prepare_run
 from .settings import LossSettings, TrainingSettings
-from .templates import CAPTION_TEMPLATES
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER = "{}"
 SYNC_EVERY = 8
 
 StepCallback = Callable[[int, int, float], None]
+PreviewHook = Callable[[int, CrossInitEmbedding], Any]
 
 
 @dataclass
@@ -57,213 +54,16 @@ class TrainingResult:
     loss_scale: float | None = None  # the fp16 loss scale at the end (None: no scaling)
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-def prepare_pixels(images: Any, resolution: int, what: str = "images") -> torch.Tensor:
-    """IMAGE batch [B, H, W, C] in [0, 1] -> [B, res, res, 3] (centre square crop, bicubic resize)."""
-    if not torch.is_tensor(images) or images.ndim != 4:
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise InvalidInputError(f"{what}: expected an IMAGE batch [B, H, W, C]; got {shape}. Connect a LoadImage or face-prep output.")
-    b, h, w, c = images.shape
-    if b == 0:
-        raise InvalidInputError(f"{what}: the batch is empty. Give at least one face photo.")
-    if c not in (1, 3, 4):
-        raise InvalidInputError(f"{what}: images have {c} channels; use RGB (3), RGBA (4) or grayscale (1).")
-    if min(h, w) < 8:
-        raise InvalidInputError(f"{what}: images are {w}x{h} pixels, too small to train on; use face photos of at least 256 px.")
-    pixels = images.detach().float().cpu()
-    if not torch.isfinite(pixels).all():
-        bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(pixels))[:, 0]})
-        raise InvalidInputError(f"{what}: image(s) {bad} contain NaN or infinite pixels; reload or re-export them.")
-    low, high = float(pixels.min()), float(pixels.max())
-    if low < -1e-3 or high > 1.0 + 1e-3:
-        raise InvalidInputError(
-            f"{what}: pixel values span [{low:.3g}, {high:.3g}] but ComfyUI images are in [0, 1]; scale them (e.g. /255 or /65535)."
-        )
-    pixels = pixels.clamp(0, 1)
-    if c == 1:
-        pixels = pixels.expand(-1, -1, -1, 3)
-    pixels = pixels[..., :3]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = pixels[:, top : top + side, left : left + side].movedim(-1, 1)
-    if side != resolution:
-        square = F.interpolate(square, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
-    return square.clamp(0, 1).movedim(1, -1).contiguous()
-
-
-def prepare_masks(masks: Any, count: int, resolution: int, latent_hw: tuple[int, int], background_weight: float) -> torch.Tensor | None:
-    """MASK [B, H, W] -> loss weights [2B, 1, h, w] for (faces, mirrored faces); None when unused."""
-    if masks is None or background_weight >= 1.0:
-        return None
-    if not torch.is_tensor(masks) or masks.ndim not in (2, 3):
-        raise InvalidInputError("masks: expected a MASK [B, H, W]; connect the face-prep node's masks output.")
-    m = masks.detach().float().cpu()
-    if m.ndim == 2:
-        m = m.unsqueeze(0)
-    if m.shape[0] == 1 and count > 1:
-        m = m.expand(count, -1, -1)
-    if m.shape[0] != count:
-        raise InvalidInputError(f"masks: {m.shape[0]} masks for {count} images; give one mask per image.")
-    square = prepare_pixels(m.unsqueeze(-1), resolution, what="masks")[..., :1].movedim(-1, 1)
-    small = F.interpolate(square, size=latent_hw, mode="area")
-    both = torch.cat([small, small.flip(-1)])
-    return background_weight + (1.0 - background_weight) * both
-
-
-def encode_latents(vae: Any, model: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """Latents of every face and its mirror image [2B, C, h, w], scaled for the model, encoded once."""
-    both = torch.cat([pixels, pixels.flip(2)])
-    with torch.inference_mode(False), torch.no_grad():
-        latent = host_adapter.vae_encode(vae, both)
-        return host_adapter.process_latent_in(model, latent.float()).detach().clone()
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
 @dataclass
-class StepDraw:
-    latent_index: torch.Tensor
-    timesteps: torch.Tensor
-    noise: torch.Tensor
-    templates: list[int]
+class Callbacks:
+    """Where a run reports to: the host progress bar, the console bar, and the caller's optional hooks."""
 
-
-class StepSampler:
-    """Seeded draws on the CPU (identical across devices): faces, flips, timesteps, noise, templates."""
-
-    def __init__(self, seed: int, num_images: int, num_timesteps: int, num_templates: int, latent_shape: tuple[int, ...]) -> None:
-        self.gen = torch.Generator(device="cpu").manual_seed(int(seed) % (2**63))
-        self.num_images, self.num_timesteps, self.num_templates = num_images, num_timesteps, num_templates
-        self.latent_shape = latent_shape
-
-    def draw(self, batch: int) -> StepDraw:
-        faces = torch.randint(0, self.num_images, (batch,), generator=self.gen)
-        flips = torch.randint(0, 2, (batch,), generator=self.gen)
-        timesteps = torch.randint(0, self.num_timesteps, (batch,), generator=self.gen)
-        noise = torch.randn((batch, *self.latent_shape), generator=self.gen)
-        templates = torch.randint(0, self.num_templates, (batch,), generator=self.gen).tolist()
-        return StepDraw(faces + flips * self.num_images, timesteps, noise, templates)
-
-
-def _caption_layouts(clip: Any, slots: list[host_adapter.EncoderSlot], num_tokens: int) -> list[PromptLayout]:
-    """One layout per caption template, repeats included (the draw is uniform over all of them)."""
-    distinct = {text: layout_prompt(clip, slots, text, PLACEHOLDER, num_tokens) for text in dict.fromkeys(CAPTION_TEMPLATES)}
-    return [distinct[text] for text in CAPTION_TEMPLATES]
-
-
-@dataclass
-class PreparedRun:
-    """Everything computed once before the loop: checked inputs, latents, caption layouts, sigmas."""
-
-    model: Any
-    clip: Any
-    slots: list[host_adapter.EncoderSlot]
-    kind: str
-    settings: TrainingSettings
-    loss_settings: LossSettings
-    layouts: list[PromptLayout]
-    latents: torch.Tensor
-    weights: torch.Tensor | None
-    sigmas: torch.Tensor
-    init: dict[str, torch.Tensor]
-    num_images: int
-
-    @property
-    def latent_hw(self) -> tuple[int, int]:
-        return int(self.latents.shape[-2]), int(self.latents.shape[-1])
-
-    def sampler(self) -> StepSampler:
-        return StepSampler(self.settings.seed, self.num_images, self.sigmas.shape[0], len(self.layouts), tuple(self.latents.shape[1:]))
-
-
-def prepare_run(
-    model: Any,
-    clip: Any,
-    vae: Any,
-    images: torch.Tensor,
-    embedding: CrossInitEmbedding,
-    settings: TrainingSettings,
-    loss_settings: LossSettings | None = None,
-    masks: torch.Tensor | None = None,
-) -> PreparedRun:
-    settings = settings.validated()
-    loss_settings = (loss_settings or LossSettings()).validated()
-    model, clip = host_adapter.static_models(model, clip)
-    slots = host_adapter.check_model_matches_clip(model, clip)
-    check_matches_slots(embedding, slots)
-    kind = host_adapter.prediction_type(model)
-    pixels = prepare_pixels(images, settings.resolution)
-    latents = encode_latents(vae, model, pixels)
-    weights = prepare_masks(masks, pixels.shape[0], settings.resolution, tuple(latents.shape[-2:]), loss_settings.background_weight)
-    timesteps = torch.arange(host_adapter.num_train_timesteps(model))
-    init = embedding.init_vectors or embedding.vectors
-    return PreparedRun(
-        model=model, clip=clip, slots=slots, kind=kind, settings=settings, loss_settings=loss_settings,
-        layouts=_caption_layouts(clip, slots, embedding.num_tokens), latents=latents, weights=weights,
-        sigmas=host_adapter.sigmas_for_timesteps(model, timesteps),
-        init={k: v.detach().float().cpu().clone() for k, v in init.items()}, num_images=pixels.shape[0],
-    )
-
-
-class StepLoss:
-    """loss(params, draw) -> (total, diffusion mse, regularizer) for one step; inside a training_session."""
-
-    def __init__(self, run: PreparedRun, device: torch.device) -> None:
-        self.run, self.device = run, device
-        self.latents = run.latents.to(device)
-        self.sigmas = run.sigmas.to(device)
-        self.weights = run.weights.to(device) if run.weights is not None else None
-        self.init = {k: v.to(device) for k, v in run.init.items()}
-        self.sdxl = host_adapter.is_sdxl_model(run.model)
-
-    def __call__(self, params: dict[str, torch.Tensor], draw: StepDraw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mse = self.diffusion(params, draw)
-        reg = regularizer(params, self.init)
-        return mse + self.run.loss_settings.reg_weight * reg, mse, reg
-
-    def regularizer(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return regularizer(params, self.init)
-
-    def diffusion(self, params: dict[str, torch.Tensor], draw: StepDraw, rows: slice | None = None) -> torch.Tensor:
-        """The diffusion MSE of the draw; with `rows`, that chunk's share of the whole batch's MSE.
-
-        Shares of disjoint chunks covering the batch sum to the batch MSE (masked: each chunk's weighted
-        error sum over the batch's total weight), so their gradients sum to the full-batch gradient.
-        """
-        run = self.run
-        batch = draw.latent_index.shape[0]
-        index_all = draw.latent_index.to(self.device)
-        index = index_all if rows is None else index_all[rows]
-        timesteps = draw.timesteps if rows is None else draw.timesteps[rows]
-        noise = (draw.noise if rows is None else draw.noise[rows]).to(self.device)
-        templates = draw.templates if rows is None else draw.templates[rows]
-        x0 = self.latents[index]
-        sigma = self.sigmas[timesteps.to(self.device)]
-        x_noisy = x0 + sigma.view(-1, 1, 1, 1) * noise
-        token_rows: dict[str, list[Any]] = {slot.token_key: [] for slot in run.slots}
-        for template in templates:
-            filled = run.layouts[template].fill(params, run.slots)
-            for slot in run.slots:
-                token_rows[slot.token_key].append(filled[slot.token_key][0])
-        cond, pooled = host_adapter.encode_batch_for_training(run.clip, run.slots, token_rows)
-        extra = {}
-        if self.sdxl:
-            size = run.settings.resolution
-            extra["y"] = host_adapter.sdxl_adm(run.model, pooled, size, size)
-        den = host_adapter.denoised(run.model, x_noisy, sigma, cond.to(self.device), **extra)
-        prediction = prediction_from_denoised(run.kind, x_noisy, den, sigma)
-        pixel_weight = None if self.weights is None else self.weights[index]
-        mse = diffusion_mse(prediction, target(run.kind, x0, noise, sigma), pixel_weight)
-        if rows is None or index.shape[0] == batch:
-            return mse
-        if pixel_weight is None:
-            return mse * (index.shape[0] / batch)
-        return mse * (pixel_weight.sum() / self.weights[index_all].sum().clamp_min(1e-8))
+    reporter: Callable[[int, Any], None]
+    console: tqdm
+    on_step: StepCallback | None = None
+    fault_hook: Callable[[int], None] | None = None
+    preview: PreviewHook | None = None
+    preview_every: int = 0
 
 
 def _segments(steps: int, preview_every: int) -> list[tuple[int, int]]:
@@ -272,66 +72,6 @@ def _segments(steps: int, preview_every: int) -> list[tuple[int, int]]:
         return [(0, steps)]
     ends = [*range(preview_every, steps, preview_every), steps]
     return list(zip([0, *ends[:-1]], ends, strict=True))
-
-
-# Dynamic loss scaling for float16 UNets, torch.amp.GradScaler's rule: scale the loss, unscale the float32
-# gradients, skip a step whose gradients hold inf/NaN and halve the scale, double it after a run of good steps.
-#
-# Initial scale 2^16: the MSE's gradient w.r.t. each predicted element is 2 x error / N for the N elements
-# of a batch; the error is about 1 (unit-variance noise target), and at 512 px, batch 8, N = 8 x 4 x 64 x 64
-# = 131072, so the backward starts at ~1.5e-5 per element and reaches the text context at ~1e-8, under fp16's
-# smallest subnormal (6e-8): flushed to zero. x 2^16 puts the output gradient near 1, the middle of fp16's
-# range, lifts ~1e-8 to ~6.5e-4 (a normal fp16 number, 6.1e-5 and up, with full 11-bit precision) and
-# leaves four decades of headroom (to 65504) for gradients growing inside the UNet; an overflow costs one
-# skipped step. Powers of two make scaling and unscaling exact.
-LOSS_SCALE_INIT = 2.0**16
-LOSS_SCALE_BACKOFF = 0.5
-LOSS_SCALE_GROWTH = 2.0
-# GradScaler's 2000 would never grow within a 25-320 step run; 50 good steps re-probe a higher scale after
-# a back-off at the cost of at most one skipped step per 50
-LOSS_SCALE_GROWTH_INTERVAL = 50
-
-
-class LossScaler:
-    """Dynamic loss scaling (enabled for float16 UNets); a no-op pass-through when disabled.
-
-    The scale is a Python float: the skip decision needs the gradients' finite flag on the host, one sync
-    per step, which only float16 runs pay.
-    """
-
-    def __init__(self, enabled: bool, scale: float = LOSS_SCALE_INIT, growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL) -> None:
-        self.enabled = enabled
-        self.scale = float(scale) if enabled else 1.0
-        self.growth_interval = growth_interval
-        self.good_steps = 0
-
-    @classmethod
-    def for_model(cls, model: Any) -> LossScaler:
-        return cls(host_adapter.unet_compute_dtype(model) == torch.float16)
-
-    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.scale if self.enabled else loss
-
-    def unscale_(self, params: dict[str, torch.Tensor]) -> None:
-        """Divides the accumulated (float32) gradients by the scale, in place."""
-        if self.enabled:
-            for p in params.values():
-                if p.grad is not None:
-                    p.grad.mul_(1.0 / self.scale)
-
-    def update(self, finite: bool) -> bool:
-        """Adjusts the scale after a step's backward; True when the step must be skipped."""
-        if not self.enabled:
-            return False
-        if not finite:
-            self.scale *= LOSS_SCALE_BACKOFF
-            self.good_steps = 0
-            return True
-        self.good_steps += 1
-        if self.good_steps >= self.growth_interval:
-            self.scale *= LOSS_SCALE_GROWTH
-            self.good_steps = 0
-        return False
 
 
 @dataclass
@@ -345,39 +85,120 @@ class _Pending:
     skipped: bool = False
 
 
-class _Optimization:
-    """The learned vectors, their optimizer and the not-yet-read losses: state that outlives a session."""
+class Trainer:
+    """One training run: the prepared run, its memory plan, the optimizer state (with the fp16 loss scaler)
+    and the callbacks. `train()` runs every step, one host session per preview interval; the learned
+    vectors, the loss history and the skipped steps stay on the object.
 
-    def __init__(self, embedding: CrossInitEmbedding, settings: TrainingSettings, device: torch.device,
-                 scaler: LossScaler | None = None) -> None:
-        self.embedding, self.settings = embedding, settings
-        self.scaler = scaler or LossScaler(False)
-        self.skipped: list[int] = []
-        self.params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in embedding.vectors.items()}
-        self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
-        )
+    The optimizer state is made in the first session (on the device the host loaded the models to) and
+    outlives the sessions; an out-of-memory error drops it before the device cache is emptied.
+    """
+
+    def __init__(self, run: PreparedRun, embedding: CrossInitEmbedding, memory: MemorySettings, calls: Callbacks,
+                 started: float) -> None:
+        self.run, self.embedding, self.memory, self.calls, self.started = run, embedding, memory, calls, started
+        settings = run.settings
+        self.plan, needed = plan_for_run(run.model, run.clip, settings.batch_size, run.latent_hw, memory, None)
+        # a budget: ask the host to keep the planned activations free (it unloads the VAE and other models as
+        # needed). auto: ask for nothing more than the models; the plan then fits what is free after loading
+        # (asking for more than the card has would make the host unload and reload the models being trained)
+        self.request = needed if memory.budget_gb else 0
+        self.sync_every = 1 if calls.on_step is not None else SYNC_EVERY
+        self.sampler = run.sampler()
+        self.scaler = LossScaler(False)
+        self.params: dict[str, torch.nn.Parameter] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
         self.pending: list[_Pending] = []
         self.losses: list[float] = []
         self.regs: list[float] = []
+        self.skipped: list[int] = []
+        self.setup_seconds = 0.0
+        self.loop_seconds = 0.0
 
-    def step(self, step_loss: StepLoss, draw: StepDraw, plan: MemoryPlan, reg_weight: float) -> None:
-        batch = self.settings.batch_size
+    def train(self) -> None:
+        calls = self.calls
+        for first_step, end_step in _segments(self.run.settings.steps, calls.preview_every if calls.preview is not None else 0):
+            self._segment(first_step, end_step)
+            if calls.preview is not None and calls.preview_every > 0 and end_step % calls.preview_every == 0:
+                snapshot = self.embedding.with_vectors(self.vectors())
+                calls.reporter(end_step, calls.preview(end_step, snapshot))
+        self._check_some_step_applied()
+
+    def vectors(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach() for k, p in self.params.items()}
+
+    def _start(self, device: torch.device) -> None:
+        """The plan for the device (auto budget) and the optimizer state, in the first host session."""
+        run, plan = self.run, self.plan
+        if self.memory.budget_gb is None:
+            plan, _ = plan_for_run(run.model, run.clip, run.settings.batch_size, run.latent_hw, self.memory, device)
+            self.plan = plan
+        log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
+                 plan.micro_batch, run.settings.batch_size, "on" if plan.checkpointing else "off", plan.reason)
+        self.scaler = LossScaler.for_model(run.model)
+        self.params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in self.embedding.vectors.items()}
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()), lr=run.settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
+        )
+        self.setup_seconds = time.perf_counter() - self.started
+
+    def _segment(self, first_step: int, end_step: int) -> None:
+        """Steps [first_step, end_step) in one host session."""
+        run, calls = self.run, self.calls
+        out_of_memory_at: int | None = None
+        with host_adapter.training_session(run.model, run.clip, memory_required=self.request) as device:
+            if self.optimizer is None:
+                self._start(device)
+            step_loss = StepLoss(run, device)
+            segment_started = time.perf_counter()
+            step = first_step
+            try:
+                with host_adapter.unet_checkpointing(run.model, self.plan.checkpointing):
+                    for step in range(first_step, end_step):
+                        host_adapter.check_interrupted()
+                        draw = self.sampler.draw(run.settings.batch_size)
+                        if calls.fault_hook is not None:
+                            calls.fault_hook(step)
+                        self._step(step_loss, draw)
+                        if len(self.pending) >= self.sync_every or step + 1 == end_step:
+                            self._read_back(step)
+                        calls.reporter(step + 1, None)
+                        calls.console.update(1)
+            except host_adapter.out_of_memory_errors():
+                out_of_memory_at = step + 1  # leaving the except frees the activations its frames hold
+            self.loop_seconds += time.perf_counter() - segment_started
+            del step_loss
+            if out_of_memory_at is not None:  # drop device tensors before the cache is emptied
+                self.params, self.optimizer, self.pending = {}, None, []
+        if out_of_memory_at is not None:
+            raise out_of_memory_error(out_of_memory_at, run.settings.steps, self.plan)
+
+    def _step(self, step_loss: StepLoss, draw: StepDraw) -> None:
+        """One optimizer step: the batch in micro-batch chunks (one chunk when it fits), gradients accumulated.
+
+        Each chunk's backward takes its share of the batch's diffusion MSE. The regularizer counts once per
+        step: in the one chunk's backward when the batch fits, else in a backward of its own after the
+        chunks. (Moving it would regroup the gradient sums and change results in the last bits.)
+        """
+        assert self.optimizer is not None
+        batch, micro = self.run.settings.batch_size, self.plan.micro_batch
+        reg_weight = self.run.loss_settings.reg_weight
         params, scaler = self.params, self.scaler
         self.optimizer.zero_grad(set_to_none=True)
-        if plan.micro_batch >= batch:
-            loss, _mse, reg = step_loss(params, draw)
-            scaler.scaled(loss).backward()
-            loss = loss.detach()
-        else:
-            mse = torch.zeros((), device=step_loss.device)
-            for first in range(0, batch, plan.micro_batch):
-                part = step_loss.diffusion(params, draw, slice(first, first + plan.micro_batch))
-                scaler.scaled(part).backward()
-                mse = mse + part.detach()
+        chunks = range(0, batch, micro)
+        mse = torch.zeros((), device=step_loss.device)
+        reg: torch.Tensor | None = None
+        for first in chunks:
+            objective = step_loss.diffusion(params, draw, slice(first, first + micro))
+            mse = mse + objective.detach()
+            if len(chunks) == 1:
+                reg = step_loss.regularizer(params)
+                objective = objective + reg_weight * reg
+            scaler.scaled(objective).backward()
+        if reg is None:
             reg = step_loss.regularizer(params)
             scaler.scaled(reg_weight * reg).backward()
-            loss = mse + reg_weight * reg.detach()
+        loss = mse + reg_weight * reg.detach()
         scaler.unscale_(params)
         finite = torch.stack([torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]).all()
         pending = _Pending(loss, reg.detach(), finite, {k: p.detach().clone() for k, p in params.items()})
@@ -390,13 +211,13 @@ class _Optimization:
                 return
         self.optimizer.step()
 
-    def read_back(self, last_step: int, on_step: StepCallback | None) -> None:
+    def _read_back(self, last_step: int) -> None:
         """One host sync for the pending steps: NaN/inf check, loss history, callbacks."""
         if not self.pending:
             return
         first = last_step - len(self.pending) + 1
         values = torch.stack([torch.stack([p.loss, p.reg, p.finite.float()]) for p in self.pending]).tolist()
-        total = self.settings.steps
+        total = self.run.settings.steps
         for offset, (loss_value, reg_value, ok) in enumerate(values):
             step = first + offset
             if self.pending[offset].skipped:
@@ -413,13 +234,14 @@ class _Optimization:
                 )
             self.losses.append(loss_value)
             self.regs.append(reg_value)
-            if on_step is not None:
-                on_step(step + 1, total, loss_value)
+            self.calls.console.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if self.calls.on_step is not None:
+                self.calls.on_step(step + 1, total, loss_value)
         self.pending.clear()
 
-    def check_some_step_applied(self) -> None:
+    def _check_some_step_applied(self) -> None:
         """Raises when float16 overflow skipped every step (the vectors never moved)."""
-        total = self.settings.steps
+        total = self.run.settings.steps
         if self.scaler.enabled and len(self.skipped) == total:
             raise TrainingDivergedError(
                 f"training made no progress: all {total} steps overflowed in the float16 UNet (inf/NaN gradients "
@@ -429,83 +251,37 @@ class _Optimization:
                 step=0,
             )
 
-    def vectors(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in self.params.items()}
-
-
-PreviewHook = Callable[[int, CrossInitEmbedding], Any]
-
-
-@dataclass
-class _Callbacks:
-    """Where a run reports to: the host progress bar, the console bar, and the caller's optional hooks."""
-
-    reporter: Callable[[int, Any], None]
-    console: tqdm
-    on_step: StepCallback | None = None
-    fault_hook: Callable[[int], None] | None = None
-    preview: PreviewHook | None = None
-    preview_every: int = 0
-
-
-def _run_segments(
-    run: PreparedRun, embedding: CrossInitEmbedding, memory: MemorySettings, plan: MemoryPlan, request: int,
-    sync_every: int, calls: _Callbacks, started: float,
-) -> tuple[_Optimization, MemoryPlan, float, float]:
-    """The training loop, one host session per preview interval; returns (state, plan, setup s, loop s)."""
-    reporter, console, on_step, fault_hook = calls.reporter, calls.console, calls.on_step, calls.fault_hook
-    preview, preview_every = calls.preview, calls.preview_every
-    model, clip, settings = run.model, run.clip, run.settings
-    batch, reg_weight = settings.batch_size, run.loss_settings.reg_weight
-    sampler = run.sampler()
-    state: _Optimization | None = None
-    setup_seconds = 0.0
-    loop_seconds = 0.0
-    out_of_memory_at: int | None = None
-
-    def report_losses(step: int, total: int, loss: float) -> None:
-        console.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if on_step is not None:
-            on_step(step, total, loss)
-
-    for first_step, end_step in _segments(settings.steps, preview_every if preview is not None else 0):
-        with host_adapter.training_session(model, clip, memory_required=request) as device:
-            if state is None:
-                if memory.budget_gb is None:
-                    plan, _ = plan_for_run(model, clip, batch, run.latent_hw, memory, device)
-                log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
-                         plan.micro_batch, batch, "on" if plan.checkpointing else "off", plan.reason)
-                state = _Optimization(embedding, settings, device, LossScaler.for_model(model))
-                setup_seconds = time.perf_counter() - started
-            step_loss = StepLoss(run, device)
-            segment_started = time.perf_counter()
-            step = first_step
-            try:
-                with host_adapter.unet_checkpointing(model, plan.checkpointing):
-                    for step in range(first_step, end_step):
-                        host_adapter.check_interrupted()
-                        draw = sampler.draw(batch)
-                        if fault_hook is not None:
-                            fault_hook(step)
-                        state.step(step_loss, draw, plan, reg_weight)
-                        if len(state.pending) >= sync_every or step + 1 == end_step:
-                            state.read_back(step, report_losses)
-                        reporter(step + 1, None)
-                        console.update(1)
-            except host_adapter.out_of_memory_errors():
-                out_of_memory_at = step + 1  # leaving the except frees the activations its frames hold
-            loop_seconds += time.perf_counter() - segment_started
-            del step_loss
-            if out_of_memory_at is not None:
-                state = None  # drop device tensors before the cache is emptied
-        if out_of_memory_at is not None:
-            raise out_of_memory_error(out_of_memory_at, settings.steps, plan)
-        if preview is not None and preview_every > 0 and end_step % preview_every == 0:
-            snapshot = embedding.with_vectors(state.vectors())
-            reporter(end_step, preview(end_step, snapshot))
-    assert state is not None
-    state.check_some_step_applied()
-    return state, plan, setup_seconds, loop_seconds
+    def result(self, mode: str) -> TrainingResult:
+        """The trained embedding (settings and provenance in its metadata) and the run's statistics."""
+        run, settings, embedding = self.run, self.run.settings, self.embedding
+        if self.skipped:
+            log.warning("Cross-Init fp16: %d of %d steps skipped for gradient overflow (loss scale now %g)",
+                        len(self.skipped), settings.steps, self.scaler.scale)
+        metadata = {
+            "method": "cross_initialization",
+            "mode": mode,
+            **settings.as_metadata(),
+            "reg_weight": str(run.loss_settings.reg_weight),
+            "base_model": families.base_model((s.key for s in run.slots), run.prediction),
+            "num_tokens": str(embedding.num_tokens),
+            "unet_dtype": host_adapter.dtype_name(host_adapter.unet_compute_dtype(run.model)),
+            "clip_layer": host_adapter.clip_layer(run.clip),
+            "pack_version": __version__,
+        }
+        if self.scaler.enabled:
+            metadata["fp16_skipped_steps"] = str(len(self.skipped))
+        result = embedding.with_vectors(self.vectors(), **metadata)
+        result.loss_history = list(zip(self.losses, self.regs, strict=True))
+        result.init_vectors = {k: v.clone() for k, v in run.init.items()}
+        log.info(
+            "Cross-Init training: %d steps in %.1f s (setup %.1f s), final loss %.4f, norms %s (init %s)",
+            settings.steps, self.loop_seconds, self.setup_seconds, self.losses[-1] if self.losses else float("nan"),
+            {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.vectors.items()},
+            {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.init_vectors.items()},
+        )
+        return TrainingResult(embedding=result, losses=self.losses, regs=self.regs, seconds=self.loop_seconds,
+                              setup_seconds=self.setup_seconds, memory_plan=self.plan, skipped_steps=list(self.skipped),
+                              loss_scale=self.scaler.scale if self.scaler.enabled else None)
 
 
 def train(
@@ -535,46 +311,12 @@ def train(
     started = time.perf_counter()
     memory = (memory or MemorySettings()).validated()
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
-    settings = run.settings
-    plan, needed = plan_for_run(run.model, run.clip, settings.batch_size, run.latent_hw, memory, None)
-    # a budget: ask the host to keep the planned activations free (it unloads the VAE and other models as
-    # needed). auto: ask for nothing more than the models; the plan then fits what is free after loading
-    # (asking for more than the card has would make the host unload and reload the models being trained)
-    request = needed if memory.budget_gb else 0
-    sync_every = 1 if on_step is not None else SYNC_EVERY
-    console = tqdm(total=settings.steps, desc="Cross-Init training", unit="step", dynamic_ncols=True)
-    calls = _Callbacks(host_adapter.progress_reporter(settings.steps), console, on_step, fault_hook, preview, preview_every)
+    steps = run.settings.steps
+    console = tqdm(total=steps, desc="Cross-Init training", unit="step", dynamic_ncols=True)
+    calls = Callbacks(host_adapter.progress_reporter(steps), console, on_step, fault_hook, preview, preview_every)
+    trainer = Trainer(run, embedding, memory, calls, started)
     try:
-        state, plan, setup_seconds, loop_seconds = _run_segments(run, embedding, memory, plan, request, sync_every, calls, started)
+        trainer.train()
     finally:
         console.close()
-    learned = state.vectors()
-    if state.skipped:
-        log.warning("Cross-Init fp16: %d of %d steps skipped for gradient overflow (loss scale now %g)",
-                    len(state.skipped), settings.steps, state.scaler.scale)
-
-    metadata = {
-        "method": "cross_initialization",
-        "mode": mode,
-        **settings.as_metadata(),
-        "reg_weight": str(run.loss_settings.reg_weight),
-        "base_model": families.base_model((s.key for s in run.slots), run.kind),
-        "num_tokens": str(embedding.num_tokens),
-        "unet_dtype": host_adapter.dtype_name(host_adapter.unet_compute_dtype(run.model)),
-        "clip_layer": host_adapter.clip_layer(run.clip),
-        "pack_version": __version__,
-    }
-    if state.scaler.enabled:
-        metadata["fp16_skipped_steps"] = str(len(state.skipped))
-    result = embedding.with_vectors(learned, **metadata)
-    result.loss_history = list(zip(state.losses, state.regs, strict=True))
-    result.init_vectors = {k: v.clone() for k, v in run.init.items()}
-    log.info(
-        "Cross-Init training: %d steps in %.1f s (setup %.1f s), final loss %.4f, norms %s (init %s)",
-        settings.steps, loop_seconds, setup_seconds, state.losses[-1] if state.losses else float("nan"),
-        {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.vectors.items()},
-        {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.init_vectors.items()},
-    )
-    return TrainingResult(embedding=result, losses=state.losses, regs=state.regs, seconds=loop_seconds,
-                          setup_seconds=setup_seconds, memory_plan=plan, skipped_steps=list(state.skipped),
-                          loss_scale=state.scaler.scale if state.scaler.enabled else None)
+    return trainer.result(mode)

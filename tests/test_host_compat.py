@@ -31,7 +31,7 @@ def test_training_uses_the_static_copy_of_a_streaming_model(core, tiny):
     emb = init_embedding(core, m.clip)
     streaming = dynamic_patcher(m.model, m.model)
     with torch.inference_mode():
-        run = core.training.prepare_run(streaming, m.clip, m.vae, face_images(), emb, settings(core))
+        run = core.run_setup.prepare_run(streaming, m.clip, m.vae, face_images(), emb, settings(core))
         static = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core)).embedding
         via_delegate = core.training.train(streaming, m.clip, m.vae, face_images(), emb, settings(core)).embedding
     assert run.model is m.model
@@ -124,7 +124,7 @@ def test_dynamic_vram_trains_the_modules_the_host_reloads_and_leaves_the_host_un
     _force_dynamic(m.clip.patcher, (reload_clip, ()))
     assert m.model.is_dynamic() and m.clip.patcher.is_dynamic()
     with torch.inference_mode():
-        run = core.training.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core))
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core))
         trained = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core)).embedding
         expected = core.training.train(reference.model, reference.clip, reference.vae, face_images(), emb, settings(core)).embedding
 

@@ -74,10 +74,10 @@ def test_chunk_gradients_sum_to_the_full_batch_gradient(core, tiny, kind):
     m = tiny(kind)
     emb = init_embedding(core, m.clip)
     with torch.inference_mode():
-        run = core.training.prepare_run(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, batch_size=5))
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, batch_size=5))
     draw = run.sampler().draw(5)
     with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
-        step_loss = core.training.StepLoss(run, device)
+        step_loss = core.loss.StepLoss(run, device)
         full = {k: torch.nn.Parameter(v.clone()) for k, v in emb.vectors.items()}
         whole = step_loss.diffusion(full, draw)
         whole.backward()
@@ -98,10 +98,10 @@ def test_out_of_place_clip_gives_the_clone_every_saved_tensor_gradient(core, tin
     m = tiny(kind)
     emb = init_embedding(core, m.clip)
     with torch.inference_mode():
-        run = core.training.prepare_run(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, batch_size=3))
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, batch_size=3))
     draw = run.sampler().draw(3)
     with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
-        step_loss = core.training.StepLoss(run, device)
+        step_loss = core.loss.StepLoss(run, device)
         ours = {k: torch.nn.Parameter(v.clone()) for k, v in emb.vectors.items()}
         step_loss(ours, draw)[0].backward()
         layers = [mod for _k, enc in core.host_adapter._inner_encoders(m.clip) for mod in enc.transformer.modules()

@@ -48,9 +48,9 @@ def test_compute_dtype_is_what_activations_flow_in_and_only_fp16_is_scaled(core,
         dtype = core.host_adapter.unet_compute_dtype(m.model)
         assert dtype == expected[name], name
         assert core.host_adapter.compute_dtype_size(m.model) == torch.empty((), dtype=dtype).element_size()
-        scaler = core.training.LossScaler.for_model(m.model)
+        scaler = core.loss_scaling.LossScaler.for_model(m.model)
         assert scaler.enabled == (dtype == torch.float16), name
-        assert scaler.scale == (core.training.LOSS_SCALE_INIT if scaler.enabled else 1.0)
+        assert scaler.scale == (core.loss_scaling.LOSS_SCALE_INIT if scaler.enabled else 1.0)
     # fp32 weights under the host's manual-cast ops: the weights say float32, the activations are fp16
     assert precision_models["fp16_cast"].model.model.get_dtype() == torch.float32
 
@@ -58,10 +58,10 @@ def test_compute_dtype_is_what_activations_flow_in_and_only_fp16_is_scaled(core,
 def _first_gradients(core, m, emb, factor: float, scaler) -> torch.Tensor:
     """The unscaled float32 gradient of (factor x the diffusion MSE) w.r.t. the vectors, on one fixed draw."""
     with torch.inference_mode():
-        run = core.training.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core, batch_size=2))
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core, batch_size=2))
     draw = run.sampler().draw(2)
     with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
-        step_loss = core.training.StepLoss(run, device)
+        step_loss = core.loss.StepLoss(run, device)
         params = {k: torch.nn.Parameter(v.clone()) for k, v in emb.vectors.items()}
         scaler.scaled(factor * step_loss.diffusion(params, draw)).backward()
         scaler.unscale_(params)
@@ -71,7 +71,7 @@ def _first_gradients(core, m, emb, factor: float, scaler) -> torch.Tensor:
 def test_fp16_underflows_at_real_gradient_sizes_without_scaling_and_not_with_it(core, precision_models):
     m32 = precision_models["fp32"]
     emb = init_embedding(core, m32.clip)
-    off, on = core.training.LossScaler(False), core.training.LossScaler(True)
+    off, on = core.loss_scaling.LossScaler(False), core.loss_scaling.LossScaler(True)
     reference = _first_gradients(core, m32, emb, REAL_GRADIENT_FACTOR, off)
     assert bool((reference != 0).all()) and float(reference.abs().mean()) < 1e-6  # real-size, all nonzero
     results = {}
@@ -135,7 +135,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_training_continues(core, precis
     m = precision_models["fp16"]
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
-    real_mse = core.training.diffusion_mse
+    real_mse = core.loss.diffusion_mse
     calls = {"n": 0}
 
     def overflow_at_third_step(*args, **kwargs):
@@ -144,7 +144,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_training_continues(core, precis
         value = real_mse(*args, **kwargs)
         return value * 1e30 if calls["n"] == 3 else value
 
-    monkeypatch.setattr(core.training, "diffusion_mse", overflow_at_third_step)
+    monkeypatch.setattr(core.loss, "diffusion_mse", overflow_at_third_step)
     snapshots: dict[int, torch.Tensor] = {}
 
     def keep(step: int, snapshot) -> None:
@@ -154,7 +154,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_training_continues(core, precis
         out = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5),
                                   preview=keep, preview_every=1)
     assert out.skipped_steps == [2]
-    assert out.loss_scale == core.training.LOSS_SCALE_INIT * core.training.LOSS_SCALE_BACKOFF
+    assert out.loss_scale == core.loss_scaling.LOSS_SCALE_INIT * core.loss_scaling.LOSS_SCALE_BACKOFF
     assert torch.equal(snapshots[3], snapshots[2])  # the skipped step left the vectors as they were
     for step in (1, 2, 4, 5):
         assert not torch.equal(snapshots[step], snapshots[step - 1] if step > 1 else emb.vectors["clip_l"])
@@ -168,8 +168,8 @@ def test_every_step_overflowing_is_a_clear_error(core, precision_models, monkeyp
     m = precision_models["fp16"]
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
-    real_mse = core.training.diffusion_mse
-    monkeypatch.setattr(core.training, "diffusion_mse", lambda *a, **kw: real_mse(*a, **kw) * 1e30)
+    real_mse = core.loss.diffusion_mse
+    monkeypatch.setattr(core.loss, "diffusion_mse", lambda *a, **kw: real_mse(*a, **kw) * 1e30)
     with torch.inference_mode(), pytest.raises(core.errors.TrainingDivergedError, match=r"all 3 steps overflowed.*--fp32-unet") as info:
         core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=3))
     assert torch.equal(info.value.embedding.vectors["clip_l"], emb.vectors["clip_l"])

@@ -167,11 +167,11 @@ def test_training_context_and_adm_equal_the_hosts_conditioning(core, sdxl, clip_
         clip.clip_layer(clip_skip)
     emb = init_embedding(core, clip)
     with torch.inference_mode():
-        run = core.training.prepare_run(sdxl.model, clip, sdxl.vae, face_images(), emb, settings(core, batch_size=3))
+        run = core.run_setup.prepare_run(sdxl.model, clip, sdxl.vae, face_images(), emb, settings(core, batch_size=3))
     draw = run.sampler().draw(3)
     start = perturbed(emb.vectors, seed=11)
     with UNetInputs(sdxl.model) as seen, torch.inference_mode(), core.host_adapter.training_session(sdxl.model, clip) as device:
-        core.training.StepLoss(run, device)({k: v.clone() for k, v in start.items()}, draw)
+        core.loss.StepLoss(run, device)({k: v.clone() for k, v in start.items()}, draw)
     (call,) = seen.calls
     cond, adm = host_conditioning(clip, sdxl.model, run.layouts, draw.templates, start, run.slots, RES)
     assert call["context"].shape == (3, 77, 64 + 96) and call["y"].shape == (3, 96 + 6 * 256)
@@ -191,13 +191,13 @@ def test_training_context_and_adm_equal_the_hosts_conditioning(core, sdxl, clip_
 def test_gradients_reach_both_encoders_through_context_and_adm_and_match_finite_differences(core, sdxl):
     emb = init_embedding(core, sdxl.clip)
     with torch.inference_mode():
-        run = core.training.prepare_run(sdxl.model, sdxl.clip, sdxl.vae, face_images(), emb, settings(core, batch_size=2),
+        run = core.run_setup.prepare_run(sdxl.model, sdxl.clip, sdxl.vae, face_images(), emb, settings(core, batch_size=2),
                                         core.settings.LossSettings(reg_weight=0.0))
     draw = run.sampler().draw(2)
     start = perturbed(emb.vectors, seed=7, scale=0.1)
     keys = list(WIDTHS)
     with UNetInputs(sdxl.model) as seen, torch.inference_mode(), core.host_adapter.training_session(sdxl.model, sdxl.clip) as device:
-        step_loss = core.training.StepLoss(run, device)
+        step_loss = core.loss.StepLoss(run, device)
         params = {k: torch.nn.Parameter(start[k].clone()) for k in keys}
         loss, _mse, _reg = step_loss(params, draw)
         y, context = seen.calls[-1]["y"], seen.calls[-1]["context"]

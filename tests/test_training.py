@@ -67,13 +67,13 @@ def test_gradient_matches_finite_differences_and_reaches_only_the_vectors(core, 
     m = tiny(kind)
     emb = init_embedding(core, m.clip)
     with torch.inference_mode():
-        run = core.training.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core, batch_size=3))
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core, batch_size=3))
     draw = run.sampler().draw(3)
     key = next(iter(emb.vectors))
     gen = torch.Generator().manual_seed(7)
     start = emb.vectors[key].clone() + 0.1 * torch.randn(emb.vectors[key].shape, generator=gen)
     with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
-        step_loss = core.training.StepLoss(run, device)
+        step_loss = core.loss.StepLoss(run, device)
         params = {key: torch.nn.Parameter(start.clone())}
         loss, _mse, _reg = step_loss(params, draw)
         loss.backward()
@@ -123,14 +123,14 @@ def test_training_loss_decreases_on_the_face(core, tiny):
     images = face_images(1)
     cfg = settings(core, steps=25, batch_size=4, learning_rate=0.1)
     with torch.inference_mode():
-        run = core.training.prepare_run(m.model, m.clip, m.vae, images, emb, cfg)
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, images, emb, cfg)
         result = core.training.train(m.model, m.clip, m.vae, images, emb, cfg)
-    sampler = core.training.StepSampler(99, 1, run.sigmas.shape[0], len(run.layouts), tuple(run.latents.shape[1:]))
+    sampler = core.run_setup.StepSampler(99, 1, run.sigmas.shape[0], len(run.layouts), tuple(run.latents.shape[1:]))
     draws = [sampler.draw(8) for _ in range(4)]
 
     def held_out(vectors):
         with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device, torch.no_grad():
-            step_loss = core.training.StepLoss(run, device)
+            step_loss = core.loss.StepLoss(run, device)
             return sum(float(step_loss(vectors, d)[1]) for d in draws) / len(draws)
 
     before, after = held_out(emb.vectors), held_out(result.embedding.vectors)
@@ -223,7 +223,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_finite_vectors(core, tin
     before = host_fingerprint(m)
     with torch.inference_mode():
         two_steps = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=2)).embedding
-    real_mse = core.training.diffusion_mse
+    real_mse = core.loss.diffusion_mse
     calls = {"n": 0}
 
     def mse_nan_at_third_step(*args, **kwargs):
@@ -231,7 +231,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_finite_vectors(core, tin
         value = real_mse(*args, **kwargs)
         return value * float("nan") if calls["n"] == 3 else value
 
-    monkeypatch.setattr(core.training, "diffusion_mse", mse_nan_at_third_step)
+    monkeypatch.setattr(core.loss, "diffusion_mse", mse_nan_at_third_step)
     with torch.inference_mode(), pytest.raises(core.errors.TrainingDivergedError, match=r"step 3/5.*NaN") as info:
         core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5))
     assert info.value.step == 2
@@ -267,10 +267,10 @@ def test_masked_loss_ignores_the_background(core):
     assert core.loss.diffusion_mse(pred_a, goal) != core.loss.diffusion_mse(pred_b, goal)
     masks = torch.zeros(2, 64, 64)
     masks[:, 16:48, 16:48] = 1
-    w = core.training.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.25)
+    w = core.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.25)
     assert w.shape == (4, 1, 8, 8)
     assert float(w[0, 0, 4, 4]) == 1.0 and float(w[0, 0, 0, 0]) == 0.25
-    assert core.training.prepare_masks(masks, 2, 64, (8, 8), background_weight=1.0) is None
+    assert core.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=1.0) is None
 
 
 @pytest.mark.parametrize(
@@ -319,8 +319,8 @@ def test_bad_images_are_refused_before_any_work(core, tiny, images, match):
 
 
 def test_grayscale_rgba_and_odd_sizes_are_accepted(core):
-    gray = core.training.prepare_pixels(torch.rand(1, 40, 100, 1), 64)
-    rgba = core.training.prepare_pixels(torch.rand(2, 90, 50, 4), 64)
+    gray = core.run_setup.prepare_pixels(torch.rand(1, 40, 100, 1), 64)
+    rgba = core.run_setup.prepare_pixels(torch.rand(2, 90, 50, 4), 64)
     assert gray.shape == (1, 64, 64, 3) and rgba.shape == (2, 64, 64, 3)
     assert torch.equal(gray[..., 0], gray[..., 2])
 
@@ -402,7 +402,7 @@ def test_captions_are_the_reference_templates_drawn_uniformly(core, tiny):
 
     m = tiny("sd1")
     with torch.inference_mode():
-        run = core.training.prepare_run(m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), settings(core))
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), settings(core))
     assert len(run.layouts) == 81
     tokenizer: CLIPTokenizer = m.clip.tokenizer.clip_l.tokenizer
     for caption, layout in zip(captions, run.layouts, strict=True):

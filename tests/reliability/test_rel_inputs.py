@@ -49,17 +49,17 @@ def test_non_square_extremes_are_centre_cropped_as_documented(core):
     """A 8x4096 strip is the smallest legal extreme: its centre square is used, resized to the resolution."""
     strip = torch.zeros(1, 8, 4096, 3)
     strip[:, :, 2044:2052] = 1.0  # only the centre 8x8 square is white
-    out = core.training.prepare_pixels(strip, 64)
+    out = core.run_setup.prepare_pixels(strip, 64)
     assert out.shape == (1, 64, 64, 3)
     assert float(out.min()) > 0.99  # nothing of the black sides leaked in
     tall = torch.rand(2, 4096, 100, 4)
-    assert core.training.prepare_pixels(tall, 64).shape == (2, 64, 64, 3)
+    assert core.run_setup.prepare_pixels(tall, 64).shape == (2, 64, 64, 3)
 
 
 def test_values_a_hair_outside_0_1_are_clamped_not_refused(core):
     images = torch.rand(1, 64, 64, 3)
     images[0, 0, 0] = torch.tensor([1.0005, -0.0005, 0.5])
-    out = core.training.prepare_pixels(images, 64)
+    out = core.run_setup.prepare_pixels(images, 64)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
@@ -70,7 +70,7 @@ def test_values_a_hair_outside_0_1_are_clamped_not_refused(core):
 ])
 def test_bad_masks_are_refused_naming_the_input(core, masks, match):
     with pytest.raises(core.errors.InvalidInputError, match=match):
-        core.training.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.5)
+        core.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
