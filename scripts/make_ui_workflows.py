@@ -246,12 +246,20 @@ def _output_slots(class_type: str, wanted: str) -> list[int]:
     return [i for i, t in enumerate(node_info(class_type)["output"]) if _plain(t) == wanted]
 
 
+def _pack_presets() -> dict[str, Any]:
+    """cross_init_core.settings.PRESETS, imported from this repository (no ComfyUI needed for that)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.append(str(REPO_ROOT))  # last: the repository root also holds folders named like host modules (nodes)
+    from cross_init_core.settings import PRESETS
+
+    return PRESETS
+
+
 # The trainer's steps/batch/lr widgets show the chosen preset's values (used as is once mode is `custom`),
-# so a `fast` workflow never displays the full schedule's numbers. Mirrors cross_init_core.settings.PRESETS;
-# tests/test_workflows.py checks the two agree.
+# so a `fast` workflow never displays the full schedule's numbers.
 PRESET_WIDGETS = {
-    "fast": {"steps": 25, "batch_size": 8, "learning_rate": 0.02},
-    "full": {"steps": 320, "batch_size": 8, "learning_rate": 0.005},
+    mode: {"steps": preset.steps, "batch_size": preset.batch_size, "learning_rate": preset.learning_rate}
+    for mode, preset in _pack_presets().items()
 }
 
 
