@@ -20,6 +20,7 @@ except ImportError as exc:  # older hosts lack the V3 node API this pack uses
 
 from .cross_init_core import __version__  # noqa: E402
 from .cross_init_core.face import register_insightface_folder  # noqa: E402
+from .cross_init_core.scoring import register_clip_scoring_folder  # noqa: E402
 from .nodes import NODE_CLASSES  # noqa: E402
 
 
@@ -30,6 +31,8 @@ class CrossInitExtension(ComfyExtension):
 
 # `insightface` models folder key, so extra_model_paths.yaml can point it elsewhere
 register_insightface_folder()
+# `clip_scoring` models folder key: full CLIP models for the prompt score
+register_clip_scoring_folder()
 
 
 async def comfy_entrypoint() -> CrossInitExtension:

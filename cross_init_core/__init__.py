@@ -25,6 +25,7 @@ SUBMODULES = (
     "personalized_encode",
     "preview",
     "prompt_tokens",
+    "scoring",
     "settings",
     "templates",
     "training",

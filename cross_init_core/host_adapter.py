@@ -147,7 +147,13 @@ def static_models(model: Any, clip: Any) -> tuple[Any, Any]:
             log.info("Cross-Init: training on a non-streaming copy of the MODEL (dynamic VRAM is on)")
         if _is_dynamic(getattr(clip, "patcher", None)):
             clip = clip.clone(disable_dynamic=True)
+            # ComfyUI 0.33's CLIP.clone(disable_dynamic=True) gives a patcher around a reloaded text encoder but
+            # keeps the original (streaming) cond_stage_model: train the module the new patcher loads
+            if clip.patcher.model is not clip.cond_stage_model:
+                clip.cond_stage_model = clip.patcher.model
             log.info("Cross-Init: training on a non-streaming copy of the CLIP (dynamic VRAM is on)")
+        if _is_dynamic(model) or _is_dynamic(getattr(clip, "patcher", None)):
+            raise RuntimeError("the copies the host gave still stream their weights")
     except (AttributeError, RuntimeError, TypeError) as exc:
         raise UnsupportedModelError(
             "model: this ComfyUI streams model weights (dynamic VRAM) and gave no static copy to train on "
@@ -450,6 +456,13 @@ def free_device_bytes(device: torch.device) -> int | None:
     if device.type in ("cpu", "mps"):
         return None
     return int(mm.get_free_memory(device))
+
+
+def evaluation_devices() -> tuple[torch.device, torch.device]:
+    """(compute, offload) devices for the models the pack loads itself for scoring (the CLIP prompt score)."""
+    import comfy.model_management as mm
+
+    return mm.get_torch_device(), mm.unet_offload_device()
 
 
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:

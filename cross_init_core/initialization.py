@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from . import host_adapter
+from . import names as name_lists
 from .embedding import CrossInitEmbedding
 from .errors import InvalidInputError
 from .host_adapter import EncoderSlot
@@ -88,12 +89,16 @@ def cross_encode(clip: Any, slots: Sequence[EncoderSlot], means: dict[str, torch
 
 
 def cross_initialize(clip: Any, num_tokens: int = 2, names: Sequence[str] = (), source: str = "names") -> CrossInitEmbedding:
-    """Initial embedding for `clip`: one [num_tokens, width] tensor per text encoder."""
+    """Initial embedding for `clip`: one [num_tokens, width] tensor per text encoder.
+
+    `names` are averaged as given, repeats included; the metadata records whether they are one of the
+    shipped lists (`init_names`).
+    """
     _validate_num_tokens(num_tokens)
     if source not in ("names", "words"):
         raise InvalidInputError(f"source: got {source!r}; use 'names' or 'words'.")
     if not names:
-        raise InvalidInputError("names: the list is empty. Leave the field empty for the built-in list, or write names.")
+        raise InvalidInputError("names: the list is empty. Leave the field empty for the list chosen in name_list, or write names.")
     slots = host_adapter.encoder_slots(clip)
     with torch.inference_mode(False), torch.no_grad():
         means = {slot.key: source_means(clip, slot, names, num_tokens, source) for slot in slots}
@@ -103,5 +108,10 @@ def cross_initialize(clip: Any, num_tokens: int = 2, names: Sequence[str] = (), 
             raise InvalidInputError(f"clip: the text encoder produced non-finite values for {key}; the checkpoint may be broken.")
         log.info("Cross Initialization %s: %d tokens from %d %s, norms %s", key, num_tokens, len(names), source,
                  [round(float(x), 2) for x in v.norm(dim=1)])
-    metadata = {"init_source": source, "init_count": str(len(names)), "num_tokens": str(num_tokens)}
+    metadata = {
+        "init_source": source,
+        "init_names": name_lists.list_label(names),
+        "init_count": str(len(names)),
+        "num_tokens": str(num_tokens),
+    }
     return CrossInitEmbedding(vectors=vectors, init_vectors={k: v.clone() for k, v in vectors.items()}, metadata=metadata)

@@ -1,33 +1,28 @@
-"""Caption templates for training (ImageNet-style photo templates around 'a face of {} person')."""
+"""Training captions: the reference's 81 templates (data/caption_templates.txt, MIT, see data/README.md).
+
+Each template's `{}` is filled with `face of {} person`; the inner `{}` is where the learned tokens go.
+Repeated templates are kept, so a uniform draw over the tuple weighs them as the reference does.
+"""
 
 from __future__ import annotations
 
-PHOTO_TEMPLATES: tuple[str, ...] = (
-    "a photo of a face of {} person",
-    "a rendering of a face of {} person",
-    "a cropped photo of the face of {} person",
-    "the photo of a face of {} person",
-    "a photo of a clean face of {} person",
-    "a photo of a dirty face of {} person",
-    "a dark photo of the face of {} person",
-    "a photo of my face of {} person",
-    "a photo of the cool face of {} person",
-    "a close-up photo of a face of {} person",
-    "a bright photo of the face of {} person",
-    "a cropped photo of a face of {} person",
-    "a photo of the face of {} person",
-    "a good photo of the face of {} person",
-    "a photo of one face of {} person",
-    "a close-up photo of the face of {} person",
-    "a rendition of the face of {} person",
-    "a photo of the clean face of {} person",
-    "a rendition of a face of {} person",
-    "a photo of a nice face of {} person",
-    "a good photo of a face of {} person",
-    "a photo of the nice face of {} person",
-    "a photo of the small face of {} person",
-    "a photo of the weird face of {} person",
-    "a photo of the large face of {} person",
-    "a photo of a cool face of {} person",
-    "a photo of a small face of {} person",
-)
+from pathlib import Path
+
+TEMPLATES_FILE = Path(__file__).resolve().parent / "data" / "caption_templates.txt"
+SUBJECT = "face of {} person"
+
+
+def read_caption_templates(path: Path = TEMPLATES_FILE) -> tuple[str, ...]:
+    """One template per non-blank line, each with exactly one `{}`, filled with SUBJECT."""
+    templates = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.count("{}") != 1:
+            raise ValueError(f"{path}:{number}: a caption template needs exactly one '{{}}', got {line!r}")
+        templates.append(line.replace("{}", SUBJECT))
+    return tuple(templates)
+
+
+CAPTION_TEMPLATES: tuple[str, ...] = read_caption_templates()

@@ -30,7 +30,7 @@ from .errors import CrossInitError, InvalidInputError, TrainingDivergedError
 from .loss import diffusion_mse, prediction_from_denoised, regularizer, target
 from .prompt_tokens import PromptLayout, layout_prompt
 from .settings import LossSettings, MemoryPlan, MemorySettings, TrainingSettings, plan_memory
-from .templates import PHOTO_TEMPLATES
+from .templates import CAPTION_TEMPLATES
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,9 @@ def base_model_kind(slots: list[host_adapter.EncoderSlot], prediction: str) -> s
 
 
 def _caption_layouts(clip: Any, slots: list[host_adapter.EncoderSlot], num_tokens: int) -> list[PromptLayout]:
-    return [layout_prompt(clip, slots, template, PLACEHOLDER, num_tokens) for template in PHOTO_TEMPLATES]
+    """One layout per caption template, repeats included (the draw is uniform over all of them)."""
+    distinct = {text: layout_prompt(clip, slots, text, PLACEHOLDER, num_tokens) for text in dict.fromkeys(CAPTION_TEMPLATES)}
+    return [distinct[text] for text in CAPTION_TEMPLATES]
 
 
 @dataclass

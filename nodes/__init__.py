@@ -8,6 +8,7 @@ from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
 from .loss_settings import CrossInitLossSettings
+from .scores import CrossInitIdentityScore, CrossInitPromptScore
 from .text_encode import CrossInitCLIPTextEncode
 from .trainer import CrossInitTrainer
 
@@ -19,4 +20,6 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     CrossInitCLIPTextEncode,
     CrossInitSaveEmbedding,
     CrossInitLoadEmbedding,
+    CrossInitIdentityScore,
+    CrossInitPromptScore,
 ]

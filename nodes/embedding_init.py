@@ -23,16 +23,24 @@ class CrossInitEmbeddingInit(io.ComfyNode):
                 io.Int.Input("num_tokens", default=2, min=1, max=initialization.MAX_TOKENS,
                              tooltip="How many new tokens stand for the face (1-16; the method uses 2)."),
                 io.String.Input("names", multiline=True, default="",
-                                tooltip="One name per line to average. Empty = the built-in list of "
-                                        f"{len(name_lists.builtin_names())} well-known people (recommended)."),
+                                tooltip="One name per line to average (duplicates count twice). Empty = the list "
+                                        "chosen in name_list (recommended). Names written here take precedence."),
                 io.Combo.Input("source", options=["names", "words"], default="names",
                                tooltip="names: column-wise mean of each name's BPE tokens (the method). words: the "
                                        "text's first tokens, e.g. 'woman face', also passed through the encoder."),
+                # optional, so API prompts saved before this input existed still run (with the default)
+                io.Combo.Input("name_list", options=list(name_lists.NAME_LIST_FILES), default=name_lists.DEFAULT_NAME_LIST,
+                               optional=True,
+                               tooltip="Used when names is empty. reference: the paper's list "
+                                       f"({len(name_lists.builtin_names('reference'))} lines as its training script "
+                                       "reads them, repeats kept), which gives the paper's start vectors. pack: this "
+                                       f"pack's own list of {len(name_lists.builtin_names('pack'))} well-known people."),
             ],
             outputs=[Embedding.Output(display_name="embedding", tooltip="Start vectors (per text encoder) for the trainer.")],
         )
 
     @classmethod
-    def execute(cls, clip, num_tokens: int, names: str, source: str = "names") -> io.NodeOutput:  # type: ignore[override]
-        lines = name_lists.names_from_input(names)
+    def execute(cls, clip, num_tokens: int, names: str, source: str = "names",  # type: ignore[override]
+                name_list: str = name_lists.DEFAULT_NAME_LIST) -> io.NodeOutput:
+        lines = name_lists.names_from_input(names, name_list)
         return io.NodeOutput(initialization.cross_initialize(clip, num_tokens, lines, source))

@@ -223,7 +223,7 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
         images = [prep, image_outs[0]]
         masks = [prep, mask_outs[0]] if mask_outs else None
         prep_preview = [prep, image_outs[1]] if len(image_outs) > 1 else None
-    init = g.add("CrossInitEmbeddingInit", {"clip": clip, "num_tokens": 2, "names": "", "source": "names"})
+    init = g.add("CrossInitEmbeddingInit", {"clip": clip, "num_tokens": 2, "names": "", "source": "names", "name_list": "reference"})
     loss = g.add("CrossInitLossSettings", {"reg_weight": 1e-05, "background_weight": 1.0})
     trainer_inputs: dict[str, Any] = {
         "model": model, "clip": clip, "vae": vae, "images": images, "embedding": [init, 0], "loss": [loss, 0],

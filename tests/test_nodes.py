@@ -13,6 +13,8 @@ PACK_NODES = {
     "CrossInitCLIPTextEncode",
     "CrossInitSaveEmbedding",
     "CrossInitLoadEmbedding",
+    "CrossInitIdentityScore",
+    "CrossInitPromptScore",
 }
 
 

@@ -56,8 +56,8 @@ def run_child(blocked: list[str]) -> dict:
 
 
 ALL_NODES = [
-    "CrossInitCLIPTextEncode", "CrossInitEmbeddingInit", "CrossInitFacePrep", "CrossInitLoadEmbedding",
-    "CrossInitLossSettings", "CrossInitSaveEmbedding", "CrossInitTrainer",
+    "CrossInitCLIPTextEncode", "CrossInitEmbeddingInit", "CrossInitFacePrep", "CrossInitIdentityScore", "CrossInitLoadEmbedding",
+    "CrossInitLossSettings", "CrossInitPromptScore", "CrossInitSaveEmbedding", "CrossInitTrainer",
 ]
 
 

@@ -385,3 +385,45 @@ def test_console_progress_shows_steps_and_loss(core, tiny, capsys):
     err = capsys.readouterr().err
     assert "Cross-Init training" in err and "3/3" in err
     assert f"loss={result.losses[-1]:.4f}" in err
+
+
+def test_captions_are_the_reference_templates_drawn_uniformly(core, tiny):
+    """81 reference templates (repeats kept) filled with 'face of {} person'; the seeded draw is uniform over all 81."""
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+
+    raw = (Path(__file__).resolve().parents[1] / "cross_init_core" / "data" / "caption_templates.txt").read_text(encoding="utf-8")
+    templates = raw.splitlines()
+    assert len(templates) == 81 and len(set(templates)) == 57
+    captions = [t.replace("{}", "face of {} person") for t in templates]
+    assert captions[0] == "a photo of a face of {} person" and captions[-1] == "a depiction of a small face of {} person"
+    assert core.templates.CAPTION_TEMPLATES == tuple(captions)
+
+    m = tiny("sd1")
+    with torch.inference_mode():
+        run = core.training.prepare_run(m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), settings(core))
+    assert len(run.layouts) == 81
+    tokenizer: CLIPTokenizer = m.clip.tokenizer.clip_l.tokenizer
+    for caption, layout in zip(captions, run.layouts, strict=True):
+        before, after = caption.split("{}")
+        prefix = tokenizer(before)["input_ids"][:-1]  # BOS + the words before the tokens
+        rest = tokenizer(after)["input_ids"][1:]  # the words after them + EOS
+        chunk = layout.tokens["l"][0]
+        # the learned tokens sit right where the caption's inner {} is, and the words around them are the caption's
+        assert layout.positions["l"] == [(0, len(prefix), 0), (0, len(prefix) + 1, 1)]
+        assert [t for t, _w in chunk[: len(prefix)]] == prefix
+        assert [t for t, _w in chunk[len(prefix) + 2 : len(prefix) + 2 + len(rest)]] == rest
+
+    sampler = run.sampler()
+    rounds = 200
+    drawn = torch.tensor([i for _ in range(rounds) for i in sampler.draw(81).templates])
+    counts = torch.bincount(drawn, minlength=81).double()
+    assert counts.shape == (81,) and counts.min() > 0
+    chi_square = float(((counts - rounds) ** 2 / rounds).sum())
+    assert chi_square < 124.84  # 0.1% critical value of chi-square with 80 degrees of freedom
+    # and repeated templates weigh more, as in the reference: 'a rendering of a' is 3 of the 81
+    rendering = [i for i, c in enumerate(captions) if c == "a rendering of a face of {} person"]
+    assert len(rendering) == 3
+    share = float(counts[rendering].sum()) / (rounds * 81)
+    assert abs(share - 3 / 81) < 0.01

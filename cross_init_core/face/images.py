@@ -26,9 +26,10 @@ def _where(input_name: str, index: int, count: int, height: int, width: int) -> 
     return f"input `{input_name}`, image index {index} (of {count}, {width}x{height} px)"
 
 
-def split_batch(image: torch.Tensor | Sequence[torch.Tensor], input_name: str = "image") -> list[np.ndarray]:
+def split_batch(image: torch.Tensor | Sequence[torch.Tensor], input_name: str = "image", min_side: int = MIN_SIDE) -> list[np.ndarray]:
     """One float32 HxWx3 RGB array in [0, 1] per photo of an IMAGE batch, or of a list of batches (a
-    list input lets photos of different sizes in); indexes count across the whole list."""
+    list input lets photos of different sizes in); indexes count across the whole list. `min_side` is for
+    callers that need no face detection (the CLIP prompt score)."""
     batches = list(image) if isinstance(image, (list, tuple)) else [image]
     checked = [_as_batch(b, input_name) for b in batches]
     count = sum(int(b.shape[0]) for b in checked)
@@ -37,7 +38,7 @@ def split_batch(image: torch.Tensor | Sequence[torch.Tensor], input_name: str = 
     photos = []
     for batch in checked:
         for i in range(int(batch.shape[0])):
-            photos.append(_convert_one(batch[i], input_name, len(photos), count))
+            photos.append(_convert_one(batch[i], input_name, len(photos), count, min_side))
     return photos
 
 
@@ -54,16 +55,16 @@ def _as_batch(image: object, input_name: str) -> torch.Tensor:
     return image
 
 
-def _convert_one(pixels: torch.Tensor, input_name: str, index: int, count: int) -> np.ndarray:
+def _convert_one(pixels: torch.Tensor, input_name: str, index: int, count: int, min_side: int = MIN_SIDE) -> np.ndarray:
     height, width, channels = (int(v) for v in pixels.shape)
     where = _where(input_name, index, count, height, width)
     if channels not in (1, 2, 3, 4):
         raise InvalidImageError(f"{where} has {channels} channels; expected 3 (RGB), 4 (RGBA) or 1 (grayscale).")
-    if min(height, width) < MIN_SIDE:
-        raise InvalidImageError(
-            f"{where} is too small: each side must be at least {MIN_SIDE} px to find and align a face. "
-            "Use a larger photo (ideally the face itself is 256 px or more)."
-        )
+    if min(height, width) < min_side:
+        need = "to find and align a face. Use a larger photo (ideally the face itself is 256 px or more)."
+        if min_side < MIN_SIDE:
+            need = "here."
+        raise InvalidImageError(f"{where} is too small: each side must be at least {min_side} px {need}")
     array = pixels.detach().to("cpu", torch.float32).numpy()
     finite = np.isfinite(array)
     if not finite.all():

@@ -16,6 +16,8 @@ FOLDER_KEY = "insightface"
 MODEL_PACKS = ("antelopev2", "buffalo_l")
 # The detector of each pack: the only file face preparation loads.
 DETECTOR_FILES = {"antelopev2": "scrfd_10g_bnkps.onnx", "buffalo_l": "det_10g.onnx"}
+# The ArcFace recognizer of each pack (512-d embeddings): what the identity score loads.
+RECOGNIZER_FILES = {"antelopev2": "glintr100.onnx", "buffalo_l": "w600k_r50.onnx"}
 
 
 def register_insightface_folder() -> list[str]:

@@ -1,0 +1,111 @@
+"""insightface ArcFace (512-d, cosine): the identity number face-personalization papers report.
+
+Uses the model pack Face Prep already finds (ComfyUI/models/insightface/models/<pack>/): the pack's
+SCRFD detector for the box and 5 landmarks, insightface's own `norm_crop` to the 112 px ArcFace
+template, and the pack's recognizer loaded through insightface's model zoo.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..face.detection import FaceDetector, select_face
+from ..face.errors import MissingDependencyError, ModelFilesError
+from ..face.images import to_uint8
+from ..face.insightface_backend import InsightFaceDetector, available_providers, insightface_importable
+from ..face.model_folders import MODEL_PACKS, RECOGNIZER_FILES, insightface_roots, search_model_pack
+from ..face.prepare import find_faces
+from .metrics import FoundFace, Metric
+
+logger = logging.getLogger(__name__)
+
+# insightface's own verification example calls cosine >= 0.28 "the same person" (0.2-0.28 "likely",
+# below 0.2 "not the same"); clustering in its album tool uses the same 0.28.
+ARCFACE_METRIC = Metric(name="cosine", higher_is_better=True, threshold=0.28)
+INSTALL_HINT = "python -m pip install insightface onnxruntime"
+
+_embedders: dict[str, ArcFaceEmbedder] = {}
+
+
+def load_recognizer(path: Path, providers: list[str]) -> Any:
+    """An insightface ArcFaceONNX for `path`, routed by insightface's model zoo as it routes pack files."""
+    try:
+        from insightface.model_zoo import get_model
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"The insightface identity backend needs insightface ({exc}). Install it with: {INSTALL_HINT}"
+        ) from exc
+    try:
+        model = get_model(str(path), providers=providers)
+    except Exception as exc:  # onnx/onnxruntime raise many types for bad files
+        raise ModelFilesError(
+            f"insightface could not load the face recognizer {path} ({type(exc).__name__}: {exc}); "
+            "re-download the pack if the file is truncated."
+        ) from exc
+    if getattr(model, "taskname", None) != "recognition":
+        raise ModelFilesError(
+            f"{path} is not a face recognizer (insightface routed it as {type(model).__name__}); the identity score needs the "
+            f"pack's ArcFace model ({', '.join(RECOGNIZER_FILES.values())})."
+        )
+    return model
+
+
+class ArcFaceEmbedder:
+    backend = "insightface"
+    metric = ARCFACE_METRIC
+
+    def __init__(self, detector: FaceDetector, recognizer: Any, model: str) -> None:
+        self.detector = detector
+        self.recognizer = recognizer
+        self.model = model
+
+    def largest_face(self, rgb: np.ndarray) -> FoundFace | None:
+        from insightface.utils.face_align import norm_crop
+
+        faces = find_faces(self.detector, rgb)
+        if not faces:
+            return None
+        face = select_face(faces, "largest", rgb.shape[1], rgb.shape[0])
+        bgr = np.ascontiguousarray(to_uint8(rgb)[..., ::-1])  # insightface works in OpenCV's BGR order
+        crop = norm_crop(bgr, landmark=np.asarray(face.landmarks, dtype=np.float32), image_size=int(self.recognizer.input_size[0]))
+        embedding = np.asarray(self.recognizer.get_feat(crop), dtype=np.float64).ravel()
+        return FoundFace(box=face.box, embedding=embedding)
+
+
+def _providers() -> list[str]:
+    # Scoring a few images is quick on CPU; use CUDA only when this onnxruntime offers it.
+    cuda = "CUDAExecutionProvider"
+    return [cuda, "CPUExecutionProvider"] if cuda in available_providers() else ["CPUExecutionProvider"]
+
+
+def insightface_embedder(roots: list[Path] | None = None) -> ArcFaceEmbedder:
+    """The ArcFace embedder of the first complete model pack (antelopev2, then buffalo_l); raises an
+    error saying what to install or where to put the files when none can run."""
+    if not insightface_importable():
+        raise MissingDependencyError(f"the insightface package is not installed (install it with: {INSTALL_HINT})")
+    roots = insightface_roots() if roots is None else roots
+    problems = []
+    for pack in MODEL_PACKS:
+        search = search_model_pack(pack, roots)
+        if search.model_dir is None:
+            problems.append(search.problem or f"no {pack} files")
+            continue
+        recognizer_path = search.model_dir / RECOGNIZER_FILES[pack]
+        if not recognizer_path.is_file():
+            problems.append(
+                f"{search.model_dir} has no {RECOGNIZER_FILES[pack]} (the pack's face recognizer); re-download the complete {pack} pack"
+            )
+            continue
+        key = str(recognizer_path)
+        if key not in _embedders:
+            providers = _providers()
+            detector = InsightFaceDetector(search.model_dir, search.model_dir.parent.parent, providers)
+            recognizer = load_recognizer(recognizer_path, providers)
+            _embedders[key] = ArcFaceEmbedder(detector, recognizer, f"{pack}/{RECOGNIZER_FILES[pack]}")
+            logger.info("Identity score: insightface ArcFace %s from %s", RECOGNIZER_FILES[pack], search.model_dir)
+        return _embedders[key]
+    raise ModelFilesError("No usable insightface model pack for the identity score. " + " ".join(problems))

@@ -1,0 +1,182 @@
+"""Identity score: does each generated image show the person of the reference photos?
+
+For every generated image the largest face is embedded and compared with the largest face of every
+reference photo; the image's score is the average of those pairwise scores, and `mean` averages the
+images that have a face. Images without a face are counted (`faces_found`) and left out of the mean;
+when no generated image has a face, `mean` is NaN (null in the JSON report). A reference photo without
+a face is an error naming its index. Each backend reports only its own metric and threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CrossInitError
+from ..face.cvlib import require_cv2
+from ..face.errors import FacePrepError, MissingDependencyError
+from ..face.images import split_batch, to_uint8
+from .arcface_backend import insightface_embedder
+from .dlib_backend import INSTALL_HINT as DLIB_INSTALL_HINT
+from .dlib_backend import dlib_embedder
+from .metrics import FaceEmbedder, FoundFace
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "insightface", "dlib")
+TILE = 256  # side of one generated image in the annotated grid
+CAPTION_HEIGHT = 46  # two caption lines
+MATCH = (0, 200, 0)
+NO_MATCH = (255, 140, 0)
+NO_FACE = (230, 0, 0)
+
+
+class NoReferenceFaceError(CrossInitError):
+    """A reference photo shows no face the backend can find."""
+
+
+@dataclass(frozen=True)
+class IdentityResult:
+    mean: float  # NaN when no generated image has a face
+    report: dict[str, Any]
+    annotated: torch.Tensor  # [1, H, W, 3]
+
+    def report_json(self) -> str:
+        return json.dumps(self.report, indent=2)
+
+
+def choose_embedder(backend: str, insightface_roots: list[Path] | None = None) -> FaceEmbedder:
+    """The embedder for the `backend` option. auto: insightface when its package and a complete model
+    pack are usable, else dlib, else an error saying what to install."""
+    if backend not in BACKENDS:
+        raise CrossInitError(f"Input `backend` is {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if backend == "insightface":
+        try:
+            return insightface_embedder(insightface_roots)
+        except FacePrepError as exc:
+            raise type(exc)(f"backend is `insightface` but it cannot run: {exc} Or choose backend `dlib`.") from exc
+    if backend == "dlib":
+        return dlib_embedder()
+    try:
+        return insightface_embedder(insightface_roots)
+    except FacePrepError as insightface_problem:
+        try:
+            embedder = dlib_embedder()
+        except FacePrepError as dlib_problem:
+            raise MissingDependencyError(
+                "No face recognition backend is available for the identity score. For the numbers papers report, install "
+                f"insightface with a model pack ({insightface_problem}). For a quick check without model downloads, install "
+                f"dlib's: {DLIB_INSTALL_HINT} ({dlib_problem})."
+            ) from dlib_problem
+        logger.info("Identity score: insightface unusable (%s); using dlib", insightface_problem)
+        return embedder
+
+
+def score_identity(
+    reference: torch.Tensor | Sequence[torch.Tensor],
+    images: torch.Tensor | Sequence[torch.Tensor],
+    backend: str = "auto",
+    embedder: FaceEmbedder | None = None,
+) -> IdentityResult:
+    """Scores `images` (generated) against `reference` (photos of the person)."""
+    reference_photos = split_batch(reference, "reference")
+    generated = split_batch(images, "images")
+    embedder = choose_embedder(backend) if embedder is None else embedder
+    metric = embedder.metric
+
+    references: list[np.ndarray] = []
+    for index, photo in enumerate(reference_photos):
+        found = embedder.largest_face(photo)
+        if found is None:
+            raise NoReferenceFaceError(
+                f"Input `reference`, image index {index} (of {len(reference_photos)}): the {embedder.backend} backend finds no face "
+                "in it. Use a clear photo where the face is frontal and at least ~80 px wide (the Face Prep crops work well), "
+                "or remove that photo from the batch."
+            )
+        references.append(found.embedding)
+
+    entries: list[dict[str, Any]] = []
+    faces: list[FoundFace | None] = []
+    for index, photo in enumerate(generated):
+        found = embedder.largest_face(photo)
+        faces.append(found)
+        if found is None:
+            entries.append({"index": index, "face": False, "score": None, "match": None})
+            continue
+        # Several reference photos: the image's score is the average of its pairwise scores.
+        score = float(np.mean([metric.score(ref, found.embedding) for ref in references]))
+        entries.append({"index": index, "face": True, "score": score, "match": metric.matches(score)})
+
+    scores = [e["score"] for e in entries if e["face"]]
+    mean = float(np.mean(scores)) if scores else math.nan
+    if not scores:
+        logger.warning("Identity score: no face in any of the %d generated images; mean is NaN", len(generated))
+    report = {
+        "backend": embedder.backend,
+        "metric": metric.name,
+        "higher_is_better": metric.higher_is_better,
+        "threshold": metric.threshold,
+        "mean": None if math.isnan(mean) else mean,
+        "faces_found": len(scores),
+        "images": entries,
+    }
+    logger.info(
+        "Identity score (%s, %s %s): mean %s over %d of %d images with a face, %d reference photos",
+        embedder.backend,
+        embedder.model,
+        metric.name,
+        f"{mean:.4f}",
+        len(scores),
+        len(generated),
+        len(references),
+    )
+    caption = (
+        f"{embedder.backend} {metric.name} ({'higher' if metric.higher_is_better else 'lower'} is better), threshold {metric.threshold:g}",
+        f"mean {mean:.3f}, faces {len(scores)}/{len(generated)}, references {len(references)}",
+    )
+    return IdentityResult(mean=mean, report=report, annotated=draw_grid(generated, faces, entries, caption))
+
+
+def _tile(rgb: np.ndarray, found: FoundFace | None, entry: dict[str, Any]) -> np.ndarray:
+    cv2 = require_cv2()
+    height, width = rgb.shape[:2]
+    scale = TILE / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    canvas = np.zeros((TILE, TILE, 3), dtype=np.uint8)
+    ox, oy = (TILE - new_w) // 2, (TILE - new_h) // 2
+    canvas[oy : oy + new_h, ox : ox + new_w] = cv2.resize(to_uint8(rgb), (new_w, new_h), interpolation=cv2.INTER_AREA)
+    if found is None:
+        cv2.rectangle(canvas, (ox, oy), (ox + new_w - 1, oy + new_h - 1), NO_FACE, 5)
+        label, color = f"#{entry['index']} no face", NO_FACE
+    else:
+        color = MATCH if entry["match"] else NO_MATCH
+        x0, y0, x1, y1 = (round(v * scale) for v in found.box)
+        cv2.rectangle(canvas, (x0 + ox, y0 + oy), (x1 + ox, y1 + oy), color, 2)
+        label = f"#{entry['index']} {entry['score']:.3f}"
+    cv2.rectangle(canvas, (0, 0), (len(label) * 11 + 10, 24), (0, 0, 0), -1)
+    cv2.putText(canvas, label, (5, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, color, 1, cv2.LINE_AA)
+    return canvas
+
+
+def draw_grid(
+    generated: list[np.ndarray], faces: list[FoundFace | None], entries: list[dict[str, Any]], caption: tuple[str, str]
+) -> torch.Tensor:
+    """The generated images as TILE px tiles (face box and score, red frame when no face) under a caption line."""
+    cv2 = require_cv2()
+    columns = math.ceil(math.sqrt(len(generated)))
+    rows = math.ceil(len(generated) / columns)
+    sheet = np.zeros((CAPTION_HEIGHT + rows * TILE, max(columns * TILE, 2 * TILE), 3), dtype=np.uint8)
+    for line, text in enumerate(caption):
+        cv2.putText(sheet, text, (6, 17 + 20 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    for i, (rgb, found, entry) in enumerate(zip(generated, faces, entries, strict=True)):
+        top, left = CAPTION_HEIGHT + (i // columns) * TILE, (i % columns) * TILE
+        sheet[top : top + TILE, left : left + TILE] = _tile(rgb, found, entry)
+    return torch.from_numpy(sheet.astype(np.float32) / 255.0)[None]
