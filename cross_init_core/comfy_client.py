@@ -169,9 +169,7 @@ class ComfyClient:
         """
         started = time.perf_counter()
         try:
-            ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=20.0,
-                                               timeout=aiohttp.ClientWSTimeout(ws_close=10.0),
-                                               max_msg_size=0)
+            ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=20.0, max_msg_size=0)
         except (*_NETWORK_ERRORS, aiohttp.WSServerHandshakeError) as exc:
             raise ServerGone(f"{self.url}: websocket failed ({type(exc).__name__}: {exc})") from exc
         try:
@@ -181,7 +179,14 @@ class ComfyClient:
             await self._follow(ws, prompt_id, on_progress)
         finally:
             await ws.close()
+        # the server announces success before it files the run in its history: wait for the entry
+        deadline = time.monotonic() + 60.0
         entry = await self.history(prompt_id)
+        while not entry and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            entry = await self.history(prompt_id)
+        if not entry:
+            raise ServerGone(f"{self.url}: the finished prompt {prompt_id} did not appear in /history")
         return RunOutcome(prompt_id, entry.get("outputs", {}), time.perf_counter() - started)
 
     async def _follow(self, ws: aiohttp.ClientWebSocketResponse, prompt_id: str, on_progress: ProgressCallback | None) -> None:

@@ -179,7 +179,6 @@ async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMa
     """Runs every job on the servers; sets each job's status, message, path, server, seconds, loss, steps."""
     queue = _Queue(jobs, servers, pending=list(jobs))
     numbers = {job.name: i for i, job in enumerate(jobs, start=1)}
-    running: dict[str, Server] = {}
 
     async def worker(server: Server) -> None:
         while True:
@@ -190,10 +189,14 @@ async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMa
             attempt = queue.attempts[job.name] = queue.attempts.get(job.name, 0) + 1
             log.info("[%d/%d] %s: %d photo(s) on %s%s", numbers[job.name], len(jobs), job.name, len(job.images), server.label,
                      f" (attempt {attempt})" if attempt > 1 else "")
-            running[job.name] = server
             started = time.perf_counter()
             try:
-                await _run_one(server, job, make_prompt, out_dir, progress(job, server))
+                try:
+                    await _run_one(server, job, make_prompt, out_dir, progress(job, server))
+                except asyncio.CancelledError:
+                    if server.local is None:  # stopped (Ctrl-C): the remote server should not train on for nobody
+                        await server.client.interrupt()
+                    raise
                 job.seconds = time.perf_counter() - started
                 log.info("%s: saved %s (use it as embedding:%s) [%s, %.1f s]", job.name, job.path, job.name, server.label,
                          job.seconds)
@@ -207,7 +210,6 @@ async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMa
             except (PromptRejected, PromptFailed, ValueError, OSError) as exc:
                 _fail(job, server, started, str(exc))
             finally:
-                running.pop(job.name, None)
                 await queue.done(job, retry)
             if retry and not await _recovered(server, queue):
                 server.down = True
@@ -216,12 +218,7 @@ async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMa
                     queue.changed.notify_all()
                 return
 
-    try:
-        await asyncio.gather(*(worker(s) for s in servers if not s.down))
-    except asyncio.CancelledError:
-        # stopped (Ctrl-C): tell remote servers to stop the jobs this run queued there
-        await asyncio.gather(*(s.client.interrupt() for s in running.values() if s.local is None))
-        raise
+    await asyncio.gather(*(worker(s) for s in servers if not s.down))
     for job in queue.pending:
         job.status, job.message = "failed", "no server left to run it (every server stopped answering)"
         log.error("%s: failed: %s", job.name, job.message)

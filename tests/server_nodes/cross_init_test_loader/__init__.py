@@ -2,8 +2,9 @@
 
 Installed only into the custom_nodes folder of the ComfyUI servers that tests/comfy_servers.py starts, so the
 batch-runner tests can train over real servers in seconds on a CPU. It lists the checkpoints folders like
-the stock CheckpointLoaderSimple (the runner's checkpoint check sees the same names) and ignores the file's
-contents. The tests that need the stock loader use a real-architecture checkpoint instead.
+the stock CheckpointLoaderSimple (the runner's checkpoint check sees the same names); it accepts only
+empty placeholder files and fails on any other, which the tests use as a failure inside
+a node. The test that needs the stock loader uses a real-architecture checkpoint instead.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class CrossInitTestTinyCheckpointLoader:
     CATEGORY = "testing"
 
     def load(self, ckpt_name: str) -> tuple[Any, Any, Any]:
+        path = folder_paths.get_full_path("checkpoints", ckpt_name)
+        if path is not None and Path(path).stat().st_size > 0:
+            # a deterministic failure on the server's side: the runner must report it and not retry it
+            raise ValueError(f"ckpt_name: {ckpt_name} is not a checkpoint the test loader accepts (not an empty placeholder)")
         models = tiny_models.build("sd1")  # seeded: every server builds the same weights
         return models.model, models.clip, models.vae
 
