@@ -1,8 +1,9 @@
 """Headless batch runner: `python -m cross_init_core train ...` trains face embeddings from a terminal.
 
-It boots ComfyUI in-process, runs the shipped API workflow (workflows/api/cross_init_<mode>.json) through
-ComfyUI's own executor with the given photos, checkpoint and settings, and writes the embeddings where the
-Save node writes them (ComfyUI's first embeddings folder). See docs/batch_runner.md.
+It is a client of ComfyUI's HTTP API: it queues the shipped API workflow (workflows/api/cross_init_<mode>.json)
+with the given photos, checkpoint and settings on one or more ComfyUI servers (`--server`), or on a ComfyUI it
+starts itself on loopback for the run, and writes the trained files into --out (default: the local ComfyUI's
+embeddings folder). See docs/batch_runner.md.
 
 Output: progress bars and log messages go to stderr (a logging handler and the bar's own writes); the
 summary table goes to stdout, so `... > summary.txt` keeps just the table.
@@ -12,11 +13,12 @@ Exit codes: 0 all embeddings written, 1 some training failed, 2 bad arguments or
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import math
 import sys
-import time
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ class Job:
     seconds: float | None = None
     final_loss: float | None = None
     steps: int | None = None
+    server: str | None = None  # the server that trained it (or failed it last)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,21 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog=f"{PROG} train",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Train Cross-Init face embeddings without the ComfyUI editor: boots ComfyUI in-process, runs the\n"
-            "pack's shipped API workflow through ComfyUI's own executor, and saves NAME.safetensors in\n"
-            "ComfyUI's embeddings folder (models/embeddings), usable in any prompt as embedding:NAME."
+            "Train Cross-Init face embeddings without the ComfyUI editor: queues the pack's shipped API workflow\n"
+            "on ComfyUI servers over their HTTP API (--server; without it, a ComfyUI started on loopback for this\n"
+            "run) and saves NAME.safetensors into --out (default: ComfyUI's embeddings folder, models/embeddings),\n"
+            "usable in any prompt as embedding:NAME."
         ),
         epilog=(
             "examples:\n"
             f"  {PROG} train --checkpoint v1-5-pruned-emaonly.safetensors --images me1.jpg me2.jpg --name my_face\n"
             f"  {PROG} train --checkpoint sd15.safetensors --folder faces/ --mode full --skip-existing\n"
-            f"  {PROG} train --checkpoint /models/sd15.safetensors --images a.png --name anna --steps 50 --seed 7\n\n"
+            f"  {PROG} train --checkpoint /models/sd15.safetensors --images a.png --name anna --steps 50 --seed 7\n"
+            f"  {PROG} train --checkpoint sd15.safetensors --folder faces/ --server http://gpu1:8188 --server http://gpu2:8188\n\n"
             f"presets: fast = {fast.steps} steps, batch {fast.batch_size}, lr {fast.learning_rate}; "
             f"full = {full.steps} steps, batch {full.batch_size}, lr {full.learning_rate} (the paper).\n"
             "--steps/--batch-size/--learning-rate switch the trainer to mode `custom` with the preset's other values.\n\n"
             "output: progress and messages on stderr, the summary table on stdout.\n"
             "exit codes: 0 all embeddings written; 1 some training failed (the others were still trained);\n"
-            "            2 bad arguments or inputs (missing checkpoint or photo, bad or clashing name): nothing was run."
+            "            2 bad arguments or inputs (missing checkpoint or photo, bad or clashing name, a server that\n"
+            "            lacks the checkpoint or the pack): nothing was run; 130 stopped with Ctrl-C."
         ),
     )
     parser.add_argument("--version", action="version", version=f"Cross-Init {__version__}")
@@ -116,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "written as models/embeddings/NAME.safetensors, used as embedding:NAME.")
     what.add_argument("--checkpoint", required=False, metavar="FILE",
                       help="SD 1.x/2.x/SDXL checkpoint: a name in ComfyUI's checkpoints folders (as the Load Checkpoint node "
-                           "lists it, e.g. sd15/model.safetensors) or a path to a checkpoint file anywhere (its folder is "
-                           "added to the checkpoint search paths for this run only; nothing is copied). Required.")
+                           "lists it, e.g. sd15/model.safetensors; every --server must have it) or, for the local ComfyUI, a "
+                           "path to a checkpoint file anywhere (its folder is added to the checkpoint search paths for this "
+                           "run only; nothing is copied). Required.")
 
     train = parser.add_argument_group("training")
     train.add_argument("--mode", choices=PRESET_MODES, default="fast",
@@ -138,23 +145,33 @@ def build_parser() -> argparse.ArgumentParser:
     clash = out.add_mutually_exclusive_group()
     clash.add_argument("--overwrite", action="store_true", help="replace existing embedding files of the same name.")
     clash.add_argument("--skip-existing", action="store_true", help="do not train names whose file already exists (resume a batch).")
+    out.add_argument("--out", type=Path, metavar="DIR",
+                     help="folder the trained NAME.safetensors files are written to (default: the local ComfyUI's "
+                          "embeddings folder, models/embeddings; required with --server when no local ComfyUI is found).")
     out.add_argument("--samples", action="store_true",
                      help="also run the workflow's sample renders (KSampler -> SaveImage, files "
-                          "output/cross_init/NAME_*.png) and save the loss curve; default: train and save only.")
+                          "output/cross_init/NAME_*.png on the server that trained NAME) and save the loss curve; "
+                          "default: train and save only.")
     out.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the summary as JSON to FILE.")
     out.add_argument("--no-progress", action="store_true", help="no progress bar.")
     out.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's and the pack's log messages.")
     out.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary table.")
 
     host = parser.add_argument_group("ComfyUI")
+    host.add_argument("--server", action="append", metavar="URL|FILE",
+                      help="a running ComfyUI server to train on (http://host:port); repeat it for several, or give a file "
+                           "with one URL per line. Each server trains one person at a time. Without --server the runner "
+                           "starts the local ComfyUI on 127.0.0.1 for the run and stops it afterwards.")
     host.add_argument("--comfyui", type=Path, metavar="PATH",
-                      help="the ComfyUI folder to boot (default: the ComfyUI this pack is installed in, i.e. two folders up "
-                           "from the pack, else $COMFYUI_PATH).")
+                      help="the local ComfyUI folder to start (default: the ComfyUI this pack is installed in, i.e. two "
+                           "folders up from the pack, else $COMFYUI_PATH).")
     host.add_argument("--base-directory", type=Path, metavar="DIR",
-                      help="ComfyUI's --base-directory (models/, input/, output/, custom_nodes/ root); default: ComfyUI's own.")
+                      help="the local ComfyUI's --base-directory (models/, input/, output/, custom_nodes/ root); default: "
+                           "ComfyUI's own.")
     host.add_argument("--workflow", type=Path, metavar="FILE",
                       help="an API-format workflow to run instead of the shipped one (same node types; nodes are found by type).")
-    host.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available (the default without one).")
+    host.add_argument("--cpu", action="store_true", help="run the local ComfyUI on the CPU even when a GPU is available "
+                                                          "(the default without one).")
     return parser
 
 
@@ -179,7 +196,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--name is for --images; with --folder the names come from the sub-folders and files")
     if args.verbose and args.quiet:
         parser.error("--verbose and --quiet exclude each other")
+    if args.server and (args.comfyui or args.base_directory or args.cpu):
+        parser.error("--comfyui, --base-directory and --cpu are for the local ComfyUI; with --server the servers have their own")
     return args
+
+
+def server_urls(values: list[str]) -> list[str]:
+    """--server values: URLs, or files with one URL per line (blank lines and # comments ignored)."""
+    from .comfy_client import normalize_url
+
+    urls: list[str] = []
+    for value in values:
+        path = Path(value).expanduser()
+        if "://" not in value and path.is_file():
+            lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            found = [line for line in lines if line]
+            if not found:
+                raise UsageError(f"--server {value}: the file lists no URLs")
+            urls += [normalize_url(u) for u in found]
+        else:
+            urls.append(normalize_url(value))
+    duplicates = sorted({u for u in urls if urls.count(u) > 1})
+    if duplicates:
+        raise UsageError(f"--server: {', '.join(duplicates)} given twice (each server runs one job at a time)")
+    return urls
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +311,7 @@ def _logging_to(stream: TextIO, verbose: bool, quiet: bool) -> Iterator[None]:
     """This module's messages (and with --verbose everyone's) on `stream`, for the duration of one run."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
-    ours = [logging.getLogger(__name__), logging.getLogger(f"{__package__}.cli_comfy")]
+    ours = [logging.getLogger(f"{__package__}.{m}") for m in ("cli", "cli_comfy", "comfy_client", "farm")]
     root = logging.getLogger()
     saved = [(lg, lg.level, lg.propagate) for lg in ours] + [(root, root.level, root.propagate)]
     if verbose:
@@ -295,20 +335,20 @@ def _logging_to(stream: TextIO, verbose: bool, quiet: bool) -> Iterator[None]:
 def summary_rows(jobs: list[Job]) -> list[dict[str, Any]]:
     return [
         {"name": j.name, "images": len(j.images), "steps": j.steps, "seconds": None if j.seconds is None else round(j.seconds, 1),
-         "final_loss": j.final_loss, "file": j.path, "status": j.status, "message": j.message}
+         "final_loss": j.final_loss, "server": j.server, "file": j.path, "status": j.status, "message": j.message}
         for j in jobs
     ]
 
 
 def format_summary(jobs: list[Job]) -> str:
-    header = ("name", "images", "steps", "seconds", "final loss", "file", "status")
+    header = ("name", "images", "steps", "seconds", "final loss", "server", "file", "status")
     rows = []
     for j in jobs:
         status = j.status if not j.message or j.status == "ok" else f"{j.status}: {j.message}"
         rows.append((
             j.name, str(len(j.images)), "-" if j.steps is None else str(j.steps),
             "-" if j.seconds is None else f"{j.seconds:.1f}", "-" if j.final_loss is None else f"{j.final_loss:.4f}",
-            j.path or "-", status,
+            j.server or "-", j.path or "-", status,
         ))
     widths = [max(len(h), *(len(r[i]) for r in rows)) if i < len(header) - 1 else len(h) for i, h in enumerate(header)]
     line = "  ".join
@@ -322,29 +362,12 @@ def format_summary(jobs: list[Job]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _file_steps(path: str) -> int | None:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as handle:
-            steps = (handle.metadata() or {}).get("steps")
-        return int(steps) if steps is not None else None
-    except Exception:  # the summary still shows the run without it
-        return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
 
 
-def main(argv: Sequence[str] | None = None, *, checkpoint_loader_override: Any = None,
-         stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    """Runs the CLI; returns the exit code.
-
-    `checkpoint_loader_override(ckpt_name) -> (MODEL, CLIP, VAE)` replaces what CheckpointLoaderSimple loads
-    for this call (tests inject tiny models through it; the checkpoint name is still checked against
-    ComfyUI's checkpoints folders as usual).
-    """
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Runs the CLI; returns the exit code (130 when stopped with Ctrl-C)."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     try:
@@ -354,17 +377,17 @@ def main(argv: Sequence[str] | None = None, *, checkpoint_loader_override: Any =
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     with _logging_to(stderr, args.verbose, args.quiet):
         try:
-            return _run(args, checkpoint_loader_override, stdout, stderr)
+            return _run(args, stdout, stderr)
         except UsageError as exc:
             for line in str(exc).splitlines():
                 log.error("error: %s", line)
             return EXIT_USAGE
         except KeyboardInterrupt:
-            log.error("interrupted")
+            log.error("interrupted: files already written are complete; nothing half-written was left")
             return 130
 
 
-def _run(args: argparse.Namespace, override: Any, stdout: TextIO, stderr: TextIO) -> int:
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from . import cli_comfy as host
 
     jobs = collect_jobs(args)
@@ -375,66 +398,102 @@ def _run(args: argparse.Namespace, override: Any, stdout: TextIO, stderr: TextIO
     except (OSError, ValueError) as exc:
         problems.append(f"workflow {workflow_path}: cannot be read ({exc})")
         workflow = {}
+    for class_type in (host.TRAINER, host.SAVER, "LoadImage"):
+        if workflow and not host.nodes_of(workflow, class_type):
+            problems.append(f"workflow {workflow_path}: it has no {class_type} node")
+    urls = server_urls(args.server) if args.server else []
     if problems:
         raise UsageError("\n".join(problems))
 
     comfyui, where = (args.comfyui, f"--comfyui {args.comfyui}") if args.comfyui else host.default_comfyui_path()
-    root = logging.getLogger()
-    saved_level = root.level
-    if not args.verbose:
-        root.setLevel(logging.ERROR)  # the host's import-time warnings (optional extras missing) are noise here
-    try:
-        host.boot(comfyui, args.base_directory, cpu=args.cpu)
-        embeddings = host.embeddings_folder()
-    except host.HostError as exc:
-        raise UsageError(f"{exc} (ComfyUI: {where})") from None
-    except Exception as exc:  # an import or init failure inside the host
-        log.debug("boot failed", exc_info=True)
-        raise UsageError(f"ComfyUI ({where}) failed to start: {type(exc).__name__}: {exc} (run with --verbose for details)") from None
-    finally:
-        root.setLevel(saved_level)
+    with tempfile.TemporaryDirectory(prefix="cross_init_run_") as scratch:
+        local = None
+        local_embeddings: Path | None = None
+        ckpt_name = args.checkpoint
+        if not urls:
+            if comfyui is None:
+                raise UsageError("no ComfyUI found to start: pass --comfyui PATH, set COMFYUI_PATH, install this pack in "
+                                 "ComfyUI/custom_nodes, or give running servers with --server URL")
+            if not host.looks_like_comfyui(comfyui):
+                raise UsageError(f"{where}: this is not a ComfyUI folder (no main.py, folder_paths.py and comfy/ in it)")
+            from .comfy_client import LocalServer
 
-    ckpt_name, described = host.resolve_checkpoint(args.checkpoint)
-    if ckpt_name is None:
-        problems.append(described)
-    problems += clash_problems(jobs, embeddings, args.overwrite, args.skip_existing)
-    face_prep = _face_prep_settings(args, workflow, problems)
-    for class_type in (host.TRAINER, host.SAVER, "LoadImage"):
-        if workflow and not host.nodes_of(workflow, class_type):
-            problems.append(f"workflow {workflow_path}: it has no {class_type} node")
-    if problems:
-        raise UsageError("\n".join(problems))
-    log.info("checkpoint: %s; embeddings folder: %s; %d embedding(s) to train", described, embeddings,
-             sum(j.status == "pending" for j in jobs))
-
-    progress = host.ProgressBar(stderr, enabled=not args.no_progress and not args.quiet)
-    runner = host.Runner(progress, checkpoint_loader_override=override)
-    pending = [j for j in jobs if j.status == "pending"]
-    for number, job in enumerate(pending, start=1):
-        settings = host.GraphSettings(
-            ckpt_name=ckpt_name, name=job.name, mode=args.mode, seed=args.seed, overwrite=args.overwrite,
-            steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, resolution=args.resolution,
-            samples=args.samples, face_prep=face_prep,
-        )
-        log.info("[%d/%d] %s: %d photo(s) from %s", number, len(pending), job.name, len(job.images), job.source)
-        started = time.perf_counter()
+            cpu = args.cpu or not host.has_accelerator()
+            extra, ckpt_name, local_embeddings = host.local_server_setup(comfyui, args.base_directory, args.checkpoint,
+                                                                        Path(scratch), cpu)
+            local = LocalServer(comfyui.resolve(), extra, log_path=Path(scratch) / "comfyui.log")
+        elif args.out is None:
+            if comfyui is not None and host.looks_like_comfyui(comfyui):
+                local_embeddings = comfyui.resolve() / "models" / "embeddings"
+            else:
+                raise UsageError("--out DIR is needed: no local ComfyUI was found whose embeddings folder could take the files")
+        out_dir: Path = (args.out or local_embeddings).expanduser()  # type: ignore[union-attr]
+        problems += clash_problems(jobs, out_dir, args.overwrite, args.skip_existing)
+        if local is not None and local_embeddings is not None and local_embeddings.resolve() != out_dir.resolve():
+            # the local server's save node writes there too: do not replace a file of the same name by surprise
+            problems += [p.replace("already exists", "already exists in the local ComfyUI's embeddings folder")
+                         for p in clash_problems([j for j in jobs if j.status == "pending"], local_embeddings,
+                                                 args.overwrite, False)]
+        if problems:
+            raise UsageError("\n".join(problems))
         try:
-            with host.staged_images(job.images, job.name) as (files, folder):
-                prompt = host.build_prompt(workflow, settings, files, folder, PRESETS)
-                result = runner.run(prompt, f"[{number}/{len(pending)}] {job.name}")
-        except (ValueError, OSError) as exc:
-            result = host.RunResult(False, str(exc), seconds=time.perf_counter() - started)
-        job.seconds = result.seconds
-        if result.ok:
-            job.status, job.path, job.final_loss = "ok", result.path, result.final_loss
-            job.steps = _file_steps(result.path) if result.path else None
-            log.info("%s: saved %s (use it as embedding:%s)", job.name, result.path, job.name)
+            return asyncio.run(_serve(args, jobs, workflow, ckpt_name, urls, local, out_dir, stdout, stderr))
+        finally:
+            if local is not None:
+                local.stop()
+
+
+async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, Any], ckpt_name: str, urls: list[str],
+                 local: Any, out_dir: Path, stdout: TextIO, stderr: TextIO) -> int:
+    import aiohttp
+
+    from . import cli_comfy as host
+    from . import farm
+    from .comfy_client import ComfyClient, ServerGone
+
+    async with aiohttp.ClientSession() as session:
+        if local is not None:
+            log.info("starting ComfyUI (%s) on %s ...", local.comfyui, local.url)
+            local.start()
+            client = ComfyClient(local.url, session)
+            try:
+                await client.wait_until_up(600.0, is_alive=local.alive)
+            except ServerGone:
+                tail = local.log_tail()
+                raise UsageError(f"the local ComfyUI ({local.comfyui}) did not start"
+                                 + (f"; the end of its log:\n{tail}" if tail else "")) from None
+            servers = [farm.Server(client, local=local)]
         else:
-            job.status, job.message = "failed", result.message
-            log.error("%s: failed: %s", job.name, result.message)
-            if len(job.images) > 1:
-                log.error("%s: photo order in the run: %s", job.name,
-                          ", ".join(f"{i}={p}" for i, p in enumerate(job.images)))
+            servers = [farm.Server(ComfyClient(url, session)) for url in urls]
+
+        node_types = {node["class_type"] for node in workflow.values()}
+        problems = await farm.preflight(servers, ckpt_name, node_types)
+        face_prep = _face_prep_settings(args, workflow, servers, problems)
+        if problems:
+            raise UsageError("\n".join(problems))
+        pending = [j for j in jobs if j.status == "pending"]
+        log.info("checkpoint: %s; output folder: %s; %d embedding(s) to train on %d server(s)", ckpt_name, out_dir,
+                 len(pending), len(servers))
+
+        overwrite_on_server = args.overwrite if local is not None else True
+
+        def make_prompt(job: Job, images: list[str], folder: str, server: farm.Server) -> dict[str, Any]:
+            settings = host.GraphSettings(
+                ckpt_name=ckpt_name, name=job.name, mode=args.mode, seed=args.seed, overwrite=overwrite_on_server,
+                use_folder_loader=server.folder_loader, steps=args.steps, batch_size=args.batch_size,
+                learning_rate=args.learning_rate, resolution=args.resolution, samples=args.samples, face_prep=face_prep,
+            )
+            return host.build_prompt(workflow, settings, images, folder, PRESETS)
+
+        numbers = {job.name: i for i, job in enumerate(pending, start=1)}
+        enabled = not args.no_progress and not args.quiet
+
+        def progress(job: Job, server: farm.Server) -> host.ProgressBar:
+            label = f"[{numbers[job.name]}/{len(pending)}] {job.name}" + ("" if len(servers) == 1 else f" @ {server.label}")
+            return host.ProgressBar(stderr, label, enabled=enabled, redraw=len(servers) == 1)
+
+        if pending:
+            await farm.run_jobs(servers, pending, make_prompt, out_dir, progress)
 
     stdout.write(format_summary(jobs))
     stdout.flush()
@@ -443,12 +502,16 @@ def _run(args: argparse.Namespace, override: Any, stdout: TextIO, stderr: TextIO
     return EXIT_OK if all(j.status in ("ok", "skipped") for j in jobs) else EXIT_FAILED
 
 
-def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], servers: list[Any],
+                        problems: list[str]) -> dict[str, Any]:
+    """--detector/--on-no-face/--resolution for the face-prep node, checked against the first server's node."""
     from . import cli_comfy as host
+    from .comfy_client import combo_options
     from .face.choose import LEGACY_DETECTORS
 
     wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
-    if not workflow or not host.nodes_of(workflow, host.FACE_PREP) or not host.has_node_type(host.FACE_PREP):
+    info = servers[0].face_prep if servers else None
+    if not workflow or not host.nodes_of(workflow, host.FACE_PREP) or info is None:
         for key, value in wanted.items():
             if value is not None:
                 log.warning("--%s ignored: the workflow has no %s node", key.replace("_", "-"), host.FACE_PREP)
@@ -457,13 +520,13 @@ def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], prob
     for key, value in wanted.items():
         if value is None:
             continue
-        options, _extra = host.node_options(host.FACE_PREP, key)
+        options, _extra = combo_options(info, key)
         if key == "detector" and value in LEGACY_DETECTORS:
             value = LEGACY_DETECTORS[value]  # a name from an earlier version, still accepted
         if options is not None and value not in options:
             problems.append(f"--{key.replace('_', '-')} {value}: use one of {', '.join(map(str, options))}")
         values[key] = value
     if args.resolution is not None:
-        _options, extra = host.node_options(host.FACE_PREP, "crop_size")
+        _options, extra = combo_options(info, "crop_size")
         values["crop_size"] = min(max(args.resolution, int(extra.get("min", 64))), int(extra.get("max", 2048)))
     return values

@@ -1,23 +1,16 @@
-"""The ComfyUI side of the batch runner: boot the host in-process, edit the shipped API graph, run it.
+"""The ComfyUI side of the batch runner: find ComfyUI, edit the shipped API graph, and the progress bar.
 
-Nothing here imports ComfyUI at module level, so `python -m cross_init_core --help` stays fast. The pack's
-nodes are never imported from here: ComfyUI's own loader imports the pack (under its path-derived
-module name) and the graph reaches them through `nodes.NODE_CLASS_MAPPINGS`, exactly as in the editor.
+Nothing here imports ComfyUI: the runner talks to ComfyUI servers over their HTTP API
+(cross_init_core/comfy_client.py), so the graph is edited as plain JSON and node options come from the
+servers' /object_info.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import importlib
 import logging
 import os
-import shutil
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,22 +24,15 @@ SAVER = "CrossInitSaveEmbedding"
 FACE_PREP = "CrossInitFacePrep"
 CKPT_LOADER = "CheckpointLoaderSimple"
 FOLDER_LOADER = "LoadImageDataSetFromFolder"  # stock (comfy_extras/nodes_dataset.py): a folder -> IMAGE list
-INPUT_SUBFOLDER = "cross_init_cli"  # the runner's scratch folder inside ComfyUI's input directory
-
-# (ckpt_name) -> (MODEL, CLIP, VAE): replaces what CheckpointLoaderSimple loads (tests inject tiny models)
-CheckpointLoaderOverride = Callable[[str], tuple[Any, Any, Any]]
-
-
-class HostError(RuntimeError):
-    """ComfyUI could not be found or booted; the message says what to do."""
+INPUT_SUBFOLDER = "cross_init_cli"  # the runner's uploads go under ComfyUI's input/cross_init_cli/
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding and booting ComfyUI
+# Finding ComfyUI
 
 
 def looks_like_comfyui(path: Path) -> bool:
-    return (path / "nodes.py").is_file() and (path / "folder_paths.py").is_file() and (path / "comfy").is_dir()
+    return (path / "main.py").is_file() and (path / "folder_paths.py").is_file() and (path / "comfy").is_dir()
 
 
 def default_comfyui_path() -> tuple[Path | None, str]:
@@ -60,12 +46,8 @@ def default_comfyui_path() -> tuple[Path | None, str]:
     return None, "none found"
 
 
-def booted() -> bool:
-    module = sys.modules.get("nodes")
-    return module is not None and hasattr(module, "NODE_CLASS_MAPPINGS") and "folder_paths" in sys.modules
-
-
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU here (the local ComfyUI is started with --cpu otherwise: it needs that flag)."""
     import torch
 
     if torch.cuda.is_available():
@@ -75,126 +57,6 @@ def _has_accelerator() -> bool:
         return True
     xpu = getattr(torch, "xpu", None)
     return bool(xpu is not None and xpu.is_available())
-
-
-def boot(comfyui: Path | None, base_directory: Path | None = None, cpu: bool = False) -> None:
-    """Imports ComfyUI from `comfyui` and lets its loader load the custom nodes, this pack included.
-
-    Idempotent: when ComfyUI is already imported in this process (tests, or a second call) it only makes
-    sure this pack's nodes are registered.
-    """
-    if booted():
-        log.debug("ComfyUI is already imported (%s); not booting it again", getattr(sys.modules["nodes"], "__file__", "?"))
-    else:
-        if comfyui is None:
-            raise HostError("no ComfyUI found: pass --comfyui PATH, set COMFYUI_PATH, or install this pack in ComfyUI/custom_nodes.")
-        root = comfyui.expanduser().resolve()
-        if not looks_like_comfyui(root):
-            raise HostError(f"--comfyui {comfyui}: this is not a ComfyUI folder (no nodes.py, folder_paths.py and comfy/ in it).")
-        started = time.perf_counter()
-        while str(root) in sys.path:
-            sys.path.remove(str(root))
-        sys.path.insert(0, str(root))  # before the pack folder, whose `nodes` package would shadow ComfyUI's nodes.py
-        import comfy.options
-
-        comfy.options.enable_args_parsing(False)
-        from comfy.cli_args import args
-
-        if cpu or not _has_accelerator():
-            args.cpu = True  # importing comfy.model_management without a GPU needs this first
-        if base_directory is not None:
-            args.base_directory = str(base_directory.expanduser().resolve())
-        # 0.3.75: utils.extra_config before nodes (nodes.py puts comfy/ first on sys.path, shadowing utils/)
-        extra_config = importlib.import_module("utils.extra_config")
-        importlib.import_module("folder_paths")
-        yaml_path = root / "extra_model_paths.yaml"
-        if yaml_path.is_file():  # what main.py does: the user's extra model folders
-            extra_config.load_extra_path_config(str(yaml_path))
-        folder_paths = sys.modules["folder_paths"]
-        nodes = importlib.import_module("nodes")
-        # 0.3.75 stops on a custom_nodes folder that does not exist: scan only the existing ones
-        entry = folder_paths.folder_names_and_paths["custom_nodes"]
-        missing = [p for p in entry[0] if not os.path.isdir(p)]
-        if missing:
-            log.debug("custom_nodes folders that do not exist (not scanned): %s", missing)
-            folder_paths.folder_names_and_paths["custom_nodes"] = ([p for p in entry[0] if p not in missing], entry[1])
-        try:
-            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
-        finally:
-            folder_paths.folder_names_and_paths["custom_nodes"] = entry
-        log.info("ComfyUI booted from %s in %.1f s", root, time.perf_counter() - started)
-    nodes = sys.modules["nodes"]
-    if TRAINER not in nodes.NODE_CLASS_MAPPINGS:
-        # the pack is not in this ComfyUI's custom_nodes: load it from where it is, through the same loader
-        ok = asyncio.run(nodes.load_custom_node(str(PACK_DIR)))
-        if not ok or TRAINER not in nodes.NODE_CLASS_MAPPINGS:
-            raise HostError(f"ComfyUI's loader could not import the Cross-Init pack from {PACK_DIR} (see the log above).")
-
-
-# ---------------------------------------------------------------------------------------------
-# Host queries used by the pre-run checks
-
-
-def embeddings_folder() -> Path:
-    import folder_paths
-
-    folders = folder_paths.get_folder_paths("embeddings")
-    if not folders:
-        raise HostError("ComfyUI has no embeddings folder configured (models/embeddings).")
-    return Path(folders[0])
-
-
-def resolve_checkpoint(value: str) -> tuple[str | None, str]:
-    """(ckpt_name for CheckpointLoaderSimple, description) or (None, why not).
-
-    A name from ComfyUI's checkpoints folders is used as is; an existing file elsewhere is used by adding
-    its folder to this process's checkpoint search paths (nothing is written to disk).
-    """
-    import folder_paths
-
-    full = folder_paths.get_full_path("checkpoints", value)
-    if full is not None:
-        return value, full
-    path = Path(value).expanduser()
-    if path.is_file():
-        resolved = path.resolve()
-        for folder in folder_paths.get_folder_paths("checkpoints"):
-            try:
-                rel = resolved.relative_to(Path(folder).resolve())
-            except ValueError:
-                continue
-            return rel.as_posix(), str(resolved)
-        folder_paths.add_model_folder_path("checkpoints", str(resolved.parent), is_default=True)
-        if folder_paths.get_full_path("checkpoints", resolved.name) == str(resolved):
-            return resolved.name, str(resolved)
-        return None, f"{value}: cannot be loaded ({resolved.name} is also the name of another checkpoint ComfyUI knows)"
-    known = folder_paths.get_filename_list("checkpoints")
-    hint = f" ComfyUI knows: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}." if known else " ComfyUI knows no checkpoints."
-    folders = ", ".join(folder_paths.get_folder_paths("checkpoints"))
-    return None, f"checkpoint {value!r} not found: it is neither a file nor a name in the checkpoints folders ({folders}).{hint}"
-
-
-def node_options(class_type: str, input_name: str) -> tuple[list[Any] | None, dict[str, Any]]:
-    """(combo options or None, widget options) of one input, from the node as the host registered it."""
-    import nodes
-
-    spec = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
-    for section in ("required", "optional"):
-        entry = spec.get(section, {}).get(input_name)
-        if entry is None:
-            continue
-        kind = entry[0]
-        extra = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
-        if isinstance(kind, (list, tuple)):
-            return list(kind), extra
-        return (list(extra["options"]) if "options" in extra else None), extra
-    raise KeyError(f"{class_type} has no input {input_name!r}")
-
-
-def has_node_type(class_type: str) -> bool:
-    import nodes
-
-    return class_type in nodes.NODE_CLASS_MAPPINGS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +70,7 @@ class GraphSettings:
     mode: str
     seed: int
     overwrite: bool
+    use_folder_loader: bool = True  # the server has the stock folder loader (face prep gets an image list)
     steps: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
@@ -264,14 +127,15 @@ def build_prompt(workflow: dict[str, Any], settings: GraphSettings, images: list
                  presets: dict[str, Any]) -> dict[str, Any]:
     """The API prompt for one embedding: the shipped graph with this job's inputs.
 
-    `images` are paths relative to ComfyUI's input directory, `image_folder` the folder holding them (also
-    relative). Nodes are found by class_type, never by id.
+    `images` are the uploaded photos' names relative to the server's input directory, `image_folder` the
+    folder holding them (also relative). Nodes are found by class_type, never by id.
     """
     prompt = copy.deepcopy(workflow)
     new_id = _Ids(prompt)
     trainer, saver = only(prompt, TRAINER), only(prompt, SAVER)
-    for node_id in nodes_of(prompt, CKPT_LOADER):
-        prompt[node_id]["inputs"]["ckpt_name"] = settings.ckpt_name
+    for node in prompt.values():  # CheckpointLoaderSimple, and any other loader that takes a checkpoint name
+        if "ckpt_name" in node.get("inputs", {}):
+            node["inputs"]["ckpt_name"] = settings.ckpt_name
 
     # trainer: mode and seed; --steps/--batch-size/--learning-rate switch to custom with the preset's other values
     t = prompt[trainer]["inputs"]
@@ -285,7 +149,8 @@ def build_prompt(workflow: dict[str, Any], settings: GraphSettings, images: list
         t["learning_rate"] = settings.learning_rate if settings.learning_rate is not None else preset.learning_rate
     if settings.resolution is not None:
         t["resolution"] = settings.resolution
-    prompt[saver]["inputs"].update(name=settings.name, overwrite=settings.overwrite)
+    # copy_to_output: the save node also puts the file where /view serves it, and reports it in /history
+    prompt[saver]["inputs"].update(name=settings.name, overwrite=settings.overwrite, copy_to_output=True)
 
     # the photos: the graph's LoadImage stands for them
     loaders = nodes_of(prompt, "LoadImage")
@@ -297,7 +162,7 @@ def build_prompt(workflow: dict[str, Any], settings: GraphSettings, images: list
     for prep in preps:
         prompt[prep]["inputs"].update(settings.face_prep)
     mask_read = any(value == [loader, 1] for node in prompt.values() for value in node["inputs"].values())
-    if prep_reads_loader and not mask_read and has_node_type(FOLDER_LOADER):
+    if prep_reads_loader and not mask_read and settings.use_folder_loader:
         # face prep takes an image list (photos of any sizes): the stock folder loader gives one
         prompt[loader] = {"class_type": FOLDER_LOADER, "inputs": {"folder": image_folder}, "_meta": {"title": "Face photos (CLI)"}}
     else:
@@ -328,88 +193,26 @@ def build_prompt(workflow: dict[str, Any], settings: GraphSettings, images: list
     return prompt
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs in ComfyUI's input folder
-
-
-@contextmanager
-def staged_images(paths: list[Path], job_name: str) -> Iterator[tuple[list[str], str]]:
-    """Copies the photos into <input>/cross_init_cli/<unique>/ for the run; yields (relative files, relative folder)."""
-    import folder_paths
-
-    input_dir = Path(folder_paths.get_input_directory())
-    rel_folder = f"{INPUT_SUBFOLDER}/{uuid.uuid4().hex[:8]}_{job_name}"
-    folder = input_dir / rel_folder
-    folder.mkdir(parents=True, exist_ok=False)
-    try:
-        rel_files = []
-        for index, path in enumerate(paths):
-            target = folder / f"{index:02d}_{path.name}"
-            shutil.copyfile(path, target)
-            rel_files.append(f"{rel_folder}/{target.name}")
-        yield rel_files, rel_folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            folder.parent.rmdir()  # only when empty
-        except OSError:
-            pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Running
-
-
-class ServerStub:
-    """What PromptExecutor needs of PromptServer; remembers the node being executed (for the progress bar)."""
-
-    def __init__(self) -> None:
-        self.client_id: str | None = None
-        self.last_node_id: str | None = None
-        self.last_prompt_id: str | None = None
-        self.sockets_metadata: dict[str, Any] = {}
-        self.executing: str | None = None
-        self.messages: list[tuple[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        # newer hosts call more PromptServer methods (progress handlers, model trackers): accept and ignore them
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return lambda *args, **kwargs: None
-
-    def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
-        if event == "executing" and isinstance(data, dict):
-            self.executing = data.get("node")
-        elif event in ("execution_error", "execution_interrupted", "execution_success"):
-            self.messages.append((event, data))
-
-    def queue_updated(self) -> None:
-        pass
-
-
 class ProgressBar:
-    """A one-line terminal progress bar fed by ComfyUI's global progress hook.
+    """Progress of one job, fed by its server's websocket "progress" messages.
 
-    On a terminal the line is redrawn in place; otherwise (logs, CI) a line is written every 10 %.
+    With one server on a terminal the line is redrawn in place; otherwise (logs, CI, several servers whose
+    jobs run side by side) a line is written every 10 %.
     """
 
     WIDTH = 30
 
-    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
+    def __init__(self, stream: TextIO, label: str, enabled: bool = True, redraw: bool = True) -> None:
         self.stream = stream
+        self.label = label
         self.enabled = enabled
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self.label = ""
+        self.tty = redraw and bool(getattr(stream, "isatty", lambda: False)())
         self.started = time.perf_counter()
         self.last_tenth = -1
         self.updates = 0
         self.open_line = False
 
-    def start(self, label: str) -> None:
-        self.finish()
-        self.label, self.started, self.last_tenth = label, time.perf_counter(), -1
-
-    def hook(self, value: int, total: int, preview: Any = None, node_id: str | None = None) -> None:
+    def hook(self, value: int, total: int, node_id: str | None = None) -> None:
         self.updates += 1
         if not self.enabled or not total:
             return
@@ -438,109 +241,53 @@ class ProgressBar:
             self.open_line = False
 
 
-@dataclass
-class RunResult:
-    ok: bool
-    message: str = ""
-    path: str | None = None
-    final_loss: float | None = None
-    seconds: float = 0.0
-    bad_input: bool = False
+# ---------------------------------------------------------------------------------------------
+# The local ComfyUI (started as a child process when no --server is given)
 
 
-def _execution_error(server: ServerStub, executor: Any) -> str:
-    for event, data in list(server.messages) + list(getattr(executor, "status_messages", [])):
-        if event == "execution_error":
-            return f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_message', '').strip()}"
-        if event == "execution_interrupted":
-            return "interrupted"
-    return "ComfyUI reported a failure without an error message"
+def _pack_is_installed(custom_nodes: list[Path]) -> bool:
+    """Whether one of these custom_nodes folders holds this pack (itself or a link to it)."""
+    return any(entry.resolve() == PACK_DIR for folder in custom_nodes if folder.is_dir() for entry in folder.iterdir())
 
 
-def _format_node_errors(error: Any, node_errors: dict[str, Any]) -> str:
-    parts = []
-    for node_id, entry in node_errors.items():
-        for err in entry.get("errors", []):
-            parts.append(f"{entry.get('class_type')} (node {node_id}): {err.get('message')}: {err.get('details')}")
-    if not parts and isinstance(error, dict):
-        parts.append(f"{error.get('message')}: {error.get('details')}")
-    return "; ".join(parts) or str(error)
+def local_server_setup(comfyui: Path, base_directory: Path | None, checkpoint: str, scratch: Path,
+                       cpu: bool) -> tuple[list[str], str, Path]:
+    """(main.py arguments, checkpoint name, embeddings folder) for the local child ComfyUI.
 
-
-class Runner:
-    """One PromptExecutor for the whole batch, so the checkpoint is loaded once (ComfyUI's classic cache)."""
-
-    def __init__(self, progress: ProgressBar, checkpoint_loader_override: CheckpointLoaderOverride | None = None) -> None:
-        import execution
-
-        self.server = ServerStub()
-        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
-        self.progress = progress
-        self.override = checkpoint_loader_override
-
-    @contextmanager
-    def _host_hooks(self) -> Iterator[None]:
-        import comfy.utils
-
-        import nodes
-
-        previous_hook = comfy.utils.PROGRESS_BAR_HOOK
-        original_loader = nodes.NODE_CLASS_MAPPINGS[CKPT_LOADER]
-        comfy.utils.set_progress_bar_global_hook(self.progress.hook)
-        if self.override is not None:
-            nodes.NODE_CLASS_MAPPINGS[CKPT_LOADER] = _override_loader(self.override, original_loader)
+    main.py itself reads the ComfyUI folder's extra_model_paths.yaml, as when the user starts it. Two things
+    may need an extra config (written into `scratch`, passed with --extra-model-paths-config, nothing
+    written into the user's folders): this pack when it is not in that ComfyUI's custom_nodes (a link to it
+    in a scratch folder), and a --checkpoint given as a file path outside the checkpoints folders.
+    """
+    root = base_directory.expanduser().resolve() if base_directory else comfyui.resolve()
+    args: list[str] = []
+    if base_directory is not None:
+        args += ["--base-directory", str(root)]
+    if cpu:
+        args.append("--cpu")
+    sections: dict[str, dict[str, Any]] = {}
+    if not _pack_is_installed([root / "custom_nodes", comfyui / "custom_nodes"]):
+        nodes_dir = scratch / "custom_nodes"
+        nodes_dir.mkdir(parents=True, exist_ok=True)
+        (nodes_dir / PACK_DIR.name).symlink_to(PACK_DIR, target_is_directory=True)
+        sections["cross_init_pack"] = {"base_path": str(scratch), "custom_nodes": str(nodes_dir)}
+    ckpt_name = checkpoint
+    path = Path(checkpoint).expanduser()
+    if path.is_file() and (os.sep in checkpoint or "/" in checkpoint):
+        resolved = path.resolve()
+        default = (root / "models" / "checkpoints").resolve()
         try:
-            yield
-        finally:
-            comfy.utils.set_progress_bar_global_hook(previous_hook)
-            nodes.NODE_CLASS_MAPPINGS[CKPT_LOADER] = original_loader
-            self.progress.finish()
+            ckpt_name = resolved.relative_to(default).as_posix()
+        except ValueError:
+            # first in the search order, so this file wins over another of the same name
+            sections["cross_init_checkpoint"] = {"base_path": str(resolved.parent), "checkpoints": str(resolved.parent),
+                                                 "is_default": True}
+            ckpt_name = resolved.name
+    if sections:
+        import json
 
-    def run(self, prompt: dict[str, Any], label: str) -> RunResult:
-        import execution
-
-        started = time.perf_counter()
-        prompt_id = str(uuid.uuid4())
-        with self._host_hooks():
-            ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-            if not ok:
-                return RunResult(False, "the graph does not validate: " + _format_node_errors(error, node_errors),
-                                 seconds=time.perf_counter() - started, bad_input=True)
-            self.server.messages.clear()
-            self.progress.start(label)
-            self.executor.execute(prompt, prompt_id, {"client_id": None}, outputs)
-        seconds = time.perf_counter() - started
-        if not self.executor.success:
-            return RunResult(False, _execution_error(self.server, self.executor), seconds=seconds)
-        saver = only(prompt, SAVER)
-        path = self._output(saver, 0)
-        embedding = self._output(only(prompt, TRAINER), 0)
-        history = getattr(embedding, "loss_history", None) or []
-        loss = float(history[-1][0]) if history else None
-        return RunResult(True, path=str(path) if path else None, final_loss=loss, seconds=seconds)
-
-    def _output(self, node_id: str, slot: int) -> Any:
-        entry = self.executor.caches.outputs.get(node_id)
-        try:
-            return entry.outputs[slot][0]
-        except (AttributeError, IndexError, TypeError):
-            return None
-
-
-def _override_loader(load: CheckpointLoaderOverride, original: type) -> type:
-    """A CheckpointLoaderSimple with the host's inputs (same validation) that returns `load(ckpt_name)`."""
-
-    class CheckpointLoaderOverride:
-        @classmethod
-        def INPUT_TYPES(cls) -> dict[str, Any]:
-            return original.INPUT_TYPES()
-
-        RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-        FUNCTION = "load_checkpoint"
-        CATEGORY = "loaders"
-
-        def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any]:
-            return tuple(load(ckpt_name))  # type: ignore[return-value]
-
-    return CheckpointLoaderOverride
+        config = scratch / "extra_model_paths.yaml"
+        # JSON is valid YAML: no YAML writer needed here
+        config.write_text(json.dumps(sections, indent=2), encoding="utf-8")
+        args += ["--extra-model-paths-config", str(config)]
+    return args, ckpt_name, root / "models" / "embeddings"

@@ -248,3 +248,32 @@ def load_embedding(path: str | os.PathLike[str]) -> CrossInitEmbedding:
     embedding = _from_tensor_dict(data, p, metadata)
     embedding.metadata.setdefault("source_file", p.name)
     return embedding
+
+
+DOWNLOAD_SUBFOLDER = "cross_init_embeddings"  # under ComfyUI's output folder
+
+
+def copy_for_download(saved: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Copies a saved embedding file under output/cross_init_embeddings/ (atomically, replacing an older copy).
+
+    ComfyUI's /view serves only its output/input/temp folders, so a client of the HTTP API (the batch
+    runner) fetches the trained file from there. Returns the entry the save node reports in its UI result:
+    file name, subfolder, type "output", size and sha256 of the exact bytes, so the client can check them.
+    """
+    import hashlib
+
+    source = Path(saved)
+    data = source.read_bytes()
+    folder = Path(output_dir) / DOWNLOAD_SUBFOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = _create_temp(folder, source.stem)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, folder / source.name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"filename": source.name, "subfolder": DOWNLOAD_SUBFOLDER, "type": "output", "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}

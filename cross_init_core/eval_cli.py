@@ -43,7 +43,7 @@ ENCODER = "CrossInitCLIPTextEncode"
 IDENTITY = "CrossInitIdentityScore"
 PROMPT_SCORE = "CrossInitPromptScore"
 TEXT_PREVIEW = "PreviewAny"
-REQUIRED_NODES = (CKPT_LOADER, EMBEDDING_LOADER, ENCODER, "KSampler", "EmptyLatentImage", "SaveImage", "LoadImage", IDENTITY,
+REQUIRED_NODES = (EMBEDDING_LOADER, ENCODER, "KSampler", "EmptyLatentImage", "SaveImage", "LoadImage", IDENTITY,
                   PROMPT_SCORE)
 
 
@@ -224,11 +224,20 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
                 continue
             if len(nodes_of(workflow, class_type)) != 1:
                 problems.append(f"--workflow {workflow_path}: needs exactly one {class_type} node")
+        if checkpoint_loader_type(workflow) is None:
+            problems.append(f"--workflow {workflow_path}: needs exactly one checkpoint loader (a node with a ckpt_name input, "
+                            f"e.g. {CKPT_LOADER})")
     except (OSError, ValueError) as exc:
         problems.append(f"--workflow {workflow_path}: cannot be read ({exc})")
     if problems:
         return None, problems
     return Plan(prompts=prompts, faces=list(args.faces), embedding=embedding, output=output, workflow=workflow), []
+
+
+def checkpoint_loader_type(workflow: dict[str, Any]) -> str | None:
+    """The class of the workflow's one checkpoint loader (the node with a ckpt_name input); None unless exactly one."""
+    loaders = [node.get("class_type") for node in workflow.values() if isinstance(node, dict) and "ckpt_name" in node.get("inputs", {})]
+    return str(loaders[0]) if len(loaders) == 1 else None
 
 
 def match_embedding(name: str, available: Sequence[str]) -> str | None:

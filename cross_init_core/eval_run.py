@@ -30,6 +30,7 @@ from .eval_cli import (
     Plan,
     UsageError,
     build_prompt,
+    checkpoint_loader_type,
     choose_clip_model,
     match_embedding,
     probe_prompt,
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) ->
 async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, ckpt_name: str) -> tuple[str, str | None]:
     """(the server's embedding name, the CLIP model or None); UsageError listing every problem."""
     problems: list[str] = []
-    needed = set(REQUIRED_NODES) | {TEXT_PREVIEW} | ({"ImageBatch"} if len(plan.faces) > 1 else set())
+    loader = checkpoint_loader_type(plan.workflow) or CKPT_LOADER
+    needed = set(REQUIRED_NODES) | {loader, TEXT_PREVIEW} | ({"ImageBatch"} if len(plan.faces) > 1 else set())
     infos: dict[str, Any] = {}
     for class_type in sorted(needed):
         if class_type == PROMPT_SCORE and args.no_prompt_score:
@@ -79,7 +81,7 @@ async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, 
             problems.append(f"server {client.url}: it has no node {class_type!r}, which the evaluation uses; {hint}")
     if problems:
         raise UsageError("\n".join(problems))
-    options, _ = combo_options(infos[CKPT_LOADER], "ckpt_name")
+    options, _ = combo_options(infos[loader], "ckpt_name")
     if options is None or ckpt_name not in options:
         known = ", ".join(map(str, (options or [])[:10])) or "none"
         problems.append(f"--checkpoint {args.checkpoint}: not found in the server's checkpoints folders (it has: {known})")

@@ -570,3 +570,10 @@ def embedding_file_path(name: str) -> str | None:
     import folder_paths
 
     return folder_paths.get_full_path("embeddings", name)
+
+
+def output_directory() -> str:
+    """ComfyUI's output folder: the one place besides input/temp that the server's /view serves files from."""
+    import folder_paths
+
+    return folder_paths.get_output_directory()

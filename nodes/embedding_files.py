@@ -27,6 +27,9 @@ class CrossInitSaveEmbedding(io.ComfyNode):
                                         "Prompts then use embedding:NAME."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing file of that name. Off: an existing file is never touched."),
+                io.Boolean.Input("copy_to_output", default=False, optional=True,
+                                 tooltip="Also put a copy under output/cross_init_embeddings/, where ComfyUI's /view "
+                                         "serves it: for scripts that fetch the file over the HTTP API (the batch runner)."),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Where the file was written.")],
             is_output_node=True,
@@ -49,7 +52,8 @@ class CrossInitSaveEmbedding(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, embedding, name: str, overwrite: bool = False) -> io.NodeOutput:  # type: ignore[override]
+    def execute(cls, embedding, name: str, overwrite: bool = False,  # type: ignore[override]
+                copy_to_output: bool = False) -> io.NodeOutput:
         folders = host_adapter.embedding_directories()
         if not folders:
             raise InvalidInputError("name: ComfyUI has no embeddings folder configured (models/embeddings).")
@@ -57,7 +61,14 @@ class CrossInitSaveEmbedding(io.ComfyNode):
         stem = embedding_io.validate_name(name)
         message = f"Saved {path}. Use it in any prompt as embedding:{stem}"
         log.info(message)
-        return io.NodeOutput(str(path), ui=ui.PreviewText(message))
+        if not copy_to_output:
+            return io.NodeOutput(str(path), ui=ui.PreviewText(message))
+        # the UI result lands in /history: HTTP clients find the copy's name, size and checksum there
+        entry = embedding_io.copy_for_download(path, host_adapter.output_directory())
+        entry["name"] = stem
+        history = getattr(embedding, "loss_history", None) or []
+        entry["final_loss"] = float(history[-1][0]) if history else None
+        return io.NodeOutput(str(path), ui={"text": [message], "cross_init_embedding": [entry]})
 
 
 class CrossInitLoadEmbedding(io.ComfyNode):

@@ -318,7 +318,7 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
                for s, what in zip(samplers, ("portrait", "edit"), strict=True)]
     for image, what in zip(decoded, ("portrait", "edit"), strict=True):
         g.add("SaveImage", {"images": [image, 0], "filename_prefix": f"cross_init/{what}"}, title=f"Save {what}")
-    g.add("CrossInitSaveEmbedding", {"embedding": embedding, "name": EMBEDDING_NAME, "overwrite": False})
+    g.add("CrossInitSaveEmbedding", {"embedding": embedding, "name": EMBEDDING_NAME, "overwrite": False, "copy_to_output": False})
     g.add("PreviewImage", {"images": [trainer, 1]}, title="Training loss")
     if prep_preview:
         g.add("PreviewImage", {"images": prep_preview}, title="Detected faces")

@@ -1,14 +1,18 @@
-"""The headless batch runner (`python -m cross_init_core train`) end to end on tiny SD1 models.
+"""The batch runner (`python -m cross_init_core train`) end to end against real ComfyUI servers.
 
-The CLI runs in-process on the host the `pack` fixture booted (its boot is idempotent); tiny models come
-in through `checkpoint_loader_override`, the same swap of CheckpointLoaderSimple the workflow tests use.
-The checkpoint name is still checked for real, so the tests put an empty placeholder file in ComfyUI's
-checkpoints folder.
+The runner runs as its own process, as users run it, and talks to ComfyUI servers that these tests start
+with ComfyUI's main.py on loopback (tests/comfy_servers.py). The farm tests train the tiny SD1 models
+through a test-only loader node installed only in the test servers (workflow = the shipped one with that
+loader instead of CheckpointLoaderSimple); the local-mode test trains a small real-architecture SD 1.5
+checkpoint through the stock CheckpointLoaderSimple.
 """
 
 from __future__ import annotations
 
-import io
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,44 +20,77 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_servers import REAL_CKPT, REPO, TINY_CKPT, TINY_LOADER, TestServer, answers, comfyui_folder, make_base, post_json
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--batch-size", "1", "--resolution", "64"]
-CKPT = "tiny_cli.safetensors"
 ASTRONAUT_HEAD = (144, 43, 304, 203)
 
 
-@pytest.fixture(scope="module")
-def cli(pack):
-    """cross_init_core.cli imported as `python -m cross_init_core` imports it (the pack folder on sys.path)."""
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
-    import cross_init_core.cli as module
-
-    return module
+# ---------------------------------------------------------------------------------------------
+# Fixtures and helpers
 
 
 @pytest.fixture(scope="module")
-def checkpoint(pack) -> str:
-    import folder_paths
-
-    folder = Path(folder_paths.get_folder_paths("checkpoints")[0])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CKPT).write_bytes(b"")  # only its name is used: the override supplies the models
-    return CKPT
+def scratch(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runner")
 
 
 @pytest.fixture(scope="module")
-def override(tiny):
-    models = tiny("sd1")
-    calls: list[str] = []
+def comfyui(scratch) -> Path:
+    return comfyui_folder(scratch)
 
-    def load(ckpt_name: str):
-        calls.append(ckpt_name)
-        return models.model, models.clip, models.vae
 
-    load.calls = calls  # type: ignore[attr-defined]
-    return load
+@pytest.fixture(scope="module")
+def servers(comfyui, scratch):
+    """Servers a and b (with the tiny checkpoint) and c (without it: the spare, killed by one test)."""
+    made = {name: TestServer(comfyui, make_base(scratch / f"server_{name}", {TINY_CKPT: None} if name != "c" else {}))
+            for name in ("a", "b", "c")}
+    try:
+        for server in made.values():
+            server.start()  # all three boot side by side
+        for server in made.values():
+            server.wait()
+        yield made
+    finally:
+        for server in made.values():
+            server.stop()
+
+
+def workflow_without_face_prep(loader: str) -> dict:
+    """The shipped fast workflow with the photos going straight to the trainer, and `loader` as checkpoint loader.
+
+    Face preparation has its own tests; here it would tie the runner's tests to a face detector being
+    usable in the environment (OpenCV's bundled cascades, insightface's model files).
+    """
+    workflow = json.loads((REPO / "workflows" / "api" / "cross_init_fast.json").read_text(encoding="utf-8"))
+    (prep,) = [k for k, n in workflow.items() if n["class_type"] == "CrossInitFacePrep"]
+    (photos,) = [k for k, n in workflow.items() if n["class_type"] == "LoadImage"]
+    for node_id in [k for k, n in workflow.items() if any(v == [prep, 2] for v in n["inputs"].values())]:
+        del workflow[node_id]  # the face-prep preview
+    del workflow[prep]
+    for node in workflow.values():
+        if node["class_type"] == "CrossInitTrainer":
+            node["inputs"]["images"] = [photos, 0]
+            node["inputs"].pop("masks", None)
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["class_type"] = loader
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def tiny_workflow(scratch) -> Path:
+    """Trains the tiny models of the test-only loader node."""
+    path = scratch / "tiny_workflow.json"
+    path.write_text(json.dumps(workflow_without_face_prep(TINY_LOADER)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stock_workflow(scratch) -> Path:
+    """Loads the checkpoint with the stock CheckpointLoaderSimple."""
+    path = scratch / "stock_workflow.json"
+    path.write_text(json.dumps(workflow_without_face_prep("CheckpointLoaderSimple")), encoding="utf-8")
+    return path
 
 
 def face_photo(path: Path, size: int) -> Path:
@@ -65,10 +102,13 @@ def face_photo(path: Path, size: int) -> Path:
     return path
 
 
-def run(cli, argv, override=None):
-    out, err = io.StringIO(), io.StringIO()
-    code = cli.main(argv, checkpoint_loader_override=override, stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
+def runner_command(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "cross_init_core", "train", *argv]
+
+
+def run_cli(argv: list[str], timeout: float = 300) -> tuple[int, str, str]:
+    result = subprocess.run(runner_command(argv), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return result.returncode, result.stdout, result.stderr
 
 
 def read_embedding(path: Path):
@@ -78,138 +118,324 @@ def read_embedding(path: Path):
         return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
 
 
-def test_help_documents_every_option_without_booting(cli):
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def summary(out: str) -> dict[str, list[str]]:
+    rows = out.strip().splitlines()[2:-1]
+    return {row.split()[0]: row.split() for row in rows}
+
+
+def farm_args(workflow: Path, out: Path, *urls: str) -> list[str]:
+    return ["--checkpoint", TINY_CKPT, "--workflow", str(workflow), "--out", str(out), *[a for u in urls for a in ("--server", u)]]
+
+
+def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float, seen: list[str]) -> str:
+    """Reads the runner's stderr until a line matches `pattern` (collecting every line into `seen`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# No server needed
+
+
+def test_help_documents_every_option_without_starting_comfyui():
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "cross_init_core", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    seconds = time.perf_counter() - started
+    result = subprocess.run([sys.executable, "-m", "cross_init_core", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "ComfyUI booted" not in result.stderr and seconds < 60
-    options = {s for action in cli.build_parser()._actions for s in action.option_strings}
+    assert time.perf_counter() - started < 60
+    sys.path.append(str(REPO))
+    from cross_init_core.cli import build_parser
+
+    options = {s for action in build_parser()._actions for s in action.option_strings}
     assert {"--comfyui", "--checkpoint", "--images", "--name", "--mode", "--seed", "--steps", "--batch-size", "--resolution",
-            "--folder", "--overwrite", "--samples"} <= options
+            "--folder", "--overwrite", "--samples", "--server", "--out", "--skip-existing", "--summary-json"} <= options
     text = " ".join(result.stdout.split())
     assert [o for o in sorted(options) if o not in text] == []
     assert "exit codes" in text and "embedding:NAME" in text
-
-
-def test_train_images_end_to_end(cli, checkpoint, override, embeddings_dir, tmp_path):
-    photos = [face_photo(tmp_path / "one.png", 96), face_photo(tmp_path / "two.jpg", 80)]  # different sizes
-    code, out, err = run(cli, ["train", "--checkpoint", checkpoint, "--images", *map(str, photos), "--name", "cli_one",
-                               "--seed", "3", *FAST], override)
-    assert code == 0, err
-    path = embeddings_dir / "cli_one.safetensors"
-    tensors, metadata = read_embedding(path)
-    assert list(tensors) == ["clip_l"] and list(tensors["clip_l"].shape) == [2, 64] and torch.isfinite(tensors["clip_l"]).all()
-    assert metadata["mode"] == "custom" and metadata["steps"] == "2" and metadata["batch_size"] == "1"
-    assert metadata["resolution"] == "64" and metadata["seed"] == "3"
-    assert float(metadata["learning_rate"]) == cli.PRESETS["fast"].learning_rate  # the preset's other values
-    assert override.calls and set(override.calls) == {checkpoint}
-    # the summary: name, images, steps, seconds, final loss, file, status
-    header, _rule, row, total = out.strip().splitlines()
-    assert header.split()[:4] == ["name", "images", "steps", "seconds"] and "final loss" in header
-    cells = row.split()
-    assert cells[:3] == ["cli_one", "2", "2"] and float(cells[4]) > 0 and cells[5] == str(path) and cells[6] == "ok"
-    assert total == "1 written, 0 failed, 0 skipped"
-    assert "2/2" in err  # the progress bar was fed by ComfyUI's progress hook
-    # the staged copies in ComfyUI's input folder are gone
-    import folder_paths
-
-    assert not (Path(folder_paths.get_input_directory()) / "cross_init_cli").exists()
-
-
-def test_folder_mode_one_embedding_per_subfolder(cli, checkpoint, override, embeddings_dir, tmp_path):
-    face_photo(tmp_path / "faces" / "cli_anna" / "a.png", 96)
-    face_photo(tmp_path / "faces" / "cli_bob" / "b1.png", 64)
-    face_photo(tmp_path / "faces" / "cli_bob" / "b2.webp", 72)
-    (tmp_path / "faces" / "cli_bob" / "notes.txt").write_text("not a photo")
-    summary = tmp_path / "summary.json"
-    code, out, err = run(cli, ["train", "--checkpoint", checkpoint, "--folder", str(tmp_path / "faces"), *FAST,
-                               "--no-progress", "--summary-json", str(summary)], override)
-    assert code == 0, err
-    for name in ("cli_anna", "cli_bob"):
-        tensors, _ = read_embedding(embeddings_dir / f"{name}.safetensors")
-        assert list(tensors["clip_l"].shape) == [2, 64]
-    assert "2 written, 0 failed" in out and "cli_anna" in out and "cli_bob" in out
-    import json
-
-    rows = {r["name"]: r for r in json.loads(summary.read_text())}
-    assert rows["cli_anna"]["images"] == 1 and rows["cli_bob"]["images"] == 2
-    assert all(r["status"] == "ok" and r["steps"] == 2 for r in rows.values())
-
-    # a second pass resumes: existing names are skipped, not retrained
-    code, out, err = run(cli, ["train", "--checkpoint", checkpoint, "--folder", str(tmp_path / "faces"), *FAST, "--skip-existing"],
-                         override)
-    assert code == 0, err
-    assert "0 written, 0 failed, 2 skipped" in out
-
-
-def test_missing_checkpoint_is_refused(cli, override, tmp_path):
-    photo = face_photo(tmp_path / "p.png", 64)
-    code, out, err = run(cli, ["train", "--checkpoint", "no_such_model.safetensors", "--images", str(photo), "--name", "cli_x", *FAST],
-                         override)
-    assert code == 2 and out == ""
-    assert "no_such_model.safetensors" in err and "not found" in err
-
-
-def test_existing_name_is_refused_and_untouched(cli, checkpoint, override, embeddings_dir, tmp_path):
-    existing = embeddings_dir / "cli_taken.safetensors"
-    existing.write_bytes(b"precious bytes")
-    photo = face_photo(tmp_path / "p.png", 64)
-    argv = ["train", "--checkpoint", checkpoint, "--images", str(photo), "--name", "cli_taken", *FAST]
-    code, out, err = run(cli, argv, override)
-    assert code == 2 and "already exists" in err and "--overwrite" in err and out == ""
-    assert existing.read_bytes() == b"precious bytes"
-    code, out, err = run(cli, [*argv, "--overwrite", "--no-progress"], override)
-    assert code == 0, err
-    assert list(read_embedding(existing)[0]) == ["clip_l"]
 
 
 @pytest.mark.parametrize("argv", [
     ["--images", "{photo}", "--name", "a b"],
     ["--images", "{photo}", "--name", "../escape"],
     ["--images", "{missing}", "--name", "cli_m"],
+    ["--images", "{broken}", "--name", "cli_broken_photo"],
     ["--images", "{photo}"],
     ["--images", "{photo}", "--name", "cli_r", "--resolution", "100"],
     ["--folder", "{empty}"],
+    ["--images", "{photo}", "--name", "cli_taken"],
 ])
-def test_bad_inputs_exit_2(cli, checkpoint, override, tmp_path, argv):
+def test_bad_inputs_exit_2_before_contacting_any_server(tmp_path, argv):
     photo = face_photo(tmp_path / "p.png", 64)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "empty").mkdir()
-    values = {"photo": str(photo), "missing": str(tmp_path / "missing.png"), "empty": str(tmp_path / "empty")}
-    argv = ["train", "--checkpoint", checkpoint, *(a.format(**values) for a in argv)]
-    code, out, err = run(cli, argv, override)
-    assert code == 2 and out == ""
-    assert err.strip()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cli_taken.safetensors").write_bytes(b"precious bytes")
+    values = {"photo": photo, "missing": tmp_path / "missing.png", "empty": tmp_path / "empty", "broken": tmp_path / "broken.png"}
+    # port 9 (discard) has no ComfyUI: any attempt to reach it would show up as a "not answering" error
+    argv = ["--checkpoint", TINY_CKPT, "--server", "http://127.0.0.1:9", "--out", str(out),
+            *(a.format(**{k: str(v) for k, v in values.items()}) for a in argv)]
+    code, stdout, stderr = run_cli(argv, timeout=120)
+    assert code == 2 and stdout == "", stderr
+    assert stderr.strip() and "not answering" not in stderr
+    assert (out / "cli_taken.safetensors").read_bytes() == b"precious bytes" and files_in(out) == ["cli_taken.safetensors"]
+    if "cli_broken_photo" in argv:
+        assert "broken.png" in stderr and "not a readable image" in stderr
 
 
-def test_training_failure_is_reported_and_exits_1(cli, checkpoint, tmp_path):
-    def broken(ckpt_name: str):
-        raise RuntimeError("the checkpoint is corrupt (test)")
+# ---------------------------------------------------------------------------------------------
+# The local ComfyUI (no --server): started, used and stopped by the runner
 
+
+def test_one_person_on_the_local_comfyui_with_a_real_checkpoint(pack, comfyui, stock_workflow, tmp_path):
+    """Default mode: the runner starts main.py of --comfyui on loopback with --base-directory, trains through
+    the stock CheckpointLoaderSimple, writes into that ComfyUI's embeddings folder and stops the server."""
+    from comfy_servers import checkpoint_cache, small_checkpoint
+
+    # the pack is not installed in this base directory: the runner must load it from where it is
+    base = make_base(tmp_path / "base", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
+    photos = [face_photo(tmp_path / "one.png", 96), face_photo(tmp_path / "two.jpg", 80)]
+    summary_json = tmp_path / "summary.json"
+    code, out, err = run_cli(["--comfyui", str(comfyui), "--base-directory", str(base), "--cpu", "--checkpoint", REAL_CKPT,
+                              "--workflow", str(stock_workflow), "--images", *map(str, photos), "--name", "cli_local", "--seed", "3", *FAST,
+                              "--summary-json", str(summary_json)], timeout=600)
+    assert code == 0, err
+    path = base / "models" / "embeddings" / "cli_local.safetensors"
+    tensors, metadata = read_embedding(path)
+    assert list(tensors) == ["clip_l"] and list(tensors["clip_l"].shape) == [2, 768] and torch.isfinite(tensors["clip_l"]).all()
+    assert metadata["mode"] == "custom" and metadata["steps"] == "2" and metadata["seed"] == "3" and metadata["resolution"] == "64"
+    assert files_in(path.parent) == ["cli_local.safetensors"]  # no temp file left beside it
+    row = summary(out)["cli_local"]
+    assert row[1:3] == ["2", "2"] and float(row[3]) > 0 and float(row[4]) > 0 and row[5] == "local" and row[6] == str(path)
+    (entry,) = json.loads(summary_json.read_text())
+    assert entry["server"] == "local" and entry["status"] == "ok" and entry["steps"] == 2
+    port = re.search(r"on http://127\.0\.0\.1:(\d+)", err).group(1)
+    assert not answers(f"http://127.0.0.1:{port}")  # the child server was stopped
+    assert "2/2" in err  # progress from the server's websocket
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def test_folder_over_two_servers_each_person_trained_once(servers, tiny_workflow, tmp_path):
+    a, b = servers["a"], servers["b"]
+    face_photo(tmp_path / "faces" / "cli_anna" / "a.png", 96)
+    face_photo(tmp_path / "faces" / "cli_bob" / "b1.png", 64)
+    face_photo(tmp_path / "faces" / "cli_bob" / "b2.webp", 72)
+    face_photo(tmp_path / "faces" / "cli_carol.png", 80)
+    face_photo(tmp_path / "faces" / "cli_dan.png", 88)
+    out = tmp_path / "out"
+    summary_json = tmp_path / "summary.json"
+    code, stdout, err = run_cli([*farm_args(tiny_workflow, out, a.url, b.url), "--folder", str(tmp_path / "faces"), *FAST,
+                                 "--no-progress", "--summary-json", str(summary_json)])
+    assert code == 0, err
+    names = ["cli_anna", "cli_bob", "cli_carol", "cli_dan"]
+    assert files_in(out) == [f"{n}.safetensors" for n in names]
+    for name in names:
+        assert list(read_embedding(out / f"{name}.safetensors")[0]["clip_l"].shape) == [2, 64]
+    trained = [n for n in a.saved_names() + b.saved_names() if n in names]
+    assert sorted(trained) == names  # each exactly once, over both servers
+    rows = {r["name"]: r for r in json.loads(summary_json.read_text())}
+    assert {r["server"] for r in rows.values()} == {a.url, b.url}  # both servers worked
+    assert rows["cli_bob"]["images"] == 2 and all(r["status"] == "ok" and r["seconds"] > 0 for r in rows.values())
+    assert "4 written, 0 failed, 0 skipped" in stdout
+
+    # the file that came back is the file the server saved, byte for byte
+    server_of = {n: (a if rows[n]["server"] == a.url else b) for n in names}
+    for name in names:
+        saved = server_of[name].base / "models" / "embeddings" / f"{name}.safetensors"
+        assert saved.read_bytes() == (out / f"{name}.safetensors").read_bytes()
+
+    # a second pass resumes: nothing is queued again
+    code, stdout, err = run_cli([*farm_args(tiny_workflow, out, a.url, b.url), "--folder", str(tmp_path / "faces"), *FAST,
+                                 "--skip-existing"])
+    assert code == 0, err
+    assert "0 written, 0 failed, 4 skipped" in stdout
+    assert sorted(n for n in a.saved_names() + b.saved_names() if n in names) == names
+
+
+def test_result_equals_the_workflow_queued_directly(servers, tiny_workflow, tmp_path):
+    """The same graph queued by hand (as the editor does: photo in input/, LoadImage, same seed) gives the
+    same vectors as the runner."""
+    a = servers["a"]
+    photo = face_photo(tmp_path / "me.png", 96)
+    out = tmp_path / "out"
+    code, _, err = run_cli([*farm_args(tiny_workflow, out, a.url), "--images", str(photo), "--name", "cli_same", "--seed", "11",
+                            *FAST, "--no-progress"])
+    assert code == 0, err
+
+    workflow = json.loads(tiny_workflow.read_text(encoding="utf-8"))
+    (input_dir := a.base / "input").mkdir(exist_ok=True)
+    (input_dir / "direct_me.png").write_bytes(photo.read_bytes())
+    keep = {"CrossInitTestTinyCheckpointLoader", "LoadImage", "CrossInitEmbeddingInit",
+            "CrossInitLossSettings", "CrossInitTrainer", "CrossInitSaveEmbedding"}
+    prompt = {k: v for k, v in workflow.items() if v["class_type"] in keep}
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "LoadImage":
+            inputs["image"] = "direct_me.png"
+        elif node["class_type"] == TINY_LOADER:
+            inputs["ckpt_name"] = TINY_CKPT
+        elif node["class_type"] == "CrossInitTrainer":
+            inputs.update(mode="custom", steps=2, batch_size=1, learning_rate=0.02, resolution=64, seed=11)
+        elif node["class_type"] == "CrossInitSaveEmbedding":
+            inputs.update(name="cli_same_direct", overwrite=True)
+    prompt_id = post_json(a.url + "/prompt", {"prompt": prompt})["prompt_id"]
+    deadline = time.monotonic() + 180
+    while prompt_id not in a.history() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert a.history()[prompt_id]["status"]["status_str"] == "success"
+    direct, direct_meta = read_embedding(a.base / "models" / "embeddings" / "cli_same_direct.safetensors")
+    ours, our_meta = read_embedding(out / "cli_same.safetensors")
+    assert torch.equal(direct["clip_l"], ours["clip_l"])
+    assert {k: v for k, v in direct_meta.items() if k != "name"} == {k: v for k, v in our_meta.items() if k != "name"}
+
+
+def test_failed_job_is_not_retried_and_exits_1(servers, tiny_workflow, tmp_path):
+    """A node that fails on the server (here the loader, on a file that is not a checkpoint) fails the job:
+    reported with the node's message, run exactly once, never retried on the other server."""
+    a, b = servers["a"], servers["b"]
+    for server in (a, b):
+        (server.base / "models" / "checkpoints" / "cli_broken.safetensors").write_bytes(b"not a checkpoint")
+    face_photo(tmp_path / "faces" / "cli_f1.png", 96)
+    face_photo(tmp_path / "faces" / "cli_f2.png", 80)
+    out = tmp_path / "out"
+    argv = [*farm_args(tiny_workflow, out, a.url, b.url), "--folder", str(tmp_path / "faces"), *FAST, "--no-progress"]
+    argv[argv.index(TINY_CKPT)] = "cli_broken.safetensors"
+    code, stdout, err = run_cli(argv)
+    assert code == 1, err
+    rows = summary(stdout)
+    assert rows["cli_f1"][7] == rows["cli_f2"][7] == "failed:" and "0 written, 2 failed, 0 skipped" in stdout
+    assert "is not a checkpoint the test loader accepts" in stdout and TINY_LOADER in stdout
+    assert "goes back to the queue" not in err and files_in(out) == []
+    for name in ("cli_f1", "cli_f2"):
+        runs = [entry for s in (a, b) for entry in s.history().values()
+                if any(n.get("inputs", {}).get("name") == name for n in entry["prompt"][2].values())]
+        assert len(runs) == 1 and runs[0]["status"]["status_str"] == "error"
+
+
+def test_checkpoint_missing_on_one_server_exits_2_before_any_work(servers, tiny_workflow, tmp_path):
+    a, c = servers["a"], servers["c"]
+    history_before = len(a.history())
     photo = face_photo(tmp_path / "p.png", 64)
-    code, out, err = run(cli, ["train", "--checkpoint", checkpoint, "--images", str(photo), "--name", "cli_broken", *FAST], broken)
-    assert code == 1
-    assert "cli_broken" in out and "failed" in out and "the checkpoint is corrupt (test)" in out + err
+    out = tmp_path / "out"
+    code, stdout, err = run_cli([*farm_args(tiny_workflow, out, a.url, c.url), "--images", str(photo), "--name", "cli_nockpt",
+                                 *FAST])
+    assert code == 2 and stdout == ""
+    assert c.url in err and TINY_CKPT in err and a.url not in err.replace(c.url, "")
+    assert len(a.history()) == history_before and not out.exists()
+    assert not (a.base / "input" / "cross_init_cli").exists() or not any(
+        "cli_nockpt" in p.name for p in (a.base / "input" / "cross_init_cli").iterdir())
 
 
-def test_workflow_with_face_prep(cli, checkpoint, override, embeddings_dir, tmp_path):
-    """A graph with CrossInitFacePrep between LoadImage and the trainer (as the shipped one may get): photos of
-    different sizes reach face prep as one image list through the stock folder loader."""
-    import json
+def test_server_killed_mid_job_the_job_finishes_elsewhere(servers, tiny_workflow, tmp_path):
+    a, c = servers["a"], servers["c"]
+    (c.base / "models" / "checkpoints" / TINY_CKPT).write_bytes(b"")  # now c can take jobs
+    face_photo(tmp_path / "faces" / "cli_k1.png", 96)
+    face_photo(tmp_path / "faces" / "cli_k2.png", 80)
+    out = tmp_path / "out"
+    argv = [*farm_args(tiny_workflow, out, c.url, a.url), "--folder", str(tmp_path / "faces"),
+            "--steps", "12", "--batch-size", "1", "--resolution", "64"]
+    process = subprocess.Popen(runner_command(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        line = wait_for_line(process, rf"\] (cli_k\d) @ {re.escape(c.url)} \|", 240, seen)  # c reports training progress
+        victim = re.search(r"(cli_k\d) @", line).group(1)
+        c.kill()
+        stdout, rest = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    err = "".join(seen) + rest
+    assert process.returncode == 0, err
+    assert files_in(out) == ["cli_k1.safetensors", "cli_k2.safetensors"]  # both whole, no temp files
+    rows = summary(stdout)
+    assert rows[victim][5] == a.url and rows[victim][-1] == "ok"
+    assert "goes back to the queue" in err
+    for name in ("cli_k1", "cli_k2"):
+        tensors, metadata = read_embedding(out / f"{name}.safetensors")
+        assert metadata["steps"] == "12" and torch.isfinite(tensors["clip_l"]).all()
+    # nothing half-written on the killed server either
+    assert [p for p in files_in(c.base / "models" / "embeddings") if p.endswith(".tmp")] == []
 
-    workflow = json.loads((REPO / "workflows" / "api" / "cross_init_fast.json").read_text(encoding="utf-8"))
-    if not any(n["class_type"] == "CrossInitFacePrep" for n in workflow.values()):
-        (loader,) = [k for k, n in workflow.items() if n["class_type"] == "LoadImage"]
-        (trainer,) = [k for k, n in workflow.items() if n["class_type"] == "CrossInitTrainer"]
-        workflow["90"] = {"class_type": "CrossInitFacePrep", "inputs": {
-            "image": [loader, 0], "detector": "mtcnn", "model_pack": "antelopev2", "provider": "CPU", "crop_size": 512,
-            "margin": 0.6, "face_select": "largest", "on_no_face": "error"}}
-        workflow[trainer]["inputs"].update(images=["90", 0], masks=["90", 1])
-    path = tmp_path / "with_prep.json"
-    path.write_text(json.dumps(workflow), encoding="utf-8")
-    photos = [face_photo(tmp_path / "big.png", 200), face_photo(tmp_path / "small.png", 160)]
-    code, out, err = run(cli, ["train", "--checkpoint", checkpoint, "--images", *map(str, photos), "--name", "cli_prep",
-                               "--workflow", str(path), "--detector", "opencv", *FAST], override)  # earlier name, still accepted
-    assert code == 0, err + out
-    tensors, metadata = read_embedding(embeddings_dir / "cli_prep.safetensors")
-    assert list(tensors["clip_l"].shape) == [2, 64] and metadata["resolution"] == "64"
+
+def test_ctrl_c_stops_the_local_server_and_leaves_nothing_half_written(comfyui, tiny_workflow, tmp_path):
+    import psutil
+
+    base = make_base(tmp_path / "base", {TINY_CKPT: None})
+    photo = face_photo(tmp_path / "p.png", 96)
+    out = tmp_path / "out"
+    argv = ["--comfyui", str(comfyui), "--base-directory", str(base), "--cpu", "--checkpoint", TINY_CKPT,
+            "--workflow", str(tiny_workflow), "--out", str(out), "--images", str(photo), "--name", "cli_ctrl_c",
+            "--steps", "400", "--batch-size", "1", "--resolution", "64"]
+    process = subprocess.Popen(runner_command(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        port = re.search(r":(\d+) \.\.\.", wait_for_line(process, r"starting ComfyUI .* on http://127\.0\.0\.1:\d+", 120, seen)).group(1)
+        wait_for_line(process, r"cli_ctrl_c \|", 300, seen)  # training is under way
+        children = [p for p in psutil.process_iter(["cmdline"]) if "--port" in (p.info["cmdline"] or [])
+                    and port in p.info["cmdline"]]
+        assert children, "the child server was not found"
+        os.kill(process.pid, signal.SIGINT)
+        _stdout, rest = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, "".join(seen) + rest
+    assert "interrupted" in rest
+    assert not answers(f"http://127.0.0.1:{port}")
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children)
+    assert files_in(out) == []
+    assert files_in(base / "models" / "embeddings") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation command on the same client
+
+
+def test_eval_command_generates_scores_and_writes_its_tables(core, comfyui, tmp_path):
+    """`python -m cross_init_core eval` on the local ComfyUI (started and stopped by the command) with the
+    shipped eval workflow and a small real-architecture SD 1.5 checkpoint: every prompt's images come back,
+    the identity report covers each image (random weights draw no faces: counted, never averaged), and the
+    CSV/JSON tables and the contact sheet are written. An embedding the server lacks stops before any work."""
+    import csv
+
+    from comfy_servers import checkpoint_cache, small_checkpoint
+
+    base = make_base(tmp_path / "base", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
+    vectors = {"clip_l": torch.randn(2, 768, generator=torch.Generator().manual_seed(5))}
+    core.embedding_io.save_embedding(core.embedding.CrossInitEmbedding(vectors=vectors), base / "models" / "embeddings", "cli_eval_face")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts\na photo of a {} person\na {} person on the beach\n", encoding="utf-8")
+    photo = face_photo(tmp_path / "me.png", 160)
+    out = tmp_path / "eval"
+    argv = ["eval", "--comfyui", str(comfyui), "--base-directory", str(base), "--cpu", "--checkpoint", REAL_CKPT,
+            "--embedding", "cli_eval_face", "--faces", str(photo), "--prompts", str(prompts), "--per-prompt", "2", "--steps", "2",
+            "--resolution", "64", "--identity-backend", "dlib", "--no-prompt-score", "--output", str(out)]
+    result = subprocess.run([sys.executable, "-m", "cross_init_core", *argv], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["p00_i00.png", "p00_i01.png", "p01_i00.png", "p01_i01.png"]
+    text = (out / "scores.json").read_text(encoding="utf-8")
+    assert "a photo of a" in text and "on the beach" in text and '"dlib"' in text
+    with open(out / "scores.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert len(rows) >= 3  # a header, a row per prompt and the overall row
+    assert (out / "contact_sheet.jpg").stat().st_size > 0
+    port = re.search(r"on http://127\.0\.0\.1:(\d+)", result.stderr).group(1)
+    assert not answers(f"http://127.0.0.1:{port}")  # the child server was stopped
+    bad_argv = [("no_such_face" if v == "cli_eval_face" else v) for v in argv] + ["--overwrite"]
+    bad = subprocess.run([sys.executable, "-m", "cross_init_core", *bad_argv], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--embedding no_such_face" in bad.stderr, bad.stderr
+    assert sorted(p.name for p in (out / "images").iterdir())[-1] == "p01_i01.png"  # nothing generated by the refused run
