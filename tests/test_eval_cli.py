@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import workflow_runner as wr
+from helpers import fast_eval_prompt, save_tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,8 +185,6 @@ def test_table_and_contact_sheet_from_real_reports(ev, evaluation, pack, tiny, t
     """Two prompts through the eval graph in the host; their /history-shaped outputs feed the table."""
     import folder_paths
     from PIL import Image
-    from test_scores import save_tiny_clip
-    from test_workflows import fast_eval_prompt
 
     folder = Path(folder_paths.get_folder_paths("clip_scoring")[-1]) / "clip-vit-base-patch32"
     if not (folder / "config.json").is_file():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import assert_same_fingerprint, face_images, init_embedding, settings
+from helpers import assert_same_fingerprint, face_images, host_fingerprint, init_embedding, settings
 
 
 def dynamic_patcher(patcher, delegate):
@@ -103,7 +103,6 @@ def _fresh_tiny(kind):
 
 def test_dynamic_vram_trains_the_modules_the_host_reloads_and_leaves_the_host_unchanged(core, tiny):
     import comfy.model_patcher
-    from test_training import host_fingerprint
 
     if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
         pytest.skip("this ComfyUI has no dynamic VRAM (ModelPatcherDynamic appeared after 0.3.75)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import independent_init
 
 NAMES = ["Tom Hanks", "Meryl Streep", "Cher", "Denzel Washington", "Scarlett Johansson"]
 DATA = Path(__file__).resolve().parents[1] / "cross_init_core" / "data"
@@ -22,45 +23,6 @@ def init_node():
     import nodes
 
     return nodes.NODE_CLASS_MAPPINGS["CrossInitEmbeddingInit"]
-
-
-def _manual_encode(clip, token_key: str, seq: torch.Tensor, layer_idx: int | None, final_ln: bool) -> torch.Tensor:
-    """CLIP text transformer run by hand on input embeddings [1, L, D]: causal mask, positions, layers."""
-    csm = clip.cond_stage_model
-    encoder = {"l": getattr(csm, "clip_l", None), "h": getattr(csm, "clip_h", None), "g": getattr(csm, "clip_g", None)}[token_key]
-    text_model = encoder.transformer.text_model
-    from comfy.ldm.modules.attention import optimized_attention_for_device
-
-    x = seq + text_model.embeddings.position_embedding.weight.float()[: seq.shape[1]]
-    mask = torch.full((seq.shape[1], seq.shape[1]), -torch.finfo(x.dtype).max).triu_(1)
-    attention = optimized_attention_for_device(x.device, mask=True, small_input=True)
-    layers = text_model.encoder.layers
-    stop = len(layers) if layer_idx is None else len(layers) + layer_idx + 1
-    for layer in list(layers)[:stop]:
-        x = layer(x.clone(), mask, attention)
-    return text_model.final_layer_norm(x) if final_ln else x
-
-
-def _independent_init(clip, token_key: str, names: list[str], n: int, layer_idx: int | None, final_ln: bool) -> torch.Tensor:
-    from transformers import CLIPTokenizer
-
-    sd_tokenizer = getattr(clip.tokenizer, f"clip_{token_key}")
-    tokenizer: CLIPTokenizer = sd_tokenizer.tokenizer
-    csm = clip.cond_stage_model
-    encoder = {"l": getattr(csm, "clip_l", None), "h": getattr(csm, "clip_h", None), "g": getattr(csm, "clip_g", None)}[token_key]
-    table = encoder.transformer.text_model.embeddings.token_embedding.weight.float()
-    columns: list[list[torch.Tensor]] = [[] for _ in range(n)]
-    for name in names:
-        ids = tokenizer(name, add_special_tokens=False)["input_ids"]
-        for j, token in enumerate(ids[:n]):
-            columns[j].append(table[token])
-    means = torch.stack([torch.stack(c).mean(0) for c in columns])
-    bos, eos = sd_tokenizer.start_token, sd_tokenizer.end_token
-    pad = sd_tokenizer.pad_token
-    ids = [bos] + [eos] + [pad] * (77 - 2 - n)
-    embeds = table[torch.tensor(ids)]
-    seq = torch.cat([embeds[:1], means, embeds[1:]]).unsqueeze(0)
-    return _manual_encode(clip, token_key, seq, layer_idx, final_ln)[0, 1 : 1 + n]
 
 
 def test_reference_list_is_shipped_as_published_and_read_with_its_repeats(core):
@@ -96,8 +58,8 @@ def test_default_node_output_equals_the_reference_computation(core, tiny, kind):
         emb = init_node().execute(clip=clip, num_tokens=2, names="").result[0]
     names = reference_names()
     with torch.inference_mode(False), torch.no_grad():
-        expected = _independent_init(clip, token_key, names, 2, layer_idx, final_ln=True)
-        without_repeats = _independent_init(clip, token_key, list(dict.fromkeys(names)), 2, layer_idx, final_ln=True)
+        expected = independent_init(clip, token_key, names, 2, layer_idx, final_ln=True)
+        without_repeats = independent_init(clip, token_key, list(dict.fromkeys(names)), 2, layer_idx, final_ln=True)
     got = emb.vectors[f"clip_{token_key}"]
     assert got.shape == (2, 64)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
@@ -114,8 +76,8 @@ def test_pack_list_and_typed_names_through_the_node(core, tiny):
         from_pack = init_node().execute(clip=clip, num_tokens=2, names="", name_list="pack").result[0]
         typed = init_node().execute(clip=clip, num_tokens=2, names="Tom Hanks\nCher\nTom Hanks", name_list="pack").result[0]
     with torch.inference_mode(False), torch.no_grad():
-        expected_pack = _independent_init(clip, "l", pack_names, 2, None, final_ln=True)
-        expected_typed = _independent_init(clip, "l", ["Tom Hanks", "Cher", "Tom Hanks"], 2, None, final_ln=True)
+        expected_pack = independent_init(clip, "l", pack_names, 2, None, final_ln=True)
+        expected_typed = independent_init(clip, "l", ["Tom Hanks", "Cher", "Tom Hanks"], 2, None, final_ln=True)
     torch.testing.assert_close(from_pack.vectors["clip_l"], expected_pack, rtol=0, atol=1e-5)
     torch.testing.assert_close(typed.vectors["clip_l"], expected_typed, rtol=0, atol=1e-5)  # typed names win over name_list
     assert from_pack.metadata["init_names"] == "pack" and from_pack.metadata["init_count"] == "1324"
@@ -139,7 +101,7 @@ def test_api_prompt_saved_before_name_list_existed_still_runs(core, tiny, embedd
     with safe_open(str(embeddings_dir / "old_prompt_face.safetensors"), framework="pt") as f:
         saved, metadata = f.get_tensor("clip_h"), f.metadata()
     with torch.inference_mode(False), torch.no_grad():
-        expected = _independent_init(m.clip, "h", reference_names(), 2, -2, final_ln=True)
+        expected = independent_init(m.clip, "h", reference_names(), 2, -2, final_ln=True)
     torch.testing.assert_close(saved, expected, rtol=0, atol=1e-5)
     assert metadata["init_names"] == "reference" and metadata["init_count"] == "691"
 
@@ -150,7 +112,7 @@ def test_initial_vectors_match_independent_computation(core, tiny, kind, token_k
     with torch.inference_mode():
         emb = core.initialization.cross_initialize(clip, 2, NAMES)
     with torch.inference_mode(False), torch.no_grad():
-        expected = _independent_init(clip, token_key, NAMES, 2, layer_idx, final_ln=True)
+        expected = independent_init(clip, token_key, NAMES, 2, layer_idx, final_ln=True)
     got = emb.vectors[f"clip_{token_key}"]
     assert got.shape == (2, 64)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -164,7 +126,7 @@ def test_clip_skip_is_respected(core, tiny):
         skipped = core.initialization.cross_initialize(clip, 2, NAMES).vectors["clip_l"]
         last = core.initialization.cross_initialize(tiny("sd1").clip, 2, NAMES).vectors["clip_l"]
     with torch.inference_mode(False), torch.no_grad():
-        expected = _independent_init(clip, "l", NAMES, 2, -2, final_ln=True)
+        expected = independent_init(clip, "l", NAMES, 2, -2, final_ln=True)
     torch.testing.assert_close(skipped, expected, rtol=1e-5, atol=1e-5)
     assert (skipped - last).abs().max() > 1e-3
 
@@ -181,7 +143,7 @@ def test_words_source_uses_the_phrase_tokens(core, tiny):
     with torch.inference_mode():
         words = core.initialization.cross_initialize(clip, 2, ["woman"], source="words").vectors["clip_l"]
     with torch.inference_mode(False), torch.no_grad():
-        expected = _independent_init(clip, "l", ["woman woman"], 2, None, final_ln=True)
+        expected = independent_init(clip, "l", ["woman woman"], 2, None, final_ln=True)
     torch.testing.assert_close(words, expected, rtol=1e-5, atol=1e-5)
 
 

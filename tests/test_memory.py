@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import assert_host_unchanged, face_images, host_fingerprint, init_embedding
+from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding
 
 REL = 1e-5
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_training import assert_host_unchanged, face_images, host_fingerprint, init_embedding, settings
+from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding, settings
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

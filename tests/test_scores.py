@@ -14,6 +14,7 @@ import pytest
 import torch
 import workflow_runner as wr
 from face_photos import ASTRONAUT_FACE, T1_DAVID, T1_LISA, T1_MATTHEW, TOM_FACE, as_image, astronaut, insightface_image
+from helpers import TINY_CLIP_IMAGE_SIZE, save_tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -325,38 +326,7 @@ def test_auto_without_any_backend_says_what_to_install(core, scoring, tmp_path, 
 
 # ---- prompt score -----------------------------------------------------------------------------------------------
 
-IMAGE_SIZE = 32
-
-
-def save_tiny_clip(folder: Path, seed: int = 0) -> object:
-    """A tiny full CLIP (both towers + projections) built from a transformers CLIPConfig and saved in the
-    documented layout (config.json + model.safetensors, no tokenizer files: ComfyUI's BPE files are used)."""
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-            "vocab_size": 49408,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    model = CLIPModel(config).eval()
-    model.save_pretrained(str(folder), safe_serialization=True)
-    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-    return model
+IMAGE_SIZE = TINY_CLIP_IMAGE_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_initialization import _independent_init
-from test_training import assert_same_fingerprint, face_images
+from helpers import assert_same_fingerprint, face_images, independent_init
 
 NAMES = ["Tom Hanks", "Meryl Streep", "Cher", "Denzel Washington", "Scarlett Johansson"]
 WIDTHS = {"clip_l": 64, "clip_g": 96}
@@ -84,8 +83,8 @@ def test_initial_vectors_match_independent_computation_per_encoder(core, sdxl, c
     layer = -2 if clip_skip is None else clip_skip  # SDXL: penultimate by default, no final LayerNorm
     for token_key in ("l", "g"):
         with torch.inference_mode(False), torch.no_grad():
-            expected = _independent_init(clip, token_key, NAMES, 2, layer, final_ln=False)
-            with_ln = _independent_init(clip, token_key, NAMES, 2, layer, final_ln=True)
+            expected = independent_init(clip, token_key, NAMES, 2, layer, final_ln=False)
+            with_ln = independent_init(clip, token_key, NAMES, 2, layer, final_ln=True)
         got = emb.vectors[f"clip_{token_key}"]
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         assert (got - with_ln).abs().max() > 1e-2  # the final LayerNorm really is left out
@@ -357,8 +356,6 @@ def test_single_encoder_file_is_refused_by_the_load_node_path(core, sdxl, tmp_pa
 def test_trainer_resolution_auto_is_1024_for_sdxl(core, pack, tiny, sdxl, monkeypatch):
     import nodes
 
-    if not hasattr(core.settings, "auto_resolution"):
-        pytest.skip("resolution auto (0 = 1024 for SDXL): pending the nodes/trainer.py + settings.py change")
     trainer = nodes.NODE_CLASS_MAPPINGS["CrossInitTrainer"]
     (resolution,) = [i for i in trainer.GET_SCHEMA().inputs if i.id == "resolution"]
     assert resolution.default == core.settings.AUTO_RESOLUTION == 0

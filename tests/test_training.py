@@ -4,62 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-NAMES = ["Tom Hanks", "Meryl Streep", "Denzel Washington", "Scarlett Johansson"]
-
-
-def face_images(count: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    face = ((xx**2 / 0.4 + yy**2 / 0.6) < 1).float()
-    base = torch.stack([0.8 * face + 0.1, 0.6 * face + 0.2, 0.5 * face + 0.25], dim=-1)
-    return (base.expand(count, -1, -1, -1) + 0.05 * torch.rand(count, size, size, 3, generator=gen)).clamp(0, 1)
-
-
-def init_embedding(core, clip):
-    with torch.inference_mode():
-        return core.initialization.cross_initialize(clip, 2, NAMES)
-
-
-def settings(core, **kw):
-    base = {"steps": 3, "batch_size": 2, "learning_rate": 0.01, "resolution": 64, "seed": 0}
-    base.update(kw)
-    return core.settings.TrainingSettings(**base)
-
-
-def host_fingerprint(m) -> dict[str, torch.Tensor]:
-    """Outputs of the host MODEL, CLIP and VAE on fixed inputs, plus every weight, as ComfyUI would use them."""
-    gen = torch.Generator().manual_seed(123)
-    x = torch.randn(1, 4, 8, 8, generator=gen)
-    with torch.inference_mode():
-        cond = m.clip.encode_from_tokens(m.clip.tokenize("a photo of a person"), return_pooled=True)
-        out = {
-            "unet": m.model.model.apply_model(x, torch.tensor([3.0]), c_crossattn=cond[0]).clone(),
-            "clip": cond[0].clone(),
-            "vae": m.vae.encode(torch.rand(1, 64, 64, 3, generator=gen)).clone(),
-        }
-        for prefix, module in (("w.unet.", m.model.model), ("w.clip.", m.clip.cond_stage_model)):
-            for name, p in module.state_dict(keep_vars=True).items():
-                out[prefix + name] = p
-                out["rg." + prefix + name] = p.requires_grad
-    return out
-
-
-def assert_host_unchanged(before: dict[str, torch.Tensor], m) -> None:
-    assert_same_fingerprint(before, host_fingerprint(m))
-
-
-def assert_same_fingerprint(before: dict, after: dict) -> None:
-    """Same outputs, same weight objects, same requires_grad, no gradients left on host weights."""
-    assert before.keys() == after.keys()
-    for key, value in before.items():
-        if key.startswith("rg."):
-            assert after[key] == value, f"{key}: requires_grad changed"
-        elif key.startswith("w."):
-            assert after[key] is value, f"{key}: the host's tensor object was replaced"
-            assert after[key].grad is None, f"{key}: gradient left on a host weight"
-        else:
-            assert torch.equal(after[key], value), f"{key}: host output changed"
+from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding, settings
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])
@@ -239,12 +184,21 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_finite_vectors(core, tin
     assert_host_unchanged(before, m)
 
 
-def test_progress_bar_reports_every_step(core, tiny):
+def test_progress_bar_reports_every_step(core, tiny, monkeypatch):
+    """The trainer updates the host's progress bar after every step; what reaches the UI hook is the host's
+    choice (0.33 throttles plain updates to one per 100 ms, never the first or the last)."""
     import comfy.utils
 
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
-    seen = []
+    updates, seen = [], []
+    update_absolute = comfy.utils.ProgressBar.update_absolute
+
+    def spy(bar, value, total=None, preview=None):
+        updates.append((value, total))
+        return update_absolute(bar, value, total, preview)
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", spy)
     previous = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
@@ -252,7 +206,9 @@ def test_progress_bar_reports_every_step(core, tiny):
             core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=4))
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert updates == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert seen[0] == (1, 4) and seen[-1] == (4, 4) and set(seen) <= set(updates)
+    assert [value for value, _total in seen] == sorted({value for value, _total in seen})
 
 
 def test_masked_loss_ignores_the_background(core):
@@ -359,7 +315,8 @@ def test_previews_render_with_the_host_models_restored_and_reach_the_progress_ba
     assert [step for step, _v in rendered] == [2, 4]
     images = [image for _value, image in seen if image is not None]
     assert len(images) == 2 and images[0][0] == "JPEG" and images[0][1].size == (512, 256)  # face | sample
-    assert [value for value, _image in seen if _image is None] == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+    plain = [value for value, image in seen if image is None]  # a throttling host may drop the ones in between
+    assert plain.count(1) == 2 and plain.count(5) == 2 and set(plain) <= {1, 2, 3, 4, 5}
     # previews leave the optimisation untouched: same vectors as a run without them
     assert torch.equal(result.embedding.vectors["clip_l"], plain.embedding.vectors["clip_l"])
     assert not torch.equal(rendered[0][1], rendered[1][1])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import workflow_runner as wr
+from helpers import fast_eval_prompt, save_tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]
 STEMS = ("cross_init_fast", "cross_init_full", "cross_init_sdxl_fast", "cross_init_paper")  # training workflows
@@ -321,7 +322,6 @@ def eval_setup(pack, embeddings_dir):
     widths) and a tiny full CLIP in the documented models/clip_scoring/clip-vit-base-patch32/ layout."""
     import folder_paths
     from safetensors.torch import save_file
-    from test_scores import save_tiny_clip
 
     vectors = torch.randn(2, 1024, generator=torch.Generator().manual_seed(7))
     save_file({"clip_h": vectors}, str(embeddings_dir / "eval_face.safetensors"))
@@ -330,20 +330,6 @@ def eval_setup(pack, embeddings_dir):
         save_tiny_clip(folder, seed=11)
     wr.install_face_image("face.png")
     return "eval_face.safetensors"
-
-
-def fast_eval_prompt(batch: int = 2) -> dict:
-    """The eval workflow on tiny models: the loaded embedding is replaced by Cross-Init vectors of the tiny
-    CLIP (a file of the tiny widths would be refused by the loader, which checks the real SD widths)."""
-    prompt = api_file(EVAL_STEM)
-    (loader,) = wr.nodes_of(prompt, "CrossInitLoadEmbedding")
-    (ckpt,) = wr.nodes_of(prompt, "CheckpointLoaderSimple")
-    prompt[loader] = {"class_type": "CrossInitEmbeddingInit", "_meta": {"title": "tiny embedding"}, "inputs": {
-        "clip": [ckpt, 1], "num_tokens": 2, "names": "", "source": "names", "name_list": "reference"}}
-    wr.override(prompt, "KSampler", steps=1)
-    wr.override(prompt, "EmptyLatentImage", width=64, height=64, batch_size=batch)
-    wr.override(prompt, "CrossInitIdentityScore", backend="dlib")
-    return prompt
 
 
 def test_eval_workflow_is_set_up_as_the_paper_evaluates():

@@ -13,7 +13,7 @@ import inspect
 from typing import Any
 
 import torch
-from test_training import assert_host_unchanged, host_fingerprint
+from helpers import assert_host_unchanged, host_fingerprint
 
 PATCHER_FIELDS = (
     "patches", "object_patches", "object_patches_backup", "weight_wrapper_patches", "backup", "hook_patches",

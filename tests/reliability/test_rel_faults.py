@@ -11,8 +11,8 @@ import re
 
 import pytest
 import torch
+from helpers import face_images, init_embedding, settings
 from reliability_state import assert_unchanged, snapshot, torch_state
-from test_training import face_images, init_embedding, settings
 
 FAULT_STEP = 2  # 1-based: the k-th forward call of the hooked block is step k of the loop
 STEPS = 4

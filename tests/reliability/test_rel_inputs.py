@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import face_images, init_embedding
 from reliability_state import SpyVAE, node
-from test_training import face_images, init_embedding
 
 GOOD = {"mode": "custom", "steps": 2, "batch_size": 1, "learning_rate": 0.01, "seed": 0, "resolution": 64}
 

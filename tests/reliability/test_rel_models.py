@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import face_images, init_embedding
 from reliability_state import SpyVAE, node
-from test_training import face_images, init_embedding
 
 T5_TINY = {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1}
 CLIP_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 3, "projection_dim": 64}

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import torch
-from test_training import face_images, init_embedding, settings
+from helpers import face_images, init_embedding, settings
 
 RUNS, WARMUP = 20, 5
 MAX_OBJECTS, MAX_TENSORS, MAX_BYTES = 2000, 0, 5 * 2**20
