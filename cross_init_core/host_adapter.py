@@ -528,6 +528,13 @@ def check_interrupted() -> None:
     mm.throw_exception_if_processing_interrupted()
 
 
+def console_progress_enabled() -> bool:
+    """ComfyUI's switch for console progress bars (`comfy.utils.PROGRESS_BAR_ENABLED`, which KSampler honours too)."""
+    import comfy.utils
+
+    return bool(getattr(comfy.utils, "PROGRESS_BAR_ENABLED", True))
+
+
 def progress_reporter(total: int, node_id: str | None = None) -> Callable[[int, Any], None]:
     """A callback (step, preview_or_None) that advances ComfyUI's progress bar for this node."""
     import comfy.utils

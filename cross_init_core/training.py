@@ -312,7 +312,8 @@ def train(
     memory = (memory or MemorySettings()).validated()
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     steps = run.settings.steps
-    console = tqdm(total=steps, desc="Cross-Init training", unit="step", dynamic_ncols=True)
+    console = tqdm(total=steps, desc="Cross-Init training", unit="step", dynamic_ncols=True,
+                   disable=not host_adapter.console_progress_enabled())
     calls = Callbacks(host_adapter.progress_reporter(steps), console, on_step, fault_hook, preview, preview_every)
     trainer = Trainer(run, embedding, memory, calls, started)
     try:

@@ -315,8 +315,8 @@ def test_previews_render_with_the_host_models_restored_and_reach_the_progress_ba
     assert [step for step, _v in rendered] == [2, 4]
     images = [image for _value, image in seen if image is not None]
     assert len(images) == 2 and images[0][0] == "JPEG" and images[0][1].size == (512, 256)  # face | sample
-    plain = [value for value, image in seen if image is None]  # a throttling host may drop the ones in between
-    assert plain.count(1) == 2 and plain.count(5) == 2 and set(plain) <= {1, 2, 3, 4, 5}
+    steps = [value for value, image in seen if image is None]  # a throttling host may drop the ones in between
+    assert steps.count(1) == 2 and steps.count(5) == 2 and set(steps) <= {1, 2, 3, 4, 5}
     # previews leave the optimisation untouched: same vectors as a run without them
     assert torch.equal(result.embedding.vectors["clip_l"], plain.embedding.vectors["clip_l"])
     assert not torch.equal(rendered[0][1], rendered[1][1])
@@ -342,6 +342,18 @@ def test_console_progress_shows_steps_and_loss(core, tiny, capsys):
     err = capsys.readouterr().err
     assert "Cross-Init training" in err and "3/3" in err
     assert f"loss={result.losses[-1]:.4f}" in err
+
+
+def test_console_progress_follows_comfyuis_progress_bar_switch(core, tiny, capsys, monkeypatch):
+    import comfy.utils
+
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_ENABLED", False)
+    with torch.inference_mode():
+        result = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=2))
+    assert len(result.losses) == 2
+    assert "Cross-Init training" not in capsys.readouterr().err
 
 
 def test_captions_are_the_reference_templates_drawn_uniformly(core, tiny):
