@@ -405,23 +405,17 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if problems:
         raise UsageError("\n".join(problems))
 
-    comfyui, where = (args.comfyui, f"--comfyui {args.comfyui}") if args.comfyui else host.default_comfyui_path()
+    comfyui = args.comfyui or host.default_comfyui_path()[0]
     with tempfile.TemporaryDirectory(prefix="cross_init_run_") as scratch:
         local = None
         local_embeddings: Path | None = None
         ckpt_name = args.checkpoint
         if not urls:
-            if comfyui is None:
-                raise UsageError("no ComfyUI found to start: pass --comfyui PATH, set COMFYUI_PATH, install this pack in "
-                                 "ComfyUI/custom_nodes, or give running servers with --server URL")
-            if not host.looks_like_comfyui(comfyui):
-                raise UsageError(f"{where}: this is not a ComfyUI folder (no main.py, folder_paths.py and comfy/ in it)")
-            from .comfy_client import LocalServer
-
-            cpu = args.cpu or not host.has_accelerator()
-            extra, ckpt_name, local_embeddings = host.local_server_setup(comfyui, args.base_directory, args.checkpoint,
-                                                                        Path(scratch), cpu)
-            local = LocalServer(comfyui.resolve(), extra, log_path=Path(scratch) / "comfyui.log")
+            try:
+                local, ckpt_name, local_embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
+                                                                        Path(scratch), args.cpu)
+            except host.LocalComfyUIError as exc:
+                raise UsageError(str(exc)) from None
         elif args.out is None:
             if comfyui is not None and host.looks_like_comfyui(comfyui):
                 local_embeddings = comfyui.resolve() / "models" / "embeddings"

@@ -250,6 +250,26 @@ def _pack_is_installed(custom_nodes: list[Path]) -> bool:
     return any(entry.resolve() == PACK_DIR for folder in custom_nodes if folder.is_dir() for entry in folder.iterdir())
 
 
+class LocalComfyUIError(ValueError):
+    """No ComfyUI to start here; the message says what to pass instead."""
+
+
+def local_comfyui(comfyui: Path | None, base_directory: Path | None, checkpoint: str, scratch: Path,
+                  cpu: bool) -> tuple[Any, str, Path]:
+    """The local child ComfyUI to start (a LocalServer, not started yet), the checkpoint name it will know, and
+    its embeddings folder. `comfyui` None = the ComfyUI this pack is installed in, else $COMFYUI_PATH."""
+    from .comfy_client import LocalServer
+
+    folder, where = (comfyui, f"--comfyui {comfyui}") if comfyui else default_comfyui_path()
+    if folder is None:
+        raise LocalComfyUIError("no ComfyUI found to start: pass --comfyui PATH, set COMFYUI_PATH, install this pack in "
+                                "ComfyUI/custom_nodes, or give running servers with --server URL")
+    if not looks_like_comfyui(folder):
+        raise LocalComfyUIError(f"{where}: this is not a ComfyUI folder (no main.py, folder_paths.py and comfy/ in it)")
+    extra, ckpt_name, embeddings = local_server_setup(folder, base_directory, checkpoint, scratch, cpu or not has_accelerator())
+    return LocalServer(folder.resolve(), extra, log_path=scratch / "comfyui.log"), ckpt_name, embeddings
+
+
 def local_server_setup(comfyui: Path, base_directory: Path | None, checkpoint: str, scratch: Path,
                        cpu: bool) -> tuple[list[str], str, Path]:
     """(main.py arguments, checkpoint name, embeddings folder) for the local child ComfyUI.

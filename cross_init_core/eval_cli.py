@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
+from .cli import EXIT_USAGE, _int_in
 from .errors import CrossInitError
 
 log = logging.getLogger(__name__)
 
 PROG = "python -m cross_init_core eval"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 WORKFLOW_NAME = "cross_init_eval.json"
@@ -55,18 +55,6 @@ class UsageError(CrossInitError):
 # Arguments
 
 
-def _int_in(low: int, high: int, multiple: int = 1) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high or value % multiple:
-            extra = f", a multiple of {multiple}" if multiple > 1 else ""
-            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low}..{high}{extra}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

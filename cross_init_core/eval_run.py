@@ -49,16 +49,11 @@ def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) ->
         local: LocalServer | None = None
         ckpt_name = args.checkpoint
         if not args.server:
-            comfyui, where = (args.comfyui, f"--comfyui {args.comfyui}") if args.comfyui else host.default_comfyui_path()
-            if comfyui is None:
-                raise UsageError("no ComfyUI found to start: pass --comfyui PATH, set COMFYUI_PATH, install this pack in "
-                                 "ComfyUI/custom_nodes, or give a running server with --server URL")
-            if not host.looks_like_comfyui(comfyui):
-                raise UsageError(f"{where}: this is not a ComfyUI folder (no main.py, folder_paths.py and comfy/ in it)")
-            cpu = args.cpu or not host.has_accelerator()
-            extra, ckpt_name, _embeddings = host.local_server_setup(comfyui, args.base_directory, args.checkpoint,
-                                                                    Path(scratch), cpu)
-            local = LocalServer(comfyui.resolve(), extra, log_path=Path(scratch) / "comfyui.log")
+            try:
+                local, ckpt_name, _embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
+                                                                   Path(scratch), args.cpu)
+            except host.LocalComfyUIError as exc:
+                raise UsageError(str(exc)) from None
         try:
             return asyncio.run(_serve(args, plan, ckpt_name, local, stdout, stderr))
         finally:
