@@ -452,9 +452,6 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
 
 
 def _execute(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) -> int:
-    try:
-        from . import eval_run
-    except ImportError as exc:  # the HTTP client the batch runner uses is not in this version of the pack
-        raise UsageError(f"this version of the pack cannot run the evaluation from a terminal ({exc}); the inputs are "
-                         "fine. Use the cross_init_eval workflow in ComfyUI instead.") from None
+    from . import eval_run  # the HTTP client and aiohttp load only when there is work to do
+
     return eval_run.run(args, plan, stdout, stderr)

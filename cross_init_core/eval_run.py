@@ -17,12 +17,11 @@ from typing import Any, TextIO
 
 from . import __version__
 from . import cli_comfy as host
+from .cli import EXIT_FAILED, EXIT_OK
 from .comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, combo_options, normalize_url
 from .eval_cli import (
     CKPT_LOADER,
     EMBEDDING_LOADER,
-    EXIT_FAILED,
-    EXIT_OK,
     PROMPT_SCORE,
     REQUIRED_NODES,
     TEXT_PREVIEW,
