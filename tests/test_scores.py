@@ -420,7 +420,8 @@ def test_clip_scoring_folder_key_keeps_extra_model_paths(scoring, tmp_path):
         paths = scoring.register_clip_scoring_folder()
         assert paths == [str(tmp_path), str(Path(folder_paths.models_dir) / "clip_scoring")]
         save_tiny_clip(tmp_path / "openai" / "clip-vit-tiny")
-        assert scoring.list_models() == ["openai/clip-vit-tiny"]
+        default = Path(folder_paths.models_dir) / "clip_scoring"  # other tests may have left models there
+        assert scoring.list_models() == ["openai/clip-vit-tiny", *scoring.list_models([default])]  # extra paths first
     finally:
         if saved is None:
             folder_paths.folder_names_and_paths.pop("clip_scoring", None)
