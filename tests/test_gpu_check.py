@@ -55,7 +55,8 @@ def test_smoke_run_writes_its_rows_into_a_copy_only(tmp_path):
         assert row["skipped"] == "0"
         per_step, steps = row["full s/step (measured steps)"].split()
         assert float(per_step) > 0 and steps == "(2)"
-        assert float(row["full run s (projected)"]) >= 320 * float(per_step)  # setup + 320 steps
+        # setup + 320 steps; the table rounds s/step to 3 decimals and seconds to whole ones
+        assert float(row["full run s (projected)"]) >= 320 * (float(per_step) - 0.0005) - 0.5
         assert row["peak VRAM MiB"] == "n/a (CPU)" and row["plan"].startswith("micro-batch")
         assert float(row["grad cos"]) >= 0.9  # the trainer's fp16/bf16 gradient agrees with fp32
     assert train[0]["unscaled"] != "—" and train[1]["unscaled"] == "—"  # fp16 only
