@@ -448,14 +448,10 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
     async with aiohttp.ClientSession() as session:
         if local is not None:
             log.info("starting ComfyUI (%s) on %s ...", local.comfyui, local.url)
-            local.start()
-            client = ComfyClient(local.url, session)
             try:
-                await client.wait_until_up(600.0, is_alive=local.alive)
-            except ServerGone:
-                tail = local.log_tail()
-                raise UsageError(f"the local ComfyUI ({local.comfyui}) did not start"
-                                 + (f"; the end of its log:\n{tail}" if tail else "")) from None
+                client = await local.connect(session)
+            except ServerGone as exc:
+                raise UsageError(str(exc)) from None
             servers = [farm.Server(client, local=local)]
         else:
             servers = [farm.Server(ComfyClient(url, session)) for url in urls]

@@ -320,6 +320,18 @@ class LocalServer:
             self._log_file.close()
         self._log_file = None
 
+    async def connect(self, session: aiohttp.ClientSession) -> ComfyClient:
+        """Starts the server and returns a client once it answers; ServerGone (with the end of its log) if it never does."""
+        self.start()
+        client = ComfyClient(self.url, session)
+        try:
+            await client.wait_until_up(600.0, is_alive=self.alive)
+        except ServerGone:
+            tail = self.log_tail()
+            ending = f"; the end of its log:\n{tail}" if tail else ""
+            raise ServerGone(f"the local ComfyUI ({self.comfyui}) did not start{ending}") from None
+        return client
+
     def log_tail(self, lines: int = 20) -> str:
         if self.log_path is None or not self.log_path.is_file():
             return ""

@@ -105,14 +105,10 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
     async with aiohttp.ClientSession() as session:
         if local is not None:
             log.info("starting ComfyUI (%s) on %s ...", local.comfyui, local.url)
-            local.start()
-            client = ComfyClient(local.url, session)
             try:
-                await client.wait_until_up(600.0, is_alive=local.alive)
-            except ServerGone:
-                tail = local.log_tail()
-                raise UsageError(f"the local ComfyUI ({local.comfyui}) did not start"
-                                 + (f"; the end of its log:\n{tail}" if tail else "")) from None
+                client = await local.connect(session)
+            except ServerGone as exc:
+                raise UsageError(str(exc)) from None
         else:
             client = ComfyClient(normalize_url(args.server), session)
             try:
