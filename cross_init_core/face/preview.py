@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import ImageDraw, ImageFont
 
 from .detection import Detection
 from .images import to_uint8
-from .pixels import resize
+from .pixels import fit_in_square
 
 PREVIEW_SIDE = 512
 CHOSEN = (0, 220, 0)
@@ -19,12 +19,7 @@ TEXT = (255, 255, 255)
 
 def draw_preview(rgb: np.ndarray, faces: list[Detection], chosen: Detection | None, label: str) -> np.ndarray:
     """PREVIEW_SIDE^2 x 3 float32: the photo fitted in, all faces boxed (chosen green), or a red frame if none."""
-    height, width = rgb.shape[:2]
-    scale = PREVIEW_SIDE / max(height, width)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    canvas = Image.new("RGB", (PREVIEW_SIDE, PREVIEW_SIDE))
-    ox, oy = (PREVIEW_SIDE - new_w) // 2, (PREVIEW_SIDE - new_h) // 2
-    canvas.paste(Image.fromarray(resize(to_uint8(rgb), new_w, new_h)), (ox, oy))
+    canvas, scale, ox, oy, new_w, new_h = fit_in_square(to_uint8(rgb), PREVIEW_SIDE)
     draw = ImageDraw.Draw(canvas)
 
     def to_canvas(x: float, y: float) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import CrossInitError
 from ..face.errors import FacePrepError, MissingDependencyError
 from ..face.images import split_batch, to_uint8
-from ..face.pixels import resize
+from ..face.pixels import fit_in_square
 from .arcface_backend import insightface_embedder
 from .dlib_backend import INSTALL_HINT as DLIB_INSTALL_HINT
 from .dlib_backend import dlib_embedder
@@ -147,12 +147,7 @@ def score_identity(
 
 
 def _tile(rgb: np.ndarray, found: FoundFace | None, entry: dict[str, Any]) -> Image.Image:
-    height, width = rgb.shape[:2]
-    scale = TILE / max(height, width)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    canvas = Image.new("RGB", (TILE, TILE))
-    ox, oy = (TILE - new_w) // 2, (TILE - new_h) // 2
-    canvas.paste(Image.fromarray(resize(to_uint8(rgb), new_w, new_h)), (ox, oy))
+    canvas, scale, ox, oy, new_w, new_h = fit_in_square(to_uint8(rgb), TILE)
     draw = ImageDraw.Draw(canvas)
     if found is None:
         draw.rectangle((ox, oy, ox + new_w - 1, oy + new_h - 1), outline=NO_FACE, width=5)
