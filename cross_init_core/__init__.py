@@ -13,6 +13,7 @@ from types import ModuleType
 __version__ = "0.1.0"
 
 SUBMODULES = (
+    "atomic_files",
     "embedding",
     "embedding_io",
     "errors",

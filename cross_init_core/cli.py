@@ -16,71 +16,39 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .errors import CrossInitError
+from .cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_console_options,
+    add_local_comfyui_options,
+    check_console_and_local,
+    int_in,
+    learning_rate,
+    run_command,
+)
+from .cli_jobs import IMAGE_SUFFIXES, Job, clash_problems, collect_jobs, format_summary, input_problems, summary_rows
+from .prompt_graph import nodes_of
 from .settings import MODES, PRESETS
 
 log = logging.getLogger(__name__)
 
 PROG = "python -m cross_init_core"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PRESET_MODES = tuple(m for m in MODES if m != "custom")
-
-
-class UsageError(Exception):
-    """Bad arguments or inputs found before any work (exit code 2)."""
-
-
-@dataclass
-class Job:
-    name: str
-    images: list[Path]
-    source: str  # what the job came from, for messages
-    status: str = "pending"
-    message: str = ""
-    path: str | None = None
-    seconds: float | None = None
-    final_loss: float | None = None
-    steps: int | None = None
-    server: str | None = None  # the server that trained it (or failed it last)
+# the loggers whose messages the runner shows (all loggers with --verbose); the first reports usage errors
+LOGGERS = ("cli", "cli_jobs", "cli_comfy", "comfy_client", "farm")
 
 
 # ---------------------------------------------------------------------------------------------
 # Arguments
-
-
-def _int_in(low: int, high: int, multiple: int = 1) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high or value % multiple:
-            extra = f", a multiple of {multiple}" if multiple > 1 else ""
-            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low}..{high}{extra}")
-        return value
-
-    return parse
-
-
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: use a value above 0 and at most 1")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--mode", choices=PRESET_MODES, default="fast",
                        help="preset: fast (default) or full; selects workflows/api/cross_init_<mode>.json.")
-    train.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0, help="training seed (default 0; same seed = same result on CPU).")
-    train.add_argument("--steps", type=_int_in(1, 100_000), metavar="N", help="training steps (overrides the preset).")
-    train.add_argument("--batch-size", type=_int_in(1, 64), metavar="B", help="samples per step (overrides the preset).")
-    train.add_argument("--learning-rate", type=_learning_rate, metavar="LR", help="AdamW learning rate (overrides the preset).")
-    train.add_argument("--resolution", type=_int_in(64, 2048, multiple=64), metavar="PX",
+    train.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="training seed (default 0; same seed = same result on CPU).")
+    train.add_argument("--steps", type=int_in(1, 100_000), metavar="N", help="training steps (overrides the preset).")
+    train.add_argument("--batch-size", type=int_in(1, 64), metavar="B", help="samples per step (overrides the preset).")
+    train.add_argument("--learning-rate", type=learning_rate, metavar="LR", help="AdamW learning rate (overrides the preset).")
+    train.add_argument("--resolution", type=int_in(64, 2048, multiple=64), metavar="PX",
                        help="training resolution, a multiple of 64 (default: the workflow's, 512; 1024 for SDXL). Also the "
                             "face-prep crop size when the workflow has a face-prep node.")
     train.add_argument("--detector", metavar="NAME", help="face-prep detector (auto, insightface, mtcnn); only for workflows with a "
@@ -153,25 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "output/cross_init/NAME_*.png on the server that trained NAME) and save the loss curve; "
                           "default: train and save only.")
     out.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the summary as JSON to FILE.")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar.")
-    out.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's and the pack's log messages.")
-    out.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the summary table.")
+    add_console_options(out, "summary table")
 
     host = parser.add_argument_group("ComfyUI")
     host.add_argument("--server", action="append", metavar="URL|FILE",
                       help="a running ComfyUI server to train on (http://host:port); repeat it for several, or give a file "
                            "with one URL per line. Each server trains one person at a time. Without --server the runner "
                            "starts the local ComfyUI on 127.0.0.1 for the run and stops it afterwards.")
-    host.add_argument("--comfyui", type=Path, metavar="PATH",
-                      help="the local ComfyUI folder to start (default: the ComfyUI this pack is installed in, i.e. two "
-                           "folders up from the pack, else $COMFYUI_PATH).")
-    host.add_argument("--base-directory", type=Path, metavar="DIR",
-                      help="the local ComfyUI's --base-directory (models/, input/, output/, custom_nodes/ root); default: "
-                           "ComfyUI's own.")
-    host.add_argument("--workflow", type=Path, metavar="FILE",
-                      help="an API-format workflow to run instead of the shipped one (same node types; nodes are found by type).")
-    host.add_argument("--cpu", action="store_true", help="run the local ComfyUI on the CPU even when a GPU is available "
-                                                          "(the default without one).")
+    add_local_comfyui_options(host, "an API-format workflow to run instead of the shipped one (same node types; nodes are "
+                                    "found by type).")
     return parser
 
 
@@ -194,10 +152,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--images needs --name NAME (the embedding's file name)")
     if args.folder is not None and args.name:
         parser.error("--name is for --images; with --folder the names come from the sub-folders and files")
-    if args.verbose and args.quiet:
-        parser.error("--verbose and --quiet exclude each other")
-    if args.server and (args.comfyui or args.base_directory or args.cpu):
-        parser.error("--comfyui, --base-directory and --cpu are for the local ComfyUI; with --server the servers have their own")
+    check_console_and_local(parser, args)
     return args
 
 
@@ -223,168 +178,13 @@ def server_urls(values: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Jobs and pre-run checks (no ComfyUI needed)
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def collect_jobs(args: argparse.Namespace) -> list[Job]:
-    if args.images is not None:
-        return [Job(name=args.name, images=list(args.images), source="--images")]
-    folder: Path = args.folder
-    if not folder.is_dir():
-        raise UsageError(f"--folder {folder}: not a folder")
-    jobs: list[Job] = []
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            photos = sorted((p for p in entry.iterdir() if _is_image(p)), key=lambda p: p.name)
-            if photos:
-                jobs.append(Job(name=entry.name, images=photos, source=f"{entry}/"))
-            else:
-                log.warning("%s: no photos (%s) in this sub-folder; ignored", entry, ", ".join(IMAGE_SUFFIXES))
-        elif _is_image(entry):
-            jobs.append(Job(name=entry.stem, images=[entry], source=str(entry)))
-    if not jobs:
-        raise UsageError(f"--folder {folder}: no sub-folders with photos and no photos ({', '.join(IMAGE_SUFFIXES)}) in it")
-    return jobs
-
-
-def input_problems(jobs: list[Job]) -> list[str]:
-    """Bad names, duplicate names and unreadable photos, for all jobs at once."""
-    from PIL import Image
-
-    from .embedding_io import validate_name
-
-    problems: list[str] = []
-    seen: dict[str, str] = {}
-    for job in jobs:
-        try:
-            job.name = validate_name(job.name)
-        except CrossInitError as exc:
-            problems.append(f"{job.source}: bad embedding {exc}")
-            continue
-        key = job.name.casefold()  # case-insensitive file systems would make these the same file
-        if key in seen:
-            problems.append(f"{job.source}: the name {job.name!r} is also used by {seen[key]}")
-        seen[key] = job.source
-    for job in jobs:
-        for photo in job.images:
-            if not photo.exists():
-                problems.append(f"photo {photo}: file not found")
-            elif not photo.is_file():
-                problems.append(f"photo {photo}: not a file")
-            elif photo.suffix.lower() not in IMAGE_SUFFIXES:
-                problems.append(f"photo {photo}: use {', '.join(IMAGE_SUFFIXES)} files")
-            else:
-                try:
-                    with Image.open(photo) as image:
-                        image.verify()
-                except Exception as exc:  # PIL raises many types for broken files
-                    problems.append(f"photo {photo}: not a readable image ({exc})")
-    return problems
-
-
-def clash_problems(jobs: list[Job], folder: Path, overwrite: bool, skip_existing: bool) -> list[str]:
-    problems: list[str] = []
-    for job in jobs:
-        target = folder / f"{job.name}.safetensors"
-        if not target.exists() or overwrite:
-            continue
-        if skip_existing:
-            job.status, job.path, job.message = "skipped", str(target), "file exists (--skip-existing)"
-            continue
-        problems.append(f"{job.name}: {target} already exists; choose another name, or pass --overwrite to replace it "
-                        "(or --skip-existing to keep it)")
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
-
-
-@contextmanager
-def _logging_to(stream: TextIO, verbose: bool, quiet: bool) -> Iterator[None]:
-    """This module's messages (and with --verbose everyone's) on `stream`, for the duration of one run."""
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
-    ours = [logging.getLogger(f"{__package__}.{m}") for m in ("cli", "cli_comfy", "comfy_client", "farm")]
-    root = logging.getLogger()
-    saved = [(lg, lg.level, lg.propagate) for lg in ours] + [(root, root.level, root.propagate)]
-    if verbose:
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-    else:
-        for lg in ours:
-            lg.addHandler(handler)
-            lg.propagate = False
-            lg.setLevel(logging.WARNING if quiet else logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        for lg, level, propagate in saved:
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-            lg.propagate = propagate
-
-
-def summary_rows(jobs: list[Job]) -> list[dict[str, Any]]:
-    return [
-        {"name": j.name, "images": len(j.images), "steps": j.steps, "seconds": None if j.seconds is None else round(j.seconds, 1),
-         "final_loss": j.final_loss, "server": j.server, "file": j.path, "status": j.status, "message": j.message}
-        for j in jobs
-    ]
-
-
-def format_summary(jobs: list[Job]) -> str:
-    header = ("name", "images", "steps", "seconds", "final loss", "server", "file", "status")
-    rows = []
-    for j in jobs:
-        status = j.status if not j.message or j.status == "ok" else f"{j.status}: {j.message}"
-        rows.append((
-            j.name, str(len(j.images)), "-" if j.steps is None else str(j.steps),
-            "-" if j.seconds is None else f"{j.seconds:.1f}", "-" if j.final_loss is None else f"{j.final_loss:.4f}",
-            j.server or "-", j.path or "-", status,
-        ))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if i < len(header) - 1 else len(h) for i, h in enumerate(header)]
-    line = "  ".join
-    out = [line(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
-           line("-" * w for w in widths)]
-    out += [line(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    ok = sum(j.status == "ok" for j in jobs)
-    skipped = sum(j.status == "skipped" for j in jobs)
-    failed = len(jobs) - ok - skipped
-    out.append(f"{ok} written, {failed} failed, {skipped} skipped")
-    return "\n".join(out) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
 # Main
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Runs the CLI; returns the exit code (130 when stopped with Ctrl-C)."""
-    stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
-    try:
-        with redirect_stdout(stdout), redirect_stderr(stderr):  # argparse's help and errors go to sys.*
-            args = parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    with _logging_to(stderr, args.verbose, args.quiet):
-        try:
-            return _run(args, stdout, stderr)
-        except UsageError as exc:
-            for line in str(exc).splitlines():
-                log.error("error: %s", line)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            log.error("interrupted: files already written are complete; nothing half-written was left")
-            return 130
+    return run_command(argv, parse_args, _run, [logging.getLogger(f"{__package__}.{name}") for name in LOGGERS],
+                       "interrupted: files already written are complete; nothing half-written was left", stdout, stderr)
 
 
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -395,11 +195,13 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     workflow_path = args.workflow or host.WORKFLOW_DIR / f"cross_init_{args.mode}.json"
     try:
         workflow = json.loads(Path(workflow_path).read_text(encoding="utf-8"))
+        if not isinstance(workflow, dict):
+            raise ValueError("not an API-format workflow (a JSON object of nodes)")
     except (OSError, ValueError) as exc:
         problems.append(f"workflow {workflow_path}: cannot be read ({exc})")
         workflow = {}
     for class_type in (host.TRAINER, host.SAVER, "LoadImage"):
-        if workflow and not host.nodes_of(workflow, class_type):
+        if workflow and not nodes_of(workflow, class_type):
             problems.append(f"workflow {workflow_path}: it has no {class_type} node")
     urls = server_urls(args.server) if args.server else []
     if problems:
@@ -411,11 +213,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         local_embeddings: Path | None = None
         ckpt_name = args.checkpoint
         if not urls:
-            try:
-                local, ckpt_name, local_embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
-                                                                        Path(scratch), args.cpu)
-            except host.LocalComfyUIError as exc:
-                raise UsageError(str(exc)) from None
+            local, ckpt_name, local_embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
+                                                                    Path(scratch), args.cpu)
         elif args.out is None:
             if comfyui is not None and host.looks_like_comfyui(comfyui):
                 local_embeddings = comfyui.resolve() / "models" / "embeddings"
@@ -443,16 +242,11 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
 
     from . import cli_comfy as host
     from . import farm
-    from .comfy_client import ComfyClient, ServerGone
+    from .comfy_client import ComfyClient
 
     async with aiohttp.ClientSession() as session:
         if local is not None:
-            log.info("starting ComfyUI (%s) on %s ...", local.comfyui, local.url)
-            try:
-                client = await local.connect(session)
-            except ServerGone as exc:
-                raise UsageError(str(exc)) from None
-            servers = [farm.Server(client, local=local)]
+            servers = [farm.Server(await host.connect_local(local, session, log), local=local)]
         else:
             servers = [farm.Server(ComfyClient(url, session)) for url in urls]
 
@@ -501,7 +295,7 @@ def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], serv
 
     wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
     info = servers[0].face_prep if servers else None
-    if not workflow or not host.nodes_of(workflow, host.FACE_PREP) or info is None:
+    if not workflow or not nodes_of(workflow, host.FACE_PREP) or info is None:
         for key, value in wanted.items():
             if value is not None:
                 log.warning("--%s ignored: the workflow has no %s node", key.replace("_", "-"), host.FACE_PREP)

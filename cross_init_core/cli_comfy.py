@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cli_common import UsageError
+from .prompt_graph import load_photos, nodes_of, only, set_checkpoint, upstream
+
 log = logging.getLogger(__name__)
 
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -79,50 +82,6 @@ class GraphSettings:
     face_prep: dict[str, Any] = field(default_factory=dict)
 
 
-def nodes_of(prompt: dict[str, Any], class_type: str) -> list[str]:
-    return [node_id for node_id, node in prompt.items() if node.get("class_type") == class_type]
-
-
-def only(prompt: dict[str, Any], class_type: str) -> str:
-    found = nodes_of(prompt, class_type)
-    if len(found) != 1:
-        raise ValueError(f"the workflow must have exactly one {class_type} node; it has {len(found)}")
-    return found[0]
-
-
-def ancestors(prompt: dict[str, Any], roots: list[str]) -> set[str]:
-    seen: set[str] = set()
-    todo = list(roots)
-    while todo:
-        node_id = todo.pop()
-        if node_id in seen or node_id not in prompt:
-            continue
-        seen.add(node_id)
-        for value in prompt[node_id]["inputs"].values():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
-                todo.append(value[0])
-    return seen
-
-
-def _rewire(prompt: dict[str, Any], old: list[Any], new: list[Any], skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    for node_id, node in prompt.items():
-        if node_id in skip:
-            continue
-        for key, value in node["inputs"].items():
-            if value == old:
-                node["inputs"][key] = list(new)
-
-
-class _Ids:
-    def __init__(self, prompt: dict[str, Any]) -> None:
-        numeric = [int(k) for k in prompt if k.isdigit()]
-        self.next = max(numeric, default=0) + 1
-
-    def __call__(self) -> str:
-        self.next += 1
-        return str(self.next - 1)
-
-
 def build_prompt(workflow: dict[str, Any], settings: GraphSettings, images: list[str], image_folder: str,
                  presets: dict[str, Any]) -> dict[str, Any]:
     """The API prompt for one embedding: the shipped graph with this job's inputs.
@@ -131,11 +90,8 @@ def build_prompt(workflow: dict[str, Any], settings: GraphSettings, images: list
     folder holding them (also relative). Nodes are found by class_type, never by id.
     """
     prompt = copy.deepcopy(workflow)
-    new_id = _Ids(prompt)
     trainer, saver = only(prompt, TRAINER), only(prompt, SAVER)
-    for node in prompt.values():  # CheckpointLoaderSimple, and any other loader that takes a checkpoint name
-        if "ckpt_name" in node.get("inputs", {}):
-            node["inputs"]["ckpt_name"] = settings.ckpt_name
+    set_checkpoint(prompt, settings.ckpt_name)
 
     # trainer: mode and seed; --steps/--batch-size/--learning-rate switch to custom with the preset's other values
     t = prompt[trainer]["inputs"]
@@ -167,18 +123,11 @@ def build_prompt(workflow: dict[str, Any], settings: GraphSettings, images: list
         prompt[loader] = {"class_type": FOLDER_LOADER, "inputs": {"folder": image_folder}, "_meta": {"title": "Face photos (CLI)"}}
     else:
         # one LoadImage per photo, batched with the stock ImageBatch (it resizes later photos to the first's size)
-        prompt[loader]["inputs"]["image"] = images[0]
-        last = [loader, 0]
-        added: set[str] = set()
-        for image in images[1:]:
-            load_id, batch_id = new_id(), new_id()
-            prompt[load_id] = {"class_type": "LoadImage", "inputs": {"image": image}, "_meta": {"title": "Face photo (CLI)"}}
-            prompt[batch_id] = {"class_type": "ImageBatch", "inputs": {"image1": last, "image2": [load_id, 0]},
-                                "_meta": {"title": "Batch photos (CLI)"}}
-            added |= {load_id, batch_id}
-            last = [batch_id, 0]
+        last, added = load_photos(prompt, loader, images, "Face photo (CLI)", "Batch photos (CLI)")
         if last != [loader, 0]:
-            _rewire(prompt, [loader, 0], last, skip=added)
+            for node_id, node in prompt.items():  # the graph's readers of the photos now read the batch
+                if node_id not in added:
+                    node["inputs"].update({key: list(last) for key, value in node["inputs"].items() if value == [loader, 0]})
 
     if settings.samples:
         for node_id in nodes_of(prompt, "SaveImage"):
@@ -188,19 +137,18 @@ def build_prompt(workflow: dict[str, Any], settings: GraphSettings, images: list
             inputs = {"images": prompt[node_id]["inputs"]["images"], "filename_prefix": f"cross_init/{settings.name}_loss"}
             prompt[node_id] = {"class_type": "SaveImage", "inputs": inputs, "_meta": prompt[node_id].get("_meta", {})}
     else:
-        keep = ancestors(prompt, [saver])
+        keep = upstream(prompt, [saver])
         prompt = {k: v for k, v in prompt.items() if k in keep}
     return prompt
 
 
 class ProgressBar:
-    """Progress of one job, fed by its server's websocket "progress" messages.
+    """Progress of one job, fed by its server's websocket "progress" messages (one node at a time).
 
-    With one server on a terminal the line is redrawn in place; otherwise (logs, CI, several servers whose
-    jobs run side by side) a line is written every 10 %.
+    On a terminal with one job at a time: a tqdm bar per node, as ComfyUI's own console bars. Otherwise (a
+    log file, CI, or several servers whose jobs run side by side, where redrawn lines would interleave): a
+    plain line every 10 %.
     """
-
-    WIDTH = 30
 
     def __init__(self, stream: TextIO, label: str, enabled: bool = True, redraw: bool = True) -> None:
         self.stream = stream
@@ -209,36 +157,37 @@ class ProgressBar:
         self.tty = redraw and bool(getattr(stream, "isatty", lambda: False)())
         self.started = time.perf_counter()
         self.last_tenth = -1
-        self.updates = 0
-        self.open_line = False
+        self.bar: Any = None
 
     def hook(self, value: int, total: int, node_id: str | None = None) -> None:
-        self.updates += 1
         if not self.enabled or not total:
             return
-        fraction = min(max(value / total, 0.0), 1.0)
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / value * (total - value) if value else 0.0
-        filled = round(fraction * self.WIDTH)
-        text = f"{self.label} |{'#' * filled}{'.' * (self.WIDTH - filled)}| {value}/{total} {elapsed:.0f}s<{eta:.0f}s"
         if self.tty:
-            self.stream.write("\r" + text + "\033[K")
-            self.open_line = value < total
-            if not self.open_line:
-                self.stream.write("\n")
-            self.stream.flush()
+            self._draw(value, total)
             return
-        tenth = int(fraction * 10)
+        tenth = int(min(max(value / total, 0.0), 1.0) * 10)
         if tenth != self.last_tenth:
             self.last_tenth = tenth
-            self.stream.write(text + "\n")
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / value * (total - value) if value else 0.0
+            self.stream.write(f"{self.label} | {value}/{total} {elapsed:.0f}s<{eta:.0f}s\n")
             self.stream.flush()
 
+    def _draw(self, value: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is not None and (self.bar.total != total or value < self.bar.n):
+            self.finish()  # the next node reports: a bar of its own
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, file=self.stream, unit="step", dynamic_ncols=True)
+        self.bar.update(min(value, total) - self.bar.n)
+        if value >= total:
+            self.finish()
+
     def finish(self) -> None:
-        if self.open_line:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.open_line = False
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,10 +199,6 @@ def _pack_is_installed(custom_nodes: list[Path]) -> bool:
     return any(entry.resolve() == PACK_DIR for folder in custom_nodes if folder.is_dir() for entry in folder.iterdir())
 
 
-class LocalComfyUIError(ValueError):
-    """No ComfyUI to start here; the message says what to pass instead."""
-
-
 def local_comfyui(comfyui: Path | None, base_directory: Path | None, checkpoint: str, scratch: Path,
                   cpu: bool) -> tuple[Any, str, Path]:
     """The local child ComfyUI to start (a LocalServer, not started yet), the checkpoint name it will know, and
@@ -262,12 +207,24 @@ def local_comfyui(comfyui: Path | None, base_directory: Path | None, checkpoint:
 
     folder, where = (comfyui, f"--comfyui {comfyui}") if comfyui else default_comfyui_path()
     if folder is None:
-        raise LocalComfyUIError("no ComfyUI found to start: pass --comfyui PATH, set COMFYUI_PATH, install this pack in "
+        raise UsageError("no ComfyUI found to start: pass --comfyui PATH, set COMFYUI_PATH, install this pack in "
                                 "ComfyUI/custom_nodes, or give running servers with --server URL")
     if not looks_like_comfyui(folder):
-        raise LocalComfyUIError(f"{where}: this is not a ComfyUI folder (no main.py, folder_paths.py and comfy/ in it)")
+        raise UsageError(f"{where}: this is not a ComfyUI folder (no main.py, folder_paths.py and comfy/ in it)")
     extra, ckpt_name, embeddings = local_server_setup(folder, base_directory, checkpoint, scratch, cpu or not has_accelerator())
     return LocalServer(folder.resolve(), extra, log_path=scratch / "comfyui.log"), ckpt_name, embeddings
+
+
+async def connect_local(local: Any, session: Any, log: logging.Logger) -> Any:
+    """Starts the local child ComfyUI and returns a ComfyClient on it once it answers; UsageError if it does
+    not come up (its log's last lines in the message). `log` is the command's own logger."""
+    from .comfy_client import ServerGone
+
+    log.info("starting ComfyUI (%s) on %s ...", local.comfyui, local.url)
+    try:
+        return await local.connect(session)
+    except ServerGone as exc:
+        raise UsageError(str(exc)) from None
 
 
 def local_server_setup(comfyui: Path, base_directory: Path | None, checkpoint: str, scratch: Path,

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import unicodedata
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import atomic_files
 from .embedding import CrossInitEmbedding
 from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from .families import KEY_WIDTHS, WIDTH_KEYS, WIDTHS_MESSAGE
@@ -102,11 +102,11 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
         raise InvalidInputError(f"name {name!r}: it would write outside {folder}.")
     _check_existing(final, overwrite)
     tensors, metadata = to_file_dict(embedding)
-    tmp = _create_temp(folder, stem)
+    tmp = atomic_files.create_temp(folder, stem)
     try:
         # the bytes go into our own temp file: newer safetensors' save_file writes a private (0600) temp
         # file of its own and renames it, which would make the embedding unreadable to other users
-        _write_bytes(tmp, save(tensors, metadata=metadata))
+        atomic_files.write_synced(tmp, save(tensors, metadata=metadata))
         if overwrite:
             os.replace(tmp, final)
         else:
@@ -128,25 +128,6 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
         tmp.unlink(missing_ok=True)
     log.info("Saved embedding %s (%s) to %s", stem, embedding.describe(), final)
     return final
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Writes `data` into the existing file `path` and syncs it to disk."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _create_temp(folder: Path, stem: str) -> Path:
-    """An empty temp file created with the process umask (mkstemp's 0600 would make the embedding private)."""
-    while True:
-        tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
-        except FileExistsError:
-            continue
-        return tmp
 
 
 def _reserve(final: Path) -> None:
@@ -264,16 +245,6 @@ def copy_for_download(saved: str | os.PathLike[str], output_dir: str | os.PathLi
 
     source = Path(saved)
     data = source.read_bytes()
-    folder = Path(output_dir) / DOWNLOAD_SUBFOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(folder, source.stem)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, folder / source.name)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_files.replace_atomically(Path(output_dir) / DOWNLOAD_SUBFOLDER / source.name, data)
     return {"filename": source.name, "subfolder": DOWNLOAD_SUBFOLDER, "type": "output", "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest()}

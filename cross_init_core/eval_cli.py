@@ -13,19 +13,26 @@ Exit codes: 0 done; 1 a run failed on the server (the table holds the prompts fi
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import sys
 from collections.abc import Sequence
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .cli import EXIT_USAGE, _int_in
+from .cli_common import (
+    UsageError,
+    add_console_options,
+    add_local_comfyui_options,
+    check_console_and_local,
+    int_in,
+    photo_problem,
+    run_command,
+)
 from .errors import CrossInitError
+from .eval_graph import CKPT_LOADER, PROMPT_SCORE, REQUIRED_NODES, checkpoint_loader_type
+from .prompt_graph import nodes_of
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +43,6 @@ WORKFLOW_NAME = "cross_init_eval.json"
 MAX_PER_PROMPT = 64
 MAX_SEED = 2**64 - 1 - 10_000  # KSampler's seed maximum, less room for seed + prompt index
 DEFAULT_CLIP_MODEL = "clip-vit-base-patch32"  # the paper's judge, as docs/evaluation.md names its folder
-
-CKPT_LOADER = "CheckpointLoaderSimple"
-EMBEDDING_LOADER = "CrossInitLoadEmbedding"
-ENCODER = "CrossInitCLIPTextEncode"
-IDENTITY = "CrossInitIdentityScore"
-PROMPT_SCORE = "CrossInitPromptScore"
-TEXT_PREVIEW = "PreviewAny"
-REQUIRED_NODES = (EMBEDDING_LOADER, ENCODER, "KSampler", "EmptyLatentImage", "SaveImage", "LoadImage", IDENTITY,
-                  PROMPT_SCORE)
-
-
-class UsageError(CrossInitError):
-    """Bad arguments or inputs: exit code 2, nothing generated."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--prompts", default="paper", metavar="paper|FILE",
                       help="`paper` (default): the paper's 20 evaluation prompts; or a text file, one prompt per line with "
                            "the person written as {} or <face> (e.g. 'a {} person on the beach'); # starts a comment.")
-    what.add_argument("--per-prompt", type=_int_in(1, MAX_PER_PROMPT), default=4, metavar="N",
+    what.add_argument("--per-prompt", type=int_in(1, MAX_PER_PROMPT), default=4, metavar="N",
                       help=f"images per prompt (1..{MAX_PER_PROMPT}, default 4; the authors' script makes 16).")
-    what.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0,
+    what.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
                       help="sampler seed of the first prompt (prompt i uses seed + i); same seed, same images.")
 
     score = parser.add_argument_group("scores")
@@ -108,28 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip the prompt score (no CLIP scoring model needed); the table leaves it empty.")
 
     sampling = parser.add_argument_group("sampling (defaults: the workflow's, i.e. the paper's)")
-    sampling.add_argument("--steps", type=_int_in(1, 1000), metavar="N", help="sampler steps (default 50).")
-    sampling.add_argument("--resolution", type=_int_in(64, 2048, multiple=8), metavar="PX",
+    sampling.add_argument("--steps", type=int_in(1, 1000), metavar="N", help="sampler steps (default 50).")
+    sampling.add_argument("--resolution", type=int_in(64, 2048, multiple=8), metavar="PX",
                           help="image size in pixels (default 512; 768 for SD 2.x 768-v, 1024 for SDXL).")
 
     out = parser.add_argument_group("output")
     out.add_argument("--output", type=Path, metavar="DIR", help="folder for images, tables and the contact sheet "
                                                                  "(default: ./cross_init_eval/EMBEDDING).")
     out.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --output.")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar.")
-    out.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's and the pack's log messages.")
-    out.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the table.")
+    add_console_options(out, "table")
 
     host = parser.add_argument_group("ComfyUI")
     host.add_argument("--server", metavar="URL",
                       help="a running ComfyUI server (http://host:port) to run on; without it a local ComfyUI is started on "
                            "127.0.0.1 for the run. The photos are uploaded; the images are downloaded.")
-    host.add_argument("--comfyui", type=Path, metavar="PATH",
-                      help="the local ComfyUI folder to start (default: the ComfyUI this pack is installed in, else $COMFYUI_PATH).")
-    host.add_argument("--base-directory", type=Path, metavar="DIR", help="the local ComfyUI's --base-directory.")
-    host.add_argument("--workflow", type=Path, metavar="FILE",
-                      help=f"an API-format workflow to run instead of the shipped workflows/api/{WORKFLOW_NAME} (same node types).")
-    host.add_argument("--cpu", action="store_true", help="run the local ComfyUI on the CPU even when a GPU is available.")
+    add_local_comfyui_options(host, f"an API-format workflow to run instead of the shipped workflows/api/{WORKFLOW_NAME} "
+                                    "(same node types).")
     return parser
 
 
@@ -139,10 +127,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if argv and argv[0] == "eval":
         argv = argv[1:]
     args = parser.parse_args(argv)
-    if args.verbose and args.quiet:
-        parser.error("--verbose and --quiet exclude each other")
-    if args.server and (args.comfyui or args.base_directory or args.cpu):
-        parser.error("--comfyui, --base-directory and --cpu are for the local ComfyUI; with --server the server has its own")
+    check_console_and_local(parser, args)
     return args
 
 
@@ -166,8 +151,6 @@ def _looks_like_path(value: str) -> bool:
 def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
     """Everything that can be checked without a server: the checkpoint if given as a path, the embedding
     name, the photos, the prompts, the output folder and the workflow. All problems at once."""
-    from PIL import Image
-
     from .evaluation import read_prompts
 
     problems: list[str] = []
@@ -180,16 +163,9 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
         problems.append(f"--embedding {args.embedding}: {hint}; give the embedding's name as Cross-Init Load Embedding "
                         "lists it (e.g. my_face), and put the file into ComfyUI/models/embeddings if it is elsewhere")
     for photo in args.faces:
-        if not photo.is_file():
-            problems.append(f"--faces {photo}: {'not a file' if photo.exists() else 'file not found'}")
-        elif photo.suffix.lower() not in IMAGE_SUFFIXES:
-            problems.append(f"--faces {photo}: use {', '.join(IMAGE_SUFFIXES)} files")
-        else:
-            try:
-                with Image.open(photo) as image:
-                    image.verify()
-            except Exception as exc:  # PIL raises many types for broken files
-                problems.append(f"--faces {photo}: not a readable image ({exc})")
+        problem = photo_problem(photo, IMAGE_SUFFIXES)
+        if problem:
+            problems.append(f"--faces {photo}: {problem}")
     prompts: list[str] = []
     try:
         prompts = read_prompts(args.prompts)
@@ -222,12 +198,6 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
     return Plan(prompts=prompts, faces=list(args.faces), embedding=embedding, output=output, workflow=workflow), []
 
 
-def checkpoint_loader_type(workflow: dict[str, Any]) -> str | None:
-    """The class of the workflow's one checkpoint loader (the node with a ckpt_name input); None unless exactly one."""
-    loaders = [node.get("class_type") for node in workflow.values() if isinstance(node, dict) and "ckpt_name" in node.get("inputs", {})]
-    return str(loaders[0]) if len(loaders) == 1 else None
-
-
 def match_embedding(name: str, available: Sequence[str]) -> str | None:
     """The server's entry for `name`: exact, else NAME plus an embedding suffix (case-sensitive, as the files)."""
     if name in available:
@@ -258,200 +228,18 @@ def choose_clip_model(wanted: str | None, available: Sequence[str], no_model: st
 
 
 # ---------------------------------------------------------------------------------------------
-# The graph of one prompt (plain JSON; nodes found by type, never by id)
-
-
-def nodes_of(prompt: dict[str, Any], class_type: str) -> list[str]:
-    return [node_id for node_id, node in prompt.items() if isinstance(node, dict) and node.get("class_type") == class_type]
-
-
-def _only(prompt: dict[str, Any], class_type: str) -> str:
-    found = nodes_of(prompt, class_type)
-    if len(found) != 1:
-        raise ValueError(f"the workflow must have exactly one {class_type} node; it has {len(found)}")
-    return found[0]
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-
-
-def _set_text(prompt: dict[str, Any], node_id: str, key: str, text: str) -> None:
-    """Sets a text input, or the text node it is linked to (the eval workflow's one prompt node)."""
-    value = prompt[node_id]["inputs"].get(key)
-    if _is_link(value) and "value" in prompt[value[0]]["inputs"]:
-        prompt[value[0]]["inputs"]["value"] = text
-    else:
-        prompt[node_id]["inputs"][key] = text
-
-
-def _readers(prompt: dict[str, Any], source: str) -> set[str]:
-    """`source` and every node downstream of it."""
-    found = {source}
-    changed = True
-    while changed:
-        changed = False
-        for node_id, node in prompt.items():
-            if node_id not in found and any(_is_link(v) and v[0] in found for v in node["inputs"].values()):
-                found.add(node_id)
-                changed = True
-    return found
-
-
-@dataclass
-class GraphSettings:
-    ckpt_name: str
-    embedding: str  # the server's name for it
-    references: list[str]  # uploaded photo names (relative to the server's input folder)
-    per_prompt: int
-    seed: int
-    backend: str
-    clip_model: str | None  # None: no prompt score
-    steps: int | None = None
-    resolution: int | None = None
-    prefix: str = "cross_init_eval/run"
-
-
-def build_prompt(workflow: dict[str, Any], settings: GraphSettings, text: str, index: int) -> dict[str, Any]:
-    """The API prompt for prompt number `index` (0-based): N images of `text` with the embedding, scored."""
-    prompt = copy.deepcopy(workflow)
-    for node in prompt.values():
-        if "ckpt_name" in node.get("inputs", {}):
-            node["inputs"]["ckpt_name"] = settings.ckpt_name
-    for loader in nodes_of(prompt, EMBEDDING_LOADER):  # (input_problems requires exactly one in a workflow file)
-        prompt[loader]["inputs"]["name"] = settings.embedding
-    _set_text(prompt, _only(prompt, ENCODER), "text", text)
-    latent = prompt[_only(prompt, "EmptyLatentImage")]["inputs"]
-    latent["batch_size"] = settings.per_prompt
-    if settings.resolution is not None:
-        latent["width"] = latent["height"] = settings.resolution
-    sampler = prompt[_only(prompt, "KSampler")]["inputs"]
-    sampler["seed"] = settings.seed + index
-    if settings.steps is not None:
-        sampler["steps"] = settings.steps
-    prompt[_only(prompt, "SaveImage")]["inputs"]["filename_prefix"] = f"{settings.prefix}/p{index:02d}"
-    prompt[_only(prompt, IDENTITY)]["inputs"]["backend"] = settings.backend
-    scorer = _only(prompt, PROMPT_SCORE) if nodes_of(prompt, PROMPT_SCORE) else None
-    if settings.clip_model is None:
-        if scorer is not None:
-            for node_id in _readers(prompt, scorer):
-                del prompt[node_id]
-    else:
-        if scorer is None:
-            raise ValueError(f"the workflow has no {PROMPT_SCORE} node")
-        prompt[scorer]["inputs"]["model"] = settings.clip_model
-        _set_text(prompt, scorer, "prompt", text)
-    _reference_photos(prompt, settings.references)
-    return prompt
-
-
-def _reference_photos(prompt: dict[str, Any], references: list[str]) -> None:
-    """The identity score's LoadImage gets the first photo; further photos are batched onto it with the stock
-    ImageBatch (which resizes them to the first's size; the score finds the face in each anyway)."""
-    identity = _only(prompt, IDENTITY)
-    link = prompt[identity]["inputs"]["reference"]
-    if not _is_link(link) or prompt[link[0]]["class_type"] != "LoadImage":
-        raise ValueError(f"the workflow's {IDENTITY} must take its reference from a LoadImage node")
-    loader = link[0]
-    prompt[loader]["inputs"]["image"] = references[0]
-    last: list[Any] = [loader, 0]
-    next_id = max((int(k) for k in prompt if k.isdigit()), default=0) + 1
-    for photo in references[1:]:
-        load_id, batch_id = str(next_id), str(next_id + 1)
-        next_id += 2
-        prompt[load_id] = {"class_type": "LoadImage", "inputs": {"image": photo}, "_meta": {"title": "Reference photo (CLI)"}}
-        prompt[batch_id] = {"class_type": "ImageBatch", "inputs": {"image1": last, "image2": [load_id, 0]},
-                            "_meta": {"title": "Batch reference photos (CLI)"}}
-        last = [batch_id, 0]
-    prompt[identity]["inputs"]["reference"] = last
-
-
-def probe_prompt(workflow: dict[str, Any], references: list[str], backend: str) -> dict[str, Any]:
-    """The reference photos scored against themselves: checks the identity backend runs and every reference
-    photo shows a face, in seconds and before any image is generated."""
-    prompt = build_prompt(workflow, GraphSettings("", "", references, 1, 0, backend, None), "", 0)
-    identity = _only(prompt, IDENTITY)
-    reference = prompt[identity]["inputs"]["reference"]
-    prompt[identity]["inputs"]["images"] = list(reference)
-    keep: set[str] = set()
-    todo = [identity]
-    while todo:
-        node_id = todo.pop()
-        if node_id not in keep:
-            keep.add(node_id)
-            todo += [v[0] for v in prompt[node_id]["inputs"].values() if _is_link(v)]
-    probe = {k: v for k, v in prompt.items() if k in keep}
-    probe["probe_report"] = {"class_type": TEXT_PREVIEW, "inputs": {"source": [identity, 1]}, "_meta": {"title": "probe"}}
-    return probe
-
-
-@dataclass
-class Outcome:
-    images: list[dict[str, Any]]  # SaveImage entries: filename, subfolder, type
-    identity: dict[str, Any] | None
-    prompt: dict[str, Any] | None
-
-
-def read_outcome(prompt: dict[str, Any], outputs: dict[str, Any]) -> Outcome:
-    """The saved images and the two score reports from a run's /history outputs (the reports are what the
-    Preview as Text nodes on the score nodes' `report` outputs show)."""
-    saver = _only(prompt, "SaveImage")
-    images = list((outputs.get(saver) or {}).get("images", []))
-    reports: dict[str, dict[str, Any] | None] = {IDENTITY: None, PROMPT_SCORE: None}
-    for class_type in reports:
-        sources = nodes_of(prompt, class_type)
-        if not sources:
-            continue
-        for node_id in nodes_of(prompt, TEXT_PREVIEW):
-            if prompt[node_id]["inputs"].get("source") == [sources[0], 1]:
-                text = (outputs.get(node_id) or {}).get("text") or []
-                if text:
-                    reports[class_type] = json.loads(text[0])
-        if reports[class_type] is None:
-            raise ValueError(f"the run reported no {class_type} report (a {TEXT_PREVIEW} node on its report output is needed)")
-    return Outcome(images, reports[IDENTITY], reports[PROMPT_SCORE])
-
-
-# ---------------------------------------------------------------------------------------------
 # Main
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Runs the command; returns the exit code."""
-    stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
-    try:
-        with redirect_stdout(stdout), redirect_stderr(stderr):
-            args = parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    handler = logging.StreamHandler(stderr)
-    handler.setFormatter(logging.Formatter("%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s"))
-    target = logging.getLogger() if args.verbose else log
-    saved = (target.level, target.propagate)
-    target.addHandler(handler)
-    target.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    if not args.verbose:
-        log.propagate = False
-    try:
-        plan, problems = input_problems(args)
-        if problems or plan is None:
-            raise UsageError("\n".join(problems))
-        return _execute(args, plan, stdout, stderr)
-    except UsageError as exc:
-        for line in str(exc).splitlines():
-            log.error("error: %s", line)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    finally:
-        target.removeHandler(handler)
-        target.setLevel(saved[0])
-        target.propagate = saved[1]
+    return run_command(argv, parse_args, _run, [log], "interrupted", stdout, stderr)
 
 
-def _execute(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) -> int:
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    plan, problems = input_problems(args)
+    if problems or plan is None:
+        raise UsageError("\n".join(problems))
     from . import eval_run  # the HTTP client and aiohttp load only when there is work to do
 
     return eval_run.run(args, plan, stdout, stderr)

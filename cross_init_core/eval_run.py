@@ -17,25 +17,23 @@ from typing import Any, TextIO
 
 from . import __version__
 from . import cli_comfy as host
-from .cli import EXIT_FAILED, EXIT_OK
+from .cli_common import EXIT_FAILED, EXIT_OK, UsageError
 from .comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, combo_options, normalize_url
-from .eval_cli import (
+from .eval_cli import Plan, choose_clip_model, match_embedding
+from .eval_graph import (
     CKPT_LOADER,
     EMBEDDING_LOADER,
     PROMPT_SCORE,
     REQUIRED_NODES,
     TEXT_PREVIEW,
     GraphSettings,
-    Plan,
-    UsageError,
     build_prompt,
     checkpoint_loader_type,
-    choose_clip_model,
-    match_embedding,
     probe_prompt,
     read_outcome,
 )
 from .evaluation import EvalTable, add_prompt_result, contact_sheet, format_table, write_table
+from .prompt_graph import only
 
 log = logging.getLogger("cross_init_core.eval_cli")
 
@@ -48,11 +46,8 @@ def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) ->
         local: LocalServer | None = None
         ckpt_name = args.checkpoint
         if not args.server:
-            try:
-                local, ckpt_name, _embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
-                                                                   Path(scratch), args.cpu)
-            except host.LocalComfyUIError as exc:
-                raise UsageError(str(exc)) from None
+            local, ckpt_name, _embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
+                                                               Path(scratch), args.cpu)
         try:
             return asyncio.run(_serve(args, plan, ckpt_name, local, stdout, stderr))
         finally:
@@ -104,11 +99,7 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
 
     async with aiohttp.ClientSession() as session:
         if local is not None:
-            log.info("starting ComfyUI (%s) on %s ...", local.comfyui, local.url)
-            try:
-                client = await local.connect(session)
-            except ServerGone as exc:
-                raise UsageError(str(exc)) from None
+            client = await host.connect_local(local, session, log)
         else:
             client = ComfyClient(normalize_url(args.server), session)
             try:
@@ -181,5 +172,5 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
 
 
 def _sampler_settings(prompt: dict[str, Any]) -> dict[str, Any]:
-    sampler = next(node for node in prompt.values() if node.get("class_type") == "KSampler")["inputs"]
+    sampler = prompt[only(prompt, "KSampler")]["inputs"]
     return {key: sampler.get(key) for key in ("steps", "cfg", "sampler_name", "scheduler")}

@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic_files import replace_atomically
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -185,18 +184,6 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Whole file or nothing (a temp file beside it, then os.replace)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def table_csv(table: EvalTable) -> str:
     """One row per prompt and a last row `overall` (empty cells: not scored / no face)."""
     import io
@@ -229,8 +216,8 @@ def table_json(table: EvalTable, run: dict[str, Any]) -> str:
 def write_table(folder: Path, table: EvalTable, run: dict[str, Any]) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = folder / "scores.csv", folder / "scores.json"
-    _write_text(csv_path, table_csv(table))
-    _write_text(json_path, table_json(table, run))
+    replace_atomically(csv_path, table_csv(table).encode("utf-8"))
+    replace_atomically(json_path, table_json(table, run).encode("utf-8"))
     return csv_path, json_path
 
 

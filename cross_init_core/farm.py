@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -21,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic_files import replace_atomically
 from .cli_comfy import CKPT_LOADER, FACE_PREP, FOLDER_LOADER, INPUT_SUBFOLDER, SAVER, TRAINER, ProgressBar
 from .comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, combo_options
 
 if TYPE_CHECKING:
-    from .cli import Job
+    from .cli_jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -93,26 +92,6 @@ async def preflight(servers: list[Server], ckpt_name: str, node_types: set[str])
 
 # ---------------------------------------------------------------------------------------------
 # Output
-
-
-def write_atomically(folder: Path, filename: str, data: bytes) -> Path:
-    """Writes `folder/filename` as a whole or not at all (temp file in the same folder, fsync, os.replace)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / filename
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(filename).stem}.", suffix=".tmp", dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
 
 
 def file_steps(data: bytes) -> int | None:
@@ -264,7 +243,7 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
     if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         # another run replaced the copy in between, or the transfer broke: fetch nothing rather than a wrong file
         raise ServerGone(f"{client.url}: the downloaded {entry['filename']} does not match what the save node wrote")
-    path = write_atomically(out_dir, f"{job.name}.safetensors", data)
+    path = replace_atomically(out_dir / f"{job.name}.safetensors", data)
     job.status, job.message, job.path, job.server = "ok", "", str(path), server.label
     job.final_loss = entry.get("final_loss")
     job.steps = file_steps(data)

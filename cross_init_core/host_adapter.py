@@ -200,6 +200,30 @@ def _clone_every_saved_tensor() -> contextlib.AbstractContextManager[None]:
     return torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t)
 
 
+@contextlib.contextmanager
+def _instance_forwards(modules: Sequence[torch.nn.Module], make_forward: Callable[[torch.nn.Module], Callable[..., Any]],
+                       registry: weakref.WeakSet[torch.nn.Module] | None = None) -> Iterator[int]:
+    """Gives each module an instance `forward` (never the class's) for the duration; removed on exit.
+
+    A module that already has an instance forward (another pack's patch) is left alone. `registry`, when
+    given, holds the patched modules while they are patched. Yields how many were patched.
+    """
+    patched: list[torch.nn.Module] = []
+    try:
+        for module in modules:
+            if "forward" not in module.__dict__:
+                module.forward = make_forward(module)
+                patched.append(module)
+                if registry is not None:
+                    registry.add(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+            if registry is not None:
+                registry.discard(module)
+
+
 # CLIP layers currently running this module's out-of-place forward (another pack's own forward is not ours)
 _OUT_OF_PLACE_LAYERS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
@@ -214,23 +238,13 @@ def _out_of_place_clip(clip: Any) -> Iterator[int]:
     never give silently wrong gradients. The previous fix (cloning every saved tensor) copied every cast
     weight of the text encoder on every step. Only instance attributes are set, never the class.
     """
-    patched: list[torch.nn.Module] = []
     layers = _clip_layers(clip)
-    try:
-        if all(_clip_layer_is_known(layer) for layer in layers):
-            for module in layers:
-                if "forward" not in module.__dict__:
-                    module.forward = _out_of_place_clip_layer(module)
-                    patched.append(module)
-                    _OUT_OF_PLACE_LAYERS.add(module)
-        else:
-            log.warning("Cross-Init: this ComfyUI's CLIPLayer differs from the known one; using the slower "
-                        "clone-every-saved-tensor fix for the text encoder")
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
-            _OUT_OF_PLACE_LAYERS.discard(module)
+    if not all(_clip_layer_is_known(layer) for layer in layers):
+        log.warning("Cross-Init: this ComfyUI's CLIPLayer differs from the known one; using the slower "
+                    "clone-every-saved-tensor fix for the text encoder")
+        layers = []
+    with _instance_forwards(layers, _out_of_place_clip_layer, _OUT_OF_PLACE_LAYERS) as count:
+        yield count
 
 
 def clip_layer(clip: Any) -> str:
@@ -398,18 +412,8 @@ def unet_checkpointing(model: Any, enabled: bool = True) -> Iterator[int]:
     compute, and only the layer inputs stay in memory. Instance `forward`s are set for the duration and
     removed on exit; the host's classes and modules are otherwise untouched. Yields the layer count.
     """
-    patched: list[torch.nn.Module] = []
-    try:
-        if enabled:
-            for module in _unet_blocks(model):
-                if "forward" not in module.__dict__:
-                    module.forward = _checkpointed_forward(module)
-                    patched.append(module)
-        yield len(patched)
-    finally:
-        for module in patched:
-            del module.forward
-            _OUT_OF_PLACE_LAYERS.discard(module)
+    with _instance_forwards(_unet_blocks(model) if enabled else [], _checkpointed_forward) as count:
+        yield count
 
 
 # ---------------------------------------------------------------------------------------------

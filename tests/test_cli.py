@@ -9,6 +9,7 @@ checkpoint through the stock CheckpointLoaderSimple.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -163,6 +164,44 @@ def test_help_documents_every_option_without_starting_comfyui():
     text = " ".join(result.stdout.split())
     assert [o for o in sorted(options) if o not in text] == []
     assert "exit codes" in text and "embedding:NAME" in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal_and_plain_lines_in_a_log():
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
+    from cross_init_core.cli_comfy import ProgressBar
+
+    def feed(bar: ProgressBar, nodes: tuple[tuple[str, int], ...]) -> None:
+        for node, total in nodes:
+            for value in range(total + 1):
+                bar.hook(value, total, node)
+        bar.finish()
+
+    terminal = _Terminal()
+    feed(ProgressBar(terminal, "[1/2] me"), (("prep", 3), ("trainer", 25)))
+    text = terminal.getvalue()
+    assert "[1/2] me: 100%|" in text and "| 3/3 [" in text and "| 25/25 [" in text  # tqdm's bar, one per node
+    assert text.count("\n") == 2 and text.count("\r") > 2  # redrawn in place; each bar ends its own line
+
+    log = io.StringIO()
+    feed(ProgressBar(log, "[1/2] me @ gpu1"), (("trainer", 25),))
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 11  # a line every 10 %, 0 % to 100 %
+    assert [line.split(" | ")[1].split()[0] for line in lines[::5]] == ["0/25", "13/25", "25/25"]
+    assert all(line.startswith("[1/2] me @ gpu1 | ") for line in lines)
+
+    several = _Terminal()  # jobs side by side on several servers: lines, never redrawn bars that would interleave
+    feed(ProgressBar(several, "me", redraw=False), (("trainer", 4),))
+    assert several.getvalue().count("\n") == 5 and "\r" not in several.getvalue()
+
+    for quiet in (_Terminal(), io.StringIO()):  # --no-progress / --quiet
+        feed(ProgressBar(quiet, "me", enabled=False), (("trainer", 4),))
+        assert quiet.getvalue() == ""
 
 
 @pytest.mark.parametrize("argv", [

@@ -217,7 +217,7 @@ def test_crash_while_overwriting_keeps_old_file_and_leaves_no_temp(core, tmp_pat
     path = core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=1)), tmp_path, "face")
     before = path.read_bytes()
     if crash == "write":
-        monkeypatch.setattr(core.embedding_io, "_write_bytes", lambda path, data: _fill_then_fail(path))
+        monkeypatch.setattr(core.atomic_files, "write_synced", lambda path, data: _fill_then_fail(path))
     else:
         def failing_replace(src, dst):
             raise OSError(errno.EIO, "I/O error")

@@ -28,6 +28,13 @@ def ev(pack):
 
 
 @pytest.fixture(scope="module")
+def graph(ev):
+    import cross_init_core.eval_graph as module
+
+    return module
+
+
+@pytest.fixture(scope="module")
 def evaluation(ev):
     import cross_init_core.evaluation as module
 
@@ -151,12 +158,12 @@ def shipped_workflow() -> dict:
     return json.loads((REPO / "workflows" / "api" / "cross_init_eval.json").read_text(encoding="utf-8"))
 
 
-def test_graph_per_prompt(ev):
+def test_graph_per_prompt(graph):
     workflow = shipped_workflow()
-    settings = ev.GraphSettings(ckpt_name="sd21.safetensors", embedding="me.safetensors", references=["cli/a.png", "cli/b.png"],
+    settings = graph.GraphSettings(ckpt_name="sd21.safetensors", embedding="me.safetensors", references=["cli/a.png", "cli/b.png"],
                                 per_prompt=5, seed=100, backend="dlib", clip_model="tiny-clip", steps=3, resolution=256,
                                 prefix="cross_init_eval/me_x")
-    prompt = ev.build_prompt(workflow, settings, "a <face> person on the beach", 7)
+    prompt = graph.build_prompt(workflow, settings, "a <face> person on the beach", 7)
     assert workflow == shipped_workflow()  # not edited in place
     node = {n["class_type"]: n["inputs"] for n in prompt.values() if n["class_type"] not in ("LoadImage", "ImageBatch", "PreviewAny")}
     assert node["CheckpointLoaderSimple"]["ckpt_name"] == "sd21.safetensors"
@@ -173,15 +180,15 @@ def test_graph_per_prompt(ev):
     assert loads == {"cli/a.png", "cli/b.png"}
     # without the prompt score its node and its report preview are gone, the rest is unchanged
     settings.clip_model = None
-    bare = ev.build_prompt(workflow, settings, "a <face> person", 0)
+    bare = graph.build_prompt(workflow, settings, "a <face> person", 0)
     assert not wr.nodes_of(bare, "CrossInitPromptScore") and len(wr.nodes_of(bare, "PreviewAny")) == 1
     assert len(bare) == len(prompt) - 2
     # the probe scores the reference photos against themselves and nothing else
-    probe = ev.probe_prompt(workflow, ["cli/a.png"], "auto")
+    probe = graph.probe_prompt(workflow, ["cli/a.png"], "auto")
     assert {n["class_type"] for n in probe.values()} == {"LoadImage", "CrossInitIdentityScore", "PreviewAny"}
 
 
-def test_table_and_contact_sheet_from_real_reports(ev, evaluation, pack, tiny, tmp_path):
+def test_table_and_contact_sheet_from_real_reports(graph, evaluation, pack, tiny, tmp_path):
     """Two prompts through the eval graph in the host; their /history-shaped outputs feed the table."""
     import folder_paths
     from PIL import Image
@@ -191,18 +198,18 @@ def test_table_and_contact_sheet_from_real_reports(ev, evaluation, pack, tiny, t
         save_tiny_clip(folder, seed=11)
     wr.install_face_image("face.png")
     workflow = fast_eval_prompt(batch=2)
-    settings = ev.GraphSettings(ckpt_name=workflow["1"]["inputs"]["ckpt_name"], embedding="", references=["face.png"],
+    settings = graph.GraphSettings(ckpt_name=workflow["1"]["inputs"]["ckpt_name"], embedding="", references=["face.png"],
                                 per_prompt=2, seed=3, backend="dlib", clip_model="clip-vit-base-patch32", steps=1, resolution=64,
                                 prefix="cross_init_eval/table_test")
     texts = ["a photo of a <face> person", "cubism painting of a <face> person"]
     table = evaluation.EvalTable(identity={}, prompt_model="clip-vit-base-patch32")
     rows, reports = [], []
     for index, text in enumerate(texts):
-        prompt = ev.build_prompt(workflow, settings, text, index)
+        prompt = graph.build_prompt(workflow, settings, text, index)
         with wr.tiny_checkpoint_loader(tiny("sd2"), [settings.ckpt_name]):
             executor = wr.execute(prompt)
         assert executor.success, wr.failure(executor)
-        outcome = ev.read_outcome(prompt, executor.history_result["outputs"])
+        outcome = graph.read_outcome(prompt, executor.history_result["outputs"])
         assert len(outcome.images) == 2 and outcome.identity is not None and outcome.prompt is not None
         files = [f"images/p{index:02d}_i{j:02d}.png" for j in range(2)]
         row = evaluation.add_prompt_result(table, index, text, files, outcome.identity, outcome.prompt)
@@ -213,6 +220,10 @@ def test_table_and_contact_sheet_from_real_reports(ev, evaluation, pack, tiny, t
         assert row.prompt_mean == pytest.approx(outcome.prompt["mean"], abs=1e-9)
         assert row.faces_found == outcome.identity["faces_found"] == 0 and row.identity_mean is None
     csv_path, json_path = evaluation.write_table(tmp_path, table, {"seed": 3})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what any ordinary file write gets under this process's umask, not a private temp file's 0600
+    assert {csv_path.stat().st_mode & 0o777, json_path.stat().st_mode & 0o777} == {plain.stat().st_mode & 0o777}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
     lines = list(csv.reader(csv_path.read_text(encoding="utf-8").splitlines()))
     assert lines[0] == list(evaluation.CSV_COLUMNS) and [r[0] for r in lines[1:]] == ["0", "1", "overall"]
     all_scores = [e["score"] for o in reports for e in o.prompt["images"]]

@@ -133,7 +133,7 @@ def test_sigkill_during_save_leaves_the_old_file_or_nothing_never_a_truncated_on
             os.kill(os.getpid(), signal.SIGKILL)
 
         if when == "mid_write":
-            core.embedding_io._write_bytes = half_then_die
+            core.atomic_files.write_synced = half_then_die
         else:
             os.fsync = die_before_publish  # the data is complete; the kill lands before link/rename
         core.embedding_io.save_embedding(_embedding(core, seed=2), tmp_path, "face", overwrite=overwrite)

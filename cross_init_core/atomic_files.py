@@ -1,0 +1,43 @@
+"""Files written whole or not at all, as ordinary files a reader can trust.
+
+A temp file beside the target, synced to disk, then renamed over it: a crash leaves the old file (or no
+file) and at most one hidden `.STEM.xxxxxxxx.tmp`, never a half-written target. The temp file is created
+with the process umask, not mkstemp's private 0600, so the result is readable as any file the user saves.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def create_temp(folder: Path, stem: str) -> Path:
+    """A new empty hidden temp file in `folder`, named after `stem` (ComfyUI lists no hidden file)."""
+    while True:
+        tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Writes `data` into the existing file `path` and syncs it to disk."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def replace_atomically(final: Path, data: bytes) -> Path:
+    """`final` (its folder created if needed) holds `data` afterwards, or is left as it was."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = create_temp(final.parent, final.stem)
+    try:
+        write_synced(tmp, data)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final

@@ -1,0 +1,158 @@
+"""What the terminal commands (`train`, `eval`) share: exit codes, argument types, input-photo checks, and
+the run of one command (argument errors, logging to stderr, usage errors and Ctrl-C as exit codes)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import TextIO, TypeVar
+
+from .errors import CrossInitError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+T = TypeVar("T", int, float)
+
+
+class UsageError(CrossInitError):
+    """Bad arguments or inputs found before any work (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types
+
+
+def _number(text: str, convert: Callable[[str], T], noun: str) -> T:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
+
+
+def int_in(low: int, high: int, multiple: int = 1) -> Callable[[str], int]:
+    """An argparse type: a whole number in low..high (and a multiple of `multiple`)."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int, "whole number")
+        if not low <= value <= high or value % multiple:
+            extra = f", a multiple of {multiple}" if multiple > 1 else ""
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low}..{high}{extra}")
+        return value
+
+    return parse
+
+
+def learning_rate(text: str) -> float:
+    """An argparse type: a finite number above 0 and at most 1."""
+    value = _number(text, float, "number")
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use a value above 0 and at most 1")
+    return value
+
+
+def add_console_options(group: argparse._ArgumentGroup, table: str) -> None:
+    """--no-progress, -v/--verbose and -q/--quiet (`table`: what -q still shows besides warnings and errors)."""
+    group.add_argument("--no-progress", action="store_true", help="no progress bar.")
+    group.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's and the pack's log messages.")
+    group.add_argument("-q", "--quiet", action="store_true", help=f"only warnings, errors and the {table}.")
+
+
+def add_local_comfyui_options(group: argparse._ArgumentGroup, workflow_help: str) -> None:
+    """--comfyui, --base-directory, --workflow and --cpu: the ComfyUI started for the run when --server is not given."""
+    group.add_argument("--comfyui", type=Path, metavar="PATH",
+                       help="the local ComfyUI folder to start (default: the ComfyUI this pack is installed in, i.e. two "
+                            "folders up from the pack, else $COMFYUI_PATH).")
+    group.add_argument("--base-directory", type=Path, metavar="DIR",
+                       help="the local ComfyUI's --base-directory (models/, input/, output/, custom_nodes/ root); default: "
+                            "ComfyUI's own.")
+    group.add_argument("--workflow", type=Path, metavar="FILE", help=workflow_help)
+    group.add_argument("--cpu", action="store_true", help="run the local ComfyUI on the CPU even when a GPU is available "
+                                                           "(the default without one).")
+
+
+def check_console_and_local(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse errors for the options above that exclude each other."""
+    if args.verbose and args.quiet:
+        parser.error("--verbose and --quiet exclude each other")
+    if args.server and (args.comfyui or args.base_directory or args.cpu):
+        parser.error("--comfyui, --base-directory and --cpu are for the local ComfyUI; with --server each server has its own")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def photo_problem(photo: Path, suffixes: Sequence[str]) -> str | None:
+    """What is wrong with an input photo (missing, not a file, another type, unreadable), or None."""
+    from PIL import Image
+
+    if not photo.is_file():
+        return "not a file" if photo.exists() else "file not found"
+    if photo.suffix.lower() not in suffixes:
+        return f"use {', '.join(suffixes)} files"
+    try:
+        with Image.open(photo) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises many types for broken files
+        return f"not a readable image ({exc})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# One command's run
+
+
+@contextmanager
+def logging_to(stream: TextIO, verbose: bool, quiet: bool, loggers: Sequence[logging.Logger]) -> Iterator[None]:
+    """The command's own `loggers` (with --verbose everyone's) on `stream`, for the duration of one run."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved = [(lg, lg.level, lg.propagate) for lg in loggers] + [(root, root.level, root.propagate)]
+    if verbose:
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    else:
+        for lg in loggers:
+            lg.addHandler(handler)
+            lg.propagate = False
+            lg.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for lg, level, propagate in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
+def run_command(argv: Sequence[str] | None, parse_args: Callable[[Sequence[str]], argparse.Namespace],
+                body: Callable[[argparse.Namespace, TextIO, TextIO], int], loggers: Sequence[logging.Logger],
+                interrupted: str, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Parses `argv` (default: sys.argv), runs `body(args, stdout, stderr)` with `loggers` on stderr and returns
+    the exit code: argparse's for --help/--version and bad arguments, 2 for a UsageError (each line logged as
+    `error: ...` by the first logger), 130 for Ctrl-C (`interrupted` logged)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr):  # argparse's help and errors go to sys.*
+            args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    log = loggers[0]
+    with logging_to(stderr, args.verbose, args.quiet, loggers):
+        try:
+            return body(args, stdout, stderr)
+        except UsageError as exc:
+            for line in str(exc).splitlines():
+                log.error("error: %s", line)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            log.error("%s", interrupted)
+            return EXIT_INTERRUPTED

@@ -1,0 +1,126 @@
+"""The batch runner's jobs: which embeddings to train from --images/--folder, the checks on them before any
+server is asked (names, photos, files that would be replaced), and the summary table of how each went."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cli_common import UsageError, photo_problem
+from .errors import CrossInitError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class Job:
+    name: str
+    images: list[Path]
+    source: str  # what the job came from, for messages
+    status: str = "pending"
+    message: str = ""
+    path: str | None = None
+    seconds: float | None = None
+    final_loss: float | None = None
+    steps: int | None = None
+    server: str | None = None  # the server that trained it (or failed it last)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def collect_jobs(args: argparse.Namespace) -> list[Job]:
+    if args.images is not None:
+        return [Job(name=args.name, images=list(args.images), source="--images")]
+    folder: Path = args.folder
+    if not folder.is_dir():
+        raise UsageError(f"--folder {folder}: not a folder")
+    jobs: list[Job] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            photos = sorted((p for p in entry.iterdir() if _is_image(p)), key=lambda p: p.name)
+            if photos:
+                jobs.append(Job(name=entry.name, images=photos, source=f"{entry}/"))
+            else:
+                log.warning("%s: no photos (%s) in this sub-folder; ignored", entry, ", ".join(IMAGE_SUFFIXES))
+        elif _is_image(entry):
+            jobs.append(Job(name=entry.stem, images=[entry], source=str(entry)))
+    if not jobs:
+        raise UsageError(f"--folder {folder}: no sub-folders with photos and no photos ({', '.join(IMAGE_SUFFIXES)}) in it")
+    return jobs
+
+
+def input_problems(jobs: list[Job]) -> list[str]:
+    """Bad names, duplicate names and unreadable photos, for all jobs at once."""
+    from .embedding_io import validate_name
+
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for job in jobs:
+        try:
+            job.name = validate_name(job.name)
+        except CrossInitError as exc:
+            problems.append(f"{job.source}: bad embedding {exc}")
+            continue
+        key = job.name.casefold()  # case-insensitive file systems would make these the same file
+        if key in seen:
+            problems.append(f"{job.source}: the name {job.name!r} is also used by {seen[key]}")
+        seen[key] = job.source
+    for job in jobs:
+        for photo in job.images:
+            problem = photo_problem(photo, IMAGE_SUFFIXES)
+            if problem:
+                problems.append(f"photo {photo}: {problem}")
+    return problems
+
+
+def clash_problems(jobs: list[Job], folder: Path, overwrite: bool, skip_existing: bool) -> list[str]:
+    problems: list[str] = []
+    for job in jobs:
+        target = folder / f"{job.name}.safetensors"
+        if not target.exists() or overwrite:
+            continue
+        if skip_existing:
+            job.status, job.path, job.message = "skipped", str(target), "file exists (--skip-existing)"
+            continue
+        problems.append(f"{job.name}: {target} already exists; choose another name, or pass --overwrite to replace it "
+                        "(or --skip-existing to keep it)")
+    return problems
+
+
+def summary_rows(jobs: list[Job]) -> list[dict[str, Any]]:
+    return [
+        {"name": j.name, "images": len(j.images), "steps": j.steps, "seconds": None if j.seconds is None else round(j.seconds, 1),
+         "final_loss": j.final_loss, "server": j.server, "file": j.path, "status": j.status, "message": j.message}
+        for j in jobs
+    ]
+
+
+def format_summary(jobs: list[Job]) -> str:
+    header = ("name", "images", "steps", "seconds", "final loss", "server", "file", "status")
+    rows = []
+    for j in jobs:
+        status = j.status if not j.message or j.status == "ok" else f"{j.status}: {j.message}"
+        rows.append((
+            j.name, str(len(j.images)), "-" if j.steps is None else str(j.steps),
+            "-" if j.seconds is None else f"{j.seconds:.1f}", "-" if j.final_loss is None else f"{j.final_loss:.4f}",
+            j.server or "-", j.path or "-", status,
+        ))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if i < len(header) - 1 else len(h) for i, h in enumerate(header)]
+    line = "  ".join
+    out = [line(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
+           line("-" * w for w in widths)]
+    out += [line(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    ok = sum(j.status == "ok" for j in jobs)
+    skipped = sum(j.status == "skipped" for j in jobs)
+    failed = len(jobs) - ok - skipped
+    out.append(f"{ok} written, {failed} failed, {skipped} skipped")
+    return "\n".join(out) + "\n"

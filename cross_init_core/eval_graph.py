@@ -1,0 +1,132 @@
+"""The evaluation's graph for one prompt, as plain JSON: the shipped workflows/api/cross_init_eval.json (or a
+--workflow with the same node types) with the prompt, the embedding, the reference photos and the sampler
+settings filled in; the probe that checks the reference photos; and the scores read back from a run."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .prompt_graph import downstream, is_link, load_photos, nodes_of, only, set_checkpoint, upstream
+
+CKPT_LOADER = "CheckpointLoaderSimple"
+EMBEDDING_LOADER = "CrossInitLoadEmbedding"
+ENCODER = "CrossInitCLIPTextEncode"
+IDENTITY = "CrossInitIdentityScore"
+PROMPT_SCORE = "CrossInitPromptScore"
+TEXT_PREVIEW = "PreviewAny"
+REQUIRED_NODES = (EMBEDDING_LOADER, ENCODER, "KSampler", "EmptyLatentImage", "SaveImage", "LoadImage", IDENTITY,
+                  PROMPT_SCORE)
+
+
+def checkpoint_loader_type(workflow: dict[str, Any]) -> str | None:
+    """The class of the workflow's one checkpoint loader (the node with a ckpt_name input); None unless exactly one."""
+    loaders = [node.get("class_type") for node in workflow.values() if isinstance(node, dict) and "ckpt_name" in node.get("inputs", {})]
+    return str(loaders[0]) if len(loaders) == 1 else None
+
+
+def _set_text(prompt: dict[str, Any], node_id: str, key: str, text: str) -> None:
+    """Sets a text input, or the text node it is linked to (the eval workflow's one prompt node)."""
+    value = prompt[node_id]["inputs"].get(key)
+    if is_link(value) and "value" in prompt[value[0]]["inputs"]:
+        prompt[value[0]]["inputs"]["value"] = text
+    else:
+        prompt[node_id]["inputs"][key] = text
+
+
+@dataclass
+class GraphSettings:
+    ckpt_name: str
+    embedding: str  # the server's name for it
+    references: list[str]  # uploaded photo names (relative to the server's input folder)
+    per_prompt: int
+    seed: int
+    backend: str
+    clip_model: str | None  # None: no prompt score
+    steps: int | None = None
+    resolution: int | None = None
+    prefix: str = "cross_init_eval/run"
+
+
+def build_prompt(workflow: dict[str, Any], settings: GraphSettings, text: str, index: int) -> dict[str, Any]:
+    """The API prompt for prompt number `index` (0-based): N images of `text` with the embedding, scored."""
+    prompt = copy.deepcopy(workflow)
+    set_checkpoint(prompt, settings.ckpt_name)
+    for loader in nodes_of(prompt, EMBEDDING_LOADER):  # (input_problems requires exactly one in a workflow file)
+        prompt[loader]["inputs"]["name"] = settings.embedding
+    _set_text(prompt, only(prompt, ENCODER), "text", text)
+    latent = prompt[only(prompt, "EmptyLatentImage")]["inputs"]
+    latent["batch_size"] = settings.per_prompt
+    if settings.resolution is not None:
+        latent["width"] = latent["height"] = settings.resolution
+    sampler = prompt[only(prompt, "KSampler")]["inputs"]
+    sampler["seed"] = settings.seed + index
+    if settings.steps is not None:
+        sampler["steps"] = settings.steps
+    prompt[only(prompt, "SaveImage")]["inputs"]["filename_prefix"] = f"{settings.prefix}/p{index:02d}"
+    prompt[only(prompt, IDENTITY)]["inputs"]["backend"] = settings.backend
+    scorer = only(prompt, PROMPT_SCORE) if nodes_of(prompt, PROMPT_SCORE) else None
+    if settings.clip_model is None:
+        if scorer is not None:
+            for node_id in downstream(prompt, scorer):
+                del prompt[node_id]
+    else:
+        if scorer is None:
+            raise ValueError(f"the workflow has no {PROMPT_SCORE} node")
+        prompt[scorer]["inputs"]["model"] = settings.clip_model
+        _set_text(prompt, scorer, "prompt", text)
+    _reference_photos(prompt, settings.references)
+    return prompt
+
+
+def _reference_photos(prompt: dict[str, Any], references: list[str]) -> None:
+    """The identity score's LoadImage gets the first photo; further photos are batched onto it with the stock
+    ImageBatch (which resizes them to the first's size; the score finds the face in each anyway)."""
+    identity = only(prompt, IDENTITY)
+    link = prompt[identity]["inputs"]["reference"]
+    if not is_link(link) or prompt[link[0]]["class_type"] != "LoadImage":
+        raise ValueError(f"the workflow's {IDENTITY} must take its reference from a LoadImage node")
+    last, _added = load_photos(prompt, link[0], references, "Reference photo (CLI)", "Batch reference photos (CLI)")
+    prompt[identity]["inputs"]["reference"] = last
+
+
+def probe_prompt(workflow: dict[str, Any], references: list[str], backend: str) -> dict[str, Any]:
+    """The reference photos scored against themselves: checks the identity backend runs and every reference
+    photo shows a face, in seconds and before any image is generated."""
+    prompt = build_prompt(workflow, GraphSettings("", "", references, 1, 0, backend, None), "", 0)
+    identity = only(prompt, IDENTITY)
+    reference = prompt[identity]["inputs"]["reference"]
+    prompt[identity]["inputs"]["images"] = list(reference)
+    keep = upstream(prompt, [identity])
+    probe = {k: v for k, v in prompt.items() if k in keep}
+    probe["probe_report"] = {"class_type": TEXT_PREVIEW, "inputs": {"source": [identity, 1]}, "_meta": {"title": "probe"}}
+    return probe
+
+
+@dataclass
+class Outcome:
+    images: list[dict[str, Any]]  # SaveImage entries: filename, subfolder, type
+    identity: dict[str, Any] | None
+    prompt: dict[str, Any] | None
+
+
+def read_outcome(prompt: dict[str, Any], outputs: dict[str, Any]) -> Outcome:
+    """The saved images and the two score reports from a run's /history outputs (the reports are what the
+    Preview as Text nodes on the score nodes' `report` outputs show)."""
+    saver = only(prompt, "SaveImage")
+    images = list((outputs.get(saver) or {}).get("images", []))
+    reports: dict[str, dict[str, Any] | None] = {IDENTITY: None, PROMPT_SCORE: None}
+    for class_type in reports:
+        sources = nodes_of(prompt, class_type)
+        if not sources:
+            continue
+        for node_id in nodes_of(prompt, TEXT_PREVIEW):
+            if prompt[node_id]["inputs"].get("source") == [sources[0], 1]:
+                text = (outputs.get(node_id) or {}).get("text") or []
+                if text:
+                    reports[class_type] = json.loads(text[0])
+        if reports[class_type] is None:
+            raise ValueError(f"the run reported no {class_type} report (a {TEXT_PREVIEW} node on its report output is needed)")
+    return Outcome(images, reports[IDENTITY], reports[PROMPT_SCORE])

@@ -1,0 +1,81 @@
+"""ComfyUI API prompts as plain JSON ({node_id: {"class_type", "inputs", "_meta"}}), for the terminal commands.
+
+Nodes are found by class_type, never by id, so a user's own --workflow with the same node types works too.
+Nothing here imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Prompt = dict[str, Any]
+
+
+def is_link(value: Any) -> bool:
+    """Whether an input value is a link [source node id, output index]."""
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def nodes_of(prompt: Prompt, class_type: str) -> list[str]:
+    return [node_id for node_id, node in prompt.items() if isinstance(node, dict) and node.get("class_type") == class_type]
+
+
+def only(prompt: Prompt, class_type: str) -> str:
+    found = nodes_of(prompt, class_type)
+    if len(found) != 1:
+        raise ValueError(f"the workflow must have exactly one {class_type} node; it has {len(found)}")
+    return found[0]
+
+
+def upstream(prompt: Prompt, roots: list[str]) -> set[str]:
+    """`roots` and every node they read from, directly or not."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        node_id = todo.pop()
+        if node_id in seen or node_id not in prompt:
+            continue
+        seen.add(node_id)
+        todo += [value[0] for value in prompt[node_id]["inputs"].values() if is_link(value)]
+    return seen
+
+
+def downstream(prompt: Prompt, source: str) -> set[str]:
+    """`source` and every node that reads from it, directly or not."""
+    found = {source}
+    changed = True
+    while changed:
+        changed = False
+        for node_id, node in prompt.items():
+            if node_id not in found and any(is_link(v) and v[0] in found for v in node["inputs"].values()):
+                found.add(node_id)
+                changed = True
+    return found
+
+
+def set_checkpoint(prompt: Prompt, ckpt_name: str) -> None:
+    """Every checkpoint loader (CheckpointLoaderSimple, or any node with a ckpt_name input) loads `ckpt_name`."""
+    for node in prompt.values():
+        if "ckpt_name" in node.get("inputs", {}):
+            node["inputs"]["ckpt_name"] = ckpt_name
+
+
+def load_photos(prompt: Prompt, loader: str, photos: list[str], photo_title: str, batch_title: str) -> tuple[list[Any], set[str]]:
+    """The LoadImage `loader` loads the first photo; each further one gets a LoadImage batched onto it with the
+    stock ImageBatch (which resizes it to the first photo's size). New nodes take the next free numeric ids.
+
+    Returns the link to the whole batch and the ids of the added nodes.
+    """
+    prompt[loader]["inputs"]["image"] = photos[0]
+    last: list[Any] = [loader, 0]
+    added: set[str] = set()
+    next_id = max((int(k) for k in prompt if k.isdigit()), default=0) + 1
+    for photo in photos[1:]:
+        load_id, batch_id = str(next_id), str(next_id + 1)
+        next_id += 2
+        prompt[load_id] = {"class_type": "LoadImage", "inputs": {"image": photo}, "_meta": {"title": photo_title}}
+        prompt[batch_id] = {"class_type": "ImageBatch", "inputs": {"image1": last, "image2": [load_id, 0]},
+                            "_meta": {"title": batch_title}}
+        added |= {load_id, batch_id}
+        last = [batch_id, 0]
+    return last, added
