@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "docs" / "benchmarks.md"
 sys.path.insert(0, str(REPO / "bench"))
 
-import gpu_check  # noqa: E402
+import gpu_report  # noqa: E402
 
 
 def _table(section: str, header_start: str) -> list[dict[str, str]]:
@@ -40,10 +40,10 @@ def test_smoke_run_writes_its_rows_into_a_copy_only(tmp_path):
     assert hashlib.sha256(BENCHMARKS.read_bytes()).hexdigest() == original  # the real page is untouched
 
     text = copy.read_text(encoding="utf-8")
-    assert text.count(gpu_check.BEGIN) == 1 and text.count(gpu_check.END) == 1
-    before = BENCHMARKS.read_text(encoding="utf-8").split(gpu_check.BEGIN)[0]
-    assert text.split(gpu_check.BEGIN)[0] == before  # only the marked section changed
-    section = text.split(gpu_check.BEGIN)[1].split(gpu_check.END)[0]
+    assert text.count(gpu_report.BEGIN) == 1 and text.count(gpu_report.END) == 1
+    before = BENCHMARKS.read_text(encoding="utf-8").split(gpu_report.BEGIN)[0]
+    assert text.split(gpu_report.BEGIN)[0] == before  # only the marked section changed
+    section = text.split(gpu_report.BEGIN)[1].split(gpu_report.END)[0]
     assert "CPU smoke run" in section and "not GPU numbers" in section and "commit " in section
     assert "Not measured yet" not in section
 
@@ -73,17 +73,17 @@ def test_section_is_replaced_not_appended(tmp_path):
     page.write_text("# Title\n\nintro\n", encoding="utf-8")
     rows = [{"kind": "peer", "lane": "oldest", "host": "0.3.75", "torch": "2", "device": "X", "model": "M",
              "ours_s_per_step": 1.0, "diffusers_s_per_step": 2.0}]
-    gpu_check.replace_section(page, gpu_check.render(rows, [], 1.0, smoke=False))
+    gpu_report.replace_section(page, gpu_report.render(rows, [], 1.0, smoke=False))
     first = page.read_text(encoding="utf-8")
     rows[0]["ours_s_per_step"] = 3.0
-    gpu_check.replace_section(page, gpu_check.render(rows, ["a note"], 1.0, smoke=False))
+    gpu_report.replace_section(page, gpu_report.render(rows, ["a note"], 1.0, smoke=False))
     second = page.read_text(encoding="utf-8")
     assert first.startswith("# Title\n\nintro\n") and second.startswith("# Title\n\nintro\n")
-    assert second.count(gpu_check.BEGIN) == 1 and "| 3.000 | 2.000 | 1.50 |" in second and "a note" in second
+    assert second.count(gpu_report.BEGIN) == 1 and "| 3.000 | 2.000 | 1.50 |" in second and "a note" in second
     assert "| 1.000 | 2.000 | 0.50 |" in first and "CPU smoke run" not in second
 
 
 def test_committed_page_says_gpu_rows_are_not_measured_yet():
-    section = BENCHMARKS.read_text(encoding="utf-8").split(gpu_check.BEGIN)[1].split(gpu_check.END)[0]
+    section = BENCHMARKS.read_text(encoding="utf-8").split(gpu_report.BEGIN)[1].split(gpu_report.END)[0]
     assert "Not measured yet" in section and "bash bench/gpu_check.sh" in section
     assert "| host | model |" not in section  # no rows until a GPU run writes them

@@ -174,21 +174,22 @@ def test_ui_files_are_the_same_on_every_host(generator):
     """Outputs that only some ComfyUI versions define (SaveImage/PreviewImage: IMAGE from 0.33) are not written,
     every other node lists exactly its definition's outputs, and a graph linking from an unwritten output is
     refused by name rather than written with a dangling link."""
+    ui = generator.workflow_ui
     for stem in STEMS:
         for node in ui_file(stem)["nodes"]:
-            if node["type"] in generator.HOST_DEPENDENT_OUTPUTS:
+            if node["type"] in ui.HOST_DEPENDENT_OUTPUTS:
                 assert node["outputs"] == [], (stem, node["id"])
             elif node["type"] != "Note":
-                info = generator.node_info(node["type"])
+                info = ui.node_info(node["type"])
                 assert [(o["name"], o["type"]) for o in node["outputs"]] == [
-                    (generator._plain(n), generator._plain(t)) for n, t in zip(info["output_name"], info["output"], strict=True)
+                    (ui.plain(n), ui.plain(t)) for n, t in zip(info["output_name"], info["output"], strict=True)
                 ], (stem, node["id"])
     graph = generator.Graph()
     photo = graph.add("LoadImage", {"image": "face.png"})
     preview = graph.add("PreviewImage", {"images": [photo, 0]})
     graph.add("PreviewImage", {"images": [preview, 0]})
     with pytest.raises(ValueError, match=r"node 3 \(PreviewImage\): input images links output 0 of node 2 \(PreviewImage\)"):
-        generator.api_to_ui(graph.nodes)
+        ui.api_to_ui(graph.nodes)
 
 
 # ---------------------------------------------------------------------------------------------
