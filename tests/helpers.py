@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,10 +46,17 @@ def host_fingerprint(m) -> dict[str, torch.Tensor]:
             "clip": cond[0].clone(),
             "vae": m.vae.encode(torch.rand(1, 64, 64, 3, generator=gen)).clone(),
         }
-        for prefix, module in (("w.unet.", m.model.model), ("w.clip.", m.clip.cond_stage_model)):
-            for name, p in module.state_dict(keep_vars=True).items():
-                out[prefix + name] = p
-                out["rg." + prefix + name] = p.requires_grad
+        out.update(host_weights(m))
+    return out
+
+
+def host_weights(m) -> dict[str, object]:
+    """Every UNet and CLIP weight the host holds (the tensors themselves) and its requires_grad flag."""
+    out: dict[str, object] = {}
+    for prefix, module in (("w.unet.", m.model.model), ("w.clip.", m.clip.cond_stage_model)):
+        for name, p in module.state_dict(keep_vars=True).items():
+            out[prefix + name] = p
+            out["rg." + prefix + name] = p.requires_grad
     return out
 
 
@@ -152,3 +161,29 @@ def fast_eval_prompt(batch: int = 2) -> dict:
     return prompt
 
 
+@contextmanager
+def extra_model_folder(key: str, folder: Path, register: Callable[[], object]) -> Iterator[None]:
+    """ComfyUI's `key` model folder as extra_model_paths.yaml leaves it (just `folder`), before the pack's
+    `register` runs; afterwards the entry is put back as it was and registered again."""
+    import folder_paths
+
+    saved = folder_paths.folder_names_and_paths.get(key)
+    folder_paths.folder_names_and_paths[key] = ([str(folder)], set())
+    try:
+        yield
+    finally:
+        if saved is None:
+            folder_paths.folder_names_and_paths.pop(key, None)
+        else:
+            folder_paths.folder_names_and_paths[key] = saved
+        register()
+
+
+@contextmanager
+def one_draw_step_loss(core, m, emb, cfg) -> Iterator[tuple[object, object]]:
+    """The trainer's StepLoss and one seeded draw of `cfg.batch_size` images, inside a training session on `m`."""
+    with torch.inference_mode():
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, cfg)
+    draw = run.sampler().draw(cfg.batch_size)
+    with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
+        yield core.loss.StepLoss(run, device), draw

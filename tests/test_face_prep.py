@@ -25,6 +25,7 @@ from face_photos import (
     insightface_image,
     iou,
 )
+from helpers import extra_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -229,22 +230,14 @@ def test_missing_pack_names_the_exact_folder(face, tmp_path):
 def test_insightface_folder_key_keeps_extra_model_paths(face, tmp_path):
     import folder_paths
 
-    saved = folder_paths.folder_names_and_paths.get("insightface")
-    try:
-        # extra_model_paths.yaml is applied before custom nodes load, so its entry may already exist.
-        folder_paths.folder_names_and_paths["insightface"] = ([str(tmp_path)], set())
+    # extra_model_paths.yaml is applied before custom nodes load, so its entry may already exist.
+    with extra_model_folder("insightface", tmp_path, face.register_insightface_folder):
         paths = face.register_insightface_folder()
         default = str(Path(folder_paths.models_dir) / "insightface")
         assert paths == [str(tmp_path), default]
         assert face.register_insightface_folder() == paths  # idempotent
         roots = sub(face, "model_folders").insightface_roots()
         assert roots == [tmp_path, Path(default)]
-    finally:
-        if saved is None:
-            folder_paths.folder_names_and_paths.pop("insightface", None)
-        else:
-            folder_paths.folder_names_and_paths["insightface"] = saved
-        face.register_insightface_folder()
 
 
 def test_provider_choice_and_cpu_fallback(face, caplog):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding
+from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding, one_draw_step_loss
 
 REL = 1e-5
 
@@ -73,11 +73,7 @@ def test_micro_batches_keep_the_masked_loss_exact(core, tiny):
 def test_chunk_gradients_sum_to_the_full_batch_gradient(core, tiny, kind):
     m = tiny(kind)
     emb = init_embedding(core, m.clip)
-    with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, batch_size=5))
-    draw = run.sampler().draw(5)
-    with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
-        step_loss = core.loss.StepLoss(run, device)
+    with one_draw_step_loss(core, m, emb, _cfg(core, batch_size=5)) as (step_loss, draw):
         full = {k: torch.nn.Parameter(v.clone()) for k, v in emb.vectors.items()}
         whole = step_loss.diffusion(full, draw)
         whole.backward()
@@ -97,11 +93,7 @@ def test_out_of_place_clip_gives_the_clone_every_saved_tensor_gradient(core, tin
     """The reference fix (clone every saved tensor around the host's in-place CLIP) gives the same gradient."""
     m = tiny(kind)
     emb = init_embedding(core, m.clip)
-    with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, batch_size=3))
-    draw = run.sampler().draw(3)
-    with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
-        step_loss = core.loss.StepLoss(run, device)
+    with one_draw_step_loss(core, m, emb, _cfg(core, batch_size=3)) as (step_loss, draw):
         ours = {k: torch.nn.Parameter(v.clone()) for k, v in emb.vectors.items()}
         step_loss(ours, draw)[0].backward()
         layers = [mod for _k, enc in core.host_adapter._inner_encoders(m.clip) for mod in enc.transformer.modules()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding, settings
+from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding, one_draw_step_loss, settings
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -57,11 +57,7 @@ def test_compute_dtype_is_what_activations_flow_in_and_only_fp16_is_scaled(core,
 
 def _first_gradients(core, m, emb, factor: float, scaler) -> torch.Tensor:
     """The unscaled float32 gradient of (factor x the diffusion MSE) w.r.t. the vectors, on one fixed draw."""
-    with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core, batch_size=2))
-    draw = run.sampler().draw(2)
-    with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
-        step_loss = core.loss.StepLoss(run, device)
+    with one_draw_step_loss(core, m, emb, settings(core, batch_size=2)) as (step_loss, draw):
         params = {k: torch.nn.Parameter(v.clone()) for k, v in emb.vectors.items()}
         scaler.scaled(factor * step_loss.diffusion(params, draw)).backward()
         scaler.unscale_(params)

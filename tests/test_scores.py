@@ -14,7 +14,7 @@ import pytest
 import torch
 import workflow_runner as wr
 from face_photos import ASTRONAUT_FACE, T1_DAVID, T1_LISA, T1_MATTHEW, TOM_FACE, as_image, astronaut, insightface_image
-from helpers import TINY_CLIP_IMAGE_SIZE, save_tiny_clip
+from helpers import TINY_CLIP_IMAGE_SIZE, extra_model_folder, save_tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -414,20 +414,12 @@ def test_prompt_score_model_errors_name_the_folder(scoring, tmp_path, clip_root)
 def test_clip_scoring_folder_key_keeps_extra_model_paths(scoring, tmp_path):
     import folder_paths
 
-    saved = folder_paths.folder_names_and_paths.get("clip_scoring")
-    try:
-        folder_paths.folder_names_and_paths["clip_scoring"] = ([str(tmp_path)], set())
+    with extra_model_folder("clip_scoring", tmp_path, scoring.register_clip_scoring_folder):
         paths = scoring.register_clip_scoring_folder()
         assert paths == [str(tmp_path), str(Path(folder_paths.models_dir) / "clip_scoring")]
         save_tiny_clip(tmp_path / "openai" / "clip-vit-tiny")
         default = Path(folder_paths.models_dir) / "clip_scoring"  # other tests may have left models there
         assert scoring.list_models() == ["openai/clip-vit-tiny", *scoring.list_models([default])]  # extra paths first
-    finally:
-        if saved is None:
-            folder_paths.folder_names_and_paths.pop("clip_scoring", None)
-        else:
-            folder_paths.folder_names_and_paths["clip_scoring"] = saved
-        scoring.register_clip_scoring_folder()
 
 
 # ---- the nodes in the real host ----------------------------------------------------------------------------------

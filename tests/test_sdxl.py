@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_fingerprint, face_images, independent_init
+from helpers import assert_same_fingerprint, face_images, host_weights, independent_init
 
 NAMES = ["Tom Hanks", "Meryl Streep", "Cher", "Denzel Washington", "Scarlett Johansson"]
 WIDTHS = {"clip_l": 64, "clip_g": 96}
@@ -50,10 +50,7 @@ def sdxl_fingerprint(m) -> dict[str, object]:
             "pooled": pooled.clone(),
             "vae": m.vae.encode(torch.rand(1, 64, 64, 3, generator=gen)).clone(),
         }
-        for prefix, module in (("w.unet.", m.model.model), ("w.clip.", m.clip.cond_stage_model)):
-            for name, p in module.state_dict(keep_vars=True).items():
-                out[prefix + name] = p
-                out["rg." + prefix + name] = p.requires_grad
+        out.update(host_weights(m))
     return out
 
 

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding, settings
+from helpers import assert_host_unchanged, face_images, host_fingerprint, init_embedding, one_draw_step_loss, settings
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])
 def test_gradient_matches_finite_differences_and_reaches_only_the_vectors(core, tiny, kind):
     m = tiny(kind)
     emb = init_embedding(core, m.clip)
-    with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core, batch_size=3))
-    draw = run.sampler().draw(3)
     key = next(iter(emb.vectors))
     gen = torch.Generator().manual_seed(7)
     start = emb.vectors[key].clone() + 0.1 * torch.randn(emb.vectors[key].shape, generator=gen)
-    with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
-        step_loss = core.loss.StepLoss(run, device)
+    with one_draw_step_loss(core, m, emb, settings(core, batch_size=3)) as (step_loss, draw):
         params = {key: torch.nn.Parameter(start.clone())}
         loss, _mse, _reg = step_loss(params, draw)
         loss.backward()
