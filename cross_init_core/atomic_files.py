@@ -12,12 +12,17 @@ import secrets
 from pathlib import Path
 
 
+def create_exclusive(path: Path) -> None:
+    """Creates `path` empty, with the process umask; FileExistsError if anything is there already."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+
+
 def create_temp(folder: Path, stem: str) -> Path:
     """A new empty hidden temp file in `folder`, named after `stem` (ComfyUI lists no hidden file)."""
     while True:
         tmp = folder / f".{stem}.{secrets.token_hex(4)}.tmp"
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+            create_exclusive(tmp)
         except FileExistsError:
             continue
         return tmp

@@ -36,7 +36,7 @@ from .cli_common import (
     run_command,
 )
 from .cli_jobs import IMAGE_SUFFIXES, Job, clash_problems, collect_jobs, format_summary, input_problems, summary_rows
-from .prompt_graph import nodes_of
+from .prompt_graph import load_workflow, nodes_of
 from .settings import MODES, PRESETS
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,7 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     problems = input_problems(jobs)
     workflow_path = args.workflow or host.WORKFLOW_DIR / f"cross_init_{args.mode}.json"
     try:
-        workflow = json.loads(Path(workflow_path).read_text(encoding="utf-8"))
-        if not isinstance(workflow, dict):
-            raise ValueError("not an API-format workflow (a JSON object of nodes)")
+        workflow = load_workflow(Path(workflow_path))
     except (OSError, ValueError) as exc:
         problems.append(f"workflow {workflow_path}: cannot be read ({exc})")
         workflow = {}
@@ -207,7 +205,6 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if problems:
         raise UsageError("\n".join(problems))
 
-    comfyui = args.comfyui or host.default_comfyui_path()[0]
     with tempfile.TemporaryDirectory(prefix="cross_init_run_") as scratch:
         local = None
         local_embeddings: Path | None = None
@@ -216,6 +213,7 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             local, ckpt_name, local_embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
                                                                     Path(scratch), args.cpu)
         elif args.out is None:
+            comfyui = args.comfyui or host.default_comfyui_path()[0]
             if comfyui is not None and host.looks_like_comfyui(comfyui):
                 local_embeddings = comfyui.resolve() / "models" / "embeddings"
             else:
@@ -224,9 +222,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         problems += clash_problems(jobs, out_dir, args.overwrite, args.skip_existing)
         if local is not None and local_embeddings is not None and local_embeddings.resolve() != out_dir.resolve():
             # the local server's save node writes there too: do not replace a file of the same name by surprise
-            problems += [p.replace("already exists", "already exists in the local ComfyUI's embeddings folder")
-                         for p in clash_problems([j for j in jobs if j.status == "pending"], local_embeddings,
-                                                 args.overwrite, False)]
+            problems += clash_problems([j for j in jobs if j.status == "pending"], local_embeddings, args.overwrite, False,
+                                       where=" in the local ComfyUI's embeddings folder")
         if problems:
             raise UsageError("\n".join(problems))
         try:
@@ -269,11 +266,10 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
             )
             return host.build_prompt(workflow, settings, images, folder, PRESETS)
 
-        numbers = {job.name: i for i, job in enumerate(pending, start=1)}
         enabled = not args.no_progress and not args.quiet
 
-        def progress(job: Job, server: farm.Server) -> host.ProgressBar:
-            label = f"[{numbers[job.name]}/{len(pending)}] {job.name}" + ("" if len(servers) == 1 else f" @ {server.label}")
+        def progress(job: Job, server: farm.Server, number: int) -> host.ProgressBar:
+            label = f"[{number}/{len(pending)}] {job.name}" + ("" if len(servers) == 1 else f" @ {server.label}")
             return host.ProgressBar(stderr, label, enabled=enabled, redraw=len(servers) == 1)
 
         if pending:
@@ -291,7 +287,6 @@ def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], serv
     """--detector/--on-no-face/--resolution for the face-prep node, checked against the first server's node."""
     from . import cli_comfy as host
     from .comfy_client import combo_options
-    from .face.choose import LEGACY_DETECTORS
 
     wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
     info = servers[0].face_prep if servers else None
@@ -300,6 +295,8 @@ def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], serv
             if value is not None:
                 log.warning("--%s ignored: the workflow has no %s node", key.replace("_", "-"), host.FACE_PREP)
         return {}
+    from .face.choose import LEGACY_DETECTORS  # (the face package loads only for workflows with face prep)
+
     values: dict[str, Any] = {}
     for key, value in wanted.items():
         if value is None:

@@ -82,7 +82,9 @@ def input_problems(jobs: list[Job]) -> list[str]:
     return problems
 
 
-def clash_problems(jobs: list[Job], folder: Path, overwrite: bool, skip_existing: bool) -> list[str]:
+def clash_problems(jobs: list[Job], folder: Path, overwrite: bool, skip_existing: bool, where: str = "") -> list[str]:
+    """A problem for every job whose file exists in `folder` (`where` says which folder, in the message),
+    unless --overwrite; with --skip-existing those jobs are marked skipped instead."""
     problems: list[str] = []
     for job in jobs:
         target = folder / f"{job.name}.safetensors"
@@ -91,7 +93,7 @@ def clash_problems(jobs: list[Job], folder: Path, overwrite: bool, skip_existing
         if skip_existing:
             job.status, job.path, job.message = "skipped", str(target), "file exists (--skip-existing)"
             continue
-        problems.append(f"{job.name}: {target} already exists; choose another name, or pass --overwrite to replace it "
+        problems.append(f"{job.name}: {target} already exists{where}; choose another name, or pass --overwrite to replace it "
                         "(or --skip-existing to keep it)")
     return problems
 

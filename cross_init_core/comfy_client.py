@@ -66,16 +66,15 @@ def normalize_url(url: str) -> str:
 class RunOutcome:
     prompt_id: str
     outputs: dict[str, Any]  # node id -> that node's UI result, from /history
-    seconds: float
 
 
 class ComfyClient:
     """One ComfyUI server. Use inside `async with aiohttp.ClientSession() as session`."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, client_id: str | None = None) -> None:
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
         self.url = normalize_url(url)
         self.session = session
-        self.client_id = client_id or uuid.uuid4().hex
+        self.client_id = uuid.uuid4().hex
 
     def __repr__(self) -> str:
         return f"ComfyClient({self.url!r})"
@@ -160,22 +159,18 @@ class ComfyClient:
         data = await self._get_json(f"/history/{prompt_id}")
         return data.get(prompt_id, {}) if isinstance(data, dict) else {}
 
-    async def run(self, prompt: dict[str, Any], on_progress: ProgressCallback | None = None,
-                  on_queued: Callable[[str], None] | None = None) -> RunOutcome:
+    async def run(self, prompt: dict[str, Any], on_progress: ProgressCallback | None = None) -> RunOutcome:
         """Queues `prompt`, follows it over the websocket until it ends, returns its outputs from /history.
 
         The websocket is opened before queueing so no message of this prompt is missed; a closed socket
         means the server went away (ServerGone), since ComfyUI keeps it open for as long as it runs.
         """
-        started = time.perf_counter()
         try:
             ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=20.0, max_msg_size=0)
         except (*_NETWORK_ERRORS, aiohttp.WSServerHandshakeError) as exc:
             raise ServerGone(f"{self.url}: websocket failed ({type(exc).__name__}: {exc})") from exc
         try:
             prompt_id = await self.queue(prompt)
-            if on_queued is not None:
-                on_queued(prompt_id)
             await self._follow(ws, prompt_id, on_progress)
         finally:
             await ws.close()
@@ -187,7 +182,7 @@ class ComfyClient:
             entry = await self.history(prompt_id)
         if not entry:
             raise ServerGone(f"{self.url}: the finished prompt {prompt_id} did not appear in /history")
-        return RunOutcome(prompt_id, entry.get("outputs", {}), time.perf_counter() - started)
+        return RunOutcome(prompt_id, entry.get("outputs", {}))
 
     async def _follow(self, ws: aiohttp.ClientWebSocketResponse, prompt_id: str, on_progress: ProgressCallback | None) -> None:
         try:
@@ -282,12 +277,11 @@ class LocalServer:
     arguments (--base-directory, --cpu, --extra-model-paths-config). Listens on loopback only.
     """
 
-    def __init__(self, comfyui: Path, extra_args: Sequence[str] = (), python: str | None = None,
-                 log_path: Path | None = None) -> None:
+    def __init__(self, comfyui: Path, extra_args: Sequence[str] = (), log_path: Path | None = None) -> None:
         self.comfyui = comfyui
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [python or sys.executable, str(comfyui / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port), *extra_args]
+        self.command = [sys.executable, str(comfyui / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port), *extra_args]
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None

@@ -113,12 +113,13 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
             try:
                 os.link(tmp, final)  # atomic create-if-absent
             except FileExistsError:
-                raise EmbeddingExistsError(
-                    f"name: {final} already exists (written by another save just now). Choose another name, or set overwrite."
-                ) from None
+                raise _taken_just_now(final) from None
             except OSError:
                 # file systems without hard links: reserve the name with an exclusive create, then rename over it
-                _reserve(final)
+                try:
+                    atomic_files.create_exclusive(final)
+                except FileExistsError:
+                    raise _taken_just_now(final) from None
                 try:
                     os.replace(tmp, final)
                 except BaseException:
@@ -130,13 +131,10 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
     return final
 
 
-def _reserve(final: Path) -> None:
-    try:
-        os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
-    except FileExistsError:
-        raise EmbeddingExistsError(
-            f"name: {final} already exists (written by another save just now). Choose another name, or set overwrite."
-        ) from None
+def _taken_just_now(final: Path) -> EmbeddingExistsError:
+    return EmbeddingExistsError(
+        f"name: {final} already exists (written by another save just now). Choose another name, or set overwrite."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

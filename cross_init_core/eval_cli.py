@@ -13,7 +13,6 @@ Exit codes: 0 done; 1 a run failed on the server (the table holds the prompts fi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
+from .cli_comfy import WORKFLOW_DIR
 from .cli_common import (
     UsageError,
     add_console_options,
@@ -32,7 +32,7 @@ from .cli_common import (
 )
 from .errors import CrossInitError
 from .eval_graph import CKPT_LOADER, PROMPT_SCORE, REQUIRED_NODES, checkpoint_loader_type
-from .prompt_graph import nodes_of
+from .prompt_graph import load_workflow, nodes_of
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ DEFAULT_CLIP_MODEL = "clip-vit-base-patch32"  # the paper's judge, as docs/evalu
 
 # ---------------------------------------------------------------------------------------------
 # Arguments
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,11 +176,9 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
         problems.append(f"--output {output}: holds the results of an earlier run (scores.json); choose another folder or "
                         "pass --overwrite")
     workflow: dict[str, Any] = {}
-    workflow_path = args.workflow or Path(__file__).resolve().parents[1] / "workflows" / "api" / WORKFLOW_NAME
+    workflow_path = args.workflow or WORKFLOW_DIR / WORKFLOW_NAME
     try:
-        workflow = json.loads(Path(workflow_path).read_text(encoding="utf-8"))
-        if not isinstance(workflow, dict):
-            raise ValueError("not an API-format workflow (a JSON object of nodes)")
+        workflow = load_workflow(Path(workflow_path))
         for class_type in REQUIRED_NODES:
             if class_type == PROMPT_SCORE and args.no_prompt_score:
                 continue

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .prompt_graph import downstream, is_link, load_photos, nodes_of, only, set_checkpoint, upstream
+from .prompt_graph import checkpoint_loaders, downstream, is_link, load_photos, nodes_of, only, set_checkpoint, upstream
 
 CKPT_LOADER = "CheckpointLoaderSimple"
 EMBEDDING_LOADER = "CrossInitLoadEmbedding"
@@ -23,8 +23,8 @@ REQUIRED_NODES = (EMBEDDING_LOADER, ENCODER, "KSampler", "EmptyLatentImage", "Sa
 
 def checkpoint_loader_type(workflow: dict[str, Any]) -> str | None:
     """The class of the workflow's one checkpoint loader (the node with a ckpt_name input); None unless exactly one."""
-    loaders = [node.get("class_type") for node in workflow.values() if isinstance(node, dict) and "ckpt_name" in node.get("inputs", {})]
-    return str(loaders[0]) if len(loaders) == 1 else None
+    loaders = checkpoint_loaders(workflow)
+    return str(workflow[loaders[0]].get("class_type")) if len(loaders) == 1 else None
 
 
 def _set_text(prompt: dict[str, Any], node_id: str, key: str, text: str) -> None:

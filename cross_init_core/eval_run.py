@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import logging
 import tempfile
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from . import __version__
 from . import cli_comfy as host
 from .cli_common import EXIT_FAILED, EXIT_OK, UsageError
 from .comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, combo_options, normalize_url
-from .eval_cli import Plan, choose_clip_model, match_embedding
+from .eval_cli import Plan, choose_clip_model, log, match_embedding
 from .eval_graph import (
     CKPT_LOADER,
     EMBEDDING_LOADER,
@@ -35,10 +34,8 @@ from .eval_graph import (
 from .evaluation import EvalTable, add_prompt_result, contact_sheet, format_table, write_table
 from .prompt_graph import only
 
-log = logging.getLogger("cross_init_core.eval_cli")
-
 UPLOAD_SUBFOLDER = "cross_init_eval"
-NO_MODEL_PREFIX = "("  # the prompt score's placeholder option when its folder is empty, e.g. "(no model in ...)"
+NO_MODEL_PREFIX = "("  # the prompt score's placeholder option when its folder is empty: "(no CLIP model found)"
 
 
 def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) -> int:

@@ -42,7 +42,6 @@ class Server:
     folder_loader: bool = False  # has the stock "Load Image Dataset from Folder" node
     face_prep: dict[str, Any] | None = None  # /object_info of the face-prep node
     down: bool = False
-    busy: bool = False
 
     @property
     def label(self) -> str:
@@ -59,10 +58,17 @@ async def preflight(servers: list[Server], ckpt_name: str, node_types: set[str])
 
     async def check(server: Server) -> list[str]:
         url = server.client.url
+        infos: dict[str, dict[str, Any] | None] = {}
+
+        async def info(class_type: str) -> dict[str, Any] | None:  # each node type asked for once
+            if class_type not in infos:
+                infos[class_type] = await server.client.object_info(class_type)
+            return infos[class_type]
+
         try:
             await server.client.system_stats()
-            saver = await server.client.object_info(SAVER)
-            if saver is None or await server.client.object_info(TRAINER) is None:
+            saver = await info(SAVER)
+            if saver is None or await info(TRAINER) is None:
                 return [f"server {url}: the Cross-Init nodes are not installed there (custom_nodes); install the pack "
                         "on that server and restart it"]
             inputs = saver.get("input") or {}
@@ -71,16 +77,16 @@ async def preflight(servers: list[Server], ckpt_name: str, node_types: set[str])
                         "update the pack there"]
             found: list[str] = []
             for class_type in sorted(node_types - {SAVER, TRAINER}):
-                if await server.client.object_info(class_type) is None:
+                if await info(class_type) is None:
                     found.append(f"server {url}: it has no node {class_type!r}, which the workflow uses")
-            options, _ = combo_options(await server.client.object_info(CKPT_LOADER), "ckpt_name")
+            options, _ = combo_options(await info(CKPT_LOADER), "ckpt_name")
             if options is None or ckpt_name not in options:
                 known = ", ".join(map(str, (options or [])[:10])) or "none"
                 found.append(f"server {url}: checkpoint {ckpt_name!r} not found in its checkpoints folders (it has: {known}); "
                              "copy it there, or choose a name every server has")
-            server.folder_loader = await server.client.object_info(FOLDER_LOADER) is not None
+            server.folder_loader = await info(FOLDER_LOADER) is not None
             if FACE_PREP in node_types:
-                server.face_prep = await server.client.object_info(FACE_PREP)
+                server.face_prep = await info(FACE_PREP)
             return found
         except ServerGone as exc:
             return [f"server {url}: not answering ({exc}); start it or leave it out"]
@@ -113,7 +119,6 @@ def file_steps(data: bytes) -> int | None:
 
 @dataclass
 class _Queue:
-    jobs: list[Job]
     servers: list[Server]
     pending: list[Job] = field(default_factory=list)
     failed_on: dict[str, set[str]] = field(default_factory=dict)
@@ -154,9 +159,9 @@ class _Queue:
 
 
 async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMaker, out_dir: Path,
-                   progress: Callable[[Job, Server], ProgressBar]) -> None:
+                   progress: Callable[[Job, Server, int], ProgressBar]) -> None:
     """Runs every job on the servers; sets each job's status, message, path, server, seconds, loss, steps."""
-    queue = _Queue(jobs, servers, pending=list(jobs))
+    queue = _Queue(servers, pending=list(jobs))
     numbers = {job.name: i for i, job in enumerate(jobs, start=1)}
 
     async def worker(server: Server) -> None:
@@ -171,7 +176,7 @@ async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMa
             started = time.perf_counter()
             try:
                 try:
-                    await _run_one(server, job, make_prompt, out_dir, progress(job, server))
+                    await _run_one(server, job, make_prompt, out_dir, progress(job, server, numbers[job.name]))
                 except asyncio.CancelledError:
                     if server.local is None:  # stopped (Ctrl-C): the remote server should not train on for nobody
                         await server.client.interrupt()

@@ -34,10 +34,9 @@ class LossScaler:
     per step, which only float16 runs pay.
     """
 
-    def __init__(self, enabled: bool, scale: float = LOSS_SCALE_INIT, growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL) -> None:
+    def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.scale = float(scale) if enabled else 1.0
-        self.growth_interval = growth_interval
+        self.scale = LOSS_SCALE_INIT if enabled else 1.0
         self.good_steps = 0
 
     @classmethod
@@ -63,7 +62,7 @@ class LossScaler:
             self.good_steps = 0
             return True
         self.good_steps += 1
-        if self.good_steps >= self.growth_interval:
+        if self.good_steps >= LOSS_SCALE_GROWTH_INTERVAL:
             self.scale *= LOSS_SCALE_GROWTH
             self.good_steps = 0
         return False

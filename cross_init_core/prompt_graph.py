@@ -6,6 +6,8 @@ Nothing here imports ComfyUI.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 Prompt = dict[str, Any]
@@ -53,11 +55,23 @@ def downstream(prompt: Prompt, source: str) -> set[str]:
     return found
 
 
+def checkpoint_loaders(prompt: Prompt) -> list[str]:
+    """The checkpoint loaders: CheckpointLoaderSimple, or any node with a ckpt_name input."""
+    return [node_id for node_id, node in prompt.items() if isinstance(node, dict) and "ckpt_name" in node.get("inputs", {})]
+
+
 def set_checkpoint(prompt: Prompt, ckpt_name: str) -> None:
-    """Every checkpoint loader (CheckpointLoaderSimple, or any node with a ckpt_name input) loads `ckpt_name`."""
-    for node in prompt.values():
-        if "ckpt_name" in node.get("inputs", {}):
-            node["inputs"]["ckpt_name"] = ckpt_name
+    """Every checkpoint loader loads `ckpt_name`."""
+    for node_id in checkpoint_loaders(prompt):
+        prompt[node_id]["inputs"]["ckpt_name"] = ckpt_name
+
+
+def load_workflow(path: Path) -> Prompt:
+    """An API-format workflow file; OSError or ValueError (with the reason) when it cannot be used as one."""
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(workflow, dict):
+        raise ValueError("not an API-format workflow (a JSON object of nodes)")
+    return workflow
 
 
 def load_photos(prompt: Prompt, loader: str, photos: list[str], photo_title: str, batch_title: str) -> tuple[list[Any], set[str]]:

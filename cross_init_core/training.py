@@ -105,7 +105,7 @@ class Trainer:
         self.request = needed if memory.budget_gb else 0
         self.sync_every = 1 if calls.on_step is not None else SYNC_EVERY
         self.sampler = run.sampler()
-        self.scaler = LossScaler(False)
+        self.scaler = LossScaler.for_model(run.model)  # the UNet's compute dtype is fixed when the model is made
         self.params: dict[str, torch.nn.Parameter] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.pending: list[_Pending] = []
@@ -135,7 +135,6 @@ class Trainer:
             self.plan = plan
         log.info("Cross-Init memory: micro-batch %d of %d, UNet checkpointing %s (%s)",
                  plan.micro_batch, run.settings.batch_size, "on" if plan.checkpointing else "off", plan.reason)
-        self.scaler = LossScaler.for_model(run.model)
         self.params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in self.embedding.vectors.items()}
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=run.settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
@@ -186,11 +185,11 @@ class Trainer:
         params, scaler = self.params, self.scaler
         self.optimizer.zero_grad(set_to_none=True)
         chunks = range(0, batch, micro)
-        mse = torch.zeros((), device=step_loss.device)
+        mse: torch.Tensor | None = None
         reg: torch.Tensor | None = None
         for first in chunks:
             objective = step_loss.diffusion(params, draw, slice(first, first + micro))
-            mse = mse + objective.detach()
+            mse = objective.detach() if mse is None else mse + objective.detach()
             if len(chunks) == 1:
                 reg = step_loss.regularizer(params)
                 objective = objective + reg_weight * reg

@@ -66,7 +66,7 @@ class CrossInitSaveEmbedding(io.ComfyNode):
         # the UI result lands in /history: HTTP clients find the copy's name, size and checksum there
         entry = embedding_io.copy_for_download(path, host_adapter.output_directory())
         entry["name"] = stem
-        history = getattr(embedding, "loss_history", None) or []
+        history = embedding.loss_history
         entry["final_loss"] = float(history[-1][0]) if history else None
         return io.NodeOutput(str(path), ui={"text": [message], "cross_init_embedding": [entry]})
 

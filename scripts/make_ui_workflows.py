@@ -10,7 +10,7 @@ drift from the nodes; every supported ComfyUI version generates the same files (
 workflow_ui.HOST_DEPENDENT_OUTPUTS).
 tests/test_workflows.py converts them back with an independent converter.
 
-Usage (venv and COMFYUI_PATH from `source scripts/test_env.sh && ensure_test_env`):
+Usage (venv and COMFYUI_PATH from `source scripts/test_env.sh && ensure_lane oldest`):
   $VENV/bin/python scripts/make_ui_workflows.py            write the files
   $VENV/bin/python scripts/make_ui_workflows.py --check    exit 1 if a file on disk differs
 """

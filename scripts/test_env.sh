@@ -148,9 +148,6 @@ ensure_lane() {
   ensure_browser
 }
 
-# Kept for the scripts that want one host: the oldest lane.
-ensure_test_env() { ensure_lane oldest; }
-
 # The real-browser test (tests/test_browser.py) drives the system chromium: install the Debian packages
 # when they are missing and this machine can (root + apt-get). Never fails the setup: the outcome goes to
 # $VENV/browser-setup.txt ("ok ..." or "unavailable: <why>") and the test skips loudly with that reason.

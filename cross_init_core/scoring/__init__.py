@@ -10,7 +10,6 @@ from .metrics import FaceEmbedder, FoundFace, Metric
 from .prompt_score import (
     NO_MODEL,
     PromptScoreResult,
-    clean_prompt,
     list_models,
     missing_model_problem,
     register_clip_scoring_folder,
@@ -27,7 +26,6 @@ __all__ = [
     "NoReferenceFaceError",
     "PromptScoreResult",
     "choose_embedder",
-    "clean_prompt",
     "list_models",
     "missing_model_problem",
     "register_clip_scoring_folder",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,13 @@ import torch.nn.functional as F
 
 from .. import host_adapter
 from ..errors import CrossInitError
+from ..evaluation import scored_prompt
 from ..face.errors import ModelFilesError
 from ..face.images import split_batch
 
 logger = logging.getLogger(__name__)
 
 FOLDER_KEY = "clip_scoring"
-PLACEHOLDER = "<face>"
 # OpenAI CLIP's image normalization (every released CLIP ViT uses it) when the folder has no preprocessor_config.json
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -85,13 +84,14 @@ def _layout_hint(roots: list[Path]) -> str:
 def missing_model_problem(name: str, roots: list[Path] | None = None) -> str | None:
     """Why `name` cannot be used (naming the searched folders and the fix), None when it is there."""
     roots = clip_scoring_roots() if roots is None else roots
-    if name in list_models(roots):
+    models = list_models(roots)
+    if name in models:
         return None
-    if name == NO_MODEL or not list_models(roots):
+    if name == NO_MODEL or not models:
         return f"No CLIP model for the prompt score in the clip_scoring folders ({_where(roots)}). {_layout_hint(roots)}"
     return (
         f"CLIP model {name!r} was not found in the clip_scoring folders ({_where(roots)}); found: "
-        f"{', '.join(list_models(roots))}. {_layout_hint(roots)}"
+        f"{', '.join(models)}. {_layout_hint(roots)}"
     )
 
 
@@ -101,11 +101,6 @@ def find_model(name: str, roots: list[Path] | None = None) -> Path:
     if problem is not None:
         raise ModelFilesError(problem)
     return next(root / name for root in roots if (root / name / "config.json").is_file())
-
-
-def clean_prompt(prompt: str, placeholder: str = PLACEHOLDER) -> str:
-    """The prompt as scored: every placeholder removed, whitespace collapsed."""
-    return re.sub(r"\s+", " ", prompt.replace(placeholder, " ")).strip()
 
 
 def comfy_tokenizer_folder() -> Path:
@@ -226,7 +221,7 @@ def score_prompt(
 ) -> PromptScoreResult:
     """CLIP cosine of every image with `prompt` (placeholder removed) using the CLIP folder `model`."""
     photos = split_batch(images, "images", min_side=MIN_SIDE)
-    text = clean_prompt(prompt)
+    text = scored_prompt(prompt)
     if not text:
         raise CrossInitError(
             "Input `prompt` is empty once the placeholder <face> is removed; give the prompt the images were generated from, "
