@@ -233,6 +233,21 @@ def test_bad_inputs_exit_2_before_contacting_any_server(tmp_path, argv):
         assert "broken.png" in stderr and "not a readable image" in stderr
 
 
+def test_a_workflow_file_that_is_not_an_api_graph_exits_2_naming_it(tmp_path):
+    photo = face_photo(tmp_path / "p.png", 64)
+    out = tmp_path / "out"
+    out.mkdir()
+    workflow = tmp_path / "wf.json"
+    for content, reason in ((b"[1, 2]", "not an API-format workflow"), (b"{oops", "Expecting property name")):
+        workflow.write_bytes(content)
+        code, stdout, stderr = run_cli(["--checkpoint", TINY_CKPT, "--server", "http://127.0.0.1:9", "--out", str(out),
+                                        "--images", str(photo), "--name", "cli_wf", "--workflow", str(workflow)], timeout=120)
+        assert code == 2 and stdout == "", stderr
+        assert f"workflow {workflow}: cannot be read" in stderr and reason in stderr, stderr
+        assert "Traceback" not in stderr and "not answering" not in stderr
+        assert files_in(out) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # The local ComfyUI (no --server): started, used and stopped by the runner
 
