@@ -1,9 +1,10 @@
-"""The GPU check behind `bash bench/gpu_check.sh`: half-precision training on real-size SD 1.5 / SD 2.1-base.
+"""The in-process GPU rows: half-precision training on real-size SD 1.5 / SD 2.1-base, ComfyUI booted in-process.
 
-`measure` runs in one host lane's venv (ComfyUI booted in-process, as the tests do) and appends JSON rows;
-`report` turns the rows of every lane into the marked section of docs/benchmarks.md and a printed summary.
-Per model (real architecture, random weights: bench/real_models.py) and UNet dtype (float16, bfloat16),
-at 512 px, batch 8, with the trainer's `memory` = 8:
+`measure` runs with one host's python and COMFYUI_PATH (ComfyUI booted in-process on the GPU when there is
+one) and appends each JSON row to `--rows` the moment it is measured; bench/device/run_checks.py runs it
+after the server rows (bench/server_path.py) and writes the report (bench/gpu_report.py). Per model (real
+architecture, random weights: bench/real_models.py) and UNet dtype (float16, bfloat16), at 512 px, batch 8,
+with the trainer's `memory` = 8:
 
 - fast preset: a whole run (25 steps), measured: seconds, median s/step, skipped fp16 steps;
 - full preset: a fixed number of its steps, measured s/step, and the run time PROJECTED to 320 steps
@@ -22,9 +23,7 @@ in seconds; its rows are labelled as a CPU smoke run and are never GPU numbers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import json
 import logging
 import statistics
 import sys
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
-from gpu_report import report  # noqa: E402
+from rows import add_error, append_row, error_text  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 summary = logging.getLogger("gpu_check.summary")
@@ -314,16 +313,16 @@ def _host_version() -> str:
 
 
 def _guarded(row: dict[str, Any], what: str, fn: Callable[[], dict[str, Any]]) -> None:
-    """Runs one measurement; an error is recorded in the row (the check goes on with the next one)."""
+    """Runs one measurement; an error is recorded in the row's `error` (the check goes on with the next one)."""
     try:
         row.update(fn())
     except Exception as exc:  # a failed configuration is a result to report, not a crash
         log.exception("%s failed", what)
-        row.setdefault("errors", []).append(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        add_error(row, f"{what}: {error_text(exc, 200)}")
 
 
-def measure_model(core: Any, kind: str, plan: Plan, base: dict[str, Any], device: Any) -> list[dict[str, Any]]:
-    """The training rows (one per half dtype) and the peer row of one model family."""
+def measure_model(core: Any, kind: str, plan: Plan, base: dict[str, Any], device: Any) -> Iterator[dict[str, Any]]:
+    """The training rows (one per half dtype) and the peer row of one model family, each as soon as it is measured."""
     import torch
 
     started = time.perf_counter()
@@ -355,7 +354,6 @@ def measure_model(core: Any, kind: str, plan: Plan, base: dict[str, Any], device
     def timed(prefix: str, dtype: str, settings: Any) -> dict[str, Any]:
         return {f"{prefix}_{k}": v for k, v in timed_train(core, models, dtype, emb, images, settings, plan.memory).items()}
 
-    rows = []
     for dtype in DTYPES:
         row: dict[str, Any] = {**base, "kind": "train", "model": models.label, "dtype": dtype}
         _guarded(row, "fast", lambda d=dtype: timed("fast", d, fast))
@@ -363,79 +361,63 @@ def measure_model(core: Any, kind: str, plan: Plan, base: dict[str, Any], device
         if "full_s_per_step" in row:
             row["full_projected_s"] = row["full_setup_s"] + FULL_STEPS * row["full_s_per_step"]
         _guarded(row, "gradient agreement", lambda d=dtype: agreement(d))
-        rows.append(row)
         log.info("%s", row)
+        yield row
     peer: dict[str, Any] = {**base, "kind": "peer", "model": models.label}
     _guarded(peer, "fp32 trainer", lambda: {"ours_s_per_step": timed_train(core, models, "float32", emb, images,
                                                                              peer_settings, "none")["s_per_step"]})
     models = emb = None  # drop the UNets (the closures above hold them) before diffusers builds its own
     _free_models()
     _guarded(peer, "diffusers reference", lambda: {"diffusers_s_per_step": diffusers_reference_seconds(kind, plan, device)})
-    rows.append(peer)
     log.info("%s", peer)
-    return rows
+    yield peer
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
 def measure(lane: str, plan: Plan, rows_path: Path) -> int:
     import host
     import torch
 
-    pack = host.boot(Path(tempfile.mkdtemp(prefix="cross_init_gpu_check_")))
+    pack = host.boot(Path(tempfile.mkdtemp(prefix="cross_init_gpu_check_")), prefer_gpu=True)
     core = pack.cross_init_core
     import comfy.model_management as mm
 
     device = mm.get_torch_device()
+    base = {"host": _host_version(), "path": "in_process", "lane": lane, "torch": torch.__version__, "smoke": plan.smoke,
+            "device": device_name(device)}
     if device.type != "cuda" and not plan.smoke:
         log.error("no CUDA device in lane %s (ComfyUI picked %s): run on a GPU machine, or use --smoke", lane, device)
+        append_row(rows_path, {**base, "kind": "train", "model": ", ".join(plan.models),
+                               "error": f"no CUDA device (ComfyUI picked {device})"})
         return 2
-    base = {"lane": lane, "host": _host_version(), "torch": torch.__version__, "smoke": plan.smoke,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}
-    rows: list[dict[str, Any]] = []
     for kind in plan.models:
-        rows += measure_model(core, kind, plan, base, device)
+        for row in measure_model(core, kind, plan, base, device):
+            append_row(rows_path, row)
         _free_models()
-    with rows_path.open("a", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
     return 0
-
-
-@contextlib.contextmanager
-def _logging() -> Iterator[None]:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    for noisy in ("root", "comfy", "host"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    log.setLevel(logging.INFO)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    summary.addHandler(handler)
-    summary.setLevel(logging.INFO)
-    summary.propagate = False
-    yield
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("measure", help="measure one host lane (run with that lane's python and COMFYUI_PATH)")
-    m.add_argument("--lane", required=True)
+    m = sub.add_parser("measure", help="measure one host (run with that host's python and COMFYUI_PATH)")
+    m.add_argument("--lane", required=True, help="the host's name in the rows (its lane, or `device`)")
     m.add_argument("--rows", type=Path, required=True, help="JSON-lines file the rows are appended to")
     m.add_argument("--smoke", action="store_true")
     m.add_argument("--models", nargs="+", choices=["sd15", "sd21"], default=None)
-    r = sub.add_parser("report", help="write the rows into the marked section and print the summary")
-    r.add_argument("--rows", type=Path, required=True)
-    r.add_argument("--output", type=Path, default=None)
-    r.add_argument("--note", action="append", default=[])
-    r.add_argument("--wall", type=float, default=0.0)
-    r.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
-    with _logging():
-        if args.command == "measure":
-            plan = smoke_plan() if args.smoke else gpu_plan(tuple(args.models or ("sd15", "sd21")))
-            if args.models and args.smoke:
-                plan = Plan(**{**plan.__dict__, "models": tuple(args.models)})
-            return measure(args.lane, plan, args.rows)
-        return report(args.rows, args.output, args.note, args.wall, args.smoke)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    for noisy in ("root", "comfy", "host"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    plan = smoke_plan() if args.smoke else gpu_plan(tuple(args.models or ("sd15", "sd21")))
+    if args.models and args.smoke:
+        plan = Plan(**{**plan.__dict__, "models": tuple(args.models)})
+    return measure(args.lane, plan, args.rows)
 
 
 if __name__ == "__main__":

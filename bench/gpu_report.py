@@ -1,31 +1,36 @@
-"""The report half of bench/gpu_check.py (any python, no ComfyUI): its JSON rows -> the marked section of
-docs/benchmarks.md (device, date, commit, training table, peer table, notes) and a printed summary."""
+"""The GPU check's report (any python, no ComfyUI): its JSON rows (bench/rows.py) -> a markdown section with the
+device, date and commit, the server-path table, the in-process training and peer tables, and what was not
+reached; written into $OUT/benchmarks.md by the offline run, or into the marked section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import datetime
-import json
-import logging
 import subprocess
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
-log = logging.getLogger("gpu_check")
-summary = logging.getLogger("gpu_check.summary")
-
 BEGIN = "<!-- gpu_check:begin -->"
 END = "<!-- gpu_check:end -->"
+TITLE = "## GPU check (`bash bench/device/run.sh` offline, `bash bench/gpu_check.sh` with a package index)"
 
 
 def _fmt(value: Any, spec: str = ".2f", missing: str = "—") -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return missing if value is None else "nan"
-    return format(value, spec)
+    if value is None or value == "":
+        return missing
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
 
 
-def _commit() -> str:
+def commit(fallback: str = "unknown") -> str:
+    """The checkout's commit (+local changes), or `fallback` where there is no git (the GPU machine's copy)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -33,59 +38,101 @@ def _commit() -> str:
                                text=True, check=True).stdout.strip()
         return head + ("+local changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return fallback
 
 
-def render(rows: list[dict[str, Any]], notes: list[str], wall_s: float, smoke: bool) -> str:
-    """The marked section: header (device, date, commit), training table, peer table, notes."""
-    devices = sorted({row["device"] for row in rows}) or ["none"]
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = "## GPU check (`bash bench/gpu_check.sh`)"
-    lines = [BEGIN, title, ""]
-    if smoke:
-        lines += ["**CPU smoke run (`--smoke`): tiny models, 64 px, batch 2 — checks that the script works; these are "
-                  "not GPU numbers and say nothing about speed on a GPU.**", ""]
-    lines += [f"Device: {', '.join(devices)}; {when}; commit {_commit()}; wall time of the whole check {wall_s:.0f} s. "
-              "Lanes: " + ", ".join(sorted({f"{r['lane']} (ComfyUI {r['host']}, torch {r['torch']})" for r in rows})) + ".", ""]
-    train = [r for r in rows if r.get("kind") == "train"]
-    lines += [
-        "Training at the stated resolution and batch with `memory` = 8. *fast run s* is a whole fast-preset run, "
-        "measured (setup included); *full run s* is **projected**: setup + 320 x the measured s/step of the full "
-        "preset's first steps (*measured steps*). *grad cos* is the cosine of the token-vector gradient to the "
-        "fp32 UNet's on one fixed draw, through the trainer's loss scaling; *unscaled* is fp16 without it.",
+def _cell(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def _server_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "The user's path: a `main.py` server with its defaults, this pack in `custom_nodes/`, a random SD 1.5 "
+        "checkpoint; the batch runner trains one person. *run s* is the runner's time for the job (upload, queue, "
+        "training, save, file back), *wall s* its whole process; *peak VRAM* and *UNet dtype* come from the trained "
+        "file's metadata; *moved* is the mean L2 distance of the tokens from their Cross-Init start; *host unchanged*: "
+        "an image sampled with the host's models before and after training is identical (max pixel difference).",
         "",
-        "| host | model | UNet dtype | fast run s (measured) | fast s/step | skipped | full s/step (measured steps) | "
-        "full run s (projected) | peak VRAM MiB | plan | grad cos | unscaled | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| host | device | mode | dynamic VRAM | run s | wall s | steps | peak VRAM MiB | UNet dtype | moved | host unchanged | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in train:
+    for r in rows:
+        moved = "—" if r.get("token_distance") is None else f"{_fmt(r.get('tokens_moved'))} ({r['token_distance']:.3f})"
+        unchanged = "—" if r.get("host_unchanged") is None else f"{_fmt(r['host_unchanged'])} ({r.get('max_pixel_diff')})"
         lines.append(
-            f"| {r['lane']} {r['host']} | {r['model']} | {r.get('fast_unet_dtype') or r['dtype']} | {_fmt(r.get('fast_run_s'), '.1f')} | "
-            f"{_fmt(r.get('fast_s_per_step'), '.3f')} | {_fmt(r.get('fast_skipped'), 'd')} | "
-            f"{_fmt(r.get('full_s_per_step'), '.3f')} ({_fmt(r.get('full_steps'), 'd')}) | {_fmt(r.get('full_projected_s'), '.0f')} | "
-            f"{_fmt(r.get('full_peak_mib'), '.0f', 'n/a (CPU)')} | {r.get('full_plan', '—')} | {_fmt(r.get('grad_cosine'), '.4f')} | "
-            f"{_fmt(r.get('grad_cosine_unscaled'), '.4f')} | {'; '.join(r.get('errors', [])) or ''} |"
+            f"| {r['host']} | {r.get('device', '?')} | {r.get('mode', '?')} | {_fmt(r.get('dynamic_vram'))} | "
+            f"{_fmt(r.get('run_s'), '.1f')} | {_fmt(r.get('wall_s'), '.1f')} | {_fmt(r.get('steps'), 'd')} | "
+            f"{_fmt(r.get('peak_vram_mib'), 'd', 'n/a (CPU)' if r.get('device') == 'CPU' else '—')} | {_fmt(r.get('unet_dtype'))} | "
+            f"{moved} | {unchanged} | {_cell(r.get('error', ''))} |"
         )
-    peers = [r for r in rows if r.get("kind") == "peer"]
-    references = {r["model"]: r["diffusers_s_per_step"] for r in peers if r.get("diffusers_s_per_step")}
-    lines += [
+    return lines
+
+
+def _training_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "In process (ComfyUI imported, no server; the host's dynamic VRAM is not switched on this way): training at "
+        "the stated resolution and batch with `memory` = 8. *fast run s* is a whole fast-preset run, measured (setup "
+        "included); *full run s* is **projected**: setup + 320 x the measured s/step of the full preset's first steps "
+        "(*measured steps*). *grad cos* is the cosine of the token-vector gradient to the fp32 UNet's on one fixed "
+        "draw, through the trainer's loss scaling; *unscaled* is fp16 without it.",
         "",
-        "Peer: the trainer with the fp32 UNet (`memory` none, whole batch) against a diffusers "
-        "`textual_inversion`-style step (fp32, whole token-embedding table trainable, VAE encode every step), "
-        "same device, same run; ratio = ours / diffusers (below 1: faster).",
-        "",
-        "| host | model | ours fp32 s/step | diffusers s/step | ratio | errors |",
-        "|---|---|---|---|---|---|",
+        "| host | device | model | UNet dtype | fast run s (measured) | fast s/step | skipped | full s/step (measured steps) | "
+        "full run s (projected) | peak VRAM MiB | plan | grad cos | unscaled | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in peers:
+    for r in rows:
+        lines.append(
+            f"| {r['host']} | {r.get('device', '?')} | {r['model']} | {r.get('fast_unet_dtype') or r.get('dtype', '—')} | "
+            f"{_fmt(r.get('fast_run_s'), '.1f')} | {_fmt(r.get('fast_s_per_step'), '.3f')} | {_fmt(r.get('fast_skipped'), 'd')} | "
+            f"{_fmt(r.get('full_s_per_step'), '.3f')} ({_fmt(r.get('full_steps'), 'd')}) | {_fmt(r.get('full_projected_s'), '.0f')} | "
+            f"{_fmt(r.get('full_peak_mib'), '.0f', 'n/a (CPU)' if r.get('device') == 'CPU' else '—')} | {r.get('full_plan', '—')} | "
+            f"{_fmt(r.get('grad_cosine'), '.4f')} | {_fmt(r.get('grad_cosine_unscaled'), '.4f')} | {_cell(r.get('error', ''))} |"
+        )
+    return lines
+
+
+def _peer_table(rows: list[dict[str, Any]]) -> list[str]:
+    references = {r["model"]: r["diffusers_s_per_step"] for r in rows if r.get("diffusers_s_per_step")}
+    lines = [
+        "Peer: the trainer with the fp32 UNet (`memory` none, whole batch) against a diffusers `textual_inversion`-style "
+        "step (fp32, whole token-embedding table trainable, VAE encode every step), same device, same run; "
+        "ratio = ours / diffusers (below 1: faster).",
+        "",
+        "| host | device | model | ours fp32 s/step | diffusers s/step | ratio | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
         reference = r.get("diffusers_s_per_step") or references.get(r["model"])
         ours = r.get("ours_s_per_step")
         ratio = ours / reference if ours and reference else None
-        borrowed = "" if r.get("diffusers_s_per_step") else (" (diffusers step from the other lane)" if reference else "")
-        lines.append(f"| {r['lane']} {r['host']} | {r['model']} | {_fmt(ours, '.3f')} | {_fmt(reference, '.3f')}{borrowed} | "
-                     f"{_fmt(ratio, '.2f')} | {'; '.join(r.get('errors', [])) or ''} |")
+        borrowed = "" if r.get("diffusers_s_per_step") else (" (diffusers step from the other host)" if reference else "")
+        lines.append(f"| {r['host']} | {r.get('device', '?')} | {r['model']} | {_fmt(ours, '.3f')} | {_fmt(reference, '.3f')}{borrowed} | "
+                     f"{_fmt(ratio, '.2f')} | {_cell(r.get('error', ''))} |")
+    return lines
+
+
+def render(rows: list[dict[str, Any]], not_reached: list[str], notes: list[str], wall_s: float, smoke: bool,
+           commit_text: str | None = None) -> str:
+    """The marked section: header (device, date, commit), the three tables, what was not reached, notes."""
+    devices = sorted({str(row.get("device", "?")) for row in rows}) or ["none"]
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [BEGIN, TITLE, ""]
+    if smoke:
+        lines += ["**CPU smoke run (`--smoke`): toy sizes — checks that the path works; these are not GPU numbers and "
+                  "say nothing about speed on a GPU.**", ""]
+    hosts = sorted({f"ComfyUI {r['host']} (torch {r['torch']})" if r.get("torch") else f"ComfyUI {r['host']}" for r in rows})
+    lines += [f"Device: {', '.join(devices)}; {when}; commit {commit_text or commit()}; wall time of the whole check "
+              f"{wall_s:.0f} s. Hosts: {', '.join(hosts) or 'none measured'}.", ""]
+    server = [r for r in rows if r.get("path") == "server"]
+    train = [r for r in rows if r.get("path") == "in_process" and r.get("kind") == "train"]
+    peers = [r for r in rows if r.get("path") == "in_process" and r.get("kind") == "peer"]
+    for table, part in ((server, _server_table), (train, _training_table), (peers, _peer_table)):
+        if table:
+            lines += [*part(table), ""]
+    if not_reached:
+        lines += ["Not reached before the deadline: " + "; ".join(not_reached) + ".", ""]
     if notes:
-        lines += ["", *notes]
+        lines += [*notes, ""]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
@@ -98,19 +145,5 @@ def replace_section(path: Path, section: str) -> None:
         after = rest.split(END, 1)[1]
         text = before + section.rstrip("\n") + after
     else:
-        text = text.rstrip("\n") + "\n\n" + section
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
     path.write_text(text, encoding="utf-8")
-
-
-def report(rows_path: Path, output: Path | None, notes: list[str], wall_s: float, smoke: bool) -> int:
-    rows = [json.loads(line) for line in rows_path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if rows_path.exists() else []
-    section = render(rows, notes, wall_s, smoke)
-    for line in section.splitlines():
-        if not line.startswith("<!--"):
-            summary.info(line)
-    if output is not None:
-        replace_section(output, section)
-        log.info("wrote the gpu_check section of %s", output)
-    failed = not rows or any(r.get("errors") for r in rows)
-    return 1 if failed else 0

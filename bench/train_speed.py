@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     import real_models
 
     started = time.perf_counter()
-    pack = host.boot(Path(tempfile.mkdtemp(prefix="cross_init_bench_")))
+    pack = host.boot(Path(tempfile.mkdtemp(prefix="cross_init_bench_")), prefer_gpu=True)
     core = pack.cross_init_core
     import comfy.model_management as mm
 

@@ -28,6 +28,7 @@ class Job:
     seconds: float | None = None
     final_loss: float | None = None
     steps: int | None = None
+    peak_vram_mib: int | None = None  # the training's peak GPU memory (from the file; None on the CPU)
     server: str | None = None  # the server that trained it (or failed it last)
 
 
@@ -101,20 +102,21 @@ def clash_problems(jobs: list[Job], folder: Path, overwrite: bool, skip_existing
 def summary_rows(jobs: list[Job]) -> list[dict[str, Any]]:
     return [
         {"name": j.name, "images": len(j.images), "steps": j.steps, "seconds": None if j.seconds is None else round(j.seconds, 1),
-         "final_loss": j.final_loss, "server": j.server, "file": j.path, "status": j.status, "message": j.message}
+         "final_loss": j.final_loss, "peak_vram_mib": j.peak_vram_mib, "server": j.server, "file": j.path, "status": j.status,
+         "message": j.message}
         for j in jobs
     ]
 
 
 def format_summary(jobs: list[Job]) -> str:
-    header = ("name", "images", "steps", "seconds", "final loss", "server", "file", "status")
+    header = ("name", "images", "steps", "seconds", "final loss", "VRAM MiB", "server", "file", "status")
     rows = []
     for j in jobs:
         status = j.status if not j.message or j.status == "ok" else f"{j.status}: {j.message}"
         rows.append((
             j.name, str(len(j.images)), "-" if j.steps is None else str(j.steps),
             "-" if j.seconds is None else f"{j.seconds:.1f}", "-" if j.final_loss is None else f"{j.final_loss:.4f}",
-            j.server or "-", j.path or "-", status,
+            "-" if j.peak_vram_mib is None else str(j.peak_vram_mib), j.server or "-", j.path or "-", status,
         ))
     widths = [max(len(h), *(len(r[i]) for r in rows)) if i < len(header) - 1 else len(h) for i, h in enumerate(header)]
     line = "  ".join

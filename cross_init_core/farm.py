@@ -100,16 +100,23 @@ async def preflight(servers: list[Server], ckpt_name: str, node_types: set[str])
 # Output
 
 
-def file_steps(data: bytes) -> int | None:
-    """The `steps` of a safetensors file's metadata (read from its JSON header)."""
+def file_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (read from its JSON header); empty when it cannot be read."""
     import json
     import struct
 
     try:
         size = struct.unpack("<Q", data[:8])[0]
-        steps = json.loads(data[8:8 + size]).get("__metadata__", {}).get("steps")
-        return int(steps) if steps is not None else None
+        metadata = json.loads(data[8:8 + size]).get("__metadata__") or {}
+        return {str(k): str(v) for k, v in metadata.items()}
     except Exception:  # the summary still shows the run without it
+        return {}
+
+
+def _metadata_int(metadata: dict[str, str], key: str) -> int | None:
+    try:
+        return int(metadata[key])
+    except (KeyError, ValueError):
         return None
 
 
@@ -251,4 +258,6 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
     path = replace_atomically(out_dir / f"{job.name}.safetensors", data)
     job.status, job.message, job.path, job.server = "ok", "", str(path), server.label
     job.final_loss = entry.get("final_loss")
-    job.steps = file_steps(data)
+    metadata = file_metadata(data)
+    job.steps = _metadata_int(metadata, "steps")
+    job.peak_vram_mib = _metadata_int(metadata, "peak_vram_mib")

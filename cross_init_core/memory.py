@@ -148,3 +148,19 @@ def out_of_memory_error(step: int, total: int, plan: MemoryPlan) -> CrossInitErr
         "(e.g. 8) so training uses micro-batches and checkpointing, or lower batch_size or resolution, "
         "and close other programs that use the GPU."
     )
+
+
+class DevicePeak:
+    """The peak device memory of one run: CUDA's max allocated from `start` on (None on other devices)."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.tracked = self.device.type == "cuda" and torch.cuda.is_available()
+
+    def start(self) -> DevicePeak:
+        if self.tracked:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def mib(self) -> float | None:
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.tracked else None

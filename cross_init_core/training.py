@@ -30,7 +30,7 @@ from .embedding import CrossInitEmbedding
 from .errors import TrainingDivergedError
 from .loss import StepLoss
 from .loss_scaling import LossScaler
-from .memory import MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
+from .memory import DevicePeak, MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
 from .run_setup import PreparedRun, StepDraw, prepare_run
 from .settings import LossSettings, TrainingSettings
 
@@ -52,6 +52,7 @@ class TrainingResult:
     memory_plan: MemoryPlan | None = None
     skipped_steps: list[int] | None = None  # 0-based steps skipped for fp16 gradient overflow
     loss_scale: float | None = None  # the fp16 loss scale at the end (None: no scaling)
+    peak_vram_mib: float | None = None  # the run's peak CUDA memory (max allocated; None off CUDA)
 
 
 @dataclass
@@ -250,7 +251,7 @@ class Trainer:
                 step=0,
             )
 
-    def result(self, mode: str) -> TrainingResult:
+    def result(self, mode: str, peak_vram_mib: float | None = None) -> TrainingResult:
         """The trained embedding (settings and provenance in its metadata) and the run's statistics."""
         run, settings, embedding = self.run, self.run.settings, self.embedding
         if self.skipped:
@@ -269,18 +270,21 @@ class Trainer:
         }
         if self.scaler.enabled:
             metadata["fp16_skipped_steps"] = str(len(self.skipped))
+        if peak_vram_mib is not None:
+            metadata["peak_vram_mib"] = str(round(peak_vram_mib))
         result = embedding.with_vectors(self.vectors(), **metadata)
         result.loss_history = list(zip(self.losses, self.regs, strict=True))
         result.init_vectors = {k: v.clone() for k, v in run.init.items()}
         log.info(
-            "Cross-Init training: %d steps in %.1f s (setup %.1f s), final loss %.4f, norms %s (init %s)",
+            "Cross-Init training: %d steps in %.1f s (setup %.1f s), final loss %.4f, norms %s (init %s)%s",
             settings.steps, self.loop_seconds, self.setup_seconds, self.losses[-1] if self.losses else float("nan"),
             {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.vectors.items()},
             {k: [round(float(x), 2) for x in v.norm(dim=1)] for k, v in result.init_vectors.items()},
+            "" if peak_vram_mib is None else f", peak VRAM {peak_vram_mib:.0f} MiB",
         )
         return TrainingResult(embedding=result, losses=self.losses, regs=self.regs, seconds=self.loop_seconds,
                               setup_seconds=self.setup_seconds, memory_plan=self.plan, skipped_steps=list(self.skipped),
-                              loss_scale=self.scaler.scale if self.scaler.enabled else None)
+                              loss_scale=self.scaler.scale if self.scaler.enabled else None, peak_vram_mib=peak_vram_mib)
 
 
 def train(
@@ -309,6 +313,7 @@ def train(
     """
     started = time.perf_counter()
     memory = (memory or MemorySettings()).validated()
+    peak = DevicePeak(getattr(model, "load_device", "cpu")).start()  # the whole run: setup (VAE encoding) and every step
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     steps = run.settings.steps
     console = tqdm(total=steps, desc="Cross-Init training", unit="step", dynamic_ncols=True,
@@ -319,4 +324,4 @@ def train(
         trainer.train()
     finally:
         console.close()
-    return trainer.result(mode)
+    return trainer.result(mode, peak.mib())

@@ -38,7 +38,7 @@ _build_venv() {
   if [ ! -f "$VENV/.complete" ]; then
     log "building test venv at $VENV (first run on this machine: a few minutes)"
     rm -rf "$VENV"
-    python3 -m venv "$VENV"
+    "${PYTHON3:-python3}" -m venv "$VENV"
     quiet_pip install -q --upgrade pip
     if ! "$builder"; then
       flock -u "$lock_fd"
@@ -128,6 +128,47 @@ _ensure_newest() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The rehearsal of the offline GPU run (tests/test_device_rehearsal.py): Python 3.12, as on the GPU machine, with
+# only what that machine's image holds of what matters here (bench/device/rehearsal.txt, at the image's versions
+# where known); every distribution pip adds that the image lacks (bench/device/gpu_image.txt) is removed again.
+#   ensure_rehearsal_env   -> exports REHEARSAL_PYTHON (returns 3 when there is no Python 3.12 here)
+
+_python312() {
+  local found
+  found="$(command -v python3.12 2>/dev/null)" && "$found" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null \
+    && { printf '%s' "$found"; return 0; }
+  for found in "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do
+    [ -x "$found" ] && { printf '%s' "$found"; return 0; }
+  done
+  return 1
+}
+
+_build_rehearsal() {
+  set -o pipefail
+  quiet_pip install -q -r bench/device/rehearsal.txt || return 1
+  "$VENV/bin/python" - bench/device/gpu_image.txt <<'PY' || return 1
+import re, subprocess, sys
+from importlib import metadata
+image = {re.split(r"[=<> #]", l.strip())[0].lower().replace("_", "-") for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")}
+extra = sorted({d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].lower().replace("_", "-") not in image})
+if extra:
+    print("[cross-init test env] removing what the GPU machine's image lacks:", ", ".join(extra), file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", *extra], check=True)
+PY
+}
+
+ensure_rehearsal_env() {
+  local python key
+  python="$(_python312)" || {
+    REHEARSAL_MISSING="no Python 3.12 here (the GPU machine's version): install it, e.g. pyenv install 3.12"
+    return 3
+  }
+  key="$( (cat bench/device/rehearsal.txt bench/device/gpu_image.txt; "$python" --version) | _hash)"
+  VENV="$(_cache_root)/venv-rehearsal-$key"
+  PYTHON3="$python" _build_venv _build_rehearsal || return 1
+  REHEARSAL_PYTHON="$VENV/bin/python"
+  export REHEARSAL_PYTHON
+}
 
 ensure_lane() {
   LANE="$1"

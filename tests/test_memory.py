@@ -222,3 +222,53 @@ def test_activation_estimate_uses_each_familys_measured_constants(core, tiny):
     sd = mem.ACTIVATION_ELEMENTS["sd"]["plain"]
     xl = mem.ACTIVATION_ELEMENTS["sdxl"]["plain"]
     assert xl[0] + xl[1] * 4096 > 0.8 * (sd[0] + sd[1] * 4096)
+
+
+def test_peak_vram_is_cuda_max_allocated_from_the_start_of_the_run(core, monkeypatch):
+    """DevicePeak on a CUDA device (imitated here: torch's CUDA memory statistics recorded) resets CUDA's peak
+    statistics for that device when the run starts and reads max allocated at its end; elsewhere it reports None."""
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: calls.append(("max", device)) or 3 * 2**30 + 2**19)
+    peak = core.memory.DevicePeak(torch.device("cuda", 0)).start()
+    assert calls == [("reset", torch.device("cuda", 0))]
+    assert peak.mib() == 3072.5 and calls[-1] == ("max", torch.device("cuda", 0))
+    for device in ("cpu", torch.device("mps")):
+        calls.clear()
+        assert core.memory.DevicePeak(device).start().mib() is None and calls == []
+
+
+def test_the_peak_reaches_the_file_metadata_the_log_and_the_runner_summary(core, tiny, monkeypatch, caplog):
+    """On CUDA the trainer writes the run's peak into the metadata (`peak_vram_mib`) and its summary log line,
+    and the batch runner's table shows it; without a GPU neither has the key or the number."""
+    import importlib
+    import logging
+
+    from safetensors.torch import save
+
+    jobs = importlib.import_module(f"{core.__name__}.cli_jobs")
+    farm = importlib.import_module(f"{core.__name__}.farm")
+
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    plain = core.training.train(m.model, m.clip, m.vae, face_images(1, 64), emb, _cfg(core, steps=1, batch_size=1))
+    assert plain.peak_vram_mib is None and "peak_vram_mib" not in plain.embedding.metadata
+
+    class CudaPeak(core.memory.DevicePeak):  # what a CUDA device reports, on this CPU
+        def mib(self) -> float:
+            return 6543.4
+
+    monkeypatch.setattr(core.training, "DevicePeak", CudaPeak)
+    with caplog.at_level(logging.INFO, logger=core.training.log.name):
+        result = core.training.train(m.model, m.clip, m.vae, face_images(1, 64), emb,
+                                     _cfg(core, steps=1, batch_size=1))
+    assert result.peak_vram_mib == 6543.4 and result.embedding.metadata["peak_vram_mib"] == "6543"
+    assert any("peak VRAM 6543 MiB" in r.getMessage() for r in caplog.records)
+    tensors, metadata = core.embedding_io.to_file_dict(result.embedding)
+    read_back = farm.file_metadata(save(tensors, metadata=metadata))  # what the runner reads from a downloaded file
+    assert read_back["peak_vram_mib"] == "6543"
+    job = jobs.Job(name="me", images=[], source="--images", status="ok", peak_vram_mib=int(read_back["peak_vram_mib"]))
+    table = jobs.format_summary([job])
+    assert "final loss  VRAM MiB  server" in table.splitlines()[0] and table.splitlines()[2].split()[5] == "6543"
+    assert jobs.summary_rows([job])[0]["peak_vram_mib"] == 6543

