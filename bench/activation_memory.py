@@ -30,7 +30,7 @@ def measure(core, models, latent: int) -> dict[str, float]:
     width = int(model.model.model_config.unet_config["context_dim"])
     x = torch.randn(1, 4, latent, latent)
     sigma = torch.full((1,), 3.0)
-    blocks = core.host_adapter._unet_blocks(model)
+    blocks = core.host.unet_blocks(model)
     per_layer: dict[int, dict[int, int]] = {}
     inputs: dict[int, int] = {}
     current = [-1]
@@ -40,7 +40,7 @@ def measure(core, models, latent: int) -> dict[str, float]:
             current[0] = i
             inputs[i] = args[0].numel() * args[0].element_size()
         hooks.append(layer.register_forward_pre_hook(pre))
-    with torch.inference_mode(), core.host_adapter.training_session(model, models.clip):
+    with torch.inference_mode(), core.host.training_session(model, models.clip):
         weights = {p.untyped_storage().data_ptr() for p in model.model.parameters()}
         cond = torch.randn(1, 77, width, requires_grad=True)
 
@@ -51,11 +51,11 @@ def measure(core, models, latent: int) -> dict[str, float]:
             return t
 
         extra = {}
-        if core.host_adapter.is_sdxl_model(model):  # SDXL's UNet also takes the pooled + size vector (ADM)
+        if core.host.is_sdxl_model(model):  # SDXL's UNet also takes the pooled + size vector (ADM)
             pooled = torch.randn(1, int(model.model.model_config.unet_config["adm_in_channels"]) - 6 * 256)
-            extra["y"] = core.host_adapter.sdxl_adm(model, pooled, latent * 8, latent * 8)
+            extra["y"] = core.host.sdxl_adm(model, pooled, latent * 8, latent * 8)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = core.host_adapter.denoised(model, x, sigma, cond, **extra)
+            out = core.host.denoised(model, x, sigma, cond, **extra)
         element = out.element_size()
         del out
     for h in hooks:

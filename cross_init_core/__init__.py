@@ -1,7 +1,9 @@
 """Cross Initialization textual inversion on ComfyUI's own MODEL/CLIP/VAE objects.
 
-Everything that touches ComfyUI internals lives in `host_adapter`; the other modules work on
-plain tensors and the small dataclasses defined here. Submodules load on first use, so
+The method's modules work on plain tensors and the small dataclasses defined here; everything that touches
+ComfyUI internals lives in the host layer (`host/`); faces and scores are in `face/` and `scoring/`. The
+terminal client (`client/`, `python -m cross_init_core train|eval`) is a separate program that talks to
+ComfyUI servers over HTTP and is never imported by the nodes. Submodules load on first use, so
 `python -m cross_init_core --help` and the pack's import stay quick.
 """
 
@@ -10,16 +12,17 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 SUBMODULES = (
     "atomic_files",
     "embedding",
     "embedding_io",
+    "embedding_names",
     "errors",
     "face",
     "families",
-    "host_adapter",
+    "host",
     "initialization",
     "loss",
     "loss_plot",
@@ -28,6 +31,7 @@ SUBMODULES = (
     "names",
     "personalized_encode",
     "preview",
+    "prompt_text",
     "prompt_tokens",
     "run_setup",
     "scoring",

@@ -1,8 +1,9 @@
 """Files written whole or not at all, as ordinary files a reader can trust.
 
-A temp file beside the target, synced to disk, then renamed over it: a crash leaves the old file (or no
-file) and at most one hidden `.STEM.xxxxxxxx.tmp`, never a half-written target. The temp file is created
-with the process umask, not mkstemp's private 0600, so the result is readable as any file the user saves.
+A temp file beside the target, synced to disk, then renamed over it (or, where nothing may be replaced, given
+its name only if that name is free): a crash leaves the old file (or no file) and at most one hidden
+`.STEM.xxxxxxxx.tmp`, never a half-written target. The temp file is created with the process umask, not
+mkstemp's private 0600, so the result is readable as any file the user saves.
 """
 
 from __future__ import annotations
@@ -46,3 +47,40 @@ def replace_atomically(final: Path, data: bytes) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return final
+
+
+def link_new(tmp: Path, final: Path) -> None:
+    """Gives the written temp file `tmp` the name `final` only if nothing has that name (FileExistsError otherwise),
+    atomically: a hard link, or where the file system has none, an exclusive create that reserves the name
+    before the rename. `tmp` is the caller's to remove."""
+    try:
+        os.link(tmp, final)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass  # no hard links here
+    create_exclusive(final)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        final.unlink(missing_ok=True)  # our empty placeholder
+        raise
+
+
+def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
+    """Writes `data` as a new file in `folder`: STEM+SUFFIX, or STEM-xxxxxxxx+SUFFIX when that name is taken.
+    Never replaces a file; returns the path written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = create_temp(folder, stem)
+    try:
+        write_synced(tmp, data)
+        name = f"{stem}{suffix}"
+        while True:
+            try:
+                link_new(tmp, folder / name)
+                return folder / name
+            except FileExistsError:
+                name = f"{stem}-{secrets.token_hex(4)}{suffix}"
+    finally:
+        tmp.unlink(missing_ok=True)

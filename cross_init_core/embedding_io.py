@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -19,55 +18,13 @@ import torch
 
 from . import atomic_files
 from .embedding import CrossInitEmbedding
+from .embedding_names import validate_name
 from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from .families import KEY_WIDTHS, WIDTH_KEYS, WIDTHS_MESSAGE
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_LENGTH = 100
-# file systems limit a file name to 255 bytes; leave room for ".safetensors" and the temp file's affixes
-MAX_NAME_BYTES = 200
-_PORT_SUFFIXES = (*"0123456789", "\u00b9", "\u00b2", "\u00b3")  # Windows also reserves COM0, COM¹, LPT² ...
-WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in _PORT_SUFFIXES), *(f"LPT{i}" for i in _PORT_SUFFIXES)}
-_NAME_RE = re.compile(r"^[\w.\-]+$", re.UNICODE)
 _REFERENCE_KEY_RE = re.compile(r"^(?P<stem>.*?)(?:_v)?(?P<index>\d+)>?$")
-
-
-def validate_name(name: str) -> str:
-    """A file stem usable as `embedding:NAME`; rejects anything that could leave the embeddings folder."""
-    if not isinstance(name, str):
-        raise InvalidInputError("name: it must be text.")
-    stem = unicodedata.normalize("NFC", name.strip())
-    if stem.lower().endswith(".safetensors"):
-        stem = stem[: -len(".safetensors")]
-    what = f"name {name!r}"
-    if not stem:
-        raise InvalidInputError("name: it is empty. Choose a short name such as my_face; you will write embedding:my_face.")
-    if "/" in stem or "\\" in stem or ".." in stem or os.path.isabs(stem) or ":" in stem:
-        raise InvalidInputError(f"{what}: it must be a plain file name, without '/', '\\', ':' or '..'. Use e.g. my_face.")
-    if any(ch.isspace() for ch in stem):
-        raise InvalidInputError(f"{what}: it contains spaces, which `embedding:NAME` cannot hold. Use '_' instead, e.g. my_face.")
-    if not _NAME_RE.match(stem) or stem.startswith(".") or stem.endswith("."):
-        raise InvalidInputError(f"{what}: use letters, digits, '_', '-' and '.' only (not first or last).")
-    if len(stem) > MAX_NAME_LENGTH:
-        raise InvalidInputError(f"{what}: it is {len(stem)} characters long; use at most {MAX_NAME_LENGTH}.")
-    if len(stem.encode("utf-8")) > MAX_NAME_BYTES:
-        raise InvalidInputError(
-            f"{what}: it is {len(stem.encode('utf-8'))} bytes long in UTF-8, too long for a file name; "
-            f"use at most {MAX_NAME_BYTES} bytes (fewer characters for non-Latin letters)."
-        )
-    if stem.split(".")[0].upper() in WINDOWS_RESERVED:
-        raise InvalidInputError(f"{what}: {stem.split('.')[0]} is a reserved device name on Windows; choose another name.")
-    return stem
-
-
-def check_save_target(folders: list[str], name: str, overwrite: bool) -> Path:
-    """The path a save would write; raises now for a bad name or an existing file without overwrite."""
-    if not folders:
-        raise InvalidInputError("name: ComfyUI has no embeddings folder configured (models/embeddings).")
-    final = Path(folders[0]).resolve() / f"{validate_name(name)}.safetensors"
-    _check_existing(final, overwrite)
-    return final
 
 
 def _check_existing(final: Path, overwrite: bool) -> None:
@@ -111,20 +68,9 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
             os.replace(tmp, final)
         else:
             try:
-                os.link(tmp, final)  # atomic create-if-absent
+                atomic_files.link_new(tmp, final)
             except FileExistsError:
                 raise _taken_just_now(final) from None
-            except OSError:
-                # file systems without hard links: reserve the name with an exclusive create, then rename over it
-                try:
-                    atomic_files.create_exclusive(final)
-                except FileExistsError:
-                    raise _taken_just_now(final) from None
-                try:
-                    os.replace(tmp, final)
-                except BaseException:
-                    final.unlink(missing_ok=True)  # our empty placeholder
-                    raise
     finally:
         tmp.unlink(missing_ok=True)
     log.info("Saved embedding %s (%s) to %s", stem, embedding.describe(), final)
@@ -233,7 +179,8 @@ DOWNLOAD_SUBFOLDER = "cross_init_embeddings"  # under ComfyUI's output folder
 
 
 def copy_for_download(saved: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Copies a saved embedding file under output/cross_init_embeddings/ (atomically, replacing an older copy).
+    """Copies a saved embedding file under output/cross_init_embeddings/, never replacing a file there (when the
+    name is taken, by an earlier run's copy or anyone's file, the copy is NAME-xxxxxxxx.safetensors).
 
     ComfyUI's /view serves only its output/input/temp folders, so a client of the HTTP API (the batch
     runner) fetches the trained file from there. Returns the entry the save node reports in its UI result:
@@ -243,6 +190,6 @@ def copy_for_download(saved: str | os.PathLike[str], output_dir: str | os.PathLi
 
     source = Path(saved)
     data = source.read_bytes()
-    atomic_files.replace_atomically(Path(output_dir) / DOWNLOAD_SUBFOLDER / source.name, data)
-    return {"filename": source.name, "subfolder": DOWNLOAD_SUBFOLDER, "type": "output", "size": len(data),
+    copy = atomic_files.write_new(Path(output_dir) / DOWNLOAD_SUBFOLDER, source.stem, source.suffix, data)
+    return {"filename": copy.name, "subfolder": DOWNLOAD_SUBFOLDER, "type": "output", "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest()}

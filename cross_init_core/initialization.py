@@ -1,4 +1,4 @@
-"""Cross Initialization: the starting vectors of the learned tokens (method.md, steps 1-6).
+"""Cross Initialization: the starting vectors of the learned tokens, as the paper's reference code computes them.
 
 Per text encoder: column j collects the input embedding of the j-th BPE token of every name that has
 one; m_j is the column mean. The sequence [BOS, m_0, ..., m_{n-1}, EOS, PAD...] is encoded by the host
@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from . import host_adapter
+from . import host
 from . import names as name_lists
 from .embedding import CrossInitEmbedding
 from .errors import InvalidInputError
-from .host_adapter import EncoderSlot
+from .families import EncoderSlot
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def _validate_num_tokens(num_tokens: int) -> None:
 
 
 def source_means(clip: Any, slot: EncoderSlot, lines: Sequence[str], num_tokens: int, source: str) -> torch.Tensor:
-    tokenizer = host_adapter.hf_tokenizer(clip, slot)
-    table = host_adapter.token_table(clip, slot)
+    tokenizer = host.hf_tokenizer(clip, slot)
+    table = host.token_table(clip, slot)
     if source == "words":
         return word_means(bpe_ids(tokenizer, " ".join(lines)), table, num_tokens)
     ids = [bpe_ids(tokenizer, name) for name in lines]
@@ -70,7 +70,7 @@ def source_means(clip: Any, slot: EncoderSlot, lines: Sequence[str], num_tokens:
 
 def cross_encode(clip: Any, slots: Sequence[EncoderSlot], means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Encodes [BOS, m_0..m_{n-1}, EOS, PAD...] per encoder through the host path; returns outputs 1..n."""
-    empty = host_adapter.tokenize(clip, "")
+    empty = host.tokenize(clip, "")
     tokens: dict[str, Any] = {}
     for slot in slots:
         row = list(empty[slot.token_key][0])
@@ -78,7 +78,7 @@ def cross_encode(clip: Any, slots: Sequence[EncoderSlot], means: dict[str, torch
         # After BOS; drop n trailing pads so the chunk keeps the host's length.
         spliced = [row[0]] + [(means[slot.key][j], 1.0) for j in range(n)] + row[1 : len(row) - n]
         tokens[slot.token_key] = [spliced]
-    cond, _pooled = host_adapter.encode_conditioning(clip, tokens)
+    cond, _pooled = host.encode_conditioning(clip, tokens)
     out: dict[str, torch.Tensor] = {}
     offset = 0
     for slot in slots:
@@ -99,7 +99,7 @@ def cross_initialize(clip: Any, num_tokens: int = 2, names: Sequence[str] = (), 
         raise InvalidInputError(f"source: got {source!r}; use 'names' or 'words'.")
     if not names:
         raise InvalidInputError("names: the list is empty. Leave the field empty for the list chosen in name_list, or write names.")
-    slots = host_adapter.encoder_slots(clip)
+    slots = host.encoder_slots(clip)
     with torch.inference_mode(False), torch.no_grad():
         means = {slot.key: source_means(clip, slot, names, num_tokens, source) for slot in slots}
         vectors = cross_encode(clip, slots, means)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from . import host_adapter
+from . import host
 from .run_setup import PreparedRun, StepDraw
 
 
@@ -56,7 +56,7 @@ class StepLoss:
         self.sigmas = run.sigmas.to(device)
         self.weights = run.weights.to(device) if run.weights is not None else None
         self.init = {k: v.to(device) for k, v in run.init.items()}
-        self.sdxl = host_adapter.is_sdxl_model(run.model)
+        self.sdxl = host.is_sdxl_model(run.model)
 
     def __call__(self, params: dict[str, torch.Tensor], draw: StepDraw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mse = self.diffusion(params, draw)
@@ -87,12 +87,12 @@ class StepLoss:
             filled = run.layouts[template].fill(params, run.slots)
             for slot in run.slots:
                 token_rows[slot.token_key].append(filled[slot.token_key][0])
-        cond, pooled = host_adapter.encode_batch_for_training(run.clip, run.slots, token_rows)
+        cond, pooled = host.encode_batch_for_training(run.clip, run.slots, token_rows)
         extra = {}
         if self.sdxl:
             size = run.settings.resolution
-            extra["y"] = host_adapter.sdxl_adm(run.model, pooled, size, size)
-        den = host_adapter.denoised(run.model, x_noisy, sigma, cond.to(self.device), **extra)
+            extra["y"] = host.sdxl_adm(run.model, pooled, size, size)
+        den = host.denoised(run.model, x_noisy, sigma, cond.to(self.device), **extra)
         predicted = prediction_from_denoised(run.prediction, x_noisy, den, sigma)
         pixel_weight = None if self.weights is None else self.weights[index]
         mse = diffusion_mse(predicted, target(run.prediction, x0, noise, sigma), pixel_weight)

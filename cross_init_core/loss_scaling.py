@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import host_adapter
+from . import host
 
 # Dynamic loss scaling for float16 UNets, torch.amp.GradScaler's rule: scale the loss, unscale the float32
 # gradients, skip a step whose gradients hold inf/NaN and halve the scale, double it after a run of good steps.
@@ -41,7 +41,7 @@ class LossScaler:
 
     @classmethod
     def for_model(cls, model: Any) -> LossScaler:
-        return cls(host_adapter.unet_compute_dtype(model) == torch.float16)
+        return cls(host.unet_compute_dtype(model) == torch.float16)
 
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.scale if self.enabled else loss

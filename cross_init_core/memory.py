@@ -3,7 +3,7 @@
 A step's batch may run as micro-batches (gradients accumulated) and with UNet gradient checkpointing;
 neither changes the result beyond float round-off. The plan picks both from a budget: the user's, or
 what the host reports free on a CUDA device. What touches the host (model sizes, free memory, the
-compute dtype) comes from `host_adapter`.
+compute dtype) comes from the host layer (`host`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import host_adapter
+from . import host
 from .errors import CrossInitError, InvalidInputError
 
 MEMORY_CHOICES = ("auto", "4", "6", "8", "10", "12", "16", "24", "none")
@@ -111,11 +111,11 @@ def activation_bytes_per_sample(model: Any, latent_hw: tuple[int, int], checkpoi
     bytes = (LINEAR x P + QUADRATIC x P^2) x (model_channels / 320) x bytes per element of the compute
     dtype, with P = latent_h x latent_w and the family's constants of `ACTIVATION_ELEMENTS`.
     """
-    width = float(host_adapter.unet_model_channels(model)) / 320.0
-    family = ACTIVATION_ELEMENTS["sdxl" if host_adapter.is_sdxl_model(model) else "sd"]
+    width = float(host.unet_model_channels(model)) / 320.0
+    family = ACTIVATION_ELEMENTS["sdxl" if host.is_sdxl_model(model) else "sd"]
     linear, quadratic = family["checkpointed" if checkpointed else "plain"]
     pixels = float(latent_hw[0] * latent_hw[1])
-    return int((linear * pixels + quadratic * pixels**2) * width * host_adapter.compute_dtype_size(model))
+    return int((linear * pixels + quadratic * pixels**2) * width * host.compute_dtype_size(model))
 
 
 def plan_for_run(model: Any, clip: Any, batch: int, latent_hw: tuple[int, int], memory: MemorySettings,
@@ -130,9 +130,9 @@ def plan_for_run(model: Any, clip: Any, batch: int, latent_hw: tuple[int, int], 
     available: int | None = None
     if memory.budget_gb:
         budget = int(memory.budget_gb * 2**30)
-        available = max(0, budget - host_adapter.weights_bytes(model, clip) - WORKSPACE_BYTES)
+        available = max(0, budget - host.weights_bytes(model, clip) - WORKSPACE_BYTES)
     elif memory.budget_gb is None and device is not None:
-        free = host_adapter.free_device_bytes(device)
+        free = host.free_device_bytes(device)
         available = None if free is None else max(0, free - WORKSPACE_BYTES)
     plan = plan_memory(batch, available, plain, ckpt, memory)
     return plan, plan.micro_batch * (ckpt if plan.checkpointing else plain)

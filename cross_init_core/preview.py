@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import host_adapter
+from . import host
 from .embedding import CrossInitEmbedding
 from .personalized_encode import encode_prompt
 
@@ -32,11 +32,11 @@ def sample_portrait(model: Any, clip: Any, vae: Any, embedding: CrossInitEmbeddi
     """IMAGE [1, res, res, 3] sampled by the host's own sampler and VAE with the embedding's vectors."""
     with torch.inference_mode():
         positive = encode_prompt(clip, embedding, PREVIEW_PROMPT)
-        negative_cond, negative_pooled = host_adapter.encode_conditioning(clip, host_adapter.tokenize(clip, ""))
+        negative_cond, negative_pooled = host.encode_conditioning(clip, host.tokenize(clip, ""))
         negative = [[negative_cond, {"pooled_output": negative_pooled}]]
         latent = torch.zeros(1, 4, resolution // 8, resolution // 8)
-        samples = host_adapter.sample(model, latent, positive, negative, steps=steps, cfg=PREVIEW_CFG, seed=seed)
-        return host_adapter.vae_decode(vae, samples)[:1].float().clamp(0, 1)
+        samples = host.sample(model, latent, positive, negative, steps=steps, cfg=PREVIEW_CFG, seed=seed)
+        return host.vae_decode(vae, samples)[:1].float().clamp(0, 1)
 
 
 def side_by_side(face: torch.Tensor, sample: torch.Tensor, height: int = 256) -> Image.Image:

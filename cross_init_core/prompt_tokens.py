@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from . import host_adapter
+from . import host
 from .errors import InvalidInputError
-from .host_adapter import EncoderSlot
+from .families import EncoderSlot
 
 SENTINEL_CANDIDATES = ("sks", "ohwx", "zwx", "xqz", "qwv")
 
@@ -40,7 +40,7 @@ class PromptLayout:
 
 
 def _single_token_id(clip: Any, slot: EncoderSlot, word: str) -> int | None:
-    ids = host_adapter.hf_tokenizer(clip, slot)(word)["input_ids"][1:-1]
+    ids = host.hf_tokenizer(clip, slot)(word)["input_ids"][1:-1]
     return ids[0] if len(ids) == 1 else None
 
 
@@ -57,13 +57,13 @@ def layout_prompt(clip: Any, slots: Sequence[EncoderSlot], text: str, placeholde
             f"text: the placeholder {placeholder!r} does not appear in the prompt, so the learned face would not be "
             f"used. Write it where the person goes, e.g. 'a photo of {placeholder} person'."
         )
-    plain = host_adapter.tokenize(clip, text.replace(placeholder, " "))
+    plain = host.tokenize(clip, text.replace(placeholder, " "))
     for sentinel in SENTINEL_CANDIDATES:
         ids = {slot.token_key: _single_token_id(clip, slot, sentinel) for slot in slots}
         if any(i is None or i in _token_ids(plain, slot.token_key) for slot, i in zip(slots, ids.values(), strict=True)):
             continue
         marked = text.replace(placeholder, " " + " ".join([sentinel] * num_tokens) + " ")
-        tokens = host_adapter.tokenize(clip, marked)
+        tokens = host.tokenize(clip, marked)
         positions: dict[str, list[tuple[int, int, int]]] = {}
         for slot in slots:
             found = [

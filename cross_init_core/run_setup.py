@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import host_adapter
+from . import host
 from .embedding import CrossInitEmbedding, check_matches_slots
 from .errors import InvalidInputError
 from .families import EncoderSlot
@@ -83,8 +83,8 @@ def encode_latents(vae: Any, model: Any, pixels: torch.Tensor) -> torch.Tensor:
     """Latents of every face and its mirror image [2B, C, h, w], scaled for the model, encoded once."""
     both = torch.cat([pixels, pixels.flip(2)])
     with torch.inference_mode(False), torch.no_grad():
-        latent = host_adapter.vae_encode(vae, both)
-        return host_adapter.process_latent_in(model, latent.float()).detach().clone()
+        latent = host.vae_encode(vae, both)
+        return host.process_latent_in(model, latent.float()).detach().clone()
 
 
 
@@ -160,18 +160,18 @@ def prepare_run(
 ) -> PreparedRun:
     settings = settings.validated()
     loss_settings = (loss_settings or LossSettings()).validated()
-    model, clip = host_adapter.static_models(model, clip)
-    slots = host_adapter.check_model_matches_clip(model, clip)
+    model, clip = host.static_models(model, clip)
+    slots = host.check_model_matches_clip(model, clip)
     check_matches_slots(embedding, slots)
-    prediction = host_adapter.prediction_type(model)
+    prediction = host.prediction_type(model)
     pixels = prepare_pixels(images, settings.resolution)
     latents = encode_latents(vae, model, pixels)
     weights = prepare_masks(masks, pixels.shape[0], settings.resolution, tuple(latents.shape[-2:]), loss_settings.background_weight)
-    timesteps = torch.arange(host_adapter.num_train_timesteps(model))
+    timesteps = torch.arange(host.num_train_timesteps(model))
     init = embedding.init_vectors or embedding.vectors
     return PreparedRun(
         model=model, clip=clip, slots=slots, prediction=prediction, settings=settings, loss_settings=loss_settings,
         layouts=_caption_layouts(clip, slots, embedding.num_tokens), latents=latents, weights=weights,
-        sigmas=host_adapter.sigmas_for_timesteps(model, timesteps),
+        sigmas=host.sigmas_for_timesteps(model, timesteps),
         init={k: v.detach().float().cpu().clone() for k, v in init.items()}, num_images=pixels.shape[0],
     )

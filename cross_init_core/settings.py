@@ -1,4 +1,5 @@
-"""Training settings and the presets `fast` and `full`."""
+"""Settings the nodes and the terminal client share: the training inputs, their ranges, the presets `fast` and
+`full`, and the face detectors (pure: no torch, no ComfyUI)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,43 @@ from .errors import InvalidInputError
 from .families import SD1, SDXL
 
 MODES = ("fast", "full", "custom")
+# Cross-Init Face Prep's detector option; values saved by earlier versions still run, as their replacement
+DETECTORS = ("auto", "insightface", "mtcnn")
+LEGACY_DETECTORS = {"opencv": "mtcnn"}
 DEFAULT_REG_WEIGHT = 1e-5
 # the trainer's resolution input: 0 = auto, the base resolution of the model family
 AUTO_RESOLUTION = 0
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """A training input's allowed whole numbers: low..high, a multiple of `multiple`."""
+
+    low: int
+    high: int
+    multiple: int = 1
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high \
+            and value % self.multiple == 0
+
+    def describe(self) -> str:
+        return f"{self.low}..{self.high}" + (f", a multiple of {self.multiple}" if self.multiple > 1 else "")
+
+
+# The training inputs' ranges, read by the trainer node's schema, the validation below and the batch runner's
+# arguments. The learning rate is above 0 and at most LEARNING_RATE_MAX (the node's widget starts at
+# LEARNING_RATE_WIDGET_MIN, the smallest value its step can show).
+STEPS = IntRange(1, 100_000)
+BATCH_SIZE = IntRange(1, 64)
+RESOLUTION = IntRange(64, 2048, multiple=64)
+SEED = IntRange(0, 2**63 - 1)
+LEARNING_RATE_MAX = 1.0
+LEARNING_RATE_WIDGET_MIN = 1e-6
+
+
+def learning_rate_ok(value: float) -> bool:
+    return math.isfinite(value) and 0 < value <= LEARNING_RATE_MAX
 
 
 @dataclass(frozen=True)
@@ -39,18 +74,22 @@ class TrainingSettings:
     resolution: int = 512
 
     def validated(self) -> TrainingSettings:
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= 100_000:
-            raise InvalidInputError(f"steps: got {self.steps}; use a whole number from 1 to 100000 (full mode uses 320).")
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 64:
-            raise InvalidInputError(f"batch_size: got {self.batch_size}; use a whole number from 1 to 64 (the method uses 8).")
-        if not math.isfinite(self.learning_rate) or not 0 < self.learning_rate <= 1.0:
+        if self.steps not in STEPS:
+            raise InvalidInputError(f"steps: got {self.steps}; use a whole number from {STEPS.low} to {STEPS.high} "
+                                    "(full mode uses 320).")
+        if self.batch_size not in BATCH_SIZE:
+            raise InvalidInputError(f"batch_size: got {self.batch_size}; use a whole number from {BATCH_SIZE.low} to "
+                                    f"{BATCH_SIZE.high} (the method uses 8).")
+        if not learning_rate_ok(self.learning_rate):
             raise InvalidInputError(
-                f"learning_rate: got {self.learning_rate}; use a value above 0 and at most 1 (full mode uses 0.005)."
+                f"learning_rate: got {self.learning_rate}; use a value above 0 and at most {LEARNING_RATE_MAX:g} "
+                "(full mode uses 0.005)."
             )
-        if self.resolution % 64 or not 64 <= self.resolution <= 2048:
+        if self.resolution not in RESOLUTION:
             raise InvalidInputError(
-                f"resolution: got {self.resolution}; use a multiple of 64 from 64 to 2048 (512 for SD 1.5/2.1-base, "
-                "1024 for SDXL, 768 or 512 for SDXL on less memory; the trainer node's 0 picks automatically)."
+                f"resolution: got {self.resolution}; use a multiple of {RESOLUTION.multiple} from {RESOLUTION.low} to "
+                f"{RESOLUTION.high} (512 for SD 1.5/2.1-base, 1024 for SDXL, 768 or 512 for SDXL on less memory; the "
+                "trainer node's 0 picks automatically)."
             )
         return self
 

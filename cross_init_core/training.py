@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__, families, host_adapter
+from . import __version__, families, host
 from .embedding import CrossInitEmbedding
 from .errors import TrainingDivergedError
 from .loss import StepLoss
@@ -146,16 +146,16 @@ class Trainer:
         """Steps [first_step, end_step) in one host session."""
         run, calls = self.run, self.calls
         out_of_memory_at: int | None = None
-        with host_adapter.training_session(run.model, run.clip, memory_required=self.request) as device:
+        with host.training_session(run.model, run.clip, memory_required=self.request) as device:
             if self.optimizer is None:
                 self._start(device)
             step_loss = StepLoss(run, device)
             segment_started = time.perf_counter()
             step = first_step
             try:
-                with host_adapter.unet_checkpointing(run.model, self.plan.checkpointing):
+                with host.unet_checkpointing(run.model, self.plan.checkpointing):
                     for step in range(first_step, end_step):
-                        host_adapter.check_interrupted()
+                        host.check_interrupted()
                         draw = self.sampler.draw(run.settings.batch_size)
                         if calls.fault_hook is not None:
                             calls.fault_hook(step)
@@ -164,7 +164,7 @@ class Trainer:
                             self._read_back(step)
                         calls.reporter(step + 1, None)
                         calls.console.update(1)
-            except host_adapter.out_of_memory_errors():
+            except host.out_of_memory_errors():
                 out_of_memory_at = step + 1  # leaving the except frees the activations its frames hold
             self.loop_seconds += time.perf_counter() - segment_started
             del step_loss
@@ -264,8 +264,8 @@ class Trainer:
             "reg_weight": str(run.loss_settings.reg_weight),
             "base_model": families.base_model((s.key for s in run.slots), run.prediction),
             "num_tokens": str(embedding.num_tokens),
-            "unet_dtype": host_adapter.dtype_name(host_adapter.unet_compute_dtype(run.model)),
-            "clip_layer": host_adapter.clip_layer(run.clip),
+            "unet_dtype": host.dtype_name(host.unet_compute_dtype(run.model)),
+            "clip_layer": host.clip_layer(run.clip),
             "pack_version": __version__,
         }
         if self.scaler.enabled:
@@ -317,8 +317,8 @@ def train(
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     steps = run.settings.steps
     console = tqdm(total=steps, desc="Cross-Init training", unit="step", dynamic_ncols=True,
-                   disable=not host_adapter.console_progress_enabled())
-    calls = Callbacks(host_adapter.progress_reporter(steps), console, on_step, fault_hook, preview, preview_every)
+                   disable=not host.console_progress_enabled())
+    calls = Callbacks(host.progress_reporter(steps), console, on_step, fault_hook, preview, preview_every)
     trainer = Trainer(run, embedding, memory, calls, started)
     try:
         trainer.train()

@@ -5,7 +5,7 @@ import os
 
 from comfy_api.latest import io, ui
 
-from ..cross_init_core import embedding_io, host_adapter
+from ..cross_init_core import embedding_io, host
 from ..cross_init_core.errors import EmbeddingFileError, InvalidInputError
 from .common import CATEGORY, Embedding
 
@@ -54,7 +54,7 @@ class CrossInitSaveEmbedding(io.ComfyNode):
     @classmethod
     def execute(cls, embedding, name: str, overwrite: bool = False,  # type: ignore[override]
                 copy_to_output: bool = False) -> io.NodeOutput:
-        folders = host_adapter.embedding_directories()
+        folders = host.embedding_directories()
         if not folders:
             raise InvalidInputError("name: ComfyUI has no embeddings folder configured (models/embeddings).")
         path = embedding_io.save_embedding(embedding, folders[0], name, overwrite=overwrite)
@@ -64,7 +64,7 @@ class CrossInitSaveEmbedding(io.ComfyNode):
         if not copy_to_output:
             return io.NodeOutput(str(path), ui=ui.PreviewText(message))
         # the UI result lands in /history: HTTP clients find the copy's name, size and checksum there
-        entry = embedding_io.copy_for_download(path, host_adapter.output_directory())
+        entry = embedding_io.copy_for_download(path, host.output_directory())
         entry["name"] = stem
         history = embedding.loss_history
         entry["final_loss"] = float(history[-1][0]) if history else None
@@ -80,7 +80,7 @@ class CrossInitLoadEmbedding(io.ComfyNode):
             category=CATEGORY,
             description="Loads an embedding file (ours, A1111 .pt/.safetensors, or the reference learned_embeds.bin).",
             inputs=[
-                io.Combo.Input("name", options=host_adapter.list_embedding_files(),
+                io.Combo.Input("name", options=host.list_embedding_files(),
                                tooltip="A file from the embeddings folders (models/embeddings and extra paths)."),
             ],
             outputs=[Embedding.Output(display_name="embedding", tooltip="The vectors, for Cross-Init CLIP Text Encode or more training.")],
@@ -89,7 +89,7 @@ class CrossInitLoadEmbedding(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, name: str) -> str:  # type: ignore[override]
         """A file re-saved under the same name is read again instead of served from ComfyUI's cache."""
-        path = host_adapter.embedding_file_path(name)
+        path = host.embedding_file_path(name)
         if path is None:
             return f"missing:{name}"
         stat = os.stat(path)
@@ -97,7 +97,7 @@ class CrossInitLoadEmbedding(io.ComfyNode):
 
     @classmethod
     def execute(cls, name: str) -> io.NodeOutput:  # type: ignore[override]
-        path = host_adapter.embedding_file_path(name)
+        path = host.embedding_file_path(name)
         if path is None:
             raise EmbeddingFileError(f"name: {name!r} is not in the embeddings folders; refresh the node list (press R).")
         return io.NodeOutput(embedding_io.load_embedding(path))

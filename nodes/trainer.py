@@ -4,7 +4,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cross_init_core import host_adapter, loss_plot, preview, settings, training
+from ..cross_init_core import host, loss_plot, preview, settings, training
 from ..cross_init_core.memory import MEMORY_CHOICES, parse_memory
 from ..cross_init_core.settings import PRESETS
 from .common import CATEGORY, Embedding, LossSettingsType
@@ -35,13 +35,16 @@ class CrossInitTrainer(io.ComfyNode):
                                        f"{PRESETS['fast'].learning_rate}. full: {PRESETS['full'].steps} steps, batch "
                                        f"{PRESETS['full'].batch_size}, lr {PRESETS['full'].learning_rate} (the paper). "
                                        "custom: uses steps, batch_size and learning_rate below."),
-                io.Int.Input("steps", default=320, min=1, max=100000, tooltip="Training steps (custom mode only; 25-1000 is typical)."),
-                io.Int.Input("batch_size", default=8, min=1, max=64, tooltip="Samples per step (custom mode only; 8 in the paper)."),
-                io.Float.Input("learning_rate", default=0.005, min=1e-6, max=1.0, step=1e-4,
-                               tooltip="AdamW learning rate (custom mode only; 0.005 in the paper, 0.001-0.05 is sane)."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                io.Int.Input("steps", default=320, min=settings.STEPS.low, max=settings.STEPS.high,
+                             tooltip="Training steps (custom mode only; 25-1000 is typical)."),
+                io.Int.Input("batch_size", default=8, min=settings.BATCH_SIZE.low, max=settings.BATCH_SIZE.high,
+                             tooltip="Samples per step (custom mode only; 8 in the paper)."),
+                io.Float.Input("learning_rate", default=0.005, min=settings.LEARNING_RATE_WIDGET_MIN, max=settings.LEARNING_RATE_MAX,
+                               step=1e-4, tooltip="AdamW learning rate (custom mode only; 0.005 in the paper, 0.001-0.05 is sane)."),
+                io.Int.Input("seed", default=0, min=settings.SEED.low, max=settings.SEED.high, control_after_generate=True,
                              tooltip="Seed for faces, flips, timesteps, noise and captions; same seed = same result on CPU."),
-                io.Int.Input("resolution", default=settings.AUTO_RESOLUTION, min=0, max=2048, step=64, optional=True,
+                io.Int.Input("resolution", default=settings.AUTO_RESOLUTION, min=settings.AUTO_RESOLUTION,
+                             max=settings.RESOLUTION.high, step=settings.RESOLUTION.multiple, optional=True,
                              tooltip="Training resolution in pixels, a multiple of 64. 0 = auto: 1024 for SDXL, 512 for "
                                      "SD 1.x/2.x. SDXL on less memory: 768 or 512."),
                 io.Mask.Input("masks", optional=True, tooltip="Optional face masks (from face prep) for a face-weighted loss; "
@@ -51,7 +54,7 @@ class CrossInitTrainer(io.ComfyNode):
                                        "the GPU (no limit on the CPU). A budget such as 8 splits each step's batch into "
                                        "smaller forward/backward passes and, if needed, turns on gradient checkpointing; "
                                        "the result is the same, only slower. none: no limit."),
-                io.Int.Input("preview_every", default=-1, min=-1, max=100000, optional=True,
+                io.Int.Input("preview_every", default=-1, min=-1, max=settings.STEPS.high, optional=True,
                              tooltip="Every N steps, show a quick sample of 'a photo of <face> person' with the current "
                                      "tokens beside your face in the progress preview. -1 = auto (about 5 previews), "
                                      "0 = off (fastest)."),
@@ -68,7 +71,7 @@ class CrossInitTrainer(io.ComfyNode):
     def execute(cls, model, clip, vae, images, embedding, mode: str, steps: int, batch_size: int,  # type: ignore[override]
                 learning_rate: float, seed: int, loss=None, resolution: int = settings.AUTO_RESOLUTION, masks=None,
                 memory: str = "auto", preview_every: int = -1) -> io.NodeOutput:
-        resolution = settings.auto_resolution(resolution, host_adapter.is_sdxl_model(model))
+        resolution = settings.auto_resolution(resolution, host.is_sdxl_model(model))
         chosen = settings.resolve(mode, steps, batch_size, learning_rate, seed, resolution)
         memory_settings = parse_memory(memory)
         if mode != "custom":

@@ -28,7 +28,7 @@ REAL_CKPT = "small_sd15.safetensors"
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
 
-from cross_init_core.comfy_client import LocalServer  # noqa: E402
+from cross_init_core.client.comfy_client import LocalServer  # noqa: E402
 
 
 def comfyui_folder(scratch: Path, source: Path | None = None) -> Path:
@@ -132,6 +132,20 @@ class TestServer:
 
     def history(self) -> dict[str, Any]:
         return get_json(self.url + "/history")
+
+    def delete_pending(self, besides: set[str], timeout: float) -> str | None:
+        """Deletes the first prompt waiting in the queue that is not in `besides` (as another client can, with
+        POST /queue {"delete": [...]}); its id, or None if none came within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = [item[1] for item in get_json(self.url + "/queue").get("queue_pending", []) if item[1] not in besides]
+            if pending:
+                request = urllib.request.Request(self.url + "/queue", data=json.dumps({"delete": [pending[0]]}).encode(),
+                                                 headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(request, timeout=30).close()
+                return str(pending[0])
+            time.sleep(0.2)
+        return None
 
     def saved_names(self) -> list[str]:
         """Names the save node wrote, one per finished prompt (from /history)."""

@@ -185,5 +185,5 @@ def one_draw_step_loss(core, m, emb, cfg) -> Iterator[tuple[object, object]]:
     with torch.inference_mode():
         run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, cfg)
     draw = run.sampler().draw(cfg.batch_size)
-    with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device:
+    with torch.inference_mode(), core.host.training_session(m.model, m.clip) as device:
         yield core.loss.StepLoss(run, device), draw

@@ -49,7 +49,7 @@ class Spec:
     kind: str
     config_class: str  # comfy.supported_models class name the host must detect
     unet: dict[str, Any]
-    prediction: str  # "eps" or "v", as core.host_adapter.prediction_type reports it
+    prediction: str  # "eps" or "v", as core.host.prediction_type reports it
     slot_key: str  # embedding-file key / encoder
     token_key: str  # key in clip.tokenize() output
     width: int

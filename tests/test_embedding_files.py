@@ -535,7 +535,7 @@ def test_comfyui_embedding_syntax_encodes_like_encode_prompt(core, embeddings_di
     import comfy.sd1_clip
 
     clip = host_clips(family)
-    width = core.host_adapter.encoder_slots(clip)[0].width
+    width = core.host.encoder_slots(clip)[0].width
     vectors = {key: torch.randn(2, width, generator=torch.Generator().manual_seed(42)) * 0.5}
     emb = _embedding(core, vectors)
     name = _unique(f"xinit_{family}")
@@ -559,7 +559,7 @@ def test_comfyui_sdxl_takes_each_encoder_from_its_own_key(core, embeddings_dir: 
     import comfy.sd1_clip
 
     clip = host_clips("sdxl")
-    widths = {s.key: s.width for s in core.host_adapter.encoder_slots(clip)}
+    widths = {s.key: s.width for s in core.host.encoder_slots(clip)}
     assert widths == {"clip_l": 64, "clip_g": 96}
     vectors = _vectors(widths, n=2, seed=9)
     emb = _embedding(core, vectors)

@@ -19,24 +19,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ev(pack):
-    """cross_init_core.eval_cli as `python -m cross_init_core eval` imports it (the pack folder on sys.path)."""
+    """The eval command as `python -m cross_init_core eval` imports it (the pack folder on sys.path)."""
     if str(REPO) not in sys.path:
         sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
-    import cross_init_core.eval_cli as module
+    import cross_init_core.client.eval.command as module
+
+    return module
+
+
+@pytest.fixture(scope="module")
+def plan(ev):
+    import cross_init_core.client.eval.plan as module
 
     return module
 
 
 @pytest.fixture(scope="module")
 def graph(ev):
-    import cross_init_core.eval_graph as module
+    import cross_init_core.client.eval.graph as module
 
     return module
 
 
 @pytest.fixture(scope="module")
 def evaluation(ev):
-    import cross_init_core.evaluation as module
+    import cross_init_core.client.eval.results as module
 
     return module
 
@@ -136,17 +143,17 @@ def test_prompt_files_accept_both_marks_and_comments(evaluation, tmp_path):
             evaluation.read_prompts(str(path))
 
 
-def test_model_and_embedding_choice(ev):
-    assert ev.match_embedding("my_face", ["a.pt", "my_face.safetensors"]) == "my_face.safetensors"
-    assert ev.match_embedding("my_face.pt", ["my_face.pt", "my_face.safetensors"]) == "my_face.pt"
-    assert ev.match_embedding("other", ["my_face.safetensors"]) is None
-    assert ev.choose_clip_model(None, ["a", "clip-vit-base-patch32"], "(none)") == ("clip-vit-base-patch32", None)
-    assert ev.choose_clip_model(None, ["only-one"], "(none)") == ("only-one", None)
-    model, problem = ev.choose_clip_model(None, ["(none)"], "(none)")
+def test_model_and_embedding_choice(plan):
+    assert plan.match_embedding("my_face", ["a.pt", "my_face.safetensors"]) == "my_face.safetensors"
+    assert plan.match_embedding("my_face.pt", ["my_face.pt", "my_face.safetensors"]) == "my_face.pt"
+    assert plan.match_embedding("other", ["my_face.safetensors"]) is None
+    assert plan.choose_clip_model(None, ["a", "clip-vit-base-patch32"], "(none)") == ("clip-vit-base-patch32", None)
+    assert plan.choose_clip_model(None, ["only-one"], "(none)") == ("only-one", None)
+    model, problem = plan.choose_clip_model(None, ["(none)"], "(none)")
     assert model is None and "clip_scoring" in problem and "--no-prompt-score" in problem
-    model, problem = ev.choose_clip_model(None, ["a", "b"], "(none)")
+    model, problem = plan.choose_clip_model(None, ["a", "b"], "(none)")
     assert model is None and "--clip-model" in problem
-    model, problem = ev.choose_clip_model("c", ["a"], "(none)")
+    model, problem = plan.choose_clip_model("c", ["a"], "(none)")
     assert model is None and "--clip-model c" in problem and "found: a" in problem
 
 
@@ -160,7 +167,7 @@ def shipped_workflow() -> dict:
 
 def test_graph_per_prompt(graph):
     workflow = shipped_workflow()
-    settings = graph.GraphSettings(ckpt_name="sd21.safetensors", embedding="me.safetensors", references=["cli/a.png", "cli/b.png"],
+    settings = graph.EvalGraph(ckpt_name="sd21.safetensors", embedding="me.safetensors", references=["cli/a.png", "cli/b.png"],
                                 per_prompt=5, seed=100, backend="dlib", clip_model="tiny-clip", steps=3, resolution=256,
                                 prefix="cross_init_eval/me_x")
     prompt = graph.build_prompt(workflow, settings, "a <face> person on the beach", 7)
@@ -198,7 +205,7 @@ def test_table_and_contact_sheet_from_real_reports(graph, evaluation, pack, tiny
         save_tiny_clip(folder, seed=11)
     wr.install_face_image("face.png")
     workflow = fast_eval_prompt(batch=2)
-    settings = graph.GraphSettings(ckpt_name=workflow["1"]["inputs"]["ckpt_name"], embedding="", references=["face.png"],
+    settings = graph.EvalGraph(ckpt_name=workflow["1"]["inputs"]["ckpt_name"], embedding="", references=["face.png"],
                                 per_prompt=2, seed=3, backend="dlib", clip_model="clip-vit-base-patch32", steps=1, resolution=64,
                                 prefix="cross_init_eval/table_test")
     texts = ["a photo of a <face> person", "cubism painting of a <face> person"]

@@ -1,6 +1,7 @@
 """The GPU check: its host boot takes the GPU when there is one, its driver keeps a deadline and always reports,
-and `bash bench/gpu_check.sh --smoke` (the same measurements over this lane's host) writes the rows it promises
-into a copy of docs/benchmarks.md. The offline run on the GPU machine is rehearsed in test_device_rehearsal.py."""
+and `bash bench/gpu_check.sh --smoke` (the same measurements over the newest lane's host, today's
+dependencies) writes the rows it promises into a copy of docs/benchmarks.md. The offline run on the GPU
+machine is rehearsed in test_device_rehearsal.py."""
 
 from __future__ import annotations
 
@@ -164,6 +165,9 @@ def test_committed_page_says_how_to_run_and_that_no_gpu_rows_are_measured_yet():
 
 @pytest.mark.slow
 def test_smoke_run_writes_its_rows_into_a_copy_only(tmp_path):
+    if os.environ.get("LANE") == "oldest":
+        pytest.skip("in the oldest lane's run the offline rehearsal (test_device_rehearsal.py) runs these measurements "
+                    "on both hosts")
     copy = tmp_path / "benchmarks.md"
     copy.write_text(BENCHMARKS.read_text(encoding="utf-8"), encoding="utf-8")
     original = hashlib.sha256(BENCHMARKS.read_bytes()).hexdigest()

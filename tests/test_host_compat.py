@@ -58,7 +58,7 @@ def test_streaming_clip_is_cloned_without_streaming(core, tiny):
         return original_clone()
 
     clip.clone = clone
-    model, static_clip = core.host_adapter.static_models(m.model, clip)
+    model, static_clip = core.host.static_models(m.model, clip)
     assert calls == [True] and static_clip is not clip and model is m.model
 
 

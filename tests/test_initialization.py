@@ -1,4 +1,4 @@
-"""Cross Initialization against an independent computation of method.md steps 1-6."""
+"""Cross Initialization against an independent computation of the reference algorithm (name columns, means, encoder pass)."""
 
 from __future__ import annotations
 
@@ -176,4 +176,4 @@ def test_unsupported_clip_is_refused(core):
         cond_stage_model = torch.nn.Linear(2, 2)
 
     with pytest.raises(core.errors.UnsupportedModelError, match=r"supported: SD 1\.x"):
-        core.host_adapter.encoder_slots(NotAClip())
+        core.host.encoder_slots(NotAClip())

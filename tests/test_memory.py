@@ -96,7 +96,7 @@ def test_out_of_place_clip_gives_the_clone_every_saved_tensor_gradient(core, tin
     with one_draw_step_loss(core, m, emb, _cfg(core, batch_size=3)) as (step_loss, draw):
         ours = {k: torch.nn.Parameter(v.clone()) for k, v in emb.vectors.items()}
         step_loss(ours, draw)[0].backward()
-        layers = [mod for _k, enc in core.host_adapter._inner_encoders(m.clip) for mod in enc.transformer.modules()
+        layers = [mod for _k, enc in core.host.inner_encoders(m.clip) for mod in enc.transformer.modules()
                   if "forward" in mod.__dict__]
         assert layers, "the session patches the CLIP layers"
         saved = [mod.__dict__.pop("forward") for mod in layers]  # back to the host's in-place forward
@@ -110,7 +110,7 @@ def test_out_of_place_clip_gives_the_clone_every_saved_tensor_gradient(core, tin
     for key in ours:
         torch.testing.assert_close(ours[key].grad, reference[key].grad, rtol=1e-6, atol=1e-9)
     # outside the session the host's classes are in charge again
-    assert not [mod for _k, enc in core.host_adapter._inner_encoders(m.clip) for mod in enc.transformer.modules()
+    assert not [mod for _k, enc in core.host.inner_encoders(m.clip) for mod in enc.transformer.modules()
                 if "forward" in mod.__dict__]
     assert not [mod for mod in m.model.model.diffusion_model.modules() if "forward" in mod.__dict__]
 
@@ -133,15 +133,15 @@ def test_checkpointing_wraps_every_unet_block_layer_and_saves_less(core, tiny):
     m = tiny("sd1")
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([1.0, 5.0])
-    with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip):
+    with torch.inference_mode(), core.host.training_session(m.model, m.clip):
         cond = torch.randn(2, 77, 64, requires_grad=True)
 
         def forward():
-            return core.host_adapter.denoised(m.model, x, sigma, cond)
+            return core.host.denoised(m.model, x, sigma, cond)
 
         plain_bytes = _saved_bytes(forward)
         plain_out = forward()
-        with core.host_adapter.unet_checkpointing(m.model) as layers:
+        with core.host.unet_checkpointing(m.model) as layers:
             ckpt_bytes = _saved_bytes(forward)
             ckpt_out = forward()
             ckpt_out.square().mean().backward()
@@ -200,7 +200,7 @@ def test_unknown_clip_layer_falls_back_to_cloning_with_the_same_result(core, tin
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
     known = _train(core, m, emb, None, steps=2, batch_size=2)
-    monkeypatch.setattr(core.host_adapter, "_clip_layer_is_known", lambda layer: False)
+    monkeypatch.setattr(core.host.encoding, "_clip_layer_is_known", lambda layer: False)
     fallback = _train(core, m, emb, None, steps=2, batch_size=2)
     for a, b in zip(fallback.losses, known.losses, strict=True):
         assert abs(a - b) <= REL * abs(b)
@@ -209,7 +209,7 @@ def test_unknown_clip_layer_falls_back_to_cloning_with_the_same_result(core, tin
 
 
 def test_activation_estimate_uses_each_familys_measured_constants(core, tiny):
-    ha, mem = core.host_adapter, core.memory
+    ha, mem = core.host, core.memory
     for kind, family in (("sd1", "sd"), ("sdxl", "sdxl")):
         m = tiny(kind)
         element = ha.compute_dtype_size(m.model) * m.model.model.model_config.unet_config["model_channels"] / 320
@@ -247,8 +247,8 @@ def test_the_peak_reaches_the_file_metadata_the_log_and_the_runner_summary(core,
 
     from safetensors.torch import save
 
-    jobs = importlib.import_module(f"{core.__name__}.cli_jobs")
-    farm = importlib.import_module(f"{core.__name__}.farm")
+    jobs = importlib.import_module(f"{core.__name__}.client.train.jobs")
+    farm = importlib.import_module(f"{core.__name__}.client.train.farm")
 
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)

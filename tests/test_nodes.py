@@ -75,7 +75,7 @@ def test_text_encode_node_needs_the_placeholder(core, tiny):
 
 def test_placeholder_positions_match_the_learned_vectors(core, tiny):
     m = tiny("sd1")
-    slots = core.host_adapter.encoder_slots(m.clip)
+    slots = core.host.encoder_slots(m.clip)
     layout = core.prompt_tokens.layout_prompt(m.clip, slots, "sks a photo of <face> person", "<face>", 3)
     # 'sks' is in the user's text, so another marker must stand for the placeholder
     assert [row for _c, _i, row in layout.positions["l"]] == [0, 1, 2]

@@ -45,9 +45,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_compute_dtype_is_what_activations_flow_in_and_only_fp16_is_scaled(core, precision_models):
     expected = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp16_cast": torch.float16}
     for name, m in precision_models.items():
-        dtype = core.host_adapter.unet_compute_dtype(m.model)
+        dtype = core.host.unet_compute_dtype(m.model)
         assert dtype == expected[name], name
-        assert core.host_adapter.compute_dtype_size(m.model) == torch.empty((), dtype=dtype).element_size()
+        assert core.host.compute_dtype_size(m.model) == torch.empty((), dtype=dtype).element_size()
         scaler = core.loss_scaling.LossScaler.for_model(m.model)
         assert scaler.enabled == (dtype == torch.float16), name
         assert scaler.scale == (core.loss_scaling.LOSS_SCALE_INIT if scaler.enabled else 1.0)
@@ -189,6 +189,6 @@ def test_metadata_records_unet_precision_and_clip_layer(core, precision_models, 
     assert (bf16.metadata["unet_dtype"], bf16.metadata["clip_layer"]) == ("bfloat16", "-2")
     assert "fp16_skipped_steps" not in bf16.metadata
     # the families' own defaults, as the host resolves them: SD2 and SDXL take the penultimate layer
-    assert core.host_adapter.clip_layer(tiny("sd2").clip) == "-2"
-    assert core.host_adapter.clip_layer(tiny("sdxl").clip) == "-2"
-    assert core.host_adapter.dtype_name(core.host_adapter.unet_compute_dtype(tiny("sd2").model)) == "float32"
+    assert core.host.clip_layer(tiny("sd2").clip) == "-2"
+    assert core.host.clip_layer(tiny("sdxl").clip) == "-2"
+    assert core.host.dtype_name(core.host.unet_compute_dtype(tiny("sd2").model)) == "float32"

@@ -180,8 +180,8 @@ def test_real_checkpoint_end_to_end(kind: str, core: Any, embeddings_dir: Path) 
             assert config.unet_config["model_channels"] == 320 and config.unet_config["context_dim"] == spec.width
             expected = comfy.model_base.ModelType.V_PREDICTION if spec.prediction == "v" else comfy.model_base.ModelType.EPS
             assert model.model.model_type == expected
-            assert core.host_adapter.prediction_type(model) == spec.prediction
-            slots = core.host_adapter.encoder_slots(clip)
+            assert core.host.prediction_type(model) == spec.prediction
+            slots = core.host.encoder_slots(clip)
             assert [(s.key, s.width) for s in slots] == [(spec.slot_key, spec.width)]
             assert type(vae.first_stage_model).__name__ == "AutoencoderKL"
             log.info("%s detected %s %s; unet %s, clip %s, vae %s", kind, type(config).__name__, model.model.model_type.name,

@@ -74,7 +74,7 @@ def test_initial_vectors_match_independent_computation_per_encoder(core, sdxl, c
     clip = sdxl.clip.clone()
     if clip_skip is not None:
         clip.clip_layer(clip_skip)
-    assert [(s.key, s.token_key, s.width) for s in core.host_adapter.encoder_slots(clip)] == [("clip_l", "l", 64), ("clip_g", "g", 96)]
+    assert [(s.key, s.token_key, s.width) for s in core.host.encoder_slots(clip)] == [("clip_l", "l", 64), ("clip_g", "g", 96)]
     emb = init_embedding(core, clip)
     assert emb.widths() == WIDTHS and emb.num_tokens == 2
     layer = -2 if clip_skip is None else clip_skip  # SDXL: penultimate by default, no final LayerNorm
@@ -105,7 +105,7 @@ def test_initial_vectors_match_independent_computation_per_encoder(core, sdxl, c
     ],
 )
 def test_placeholder_positions_are_identical_in_both_token_streams(core, sdxl, text):
-    slots = core.host_adapter.encoder_slots(sdxl.clip)
+    slots = core.host.encoder_slots(sdxl.clip)
     layout = core.prompt_tokens.layout_prompt(sdxl.clip, slots, text, "{}", 2)
     assert layout.positions["l"] == layout.positions["g"]
     assert len(layout.positions["l"]) == 2 * text.count("{}")
@@ -166,7 +166,7 @@ def test_training_context_and_adm_equal_the_hosts_conditioning(core, sdxl, clip_
         run = core.run_setup.prepare_run(sdxl.model, clip, sdxl.vae, face_images(), emb, settings(core, batch_size=3))
     draw = run.sampler().draw(3)
     start = perturbed(emb.vectors, seed=11)
-    with UNetInputs(sdxl.model) as seen, torch.inference_mode(), core.host_adapter.training_session(sdxl.model, clip) as device:
+    with UNetInputs(sdxl.model) as seen, torch.inference_mode(), core.host.training_session(sdxl.model, clip) as device:
         core.loss.StepLoss(run, device)({k: v.clone() for k, v in start.items()}, draw)
     (call,) = seen.calls
     cond, adm = host_conditioning(clip, sdxl.model, run.layouts, draw.templates, start, run.slots, RES)
@@ -177,7 +177,7 @@ def test_training_context_and_adm_equal_the_hosts_conditioning(core, sdxl, clip_
     pooled_g = adm[:, :96]
     # and the size conditioning is the host's for this resolution (a 1024 image would give other numbers)
     with torch.inference_mode():
-        adm_1024 = core.host_adapter.sdxl_adm(sdxl.model, pooled_g, 1024, 1024)
+        adm_1024 = core.host.sdxl_adm(sdxl.model, pooled_g, 1024, 1024)
         host_1024 = sdxl.model.model.encode_adm(pooled_output=pooled_g, width=1024, height=1024, crop_w=0, crop_h=0,
                                                 target_width=1024, target_height=1024)
     assert torch.equal(adm_1024, host_1024)
@@ -192,7 +192,7 @@ def test_gradients_reach_both_encoders_through_context_and_adm_and_match_finite_
     draw = run.sampler().draw(2)
     start = perturbed(emb.vectors, seed=7, scale=0.1)
     keys = list(WIDTHS)
-    with UNetInputs(sdxl.model) as seen, torch.inference_mode(), core.host_adapter.training_session(sdxl.model, sdxl.clip) as device:
+    with UNetInputs(sdxl.model) as seen, torch.inference_mode(), core.host.training_session(sdxl.model, sdxl.clip) as device:
         step_loss = core.loss.StepLoss(run, device)
         params = {k: torch.nn.Parameter(start[k].clone()) for k in keys}
         loss, _mse, _reg = step_loss(params, draw)
@@ -342,7 +342,7 @@ def test_single_encoder_file_is_refused_by_the_load_node_path(core, sdxl, tmp_pa
 
     save_file({"clip_l": torch.randn(2, 768)}, str(tmp_path / "sd1_face.safetensors"))
     emb = core.embedding_io.load_embedding(tmp_path / "sd1_face.safetensors")
-    slots = [core.host_adapter.EncoderSlot("clip_l", "l", 768), core.host_adapter.EncoderSlot("clip_g", "g", 1280)]
+    slots = [core.host.EncoderSlot("clip_l", "l", 768), core.host.EncoderSlot("clip_g", "g", 1280)]
     with pytest.raises(core.errors.InvalidInputError) as info:
         core.embedding.check_matches_slots(emb, slots)
     message = str(info.value)

@@ -36,12 +36,12 @@ def test_gradient_matches_finite_differences_and_reaches_only_the_vectors(core, 
 def test_eps_and_v_predictions_and_targets(core, tiny):
     for kind, expected in (("sd1", "eps"), ("sd2", "v")):
         m = tiny(kind)
-        assert core.host_adapter.prediction_type(m.model) == expected
+        assert core.host.prediction_type(m.model) == expected
         gen = torch.Generator().manual_seed(1)
         x0 = torch.randn(2, 4, 8, 8, generator=gen)
         noise = torch.randn(2, 4, 8, 8, generator=gen)
         t = torch.tensor([10, 700])
-        sigma = core.host_adapter.sigmas_for_timesteps(m.model, t)
+        sigma = core.host.sigmas_for_timesteps(m.model, t)
         ms = m.model.model.model_sampling
         with torch.inference_mode():
             cond = m.clip.encode_from_tokens(m.clip.tokenize("a face"))
@@ -70,7 +70,7 @@ def test_training_loss_decreases_on_the_face(core, tiny):
     draws = [sampler.draw(8) for _ in range(4)]
 
     def held_out(vectors):
-        with torch.inference_mode(), core.host_adapter.training_session(m.model, m.clip) as device, torch.no_grad():
+        with torch.inference_mode(), core.host.training_session(m.model, m.clip) as device, torch.no_grad():
             step_loss = core.loss.StepLoss(run, device)
             return sum(float(step_loss(vectors, d)[1]) for d in draws) / len(draws)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..settings import DETECTORS, LEGACY_DETECTORS
 from .detection import FaceDetector
 from .errors import FacePrepError, MissingDependencyError, ModelFilesError
 from .insightface_backend import InsightFaceDetector, choose_providers, insightface_importable
@@ -13,9 +14,6 @@ from .mtcnn import MTCNNFaceDetector
 
 logger = logging.getLogger(__name__)
 
-DETECTORS = ("auto", "insightface", "mtcnn")
-# Values saved by earlier versions: workflows that still hold them run with the built-in detector.
-LEGACY_DETECTORS = {"opencv": "mtcnn"}
 
 
 def resolve_detector(detector: str) -> str:

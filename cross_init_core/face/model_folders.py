@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import host_adapter
+from .. import host
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ RECOGNIZER_FILES = {"antelopev2": "glintr100.onnx", "buffalo_l": "w600k_r50.onnx
 
 def register_insightface_folder() -> list[str]:
     """The `insightface` model folders (ComfyUI/models/insightface plus extra_model_paths.yaml entries), registering the key."""
-    return host_adapter.register_model_folder(FOLDER_KEY)
+    return host.register_model_folder(FOLDER_KEY)
 
 
 def insightface_roots() -> list[Path]:

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import host_adapter
+from .. import host
 from ..errors import CrossInitError
-from ..evaluation import scored_prompt
 from ..face.errors import ModelFilesError
 from ..face.images import split_batch
+from ..prompt_text import scored_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _cache: dict[str, LoadedClip] = {}
 
 def register_clip_scoring_folder() -> list[str]:
     """The `clip_scoring` model folders (ComfyUI/models/clip_scoring plus extra_model_paths.yaml entries), registering the key."""
-    return host_adapter.register_model_folder(FOLDER_KEY)
+    return host.register_model_folder(FOLDER_KEY)
 
 
 def clip_scoring_roots() -> list[Path]:
@@ -103,13 +103,6 @@ def find_model(name: str, roots: list[Path] | None = None) -> Path:
     return next(root / name for root in roots if (root / name / "config.json").is_file())
 
 
-def comfy_tokenizer_folder() -> Path:
-    """The CLIP BPE files ComfyUI ships (comfy/sd1_tokenizer): the same vocabulary as every OpenAI CLIP."""
-    import comfy.sd1_clip
-
-    return Path(comfy.sd1_clip.__file__).resolve().parent / "sd1_tokenizer"
-
-
 @dataclass
 class LoadedClip:
     folder: Path
@@ -150,7 +143,7 @@ def load_clip(folder: Path) -> LoadedClip:
             model = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFilesError(f"transformers could not load the CLIP in {folder} ({type(exc).__name__}: {exc}).") from exc
-    tokenizer_folder = folder if _has_tokenizer(folder) else comfy_tokenizer_folder()
+    tokenizer_folder = folder if _has_tokenizer(folder) else host.clip_tokenizer_folder()
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True)
     mean, std = OPENAI_MEAN, OPENAI_STD
     preprocessor = folder / "preprocessor_config.json"
@@ -228,7 +221,7 @@ def score_prompt(
             "e.g. 'a photo of <face> person as an astronaut'."
         )
     clip = load_clip(find_model(model, roots))
-    device, offload = host_adapter.evaluation_devices()
+    device, offload = host.evaluation_devices()
     pixels = preprocess([torch.from_numpy(p) for p in photos], clip.image_size, clip.mean, clip.std)
     try:
         with torch.no_grad():

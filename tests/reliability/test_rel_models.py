@@ -117,7 +117,7 @@ def test_non_sd_text_encoder_is_refused_by_every_node_before_any_work(core, tiny
 def test_non_sd_text_encoder_error_names_the_encoder_class(core, tiny, foreign_clip, kind):
     """Host-level check too: the error names the encoder class, so the user sees which loader was wrong."""
     with pytest.raises(core.errors.UnsupportedModelError) as info:
-        core.host_adapter.encoder_slots(foreign_clip(kind))
+        core.host.encoder_slots(foreign_clip(kind))
     _assert_unsupported(info.value)
     assert type(foreign_clip(kind).cond_stage_model).__qualname__ in str(info.value)
 

@@ -1,9 +1,8 @@
 """The evaluation protocol's pure parts: the prompt list, the score table and the contact sheet.
 
-`python -m cross_init_core eval` (cross_init_core/eval_cli.py) renders N images per prompt with an
-embedding and scores each batch with the identity and prompt score nodes; this module turns their JSON
-reports into one table (per prompt and overall, CSV and JSON) and a contact sheet. Nothing here needs
-ComfyUI.
+`python -m cross_init_core eval` renders N images per prompt with an embedding (eval/run.py) and scores each
+batch with the identity and prompt score nodes; this module turns their JSON reports into one table (per prompt
+and overall, CSV and JSON) and a contact sheet. Nothing here needs ComfyUI.
 """
 
 from __future__ import annotations
@@ -16,15 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic_files import replace_atomically
-from .errors import InvalidInputError
+from ...atomic_files import replace_atomically
+from ...errors import InvalidInputError
+from ...prompt_text import PLACEHOLDER, scored_prompt
+from ..tables import format_table as table_lines
 
 if TYPE_CHECKING:
     from PIL import Image
 
-PLACEHOLDER = "<face>"
 REFERENCE_SLOT = "{}"  # how the reference's prompt files mark the person
-PAPER_PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "eval_prompts.txt"
+PAPER_PROMPTS_FILE = Path(__file__).resolve().parents[2] / "data" / "eval_prompts.txt"
 MAX_PROMPT_CHARS = 1000
 
 
@@ -67,11 +67,6 @@ def read_prompts(spec: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"--prompts {spec}: cannot be read as UTF-8 text ({exc})") from None
     return parse_prompts(text, str(path))
-
-
-def scored_prompt(prompt: str) -> str:
-    """The prompt as the prompt score sees it (the placeholder removed, spaces collapsed), for the table."""
-    return " ".join(prompt.replace(PLACEHOLDER, " ").split())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,9 +226,7 @@ def format_table(table: EvalTable) -> str:
     rows.append(("all", "", "-" if o["faces_found"] is None else f"{o['faces_found']}/{o['images']}",
                  "-" if o["identity_mean"] is None else f"{o['identity_mean']:.4f}",
                  "-" if o["prompt_mean"] is None else f"{o['prompt_mean']:.4f}"))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = table_lines(header, rows)
     if table.identity:
         better = "higher" if table.identity.get("higher_is_better") else "lower"
         lines.append(f"identity: {table.identity.get('backend')} {table.identity.get('metric')} ({better} is better, "

@@ -22,11 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
-from .cli_common import (
+from ... import __version__
+from ...settings import BATCH_SIZE, DETECTORS, LEGACY_DETECTORS, MODES, PRESETS, RESOLUTION, SEED, STEPS
+from .. import local_comfyui
+from ..comfy_client import ComfyClient, combo_options, normalize_url
+from ..common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    IMAGE_SUFFIXES,
+    PROG,
     UsageError,
     add_console_options,
     add_local_comfyui_options,
@@ -35,16 +40,15 @@ from .cli_common import (
     learning_rate,
     run_command,
 )
-from .cli_jobs import IMAGE_SUFFIXES, Job, clash_problems, collect_jobs, format_summary, input_problems, summary_rows
-from .prompt_graph import load_workflow, nodes_of
-from .settings import MODES, PRESETS
+from ..progress import ProgressBar
+from ..prompt_graph import FACE_PREP, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
+from . import farm
+from .graph import TrainGraph, build_prompt
+from .jobs import Job, clash_problems, collect_jobs, format_summary, input_problems, summary_rows
 
 log = logging.getLogger(__name__)
 
-PROG = "python -m cross_init_core"
 PRESET_MODES = tuple(m for m in MODES if m != "custom")
-# the loggers whose messages the runner shows (all loggers with --verbose); the first reports usage errors
-LOGGERS = ("cli", "cli_jobs", "cli_comfy", "comfy_client", "farm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,15 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--mode", choices=PRESET_MODES, default="fast",
                        help="preset: fast (default) or full; selects workflows/api/cross_init_<mode>.json.")
-    train.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="training seed (default 0; same seed = same result on CPU).")
-    train.add_argument("--steps", type=int_in(1, 100_000), metavar="N", help="training steps (overrides the preset).")
-    train.add_argument("--batch-size", type=int_in(1, 64), metavar="B", help="samples per step (overrides the preset).")
+    train.add_argument("--seed", type=int_in(SEED), default=0, help="training seed (default 0; same seed = same result on CPU).")
+    train.add_argument("--steps", type=int_in(STEPS), metavar="N", help="training steps (overrides the preset).")
+    train.add_argument("--batch-size", type=int_in(BATCH_SIZE), metavar="B", help="samples per step (overrides the preset).")
     train.add_argument("--learning-rate", type=learning_rate, metavar="LR", help="AdamW learning rate (overrides the preset).")
-    train.add_argument("--resolution", type=int_in(64, 2048, multiple=64), metavar="PX",
+    train.add_argument("--resolution", type=int_in(RESOLUTION), metavar="PX",
                        help="training resolution, a multiple of 64 (default: the workflow's, 512; 1024 for SDXL). Also the "
                             "face-prep crop size when the workflow has a face-prep node.")
-    train.add_argument("--detector", metavar="NAME", help="face-prep detector (auto, insightface, mtcnn); only for workflows with a "
-                                                          "Cross-Init Face Prep node.")
+    train.add_argument("--detector", metavar="NAME", help=f"face-prep detector ({', '.join(DETECTORS)}); only for workflows "
+                                                          "with a Cross-Init Face Prep node.")
     train.add_argument("--on-no-face", metavar="WHAT", help="face-prep: error (default) stops that embedding on a photo "
                                                             "without a face; skip drops the photo.")
 
@@ -158,8 +162,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def server_urls(values: list[str]) -> list[str]:
     """--server values: URLs, or files with one URL per line (blank lines and # comments ignored)."""
-    from .comfy_client import normalize_url
-
     urls: list[str] = []
     for value in values:
         path = Path(value).expanduser()
@@ -183,22 +185,20 @@ def server_urls(values: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Runs the CLI; returns the exit code (130 when stopped with Ctrl-C)."""
-    return run_command(argv, parse_args, _run, [logging.getLogger(f"{__package__}.{name}") for name in LOGGERS],
-                       "interrupted: files already written are complete; nothing half-written was left", stdout, stderr)
+    return run_command(argv, parse_args, _run, "interrupted: files already written are complete; nothing half-written was left",
+                       stdout, stderr)
 
 
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from . import cli_comfy as host
-
     jobs = collect_jobs(args)
     problems = input_problems(jobs)
-    workflow_path = args.workflow or host.WORKFLOW_DIR / f"cross_init_{args.mode}.json"
+    workflow_path = args.workflow or WORKFLOW_DIR / f"cross_init_{args.mode}.json"
     try:
         workflow = load_workflow(Path(workflow_path))
     except (OSError, ValueError) as exc:
         problems.append(f"workflow {workflow_path}: cannot be read ({exc})")
         workflow = {}
-    for class_type in (host.TRAINER, host.SAVER, "LoadImage"):
+    for class_type in (TRAINER, SAVER, "LoadImage"):
         if workflow and not nodes_of(workflow, class_type):
             problems.append(f"workflow {workflow_path}: it has no {class_type} node")
     urls = server_urls(args.server) if args.server else []
@@ -210,11 +210,11 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         local_embeddings: Path | None = None
         ckpt_name = args.checkpoint
         if not urls:
-            local, ckpt_name, local_embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
-                                                                    Path(scratch), args.cpu)
+            local, ckpt_name, local_embeddings = local_comfyui.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
+                                                                             Path(scratch), args.cpu)
         elif args.out is None:
-            comfyui = args.comfyui or host.default_comfyui_path()[0]
-            if comfyui is not None and host.looks_like_comfyui(comfyui):
+            comfyui = args.comfyui or local_comfyui.default_comfyui_path()[0]
+            if comfyui is not None and local_comfyui.looks_like_comfyui(comfyui):
                 local_embeddings = comfyui.resolve() / "models" / "embeddings"
             else:
                 raise UsageError("--out DIR is needed: no local ComfyUI was found whose embeddings folder could take the files")
@@ -237,18 +237,14 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
                  local: Any, out_dir: Path, stdout: TextIO, stderr: TextIO) -> int:
     import aiohttp
 
-    from . import cli_comfy as host
-    from . import farm
-    from .comfy_client import ComfyClient
-
     async with aiohttp.ClientSession() as session:
         if local is not None:
-            servers = [farm.Server(await host.connect_local(local, session, log), local=local)]
+            servers = [farm.Server(await local_comfyui.connect_local(local, session), local=local)]
         else:
             servers = [farm.Server(ComfyClient(url, session)) for url in urls]
 
         node_types = {node["class_type"] for node in workflow.values()}
-        problems = await farm.preflight(servers, ckpt_name, node_types)
+        problems = await farm.check_servers(servers, ckpt_name, node_types)
         face_prep = _face_prep_settings(args, workflow, servers, problems)
         if problems:
             raise UsageError("\n".join(problems))
@@ -256,21 +252,20 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
         log.info("checkpoint: %s; output folder: %s; %d embedding(s) to train on %d server(s)", ckpt_name, out_dir,
                  len(pending), len(servers))
 
-        overwrite_on_server = args.overwrite if local is not None else True
-
-        def make_prompt(job: Job, images: list[str], folder: str, server: farm.Server) -> dict[str, Any]:
-            settings = host.GraphSettings(
-                ckpt_name=ckpt_name, name=job.name, mode=args.mode, seed=args.seed, overwrite=overwrite_on_server,
-                use_folder_loader=server.folder_loader, steps=args.steps, batch_size=args.batch_size,
-                learning_rate=args.learning_rate, resolution=args.resolution, samples=args.samples, face_prep=face_prep,
+        def make_prompt(job: Job, images: list[str], folder: str, server: farm.Server, save_as: str) -> dict[str, Any]:
+            # the user's own local ComfyUI: its embeddings folder follows --overwrite; a remote server: a new name only
+            settings = TrainGraph(
+                ckpt_name=ckpt_name, seed=args.seed, steps=args.steps, resolution=args.resolution, name=save_as, mode=args.mode,
+                overwrite=args.overwrite and server.local is not None, use_folder_loader=server.folder_loader,
+                batch_size=args.batch_size, learning_rate=args.learning_rate, samples=args.samples, face_prep=face_prep,
             )
-            return host.build_prompt(workflow, settings, images, folder, PRESETS)
+            return build_prompt(workflow, settings, images, folder)
 
         enabled = not args.no_progress and not args.quiet
 
-        def progress(job: Job, server: farm.Server, number: int) -> host.ProgressBar:
+        def progress(job: Job, server: farm.Server, number: int) -> ProgressBar:
             label = f"[{number}/{len(pending)}] {job.name}" + ("" if len(servers) == 1 else f" @ {server.label}")
-            return host.ProgressBar(stderr, label, enabled=enabled, redraw=len(servers) == 1)
+            return ProgressBar(stderr, label, enabled=enabled, redraw=len(servers) == 1)
 
         if pending:
             await farm.run_jobs(servers, pending, make_prompt, out_dir, progress)
@@ -285,18 +280,13 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
 def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], servers: list[Any],
                         problems: list[str]) -> dict[str, Any]:
     """--detector/--on-no-face/--resolution for the face-prep node, checked against the first server's node."""
-    from . import cli_comfy as host
-    from .comfy_client import combo_options
-
     wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
     info = servers[0].face_prep if servers else None
-    if not workflow or not nodes_of(workflow, host.FACE_PREP) or info is None:
+    if not workflow or not nodes_of(workflow, FACE_PREP) or info is None:
         for key, value in wanted.items():
             if value is not None:
-                log.warning("--%s ignored: the workflow has no %s node", key.replace("_", "-"), host.FACE_PREP)
+                log.warning("--%s ignored: the workflow has no %s node", key.replace("_", "-"), FACE_PREP)
         return {}
-    from .face.choose import LEGACY_DETECTORS  # (the face package loads only for workflows with face prep)
-
     values: dict[str, Any] = {}
     for key, value in wanted.items():
         if value is None:

@@ -1,7 +1,7 @@
 """The evaluation's execution: a ComfyUI server (local child or --server) driven over its HTTP API.
 
-Uses the batch runner's client (comfy_client.ComfyClient, LocalServer) and its local-server setup
-(cli_comfy.local_server_setup), so `eval` finds ComfyUI, the pack and the checkpoint as `train` does.
+Uses the client's HTTP client (comfy_client), the local ComfyUI (local_comfyui) and the server checks
+(preflight) that `train` uses, so `eval` finds ComfyUI, the pack and the checkpoint as `train` does.
 """
 
 from __future__ import annotations
@@ -9,30 +9,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import logging
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
-from . import cli_comfy as host
-from .cli_common import EXIT_FAILED, EXIT_OK, UsageError
-from .comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, combo_options, normalize_url
-from .eval_cli import Plan, choose_clip_model, log, match_embedding
-from .eval_graph import (
-    CKPT_LOADER,
-    EMBEDDING_LOADER,
-    PROMPT_SCORE,
-    REQUIRED_NODES,
-    TEXT_PREVIEW,
-    GraphSettings,
-    build_prompt,
-    checkpoint_loader_type,
-    probe_prompt,
-    read_outcome,
-)
-from .evaluation import EvalTable, add_prompt_result, contact_sheet, format_table, write_table
-from .prompt_graph import only
+from ... import __version__
+from .. import local_comfyui
+from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, normalize_url
+from ..common import EXIT_FAILED, EXIT_OK, UsageError
+from ..preflight import preflight
+from ..progress import ProgressBar
+from ..prompt_graph import CKPT_LOADER, EMBEDDING_LOADER, PROMPT_SCORE, TEXT_PREVIEW, only
+from .graph import REQUIRED_NODES, EvalGraph, build_prompt, checkpoint_loader_type, probe_prompt, read_outcome
+from .plan import Plan, choose_clip_model, match_embedding
+from .results import EvalTable, add_prompt_result, contact_sheet, format_table, write_table
+
+log = logging.getLogger(__name__)
 
 UPLOAD_SUBFOLDER = "cross_init_eval"
 NO_MODEL_PREFIX = "("  # the prompt score's placeholder option when its folder is empty: "(no CLIP model found)"
@@ -43,8 +37,8 @@ def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) ->
         local: LocalServer | None = None
         ckpt_name = args.checkpoint
         if not args.server:
-            local, ckpt_name, _embeddings = host.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
-                                                               Path(scratch), args.cpu)
+            local, ckpt_name, _embeddings = local_comfyui.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
+                                                                        Path(scratch), args.cpu)
         try:
             return asyncio.run(_serve(args, plan, ckpt_name, local, stdout, stderr))
         finally:
@@ -54,24 +48,14 @@ def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) ->
 
 async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, ckpt_name: str) -> tuple[str, str | None]:
     """(the server's embedding name, the CLIP model or None); UsageError listing every problem."""
-    problems: list[str] = []
     loader = checkpoint_loader_type(plan.workflow) or CKPT_LOADER
-    needed = set(REQUIRED_NODES) | {loader, TEXT_PREVIEW} | ({"ImageBatch"} if len(plan.faces) > 1 else set())
-    infos: dict[str, Any] = {}
-    for class_type in sorted(needed):
-        if class_type == PROMPT_SCORE and args.no_prompt_score:
-            continue
-        infos[class_type] = await client.object_info(class_type)
-        if infos[class_type] is None:
-            hint = "install or update the Cross-Init pack there" if class_type.startswith("CrossInit") else "update ComfyUI"
-            problems.append(f"server {client.url}: it has no node {class_type!r}, which the evaluation uses; {hint}")
+    needed = set(REQUIRED_NODES) | {TEXT_PREVIEW} | ({"ImageBatch"} if len(plan.faces) > 1 else set())
+    if args.no_prompt_score:
+        needed.discard(PROMPT_SCORE)
+    nodes, problems = await preflight(client, needed, ckpt_name, loader=loader)
     if problems:
         raise UsageError("\n".join(problems))
-    options, _ = combo_options(infos[loader], "ckpt_name")
-    if options is None or ckpt_name not in options:
-        known = ", ".join(map(str, (options or [])[:10])) or "none"
-        problems.append(f"--checkpoint {args.checkpoint}: not found in the server's checkpoints folders (it has: {known})")
-    embeddings, _ = combo_options(infos[EMBEDDING_LOADER], "name")
+    embeddings, _ = nodes.options(EMBEDDING_LOADER, "name")
     embedding = match_embedding(plan.embedding, [str(e) for e in embeddings or []])
     if embedding is None:
         known = ", ".join(map(str, (embeddings or [])[:10])) or "none"
@@ -79,7 +63,7 @@ async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, 
                         "with `python -m cross_init_core train` or copy the file into ComfyUI/models/embeddings")
     clip_model = None
     if not args.no_prompt_score:
-        models, _ = combo_options(infos[PROMPT_SCORE], "model")
+        models, _ = nodes.options(PROMPT_SCORE, "model")
         listed = [str(m) for m in models or [] if not str(m).startswith(NO_MODEL_PREFIX)]
         clip_model, problem = choose_clip_model(args.clip_model, listed, "")
         if problem:
@@ -96,7 +80,7 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
 
     async with aiohttp.ClientSession() as session:
         if local is not None:
-            client = await host.connect_local(local, session, log)
+            client = await local_comfyui.connect_local(local, session)
         else:
             client = ComfyClient(normalize_url(args.server), session)
             try:
@@ -117,7 +101,7 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
         except (PromptFailed, PromptRejected) as exc:
             raise UsageError(f"--faces: the identity score cannot use the reference photos: {exc}") from None
 
-        settings = GraphSettings(ckpt_name=ckpt_name, embedding=embedding, references=references, per_prompt=args.per_prompt,
+        settings = EvalGraph(ckpt_name=ckpt_name, embedding=embedding, references=references, per_prompt=args.per_prompt,
                                  seed=args.seed, backend=args.identity_backend, clip_model=clip_model, steps=args.steps,
                                  resolution=args.resolution, prefix=f"cross_init_eval/{Path(embedding).stem}_{run_id}")
         images_dir = plan.output / "images"
@@ -130,7 +114,7 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
                  plan.output)
         for index, text in enumerate(plan.prompts):
             prompt = build_prompt(plan.workflow, settings, text, index)
-            bar = host.ProgressBar(stderr, f"[{index + 1}/{len(plan.prompts)}] {text[:40]}", enabled=enabled)
+            bar = ProgressBar(stderr, f"[{index + 1}/{len(plan.prompts)}] {text[:40]}", enabled=enabled)
             try:
                 outcome = await client.run(prompt, on_progress=bar.hook)
             except (PromptFailed, PromptRejected, ServerGone) as exc:

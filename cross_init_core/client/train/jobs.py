@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli_common import UsageError, photo_problem
-from .errors import CrossInitError
+from ...embedding_names import validate_name
+from ...errors import CrossInitError
+from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem
+from ..tables import format_table
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
@@ -32,10 +32,6 @@ class Job:
     server: str | None = None  # the server that trained it (or failed it last)
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
 def collect_jobs(args: argparse.Namespace) -> list[Job]:
     if args.images is not None:
         return [Job(name=args.name, images=list(args.images), source="--images")]
@@ -47,12 +43,12 @@ def collect_jobs(args: argparse.Namespace) -> list[Job]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            photos = sorted((p for p in entry.iterdir() if _is_image(p)), key=lambda p: p.name)
+            photos = sorted((p for p in entry.iterdir() if is_photo(p)), key=lambda p: p.name)
             if photos:
                 jobs.append(Job(name=entry.name, images=photos, source=f"{entry}/"))
             else:
                 log.warning("%s: no photos (%s) in this sub-folder; ignored", entry, ", ".join(IMAGE_SUFFIXES))
-        elif _is_image(entry):
+        elif is_photo(entry):
             jobs.append(Job(name=entry.stem, images=[entry], source=str(entry)))
     if not jobs:
         raise UsageError(f"--folder {folder}: no sub-folders with photos and no photos ({', '.join(IMAGE_SUFFIXES)}) in it")
@@ -61,8 +57,6 @@ def collect_jobs(args: argparse.Namespace) -> list[Job]:
 
 def input_problems(jobs: list[Job]) -> list[str]:
     """Bad names, duplicate names and unreadable photos, for all jobs at once."""
-    from .embedding_io import validate_name
-
     problems: list[str] = []
     seen: dict[str, str] = {}
     for job in jobs:
@@ -77,7 +71,7 @@ def input_problems(jobs: list[Job]) -> list[str]:
         seen[key] = job.source
     for job in jobs:
         for photo in job.images:
-            problem = photo_problem(photo, IMAGE_SUFFIXES)
+            problem = photo_problem(photo)
             if problem:
                 problems.append(f"photo {photo}: {problem}")
     return problems
@@ -118,13 +112,7 @@ def format_summary(jobs: list[Job]) -> str:
             "-" if j.seconds is None else f"{j.seconds:.1f}", "-" if j.final_loss is None else f"{j.final_loss:.4f}",
             "-" if j.peak_vram_mib is None else str(j.peak_vram_mib), j.server or "-", j.path or "-", status,
         ))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if i < len(header) - 1 else len(h) for i, h in enumerate(header)]
-    line = "  ".join
-    out = [line(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
-           line("-" * w for w in widths)]
-    out += [line(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     ok = sum(j.status == "ok" for j in jobs)
     skipped = sum(j.status == "skipped" for j in jobs)
     failed = len(jobs) - ok - skipped
-    out.append(f"{ok} written, {failed} failed, {skipped} skipped")
-    return "\n".join(out) + "\n"
+    return "\n".join([*format_table(header, rows, pad_last=False), f"{ok} written, {failed} failed, {skipped} skipped"]) + "\n"

@@ -1,13 +1,14 @@
 """A small client of ComfyUI's public HTTP/WebSocket API, and a ComfyUI started as a child process.
 
-Used by the batch runner (cross_init_core/cli.py) and meant for any command that queues graphs on one or
-more ComfyUI servers. Only the documented routes are used: GET /system_stats, GET /object_info/<class>,
-POST /upload/image, POST /prompt, GET /ws, GET /history/<id>, GET /view, POST /interrupt. Nothing here
-imports ComfyUI: aiohttp (a ComfyUI requirement) is the only dependency beyond the standard library.
+Used by both terminal commands (train, eval) and meant for any command that queues graphs on one or more
+ComfyUI servers. Only the documented routes are used: GET /system_stats, GET /object_info/<class>,
+POST /upload/image, POST /prompt, GET /ws, GET /queue, GET /history/<id>, GET /view, POST /interrupt. Nothing
+here imports ComfyUI: aiohttp (a ComfyUI requirement) is the only dependency beyond the standard library.
 
 Errors fall in three kinds, because a caller treats them differently:
-- `ServerGone`: the server did not answer or dropped the connection (stopped, killed, restarted). The work
-  may be retried elsewhere.
+- `ServerGone`: the server did not answer or dropped the connection (stopped, killed, restarted), or it
+  answers but no longer has the prompt (`PromptLost`: in neither its queue nor its history, noticed within
+  LOST_CHECK_SECONDS of the last word about it). The work may be run again.
 - `PromptRejected`: the server refused the graph when it was queued (validation: a bad input). Retrying
   cannot help.
 - `PromptFailed`: the graph ran and a node raised (or someone pressed Cancel on that server). Retrying
@@ -38,10 +39,17 @@ log = logging.getLogger(__name__)
 
 # (value, max, node_id) of the running node's progress bar
 ProgressCallback = Callable[[int, int, "str | None"], None]
+# how long a queued prompt may go without news before the client asks the server whether it still has it
+LOST_CHECK_SECONDS = 10.0
 
 
 class ServerGone(Exception):
     """The server is not answering or dropped the connection mid-run."""
+
+
+class PromptLost(ServerGone):
+    """The server answers but has the prompt in neither its queue nor its history (deleted from its queue by
+    another client, or lost in a restart): it will never run unless queued again."""
 
 
 class PromptRejected(Exception):
@@ -159,11 +167,28 @@ class ComfyClient:
         data = await self._get_json(f"/history/{prompt_id}")
         return data.get(prompt_id, {}) if isinstance(data, dict) else {}
 
+    async def queued_ids(self) -> set[str]:
+        """The ids of the prompts the server is running or has waiting."""
+        data = await self._get_json("/queue")
+        items = [*data.get("queue_running", []), *data.get("queue_pending", [])] if isinstance(data, dict) else []
+        return {str(item[1]) for item in items if isinstance(item, list) and len(item) > 1}
+
+    async def _still_there(self, prompt_id: str) -> bool:
+        """True while the server runs or holds `prompt_id`; False once it has finished (it is in the history);
+        PromptLost when it is in neither."""
+        if prompt_id in await self.queued_ids():
+            return True
+        if await self.history(prompt_id):
+            return False
+        raise PromptLost(f"{self.url}: the prompt {prompt_id} is in neither its queue nor its history (deleted from the "
+                         "queue, or lost in a restart)")
+
     async def run(self, prompt: dict[str, Any], on_progress: ProgressCallback | None = None) -> RunOutcome:
         """Queues `prompt`, follows it over the websocket until it ends, returns its outputs from /history.
 
         The websocket is opened before queueing so no message of this prompt is missed; a closed socket
-        means the server went away (ServerGone), since ComfyUI keeps it open for as long as it runs.
+        means the server went away (ServerGone), since ComfyUI keeps it open for as long as it runs. Without news
+        of the prompt for LOST_CHECK_SECONDS the server is asked whether it still has it (PromptLost if not).
         """
         try:
             ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=20.0, max_msg_size=0)
@@ -182,13 +207,29 @@ class ComfyClient:
             entry = await self.history(prompt_id)
         if not entry:
             raise ServerGone(f"{self.url}: the finished prompt {prompt_id} did not appear in /history")
+        status = entry.get("status") or {}
+        if status.get("status_str") == "error":  # finished without its websocket news reaching us
+            errors = [m[1] for m in status.get("messages", []) if isinstance(m, list) and m[:1] == ["execution_error"]]
+            raise PromptFailed(format_execution_error(errors[0]) if errors else f"the prompt failed on {self.url}")
         return RunOutcome(prompt_id, entry.get("outputs", {}))
 
     async def _follow(self, ws: aiohttp.ClientWebSocketResponse, prompt_id: str, on_progress: ProgressCallback | None) -> None:
+        check_at = time.monotonic() + LOST_CHECK_SECONDS
         try:
-            async for message in ws:
+            while True:
+                try:
+                    message = await ws.receive(timeout=max(0.05, check_at - time.monotonic()))
+                except asyncio.TimeoutError:
+                    message = None
+                if time.monotonic() >= check_at:
+                    if not await self._still_there(prompt_id):
+                        return  # it finished and its news did not reach us: the history has it
+                    check_at = time.monotonic() + LOST_CHECK_SECONDS
+                if message is None:
+                    continue
                 if message.type != aiohttp.WSMsgType.TEXT:
-                    if message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    if message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                        aiohttp.WSMsgType.CLOSED):
                         break
                     continue  # binary: preview images
                 try:
@@ -198,6 +239,7 @@ class ComfyClient:
                 kind, data = event.get("type"), event.get("data") or {}
                 if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
                     continue
+                check_at = time.monotonic() + LOST_CHECK_SECONDS  # news of the prompt: it is alive
                 if kind == "progress" and on_progress is not None:
                     on_progress(int(data.get("value", 0)), int(data.get("max", 0)), data.get("node"))
                 elif kind == "execution_error":

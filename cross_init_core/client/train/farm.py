@@ -1,10 +1,15 @@
 """Runs the batch runner's jobs (one person each) on one or more ComfyUI servers over their HTTP API.
 
 Every server takes one job at a time; an idle server takes the next job. A job whose server stops
-answering mid-run goes back to the queue and runs on another server (at most MAX_ATTEMPTS runs in all);
-a job the server refused or that failed inside a node is not retried: the same graph fails the same way.
-The trained file is fetched from the server (the save node's copy under output/, checked against the
-size and sha256 the node reports) and written into the output folder atomically.
+answering mid-run, or whose prompt vanishes from the server (in neither its queue nor its history), goes back
+to the queue and runs again, on another server when there is one (at most MAX_ATTEMPTS runs in all); a job the
+server refused or that failed inside a node is not retried: the same graph fails the same way. The trained
+file is fetched from the server (the save node's copy under output/, checked against the size and sha256 the
+node reports) and written into the output folder atomically.
+
+A remote server's files are never replaced or deleted: each run writes only new files there, named after the
+job and the run (`NAME-RUNID.safetensors` in its embeddings folder and under output/cross_init_embeddings/, the
+photos under input/cross_init_cli/RUNID_NAME/); docs/batch_runner.md says how to clean them up.
 """
 
 from __future__ import annotations
@@ -19,20 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic_files import replace_atomically
-from .cli_comfy import CKPT_LOADER, FACE_PREP, FOLDER_LOADER, INPUT_SUBFOLDER, SAVER, TRAINER, ProgressBar
-from .comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, combo_options
+from ...atomic_files import replace_atomically
+from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
+from ..preflight import preflight
+from ..progress import ProgressBar
+from ..prompt_graph import FACE_PREP, FOLDER_LOADER, SAVER, TRAINER
 
 if TYPE_CHECKING:
-    from .cli_jobs import Job
+    from .jobs import Job
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3  # runs of one job when servers drop out under it
+MAX_ATTEMPTS = 3  # runs of one job when servers drop out under it (or lose its prompt)
 RECOVER_SECONDS = 60.0  # how long a dropped server may take to answer again before it is given up
+INPUT_SUBFOLDER = "cross_init_cli"  # the runner's uploads go under ComfyUI's input/cross_init_cli/
 
-# (job, uploaded photo names, their folder, server) -> the API prompt for that job on that server
-PromptMaker = Callable[["Job", list[str], str, "Server"], dict[str, Any]]
+# (job, uploaded photo names, their folder, server, the name the save node writes) -> the API prompt for that run
+PromptMaker = Callable[["Job", list[str], str, "Server", str], dict[str, Any]]
 
 
 @dataclass
@@ -52,48 +60,19 @@ class Server:
 # Before any work
 
 
-async def preflight(servers: list[Server], ckpt_name: str, node_types: set[str]) -> list[str]:
+async def check_servers(servers: list[Server], ckpt_name: str, node_types: set[str]) -> list[str]:
     """Every server answers, has the pack (new enough), every node type of the graph and the checkpoint."""
-    problems: list[str] = []
 
     async def check(server: Server) -> list[str]:
-        url = server.client.url
-        infos: dict[str, dict[str, Any] | None] = {}
+        nodes, problems = await preflight(server.client, node_types | {SAVER, TRAINER}, ckpt_name, optional={FOLDER_LOADER})
+        if nodes.has(SAVER) and "copy_to_output" not in nodes.inputs(SAVER):
+            problems.append(f"server {nodes.url}: its Cross-Init pack is older than this runner (the save node has no "
+                            "copy_to_output); update the pack there")
+        server.folder_loader = nodes.has(FOLDER_LOADER)
+        server.face_prep = nodes.infos.get(FACE_PREP)
+        return problems
 
-        async def info(class_type: str) -> dict[str, Any] | None:  # each node type asked for once
-            if class_type not in infos:
-                infos[class_type] = await server.client.object_info(class_type)
-            return infos[class_type]
-
-        try:
-            await server.client.system_stats()
-            saver = await info(SAVER)
-            if saver is None or await info(TRAINER) is None:
-                return [f"server {url}: the Cross-Init nodes are not installed there (custom_nodes); install the pack "
-                        "on that server and restart it"]
-            inputs = saver.get("input") or {}
-            if "copy_to_output" not in {**inputs.get("required", {}), **inputs.get("optional", {})}:
-                return [f"server {url}: its Cross-Init pack is older than this runner (the save node has no copy_to_output); "
-                        "update the pack there"]
-            found: list[str] = []
-            for class_type in sorted(node_types - {SAVER, TRAINER}):
-                if await info(class_type) is None:
-                    found.append(f"server {url}: it has no node {class_type!r}, which the workflow uses")
-            options, _ = combo_options(await info(CKPT_LOADER), "ckpt_name")
-            if options is None or ckpt_name not in options:
-                known = ", ".join(map(str, (options or [])[:10])) or "none"
-                found.append(f"server {url}: checkpoint {ckpt_name!r} not found in its checkpoints folders (it has: {known}); "
-                             "copy it there, or choose a name every server has")
-            server.folder_loader = await info(FOLDER_LOADER) is not None
-            if FACE_PREP in node_types:
-                server.face_prep = await info(FACE_PREP)
-            return found
-        except ServerGone as exc:
-            return [f"server {url}: not answering ({exc}); start it or leave it out"]
-
-    for found in await asyncio.gather(*(check(s) for s in servers)):
-        problems += found
-    return problems
+    return [problem for found in await asyncio.gather(*(check(s) for s in servers)) for problem in found]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,12 +215,20 @@ def _fail(job: Job, server: Server, started: float, message: str) -> None:
         log.error("%s: photo order in the run: %s", job.name, ", ".join(f"{i}={p}" for i, p in enumerate(job.images)))
 
 
+def saved_name(job: Job, server: Server, run_id: str) -> str:
+    """The name the save node writes on `server`: the job's own name on the local ComfyUI (its embeddings folder is
+    the user's, where --overwrite/--skip-existing apply), a new job-unique one on a remote server (never replaces
+    a file that is already there)."""
+    return job.name if server.local is not None else f"{job.name}-{run_id}"
+
+
 async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: Path, bar: ProgressBar) -> None:
     client = server.client
-    # a fresh folder per run: re-runs and retries never mix photos, and the folder loader sees only these
-    folder = f"{INPUT_SUBFOLDER}/{uuid.uuid4().hex[:8]}_{job.name}"
+    # a fresh folder and name per run: re-runs and retries never mix photos or meet an earlier run's files
+    run_id = uuid.uuid4().hex[:8]
+    folder = f"{INPUT_SUBFOLDER}/{run_id}_{job.name}"
     names = [await client.upload_image(photo, folder, f"{index:02d}_{photo.name}") for index, photo in enumerate(job.images)]
-    prompt = make_prompt(job, names, folder, server)
+    prompt = make_prompt(job, names, folder, server, saved_name(job, server, run_id))
     try:
         outcome = await client.run(prompt, on_progress=bar.hook)
     finally:

@@ -1,20 +1,25 @@
-"""What the terminal commands (`train`, `eval`) share: exit codes, argument types, input-photo checks, and
-the run of one command (argument errors, logging to stderr, usage errors and Ctrl-C as exit codes)."""
+"""What the terminal commands (`train`, `eval`) share: exit codes, argument types, the photo suffixes and checks,
+and the run of one command (argument errors, logging to stderr, usage errors and Ctrl-C as exit codes)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from .errors import CrossInitError
+from ..errors import CrossInitError
+from ..settings import LEARNING_RATE_MAX, IntRange, learning_rate_ok
 
+PROG = "python -m cross_init_core"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# photos the commands read (what ComfyUI's LoadImage and the upload route take)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# every module of the client logs under this logger; a command shows it on stderr (all loggers with --verbose)
+CLIENT_LOGGER = __name__.rsplit(".", 1)[0]
 
 T = TypeVar("T", int, float)
 
@@ -34,24 +39,23 @@ def _number(text: str, convert: Callable[[str], T], noun: str) -> T:
         raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
 
 
-def int_in(low: int, high: int, multiple: int = 1) -> Callable[[str], int]:
-    """An argparse type: a whole number in low..high (and a multiple of `multiple`)."""
+def int_in(allowed: IntRange) -> Callable[[str], int]:
+    """An argparse type: a whole number in `allowed` (e.g. the training settings' ranges)."""
 
     def parse(text: str) -> int:
         value = _number(text, int, "whole number")
-        if not low <= value <= high or value % multiple:
-            extra = f", a multiple of {multiple}" if multiple > 1 else ""
-            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low}..{high}{extra}")
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {allowed.describe()}")
         return value
 
     return parse
 
 
 def learning_rate(text: str) -> float:
-    """An argparse type: a finite number above 0 and at most 1."""
+    """An argparse type: the training settings' learning rate (above 0, at most LEARNING_RATE_MAX)."""
     value = _number(text, float, "number")
-    if not math.isfinite(value) or not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: use a value above 0 and at most 1")
+    if not learning_rate_ok(value):
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use a value above 0 and at most {LEARNING_RATE_MAX:g}")
     return value
 
 
@@ -87,14 +91,19 @@ def check_console_and_local(parser: argparse.ArgumentParser, args: argparse.Name
 # Inputs
 
 
-def photo_problem(photo: Path, suffixes: Sequence[str]) -> str | None:
+def is_photo(path: Path) -> bool:
+    """A visible file with one of the photo suffixes."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def photo_problem(photo: Path) -> str | None:
     """What is wrong with an input photo (missing, not a file, another type, unreadable), or None."""
     from PIL import Image
 
     if not photo.is_file():
         return "not a file" if photo.exists() else "file not found"
-    if photo.suffix.lower() not in suffixes:
-        return f"use {', '.join(suffixes)} files"
+    if photo.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"use {', '.join(IMAGE_SUFFIXES)} files"
     try:
         with Image.open(photo) as image:
             image.verify()
@@ -133,11 +142,11 @@ def logging_to(stream: TextIO, verbose: bool, quiet: bool, loggers: Sequence[log
 
 
 def run_command(argv: Sequence[str] | None, parse_args: Callable[[Sequence[str]], argparse.Namespace],
-                body: Callable[[argparse.Namespace, TextIO, TextIO], int], loggers: Sequence[logging.Logger],
-                interrupted: str, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    """Parses `argv` (default: sys.argv), runs `body(args, stdout, stderr)` with `loggers` on stderr and returns
-    the exit code: argparse's for --help/--version and bad arguments, 2 for a UsageError (each line logged as
-    `error: ...` by the first logger), 130 for Ctrl-C (`interrupted` logged)."""
+                body: Callable[[argparse.Namespace, TextIO, TextIO], int], interrupted: str,
+                stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Parses `argv` (default: sys.argv), runs `body(args, stdout, stderr)` with the client's log on stderr and
+    returns the exit code: argparse's for --help/--version and bad arguments, 2 for a UsageError (each line logged
+    as `error: ...`), 130 for Ctrl-C (`interrupted` logged)."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     try:
@@ -145,8 +154,8 @@ def run_command(argv: Sequence[str] | None, parse_args: Callable[[Sequence[str]]
             args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    log = loggers[0]
-    with logging_to(stderr, args.verbose, args.quiet, loggers):
+    log = logging.getLogger(CLIENT_LOGGER)
+    with logging_to(stderr, args.verbose, args.quiet, [log]):
         try:
             return body(args, stdout, stderr)
         except UsageError as exc:

@@ -4,19 +4,27 @@ settings filled in; the probe that checks the reference photos; and the scores r
 
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .prompt_graph import checkpoint_loaders, downstream, is_link, load_photos, nodes_of, only, set_checkpoint, upstream
+from ..prompt_graph import (
+    EMBEDDING_LOADER,
+    ENCODER,
+    IDENTITY,
+    PROMPT_SCORE,
+    TEXT_PREVIEW,
+    GraphSettings,
+    checkpoint_loaders,
+    downstream,
+    is_link,
+    load_photos,
+    nodes_of,
+    only,
+    start_prompt,
+    upstream,
+)
 
-CKPT_LOADER = "CheckpointLoaderSimple"
-EMBEDDING_LOADER = "CrossInitLoadEmbedding"
-ENCODER = "CrossInitCLIPTextEncode"
-IDENTITY = "CrossInitIdentityScore"
-PROMPT_SCORE = "CrossInitPromptScore"
-TEXT_PREVIEW = "PreviewAny"
 REQUIRED_NODES = (EMBEDDING_LOADER, ENCODER, "KSampler", "EmptyLatentImage", "SaveImage", "LoadImage", IDENTITY,
                   PROMPT_SCORE)
 
@@ -37,23 +45,20 @@ def _set_text(prompt: dict[str, Any], node_id: str, key: str, text: str) -> None
 
 
 @dataclass
-class GraphSettings:
-    ckpt_name: str
-    embedding: str  # the server's name for it
-    references: list[str]  # uploaded photo names (relative to the server's input folder)
-    per_prompt: int
-    seed: int
-    backend: str
-    clip_model: str | None  # None: no prompt score
-    steps: int | None = None
-    resolution: int | None = None
+class EvalGraph(GraphSettings):
+    """The evaluation's settings in its graph (beside the checkpoint, the first prompt's seed, steps and resolution)."""
+
+    embedding: str = ""  # the server's name for it
+    references: list[str] = field(default_factory=list)  # uploaded photo names (relative to the server's input folder)
+    per_prompt: int = 1
+    backend: str = "auto"
+    clip_model: str | None = None  # None: no prompt score
     prefix: str = "cross_init_eval/run"
 
 
-def build_prompt(workflow: dict[str, Any], settings: GraphSettings, text: str, index: int) -> dict[str, Any]:
+def build_prompt(workflow: dict[str, Any], settings: EvalGraph, text: str, index: int) -> dict[str, Any]:
     """The API prompt for prompt number `index` (0-based): N images of `text` with the embedding, scored."""
-    prompt = copy.deepcopy(workflow)
-    set_checkpoint(prompt, settings.ckpt_name)
+    prompt = start_prompt(workflow, settings)
     for loader in nodes_of(prompt, EMBEDDING_LOADER):  # (input_problems requires exactly one in a workflow file)
         prompt[loader]["inputs"]["name"] = settings.embedding
     _set_text(prompt, only(prompt, ENCODER), "text", text)
@@ -95,7 +100,7 @@ def _reference_photos(prompt: dict[str, Any], references: list[str]) -> None:
 def probe_prompt(workflow: dict[str, Any], references: list[str], backend: str) -> dict[str, Any]:
     """The reference photos scored against themselves: checks the identity backend runs and every reference
     photo shows a face, in seconds and before any image is generated."""
-    prompt = build_prompt(workflow, GraphSettings("", "", references, 1, 0, backend, None), "", 0)
+    prompt = build_prompt(workflow, EvalGraph(ckpt_name="", references=references, backend=backend), "", 0)
     identity = only(prompt, IDENTITY)
     reference = prompt[identity]["inputs"]["reference"]
     prompt[identity]["inputs"]["images"] = list(reference)

@@ -1,4 +1,5 @@
-"""ComfyUI API prompts as plain JSON ({node_id: {"class_type", "inputs", "_meta"}}), for the terminal commands.
+"""ComfyUI API prompts as plain JSON ({node_id: {"class_type", "inputs", "_meta"}}), for the terminal commands:
+the node types they look for, the shipped workflows, and the edits both commands make.
 
 Nodes are found by class_type, never by id, so a user's own --workflow with the same node types works too.
 Nothing here imports ComfyUI.
@@ -6,11 +7,32 @@ Nothing here imports ComfyUI.
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 Prompt = dict[str, Any]
+
+PACK_DIR = Path(__file__).resolve().parents[2]
+WORKFLOW_DIR = PACK_DIR / "workflows" / "api"  # the shipped API-format workflows
+
+# the node types the commands look for
+CKPT_LOADER = "CheckpointLoaderSimple"
+FOLDER_LOADER = "LoadImageDataSetFromFolder"  # stock (comfy_extras/nodes_dataset.py): a folder -> IMAGE list
+FACE_PREP = "CrossInitFacePrep"
+TRAINER = "CrossInitTrainer"
+SAVER = "CrossInitSaveEmbedding"
+EMBEDDING_LOADER = "CrossInitLoadEmbedding"
+ENCODER = "CrossInitCLIPTextEncode"
+IDENTITY = "CrossInitIdentityScore"
+PROMPT_SCORE = "CrossInitPromptScore"
+TEXT_PREVIEW = "PreviewAny"
+
+
+def is_pack_node(class_type: str) -> bool:
+    return class_type.startswith("CrossInit")
 
 
 def is_link(value: Any) -> bool:
@@ -64,6 +86,23 @@ def set_checkpoint(prompt: Prompt, ckpt_name: str) -> None:
     """Every checkpoint loader loads `ckpt_name`."""
     for node_id in checkpoint_loaders(prompt):
         prompt[node_id]["inputs"]["ckpt_name"] = ckpt_name
+
+
+@dataclass
+class GraphSettings:
+    """What both commands set in their graph: the checkpoint and the seed, and the steps and resolution when given."""
+
+    ckpt_name: str
+    seed: int = 0
+    steps: int | None = None
+    resolution: int | None = None
+
+
+def start_prompt(workflow: Prompt, settings: GraphSettings) -> Prompt:
+    """A copy of `workflow` with every checkpoint loader loading `settings.ckpt_name`: where each command's graph starts."""
+    prompt = copy.deepcopy(workflow)
+    set_checkpoint(prompt, settings.ckpt_name)
+    return prompt
 
 
 def load_workflow(path: Path) -> Prompt:

@@ -1,0 +1,1 @@
+"""`python -m cross_init_core eval`: the paper's evaluation (command, plan and checks, graph per prompt, run, tables)."""

@@ -1,0 +1,136 @@
+"""`python -m cross_init_core eval ...`: the paper's evaluation of one trained embedding, from a terminal.
+
+For every prompt (the paper's 20, or a file) it runs the shipped workflows/api/cross_init_eval.json on a
+ComfyUI server through its HTTP API (the client's comfy_client.py; a local ComfyUI is started as a child
+process unless --server is given): N images with the embedding, the
+identity score against the reference photos and the CLIP prompt score. The images, a table per prompt and
+overall (scores.csv, scores.json) and a contact sheet (contact_sheet.jpg) land in one output folder.
+
+Exit codes: 0 done; 1 a run failed on the server (the table holds the prompts finished before it);
+2 bad arguments or inputs, found before any image is generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from ... import __version__
+from ...settings import IntRange
+from ..common import (
+    PROG,
+    UsageError,
+    add_console_options,
+    add_local_comfyui_options,
+    check_console_and_local,
+    int_in,
+    run_command,
+)
+from .plan import DEFAULT_CLIP_MODEL, WORKFLOW_NAME, input_problems
+
+MAX_PER_PROMPT = 64
+MAX_SEED = 2**64 - 1 - 10_000  # KSampler's seed maximum, less room for seed + prompt index
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} eval",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Scores a trained face embedding as the Cross Initialization paper does: N images per prompt with the "
+            "embedding, the identity score of each image against the reference photos, and the CLIP similarity of "
+            "each image and its prompt (without the person token)."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  {PROG} eval --checkpoint v2-1_512-ema-pruned.safetensors --embedding my_face --faces me.jpg\n"
+            f"  {PROG} eval --checkpoint sd15.safetensors --embedding my_face --faces me1.jpg me2.jpg --prompts mine.txt "
+            "--per-prompt 8 --no-prompt-score\n\n"
+            "output (in --output, default ./cross_init_eval/EMBEDDING/): images/pPP_iII.png, scores.csv and scores.json\n"
+            "(one row per prompt and an overall row), contact_sheet.jpg. See docs/evaluation.md for what the numbers mean.\n\n"
+            "exit codes: 0 done; 1 a run failed on the server (the table holds the prompts finished before it);\n"
+            "            2 bad arguments or inputs (missing checkpoint, embedding, photo or scoring model, bad prompts\n"
+            "            file, N < 1): nothing was generated."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"Cross-Init {__version__}")
+    what = parser.add_argument_group("what to evaluate")
+    what.add_argument("--checkpoint", required=True, metavar="FILE",
+                      help="the checkpoint to generate with (the one the embedding was trained on; the paper: SD 2.1-base, "
+                           "v2-1_512-ema-pruned.safetensors): a name in ComfyUI's checkpoints folders or a path to a file.")
+    what.add_argument("--embedding", required=True, metavar="NAME",
+                      help="the trained embedding, by name as Cross-Init Load Embedding lists it (my_face or "
+                           "my_face.safetensors, in ComfyUI's embeddings folders, where `train` writes it).")
+    what.add_argument("--faces", required=True, nargs="+", type=Path, metavar="PHOTO",
+                      help="reference photo(s) of the person (the paper: the one photo trained on). Several are averaged.")
+    what.add_argument("--prompts", default="paper", metavar="paper|FILE",
+                      help="`paper` (default): the paper's 20 evaluation prompts; or a text file, one prompt per line with "
+                           "the person written as {} or <face> (e.g. 'a {} person on the beach'); # starts a comment.")
+    what.add_argument("--per-prompt", type=int_in(IntRange(1, MAX_PER_PROMPT)), default=4, metavar="N",
+                      help=f"images per prompt (1..{MAX_PER_PROMPT}, default 4; the authors' script makes 16).")
+    what.add_argument("--seed", type=int_in(IntRange(0, MAX_SEED)), default=0,
+                      help="sampler seed of the first prompt (prompt i uses seed + i); same seed, same images.")
+
+    score = parser.add_argument_group("scores")
+    score.add_argument("--identity-backend", choices=("auto", "insightface", "dlib"), default="auto",
+                       help="face recognizer: insightface ArcFace (cosine, comparable with papers), dlib (distance, a quick "
+                            "check), or auto (insightface when its models are installed, else dlib).")
+    clip = score.add_mutually_exclusive_group()
+    clip.add_argument("--clip-model", metavar="NAME",
+                      help="the CLIP for the prompt score, a folder in ComfyUI/models/clip_scoring/ "
+                           f"(default: {DEFAULT_CLIP_MODEL} when present, else the only one there).")
+    clip.add_argument("--no-prompt-score", action="store_true",
+                      help="skip the prompt score (no CLIP scoring model needed); the table leaves it empty.")
+
+    sampling = parser.add_argument_group("sampling (defaults: the workflow's, i.e. the paper's)")
+    sampling.add_argument("--steps", type=int_in(IntRange(1, 1000)), metavar="N", help="sampler steps (default 50).")
+    sampling.add_argument("--resolution", type=int_in(IntRange(64, 2048, multiple=8)), metavar="PX",
+                          help="image size in pixels (default 512; 768 for SD 2.x 768-v, 1024 for SDXL).")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=Path, metavar="DIR", help="folder for images, tables and the contact sheet "
+                                                                 "(default: ./cross_init_eval/EMBEDDING).")
+    out.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --output.")
+    add_console_options(out, "table")
+
+    host = parser.add_argument_group("ComfyUI")
+    host.add_argument("--server", metavar="URL",
+                      help="a running ComfyUI server (http://host:port) to run on; without it a local ComfyUI is started on "
+                           "127.0.0.1 for the run. The photos are uploaded; the images are downloaded.")
+    add_local_comfyui_options(host, f"an API-format workflow to run instead of the shipped workflows/api/{WORKFLOW_NAME} "
+                                    "(same node types).")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
+    argv = list(argv)
+    if argv and argv[0] == "eval":
+        argv = argv[1:]
+    args = parser.parse_args(argv)
+    check_console_and_local(parser, args)
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Runs the command; returns the exit code."""
+    return run_command(argv, parse_args, _run, "interrupted", stdout, stderr)
+
+
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    plan, problems = input_problems(args)
+    if problems or plan is None:
+        raise UsageError("\n".join(problems))
+    from . import run  # the HTTP client and aiohttp load only when there is work to do
+
+    return run.run(args, plan, stdout, stderr)

@@ -1,0 +1,110 @@
+"""The evaluation's plan and its checks before any work (no server needed): the prompts, the photos, the output
+folder and the workflow; then, with a server's lists, which embedding and which CLIP scoring model to use."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...errors import CrossInitError
+from ..common import photo_problem
+from ..prompt_graph import CKPT_LOADER, PROMPT_SCORE, WORKFLOW_DIR, load_workflow, nodes_of
+from .graph import REQUIRED_NODES, checkpoint_loader_type
+from .results import read_prompts
+
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+WORKFLOW_NAME = "cross_init_eval.json"
+DEFAULT_CLIP_MODEL = "clip-vit-base-patch32"  # the paper's judge, as docs/evaluation.md names its folder
+
+
+@dataclass
+class Plan:
+    prompts: list[str]
+    faces: list[Path]
+    embedding: str  # as given (a name; matched against the server's list later)
+    output: Path
+    workflow: dict[str, Any] = field(default_factory=dict)
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or (len(value) > 1 and value[1] == ":")
+
+
+def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
+    """Everything that can be checked without a server: the checkpoint if given as a path, the embedding
+    name, the photos, the prompts, the output folder and the workflow. All problems at once."""
+    problems: list[str] = []
+    if _looks_like_path(args.checkpoint) and not Path(args.checkpoint).expanduser().is_file():
+        problems.append(f"--checkpoint {args.checkpoint}: no such file; give an existing checkpoint file, or a name from "
+                        "ComfyUI's checkpoints folders")
+    embedding = args.embedding.strip()
+    if not embedding or _looks_like_path(embedding):
+        hint = "empty" if not embedding else "no such file" if not Path(embedding).expanduser().exists() else "a path, not a name"
+        problems.append(f"--embedding {args.embedding}: {hint}; give the embedding's name as Cross-Init Load Embedding "
+                        "lists it (e.g. my_face), and put the file into ComfyUI/models/embeddings if it is elsewhere")
+    for photo in args.faces:
+        problem = photo_problem(photo)
+        if problem:
+            problems.append(f"--faces {photo}: {problem}")
+    prompts: list[str] = []
+    try:
+        prompts = read_prompts(args.prompts)
+    except CrossInitError as exc:
+        problems.append(str(exc))
+    output = (args.output or Path("cross_init_eval") / Path(embedding).stem).expanduser()
+    if output.exists() and not output.is_dir():
+        problems.append(f"--output {output}: exists and is not a folder")
+    elif (output / "scores.json").exists() and not args.overwrite:
+        problems.append(f"--output {output}: holds the results of an earlier run (scores.json); choose another folder or "
+                        "pass --overwrite")
+    workflow: dict[str, Any] = {}
+    workflow_path = args.workflow or WORKFLOW_DIR / WORKFLOW_NAME
+    try:
+        workflow = load_workflow(Path(workflow_path))
+        for class_type in REQUIRED_NODES:
+            if class_type == PROMPT_SCORE and args.no_prompt_score:
+                continue
+            if len(nodes_of(workflow, class_type)) != 1:
+                problems.append(f"--workflow {workflow_path}: needs exactly one {class_type} node")
+        if checkpoint_loader_type(workflow) is None:
+            problems.append(f"--workflow {workflow_path}: needs exactly one checkpoint loader (a node with a ckpt_name input, "
+                            f"e.g. {CKPT_LOADER})")
+    except (OSError, ValueError) as exc:
+        problems.append(f"--workflow {workflow_path}: cannot be read ({exc})")
+    if problems:
+        return None, problems
+    return Plan(prompts=prompts, faces=list(args.faces), embedding=embedding, output=output, workflow=workflow), []
+
+
+def match_embedding(name: str, available: Sequence[str]) -> str | None:
+    """The server's entry for `name`: exact, else NAME plus an embedding suffix (case-sensitive, as the files)."""
+    if name in available:
+        return name
+    for suffix in EMBEDDING_SUFFIXES:
+        if f"{name}{suffix}" in available:
+            return f"{name}{suffix}"
+    return None
+
+
+def choose_clip_model(wanted: str | None, available: Sequence[str], no_model: str) -> tuple[str | None, str | None]:
+    """(model, problem): --clip-model if listed, else the default if listed, else the only model listed."""
+    models = [m for m in available if m != no_model]
+    hint = ("put a full CLIP (e.g. openai/clip-vit-base-patch32, transformers layout) into ComfyUI/models/clip_scoring/"
+            "<name>/ (docs/evaluation.md), or pass --no-prompt-score to skip the prompt score")
+    if wanted is not None:
+        if wanted in models:
+            return wanted, None
+        listed = ", ".join(models) or "none"
+        return None, f"--clip-model {wanted}: not in the clip_scoring models folders (found: {listed}); {hint}"
+    if not models:
+        return None, f"no CLIP scoring model found for the prompt score; {hint}"
+    if DEFAULT_CLIP_MODEL in models:
+        return DEFAULT_CLIP_MODEL, None
+    if len(models) == 1:
+        return models[0], None
+    return None, f"several CLIP scoring models ({', '.join(models)}): choose one with --clip-model"
+
+

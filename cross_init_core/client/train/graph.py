@@ -1,0 +1,93 @@
+"""The training graph of one job, as plain JSON: the shipped workflows/api/cross_init_<mode>.json (or a --workflow
+with the same node types) with the job's photos, checkpoint, name and settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...settings import PRESETS
+from ..prompt_graph import (
+    FACE_PREP,
+    FOLDER_LOADER,
+    SAVER,
+    TRAINER,
+    GraphSettings,
+    load_photos,
+    nodes_of,
+    only,
+    start_prompt,
+    upstream,
+)
+
+
+@dataclass
+class TrainGraph(GraphSettings):
+    """One job's settings in the training graph (beside the checkpoint, seed, steps and resolution)."""
+
+    name: str = ""  # the name the save node writes on the server
+    mode: str = "fast"
+    overwrite: bool = False
+    use_folder_loader: bool = True  # the server has the stock folder loader (face prep gets an image list)
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    samples: bool = False
+    face_prep: dict[str, Any] = field(default_factory=dict)
+
+
+def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[str], image_folder: str) -> dict[str, Any]:
+    """The API prompt for one embedding: the shipped graph with this job's inputs.
+
+    `images` are the uploaded photos' names relative to the server's input directory, `image_folder` the
+    folder holding them (also relative). Nodes are found by class_type, never by id.
+    """
+    prompt = start_prompt(workflow, settings)
+    trainer, saver = only(prompt, TRAINER), only(prompt, SAVER)
+
+    # trainer: mode and seed; --steps/--batch-size/--learning-rate switch to custom with the preset's other values
+    t = prompt[trainer]["inputs"]
+    t["seed"] = settings.seed
+    t["mode"] = settings.mode
+    if any(v is not None for v in (settings.steps, settings.batch_size, settings.learning_rate)):
+        preset = PRESETS[settings.mode]
+        t["mode"] = "custom"
+        t["steps"] = settings.steps if settings.steps is not None else preset.steps
+        t["batch_size"] = settings.batch_size if settings.batch_size is not None else preset.batch_size
+        t["learning_rate"] = settings.learning_rate if settings.learning_rate is not None else preset.learning_rate
+    if settings.resolution is not None:
+        t["resolution"] = settings.resolution
+    # copy_to_output: the save node also puts the file where /view serves it, and reports it in /history
+    prompt[saver]["inputs"].update(name=settings.name, overwrite=settings.overwrite, copy_to_output=True)
+
+    # the photos: the graph's LoadImage stands for them
+    loaders = nodes_of(prompt, "LoadImage")
+    if len(loaders) != 1:
+        raise ValueError(f"the workflow must have exactly one LoadImage node (the face photos); it has {len(loaders)}")
+    (loader,) = loaders
+    preps = nodes_of(prompt, FACE_PREP)
+    prep_reads_loader = [p for p in preps if prompt[p]["inputs"].get("image") == [loader, 0]]
+    for prep in preps:
+        prompt[prep]["inputs"].update(settings.face_prep)
+    mask_read = any(value == [loader, 1] for node in prompt.values() for value in node["inputs"].values())
+    if prep_reads_loader and not mask_read and settings.use_folder_loader:
+        # face prep takes an image list (photos of any sizes): the stock folder loader gives one
+        prompt[loader] = {"class_type": FOLDER_LOADER, "inputs": {"folder": image_folder}, "_meta": {"title": "Face photos (CLI)"}}
+    else:
+        # one LoadImage per photo, batched with the stock ImageBatch (it resizes later photos to the first's size)
+        last, added = load_photos(prompt, loader, images, "Face photo (CLI)", "Batch photos (CLI)")
+        if last != [loader, 0]:
+            for node_id, node in prompt.items():  # the graph's readers of the photos now read the batch
+                if node_id not in added:
+                    node["inputs"].update({key: list(last) for key, value in node["inputs"].items() if value == [loader, 0]})
+
+    if settings.samples:
+        for node_id in nodes_of(prompt, "SaveImage"):
+            folder, _, stem = str(prompt[node_id]["inputs"].get("filename_prefix", "cross_init/sample")).rpartition("/")
+            prompt[node_id]["inputs"]["filename_prefix"] = f"{folder or 'cross_init'}/{settings.name}_{stem}"
+        for node_id in nodes_of(prompt, "PreviewImage"):  # headless: save the previews (the loss curve) instead
+            inputs = {"images": prompt[node_id]["inputs"]["images"], "filename_prefix": f"cross_init/{settings.name}_loss"}
+            prompt[node_id] = {"class_type": "SaveImage", "inputs": inputs, "_meta": prompt[node_id].get("_meta", {})}
+    else:
+        keep = upstream(prompt, [saver])
+        prompt = {k: v for k, v in prompt.items() if k in keep}
+    return prompt

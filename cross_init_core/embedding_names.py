@@ -1,0 +1,47 @@
+"""Embedding file names: what `embedding:NAME` can hold and what may never leave the embeddings folder.
+
+Pure (no torch, no ComfyUI): the save node and the terminal client check names with the same rules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+
+from .errors import InvalidInputError
+
+MAX_NAME_LENGTH = 100
+# file systems limit a file name to 255 bytes; leave room for ".safetensors" and the temp file's affixes
+MAX_NAME_BYTES = 200
+_PORT_SUFFIXES = (*"0123456789", "\u00b9", "\u00b2", "\u00b3")  # Windows also reserves COM0, COM¹, LPT² ...
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in _PORT_SUFFIXES), *(f"LPT{i}" for i in _PORT_SUFFIXES)}
+_NAME_RE = re.compile(r"^[\w.\-]+$", re.UNICODE)
+
+
+def validate_name(name: str) -> str:
+    """A file stem usable as `embedding:NAME`; rejects anything that could leave the embeddings folder."""
+    if not isinstance(name, str):
+        raise InvalidInputError("name: it must be text.")
+    stem = unicodedata.normalize("NFC", name.strip())
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    what = f"name {name!r}"
+    if not stem:
+        raise InvalidInputError("name: it is empty. Choose a short name such as my_face; you will write embedding:my_face.")
+    if "/" in stem or "\\" in stem or ".." in stem or os.path.isabs(stem) or ":" in stem:
+        raise InvalidInputError(f"{what}: it must be a plain file name, without '/', '\\', ':' or '..'. Use e.g. my_face.")
+    if any(ch.isspace() for ch in stem):
+        raise InvalidInputError(f"{what}: it contains spaces, which `embedding:NAME` cannot hold. Use '_' instead, e.g. my_face.")
+    if not _NAME_RE.match(stem) or stem.startswith(".") or stem.endswith("."):
+        raise InvalidInputError(f"{what}: use letters, digits, '_', '-' and '.' only (not first or last).")
+    if len(stem) > MAX_NAME_LENGTH:
+        raise InvalidInputError(f"{what}: it is {len(stem)} characters long; use at most {MAX_NAME_LENGTH}.")
+    if len(stem.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidInputError(
+            f"{what}: it is {len(stem.encode('utf-8'))} bytes long in UTF-8, too long for a file name; "
+            f"use at most {MAX_NAME_BYTES} bytes (fewer characters for non-Latin letters)."
+        )
+    if stem.split(".")[0].upper() in WINDOWS_RESERVED:
+        raise InvalidInputError(f"{what}: {stem.split('.')[0]} is a reserved device name on Windows; choose another name.")
+    return stem
