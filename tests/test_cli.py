@@ -128,6 +128,12 @@ def summary(out: str) -> dict[str, list[str]]:
     return {row.split()[0]: row.split() for row in rows}
 
 
+def run_name(saved: str) -> str:
+    """The job name of a file a remote run saved (NAME-RUNID, RUNID 8 hex digits); other names as they are."""
+    match = re.fullmatch(r"(.+)-[0-9a-f]{8}", saved)
+    return match.group(1) if match else saved
+
+
 def farm_args(workflow: Path, out: Path, *urls: str) -> list[str]:
     return ["--checkpoint", TINY_CKPT, "--workflow", str(workflow), "--out", str(out), *[a for u in urls for a in ("--server", u)]]
 
@@ -321,17 +327,17 @@ def test_folder_over_two_servers_each_person_trained_once(servers, tiny_workflow
     assert files_in(out) == [f"{n}.safetensors" for n in names]
     for name in names:
         assert list(read_embedding(out / f"{name}.safetensors")[0]["clip_l"].shape) == [2, 64]
-    trained = [n for n in a.saved_names() + b.saved_names() if n in names]
+    trained = [run_name(n) for n in a.saved_names() + b.saved_names() if run_name(n) in names]
     assert sorted(trained) == names  # each exactly once, over both servers
     rows = {r["name"]: r for r in json.loads(summary_json.read_text())}
     assert {r["server"] for r in rows.values()} == {a.url, b.url}  # both servers worked
     assert rows["cli_bob"]["images"] == 2 and all(r["status"] == "ok" and r["seconds"] > 0 for r in rows.values())
     assert "4 written, 0 failed, 0 skipped" in stdout
 
-    # the file that came back is the file the server saved, byte for byte
+    # the file that came back is the file the server saved (as NAME-RUNID, a new file there), byte for byte
     server_of = {n: (a if rows[n]["server"] == a.url else b) for n in names}
     for name in names:
-        saved = server_of[name].base / "models" / "embeddings" / f"{name}.safetensors"
+        (saved,) = [p for p in (server_of[name].base / "models" / "embeddings").iterdir() if run_name(p.stem) == name]
         assert saved.read_bytes() == (out / f"{name}.safetensors").read_bytes()
 
     # a second pass resumes: nothing is queued again
@@ -339,7 +345,7 @@ def test_folder_over_two_servers_each_person_trained_once(servers, tiny_workflow
                                  "--skip-existing"])
     assert code == 0, err
     assert "0 written, 0 failed, 4 skipped" in stdout
-    assert sorted(n for n in a.saved_names() + b.saved_names() if n in names) == names
+    assert sorted(run_name(n) for n in a.saved_names() + b.saved_names() if run_name(n) in names) == names
 
 
 def test_result_equals_the_workflow_queued_directly(servers, tiny_workflow, tmp_path):
@@ -383,7 +389,7 @@ def test_failed_job_is_not_retried_and_exits_1(servers, tiny_workflow, tmp_path)
     assert "goes back to the queue" not in err and files_in(out) == []
     for name in ("cli_f1", "cli_f2"):
         runs = [entry for s in (a, b) for entry in s.history().values()
-                if any(n.get("inputs", {}).get("name") == name for n in entry["prompt"][2].values())]
+                if any(run_name(str(n.get("inputs", {}).get("name"))) == name for n in entry["prompt"][2].values())]
         assert len(runs) == 1 and runs[0]["status"]["status_str"] == "error"
 
 
@@ -535,7 +541,7 @@ def test_a_prompt_that_vanishes_from_the_queue_is_noticed_and_run_again(servers,
     b = servers["b"]
     photo = face_photo(tmp_path / "me.png", 96)
     # keep the server busy, so the runner's prompt waits in the queue where another client can delete it
-    busy = direct_training_prompt(tiny_workflow, b, photo, "cli_busy", steps=400)
+    busy = direct_training_prompt(tiny_workflow, b, photo, "cli_busy", steps=20)
     busy_id = post_json(b.url + "/prompt", {"prompt": busy})["prompt_id"]
     out = tmp_path / "out"
     argv = [*farm_args(tiny_workflow, out, b.url), "--images", str(photo), "--name", "cli_vanish", *FAST, "--no-progress"]

@@ -340,7 +340,7 @@ def independent_prompt_scores(scoring: ModuleType, model: object, text: str, ima
     from transformers import CLIPTokenizer
 
     prompt_score = sub(scoring, "prompt_score")
-    tokenizer = CLIPTokenizer.from_pretrained(str(prompt_score.comfy_tokenizer_folder()))
+    tokenizer = CLIPTokenizer.from_pretrained(str(sub(scoring, "prompt_score").host.clip_tokenizer_folder()))
     tokens = tokenizer([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     mean = torch.tensor(prompt_score.OPENAI_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(prompt_score.OPENAI_STD).view(1, 3, 1, 1)

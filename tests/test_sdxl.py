@@ -342,7 +342,7 @@ def test_single_encoder_file_is_refused_by_the_load_node_path(core, sdxl, tmp_pa
 
     save_file({"clip_l": torch.randn(2, 768)}, str(tmp_path / "sd1_face.safetensors"))
     emb = core.embedding_io.load_embedding(tmp_path / "sd1_face.safetensors")
-    slots = [core.host.EncoderSlot("clip_l", "l", 768), core.host.EncoderSlot("clip_g", "g", 1280)]
+    slots = [core.families.EncoderSlot("clip_l", "l", 768), core.families.EncoderSlot("clip_g", "g", 1280)]
     with pytest.raises(core.errors.InvalidInputError) as info:
         core.embedding.check_matches_slots(emb, slots)
     message = str(info.value)
