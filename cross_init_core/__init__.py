@@ -16,6 +16,8 @@ __version__ = "0.2.0"
 
 SUBMODULES = (
     "atomic_files",
+    "checkpoint_report",
+    "continuation",
     "embedding",
     "embedding_io",
     "embedding_names",
@@ -37,6 +39,7 @@ SUBMODULES = (
     "scoring",
     "settings",
     "templates",
+    "text_table",
     "training",
 )
 

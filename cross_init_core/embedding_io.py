@@ -77,6 +77,38 @@ def save_embedding(embedding: CrossInitEmbedding, directory: str | os.PathLike[s
     return final
 
 
+def checkpoint_names(embeddings: list[CrossInitEmbedding], name: str) -> list[tuple[CrossInitEmbedding, str]]:
+    """The file names of a list of checkpoints (the trainer's checkpoints output): NAME-stepNNNN for each (its
+    `steps` metadata, four digits at least) and NAME for the last; a single embedding is just NAME."""
+    stem = validate_name(name)
+    if len(embeddings) == 1:
+        return [(embeddings[0], stem)]
+    named = []
+    for index, embedding in enumerate(embeddings, start=1):
+        steps = embedding.metadata.get("steps", "")
+        if not steps.isdigit():
+            raise InvalidInputError(
+                f"embedding: item {index} of the {len(embeddings)} in the list has no step count (metadata steps); a list "
+                "to save comes from the trainer's checkpoints output."
+            )
+        named.append((embedding, validate_name(f"{stem}-step{int(steps):04d}")))
+    seen = [n for _e, n in named]
+    twice = sorted({n for n in seen if seen.count(n) > 1})
+    if twice:
+        raise InvalidInputError(f"embedding: the list holds the same step twice ({', '.join(twice)}); save each run separately.")
+    return [*named, (embeddings[-1], stem)]
+
+
+def save_embeddings(named: list[tuple[CrossInitEmbedding, str]], directory: str | os.PathLike[str],
+                    overwrite: bool = False) -> list[Path]:
+    """Saves each (embedding, name) like `save_embedding`; every name is checked first, so a taken name stops
+    the save before any file is written."""
+    folder = Path(directory).resolve()
+    for _embedding, name in named:
+        _check_existing(folder / f"{validate_name(name)}.safetensors", overwrite)
+    return [save_embedding(embedding, folder, name, overwrite=overwrite) for embedding, name in named]
+
+
 def _taken_just_now(final: Path) -> EmbeddingExistsError:
     return EmbeddingExistsError(
         f"name: {final} already exists (written by another save just now). Choose another name, or set overwrite."

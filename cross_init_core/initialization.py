@@ -108,10 +108,13 @@ def cross_initialize(clip: Any, num_tokens: int = 2, names: Sequence[str] = (), 
             raise InvalidInputError(f"clip: the text encoder produced non-finite values for {key}; the checkpoint may be broken.")
         log.info("Cross Initialization %s: %d tokens from %d %s, norms %s", key, num_tokens, len(names), source,
                  [round(float(x), 2) for x in v.norm(dim=1)])
+    label = name_lists.list_label(names)
     metadata = {
         "init_source": source,
-        "init_names": name_lists.list_label(names),
+        "init_names": label,
         "init_count": str(len(names)),
         "num_tokens": str(num_tokens),
     }
+    if label == name_lists.TYPED:  # so a saved run can be continued toward the same start (continuation.py)
+        metadata["init_names_text"] = "\n".join(names)
     return CrossInitEmbedding(vectors=vectors, init_vectors={k: v.clone() for k, v in vectors.items()}, metadata=metadata)

@@ -1,4 +1,5 @@
-"""Progress previews: a quick sample of 'a photo of <face> person' with the current vectors, beside the input face."""
+"""Progress previews: a quick sample of a prompt (by default 'a photo of <face> person') with the current vectors,
+beside the input face: the validation image of each preview interval."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from PIL import Image
 
 from . import host
 from .embedding import CrossInitEmbedding
+from .errors import InvalidInputError
 from .personalized_encode import encode_prompt
+from .prompt_text import PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
-PREVIEW_PROMPT = "a photo of <face> person"
+PREVIEW_PROMPT = f"a photo of {PLACEHOLDER} person"
 PREVIEW_STEPS = 6
+MAX_PREVIEW_STEPS = 100
 PREVIEW_MAX_SIZE = 512
 PREVIEW_CFG = 5.0
 
@@ -27,11 +31,19 @@ def default_interval(steps: int) -> int:
     return max(1, steps // 5)
 
 
+def check_preview_prompt(prompt: str, steps: int) -> None:
+    """The preview's prompt must place the learned tokens, and its sampler steps must be sane."""
+    if not isinstance(prompt, str) or PLACEHOLDER not in prompt:
+        raise InvalidInputError(f"preview_prompt: write {PLACEHOLDER} where the person goes, e.g. '{PREVIEW_PROMPT}'.")
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_PREVIEW_STEPS:
+        raise InvalidInputError(f"preview_steps: got {steps!r}; use 1 to {MAX_PREVIEW_STEPS} sampler steps (default {PREVIEW_STEPS}).")
+
+
 def sample_portrait(model: Any, clip: Any, vae: Any, embedding: CrossInitEmbedding, resolution: int, seed: int = 0,
-                    steps: int = PREVIEW_STEPS) -> torch.Tensor:
-    """IMAGE [1, res, res, 3] sampled by the host's own sampler and VAE with the embedding's vectors."""
+                    steps: int = PREVIEW_STEPS, prompt: str = PREVIEW_PROMPT) -> torch.Tensor:
+    """IMAGE [1, res, res, 3] of `prompt`, sampled by the host's own sampler and VAE with the embedding's vectors."""
     with torch.inference_mode():
-        positive = encode_prompt(clip, embedding, PREVIEW_PROMPT)
+        positive = encode_prompt(clip, embedding, prompt)
         negative_cond, negative_pooled = host.encode_conditioning(clip, host.tokenize(clip, ""))
         negative = [[negative_cond, {"pooled_output": negative_pooled}]]
         latent = torch.zeros(1, 4, resolution // 8, resolution // 8)
@@ -57,13 +69,15 @@ def side_by_side(face: torch.Tensor, sample: torch.Tensor, height: int = 256) ->
     return out
 
 
-def progress_preview(model: Any, clip: Any, vae: Any, images: torch.Tensor, resolution: int,
-                     seed: int) -> Callable[[int, CrossInitEmbedding], tuple[str, Image.Image, int]]:
+def progress_preview(model: Any, clip: Any, vae: Any, images: torch.Tensor, resolution: int, seed: int,
+                     prompt: str = PREVIEW_PROMPT, steps: int = PREVIEW_STEPS
+                     ) -> Callable[[int, CrossInitEmbedding], tuple[str, Image.Image, int]]:
     """A training preview hook: (step, embedding) -> ComfyUI progress-preview tuple ("JPEG", image, max size)."""
+    check_preview_prompt(prompt, steps)
     face = images[0]
 
     def render(step: int, embedding: CrossInitEmbedding) -> tuple[str, Image.Image, int]:
-        sample = sample_portrait(model, clip, vae, embedding, resolution, seed=seed)
+        sample = sample_portrait(model, clip, vae, embedding, resolution, seed=seed, steps=steps, prompt=prompt)
         log.debug("Cross-Init preview at step %d", step)
         return ("JPEG", side_by_side(face, sample[0]), PREVIEW_MAX_SIZE)
 

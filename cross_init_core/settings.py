@@ -108,6 +108,13 @@ PRESETS: dict[str, TrainingSettings] = {
 }
 
 
+def checkpoint_steps(steps: int, save_every: int, previous: int = 0) -> list[int]:
+    """The step counts of a run's checkpoints: every `save_every` steps and the end (`previous`: the steps of the
+    file a continued run starts from; the counts go on from there)."""
+    every = [k for k in range(save_every, steps, save_every)] if save_every > 0 else []
+    return [previous + k for k in [*every, steps]]
+
+
 def auto_resolution(resolution: int, sdxl: bool) -> int:
     """The trainer's `resolution` input: 0 (auto) -> the family's base resolution (SDXL 1024, SD 1.x/2.x 512)."""
     if resolution == AUTO_RESOLUTION:

@@ -11,6 +11,10 @@ changes the result beyond float round-off. Host syncs: the loop reads the loss b
 
 Precision: the vectors, their gradients and the AdamW state are float32 whatever the host's UNet runs in;
 a float16 UNet gets dynamic loss scaling (`loss_scaling.LossScaler`).
+
+Checkpoints: with `save_every` N the vectors after every N steps are kept (and the end's), each with its step
+count in the metadata; the draws do not depend on it, so the checkpoint at step k equals a k-step run. A loaded
+file goes on where its run stopped (`continuation`).
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, families, host
+from .continuation import continuation_of
 from .embedding import CrossInitEmbedding
-from .errors import TrainingDivergedError
+from .errors import InvalidInputError, TrainingDivergedError
 from .loss import StepLoss
 from .loss_scaling import LossScaler
 from .memory import DevicePeak, MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
 from .run_setup import PreparedRun, StepDraw, prepare_run
-from .settings import LossSettings, TrainingSettings
+from .settings import LossSettings, TrainingSettings, checkpoint_steps
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class TrainingResult:
     skipped_steps: list[int] | None = None  # 0-based steps skipped for fp16 gradient overflow
     loss_scale: float | None = None  # the fp16 loss scale at the end (None: no scaling)
     peak_vram_mib: float | None = None  # the run's peak CUDA memory (max allocated; None off CUDA)
+    checkpoints: list[CrossInitEmbedding] | None = None  # every save_every steps and the end (the last is `embedding`)
 
 
 @dataclass
@@ -96,8 +102,11 @@ class Trainer:
     """
 
     def __init__(self, run: PreparedRun, embedding: CrossInitEmbedding, memory: MemorySettings, calls: Callbacks,
-                 started: float) -> None:
+                 started: float, mode: str = "custom", save_every: int = 0, previous_steps: int = 0) -> None:
         self.run, self.embedding, self.memory, self.calls, self.started = run, embedding, memory, calls, started
+        self.mode = mode  # the trainer node's mode, for the metadata
+        self.previous_steps = previous_steps  # a continued run: the steps its file was trained for
+        self.checkpoint_at = set(checkpoint_steps(run.settings.steps, save_every)[:-1])  # the end is the result itself
         settings = run.settings
         self.plan, needed = plan_for_run(run.model, run.clip, settings.batch_size, run.latent_hw, memory, None)
         # a budget: ask the host to keep the planned activations free (it unloads the VAE and other models as
@@ -106,6 +115,8 @@ class Trainer:
         self.request = needed if memory.budget_gb else 0
         self.sync_every = 1 if calls.on_step is not None else SYNC_EVERY
         self.sampler = run.sampler()
+        for _ in range(previous_steps):  # a continued run's draws go on where its earlier run's would have
+            self.sampler.draw(settings.batch_size)
         self.scaler = LossScaler.for_model(run.model)  # the UNet's compute dtype is fixed when the model is made
         self.params: dict[str, torch.nn.Parameter] = {}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -113,6 +124,7 @@ class Trainer:
         self.losses: list[float] = []
         self.regs: list[float] = []
         self.skipped: list[int] = []
+        self.checkpoints: list[CrossInitEmbedding] = []
         self.setup_seconds = 0.0
         self.loop_seconds = 0.0
 
@@ -162,6 +174,9 @@ class Trainer:
                         self._step(step_loss, draw)
                         if len(self.pending) >= self.sync_every or step + 1 == end_step:
                             self._read_back(step)
+                        if step + 1 in self.checkpoint_at:
+                            self._read_back(step)  # the checkpoint's loss history, through this step
+                            self.checkpoints.append(self._embedding_at(step + 1))
                         calls.reporter(step + 1, None)
                         calls.console.update(1)
             except host.out_of_memory_errors():
@@ -251,30 +266,42 @@ class Trainer:
                 step=0,
             )
 
-    def result(self, mode: str, peak_vram_mib: float | None = None) -> TrainingResult:
-        """The trained embedding (settings and provenance in its metadata) and the run's statistics."""
-        run, settings, embedding = self.run, self.run.settings, self.embedding
-        if self.skipped:
-            log.warning("Cross-Init fp16: %d of %d steps skipped for gradient overflow (loss scale now %g)",
-                        len(self.skipped), settings.steps, self.scaler.scale)
+    def _metadata(self, steps_done: int) -> dict[str, str]:
+        """The file metadata of the vectors after `steps_done` of this run's steps (counting a continued file's)."""
+        run = self.run
         metadata = {
             "method": "cross_initialization",
-            "mode": mode,
-            **settings.as_metadata(),
+            "mode": self.mode,
+            **run.settings.as_metadata(),
+            "steps": str(self.previous_steps + steps_done),
             "reg_weight": str(run.loss_settings.reg_weight),
             "base_model": families.base_model((s.key for s in run.slots), run.prediction),
-            "num_tokens": str(embedding.num_tokens),
+            "num_tokens": str(self.embedding.num_tokens),
             "unet_dtype": host.dtype_name(host.unet_compute_dtype(run.model)),
             "clip_layer": host.clip_layer(run.clip),
             "pack_version": __version__,
         }
+        if self.previous_steps:
+            metadata["continued_from_steps"] = str(self.previous_steps)
         if self.scaler.enabled:
-            metadata["fp16_skipped_steps"] = str(len(self.skipped))
-        if peak_vram_mib is not None:
-            metadata["peak_vram_mib"] = str(round(peak_vram_mib))
-        result = embedding.with_vectors(self.vectors(), **metadata)
-        result.loss_history = list(zip(self.losses, self.regs, strict=True))
-        result.init_vectors = {k: v.clone() for k, v in run.init.items()}
+            metadata["fp16_skipped_steps"] = str(sum(1 for s in self.skipped if s < steps_done))
+        return metadata
+
+    def _embedding_at(self, steps_done: int, **extra: str) -> CrossInitEmbedding:
+        """The learned vectors now, as the embedding a run of `steps_done` steps gives (metadata, loss history)."""
+        embedding = self.embedding.with_vectors(self.vectors(), **self._metadata(steps_done), **extra)
+        embedding.loss_history = list(zip(self.losses, self.regs, strict=True))
+        embedding.init_vectors = {k: v.clone() for k, v in self.run.init.items()}
+        return embedding
+
+    def result(self, peak_vram_mib: float | None = None) -> TrainingResult:
+        """The trained embedding (settings and provenance in its metadata) and the run's statistics."""
+        settings = self.run.settings
+        if self.skipped:
+            log.warning("Cross-Init fp16: %d of %d steps skipped for gradient overflow (loss scale now %g)",
+                        len(self.skipped), settings.steps, self.scaler.scale)
+        extra = {} if peak_vram_mib is None else {"peak_vram_mib": str(round(peak_vram_mib))}
+        result = self._embedding_at(settings.steps, **extra)
         log.info(
             "Cross-Init training: %d steps in %.1f s (setup %.1f s), final loss %.4f, norms %s (init %s)%s",
             settings.steps, self.loop_seconds, self.setup_seconds, self.losses[-1] if self.losses else float("nan"),
@@ -284,7 +311,8 @@ class Trainer:
         )
         return TrainingResult(embedding=result, losses=self.losses, regs=self.regs, seconds=self.loop_seconds,
                               setup_seconds=self.setup_seconds, memory_plan=self.plan, skipped_steps=list(self.skipped),
-                              loss_scale=self.scaler.scale if self.scaler.enabled else None, peak_vram_mib=peak_vram_mib)
+                              loss_scale=self.scaler.scale if self.scaler.enabled else None, peak_vram_mib=peak_vram_mib,
+                              checkpoints=[*self.checkpoints, result])
 
 
 def train(
@@ -302,6 +330,7 @@ def train(
     memory: MemorySettings | None = None,
     preview: PreviewHook | None = None,
     preview_every: int = 0,
+    save_every: int = 0,
 ) -> TrainingResult:
     """Trains `embedding`'s vectors on the host models; host objects are left exactly as they were.
 
@@ -309,19 +338,28 @@ def train(
     the forward pass (tests use it to inject faults). `memory` picks micro-batches and gradient
     checkpointing (see `MemorySettings`); the result is the same to float round-off. Every `preview_every`
     steps, `preview(step, embedding_so_far)` runs with the host models restored (it may sample with them)
-    and what it returns is shown in the progress bar.
+    and what it returns is shown in the progress bar. With `save_every` N, `result.checkpoints` holds the
+    vectors after every N steps and at the end. An embedding loaded from a file that a Cross-Init run saved
+    goes on from there (`continuation`).
     """
     started = time.perf_counter()
     memory = (memory or MemorySettings()).validated()
     peak = DevicePeak(getattr(model, "load_device", "cpu")).start()  # the whole run: setup (VAE encoding) and every step
+    if not isinstance(save_every, int) or save_every < 0:
+        raise InvalidInputError(f"save_every: got {save_every!r}; use 0 (off) or a number of steps, e.g. 80.")
+    continued = continuation_of(clip, embedding)
+    if continued is not None and continued.start is not None:  # the new file keeps only how its start was made
+        kept = {k: v for k, v in embedding.metadata.items() if k.startswith("init_")}
+        embedding = CrossInitEmbedding(embedding.vectors, continued.start, kept)
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     steps = run.settings.steps
     console = tqdm(total=steps, desc="Cross-Init training", unit="step", dynamic_ncols=True,
                    disable=not host.console_progress_enabled())
     calls = Callbacks(host.progress_reporter(steps), console, on_step, fault_hook, preview, preview_every)
-    trainer = Trainer(run, embedding, memory, calls, started)
+    trainer = Trainer(run, embedding, memory, calls, started, mode, save_every,
+                      continued.previous_steps if continued is not None else 0)
     try:
         trainer.train()
     finally:
         console.close()
-    return trainer.result(mode, peak.mib())
+    return trainer.result(peak.mib())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from .checkpoint_report import CrossInitCheckpointReport
 from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
@@ -22,4 +23,5 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     CrossInitLoadEmbedding,
     CrossInitIdentityScore,
     CrossInitPromptScore,
+    CrossInitCheckpointReport,
 ]

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..cross_init_core import host, loss_plot, preview, settings, training
 from ..cross_init_core.memory import MEMORY_CHOICES, parse_memory
+from ..cross_init_core.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
 from ..cross_init_core.settings import PRESETS
 from .common import CATEGORY, Embedding, LossSettingsType
 
@@ -55,30 +56,45 @@ class CrossInitTrainer(io.ComfyNode):
                                        "smaller forward/backward passes and, if needed, turns on gradient checkpointing; "
                                        "the result is the same, only slower. none: no limit."),
                 io.Int.Input("preview_every", default=-1, min=-1, max=settings.STEPS.high, optional=True,
-                             tooltip="Every N steps, show a quick sample of 'a photo of <face> person' with the current "
-                                     "tokens beside your face in the progress preview. -1 = auto (about 5 previews), "
-                                     "0 = off (fastest)."),
+                             tooltip="Every N steps, show a quick sample of preview_prompt with the current tokens beside "
+                                     "your face in the progress preview. -1 = auto (about 5 previews), 0 = off (fastest)."),
+                # the inputs below are newer: optional and last, so saved workflows and API prompts still load
+                io.Int.Input("save_every", default=0, min=0, max=settings.STEPS.high, optional=True,
+                             tooltip="Every N steps (and at the end) keep the tokens as a checkpoint in the checkpoints "
+                                     "output, each with its step count, to pick the best step afterwards. 0 = off: the "
+                                     "checkpoints output holds only the final tokens. The full preset with 80 gives 4."),
+                io.String.Input("preview_prompt", default=PREVIEW_PROMPT, optional=True,
+                                tooltip="The prompt of the preview samples (the validation image of each preview); write "
+                                        "<face> where the person goes."),
+                io.Int.Input("preview_steps", default=PREVIEW_STEPS, min=1, max=MAX_PREVIEW_STEPS, optional=True,
+                             tooltip="Sampler steps of each preview sample (more: a truer picture, slower previews)."),
             ],
             outputs=[
                 Embedding.Output(display_name="embedding", tooltip="The learned tokens: save them or use them in prompts."),
                 io.Image.Output(display_name="loss_curve", tooltip="Loss per step (light), its moving average (dark) "
                                                                    "and the tokens' distance from their start "
                                                                    "(unweighted, orange, right axis)."),
+                Embedding.Output(display_name="checkpoints", is_output_list=True,
+                                 tooltip="A list: the tokens after every save_every steps and at the end, each with its "
+                                         "step count (metadata steps). Connected nodes run once per checkpoint; Cross-Init "
+                                         "Save Embedding saves them all as NAME-stepNNNN."),
             ],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, images, embedding, mode: str, steps: int, batch_size: int,  # type: ignore[override]
                 learning_rate: float, seed: int, loss=None, resolution: int = settings.AUTO_RESOLUTION, masks=None,
-                memory: str = "auto", preview_every: int = -1) -> io.NodeOutput:
+                memory: str = "auto", preview_every: int = -1, save_every: int = 0, preview_prompt: str = PREVIEW_PROMPT,
+                preview_steps: int = PREVIEW_STEPS) -> io.NodeOutput:
         resolution = settings.auto_resolution(resolution, host.is_sdxl_model(model))
         chosen = settings.resolve(mode, steps, batch_size, learning_rate, seed, resolution)
         memory_settings = parse_memory(memory)
         if mode != "custom":
             log.info("Cross-Init %s preset: %d steps, batch %d, lr %g", mode, chosen.steps, chosen.batch_size, chosen.learning_rate)
         every = preview.default_interval(chosen.steps) if preview_every < 0 else preview_every
-        hook = preview.progress_preview(model, clip, vae, images, chosen.resolution, seed) if every > 0 else None
+        hook = preview.progress_preview(model, clip, vae, images, chosen.resolution, seed, preview_prompt,
+                                        preview_steps) if every > 0 else None
         result = training.train(model, clip, vae, images, embedding, chosen, loss, masks=masks, mode=mode,
-                                memory=memory_settings, preview=hook, preview_every=every)
+                                memory=memory_settings, preview=hook, preview_every=every, save_every=save_every)
         curve = loss_plot.render_loss_curve(result.losses, result.regs)
-        return io.NodeOutput(result.embedding, curve)
+        return io.NodeOutput(result.embedding, curve, result.checkpoints)

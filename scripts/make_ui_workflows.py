@@ -92,6 +92,7 @@ WORKFLOWS = {  # file stem -> workflow
     "cross_init_sdxl_fast": Workflow("fast", checkpoint=SDXL_CHECKPOINT, resolution=1024, note="sdxl"),
     "cross_init_paper": Workflow("full", checkpoint=PAPER_CHECKPOINT, note="paper", sampling=PAPER_SAMPLING),
     "cross_init_eval": Workflow("", checkpoint=PAPER_CHECKPOINT, note="eval", sampling=PAPER_SAMPLING, kind="eval"),
+    "cross_init_checkpoints": Workflow("full", note="checkpoints", kind="checkpoints"),
 }
 FACE_IMAGE = "face.png"
 EMBEDDING_NAME = "my_face"
@@ -101,6 +102,10 @@ SAMPLER_SEED = 1234
 EVAL_BATCH = 4
 EVAL_PROMPT = "a photo of a <face> person"
 CLIP_SCORING_MODEL = "clip-vit-base-patch32"
+# the checkpoints workflow: a checkpoint every SAVE_EVERY steps of the full preset, each sampled with a plain and
+# two edited prompts of the paper's evaluation list
+SAVE_EVERY = 80
+CHECKPOINT_PROMPTS = ("a photo of a <face> person", "a <face> person on the beach", "cubism painting of a <face> person")
 # editor-only nodes: never executed, skipped by the API conversion
 NOTE_TEXT = (
     "Cross-Init: a personal face token in seconds (Cross Initialization textual inversion).\n\n"
@@ -144,7 +149,20 @@ EVAL_NOTE_TEXT = (
     "(a full CLIP in models/clip_scoring/, see docs/evaluation.md).\n\n"
     "All 20 prompts at once, with a table and a contact sheet: python -m cross_init_core eval."
 )
-NOTES = {"sd": NOTE_TEXT, "sdxl": SDXL_NOTE_TEXT, "paper": PAPER_NOTE_TEXT, "eval": EVAL_NOTE_TEXT}
+CHECKPOINTS_NOTE_TEXT = (
+    "Cross-Init, pick the best step: train with a checkpoint every {every} steps, score each, keep the best.\n\n"
+    "1. Load Checkpoint and Face photo as in cross_init_full; the trainer runs the {mode} and keeps the tokens every "
+    "{every} steps (save_every).\n"
+    "2. Each checkpoint renders a plain and two edited prompts of the paper's evaluation list; Identity Score compares "
+    "their faces with your photo, Prompt Score (a full CLIP in models/clip_scoring/, docs/evaluation.md) how well they "
+    "follow their prompt (one line per image).\n"
+    "3. Checkpoint Report: a table and a plot of identity, prompt score and loss against step, and the best "
+    "checkpoint: the best identity among those within margin of the best prompt score.\n\n"
+    "Files: {name}-step0080 ... {name}-step0320 and {name} (the last) in models/embeddings, the best as {name}-best. "
+    "Continue a run later: Cross-Init Load Embedding into the trainer's embedding input."
+)
+NOTES = {"sd": NOTE_TEXT, "sdxl": SDXL_NOTE_TEXT, "paper": PAPER_NOTE_TEXT, "eval": EVAL_NOTE_TEXT,
+         "checkpoints": CHECKPOINTS_NOTE_TEXT}
 MODE_TEXT = {"fast": "fast preset: 25 steps", "full": "full preset: 320 steps, the paper's setting", "": ""}
 
 log = logging.getLogger("make_ui_workflows")
@@ -195,13 +213,19 @@ def _preset_widgets(mode: str) -> dict[str, Any]:
     return dict(PRESET_WIDGETS[mode])
 
 
-def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkpoint: str = CHECKPOINT,
-                       resolution: int = 512, sampling: Sampling = DEFAULT_SAMPLING) -> dict[str, dict[str, Any]]:
-    """Checkpoint + face photo -> Cross-Init init -> trainer -> saved embedding, portrait and edit renders.
+class Training(NamedTuple):
+    """The training part of a graph: the loader's outputs, the photos as trained on, the trainer."""
 
-    `resolution` is the trainer's resolution, the face crop size and the render size (SDXL: 1024).
-    """
-    g = Graph()
+    model: list[Any]
+    clip: list[Any]
+    vae: list[Any]
+    images: list[Any]
+    trainer: str
+    prep_preview: list[Any] | None
+
+
+def add_training(g: Graph, mode: str, face_prep: str | None, checkpoint: str, resolution: int, save_every: int = 0) -> Training:
+    """Checkpoint + face photo (+ face prep) -> Cross-Init init -> trainer."""
     ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": checkpoint})
     model, clip, vae = [ckpt, 0], [ckpt, 1], [ckpt, 2]
     photo = g.add("LoadImage", {"image": FACE_IMAGE}, title="Face photo")
@@ -226,7 +250,21 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
     }
     if masks:
         trainer_inputs["masks"] = masks
-    trainer = g.add("CrossInitTrainer", trainer_inputs)
+    if save_every:
+        trainer_inputs["save_every"] = save_every
+    trainer = g.add("CrossInitTrainer", trainer_inputs, defaults=True)
+    return Training(model, clip, vae, images, trainer, prep_preview)
+
+
+def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkpoint: str = CHECKPOINT,
+                       resolution: int = 512, sampling: Sampling = DEFAULT_SAMPLING) -> dict[str, dict[str, Any]]:
+    """Checkpoint + face photo -> Cross-Init init -> trainer -> saved embedding, portrait and edit renders.
+
+    `resolution` is the trainer's resolution, the face crop size and the render size (SDXL: 1024).
+    """
+    g = Graph()
+    t = add_training(g, mode, face_prep, checkpoint, resolution)
+    model, clip, vae, trainer, prep_preview = t.model, t.clip, t.vae, t.trainer, t.prep_preview
     embedding = [trainer, 0]
     portrait_text, edit_text = sampling.prompts
     portrait = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": embedding, "text": portrait_text, "placeholder": "<face>"},
@@ -257,6 +295,50 @@ def _sampler_widgets(sampling: Sampling) -> dict[str, Any]:
     return {"steps": sampling.steps, "cfg": sampling.cfg, "sampler_name": sampling.sampler, "scheduler": sampling.scheduler}
 
 
+def build_checkpoints_workflow(mode: str = "full", checkpoint: str = CHECKPOINT, resolution: int = 512,
+                               sampling: Sampling = DEFAULT_SAMPLING) -> dict[str, dict[str, Any]]:
+    """Training with a checkpoint every SAVE_EVERY steps; each checkpoint sampled with CHECKPOINT_PROMPTS (the
+    checkpoints output is a list: every node after it runs once per checkpoint), its samples batched and scored
+    (identity against the photos trained on, prompt score with one prompt line per image), the report, and the
+    checkpoints and the best one saved."""
+    g = Graph()
+    t = add_training(g, mode, FACE_PREP_NODE, checkpoint, resolution, save_every=SAVE_EVERY)
+    checkpoints = [t.trainer, 2]
+    negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": t.clip}, title="Negative prompt")
+    latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": 1})
+    texts, samples = [], []
+    for number, text in enumerate(CHECKPOINT_PROMPTS, start=1):
+        texts.append(g.add("PrimitiveString", {"value": text}, title=f"Prompt {number} (<face> = the person)"))
+        positive = g.add("CrossInitCLIPTextEncode", {"clip": t.clip, "embedding": checkpoints, "text": [texts[-1], 0],
+                                                     "placeholder": "<face>"}, title=f"Prompt {number}, each checkpoint")
+        sampler = g.add("KSampler", {
+            "model": t.model, "seed": SAMPLER_SEED, **_sampler_widgets(sampling),
+            "positive": [positive, 0], "negative": [negative, 0], "latent_image": [latent, 0], "denoise": 1.0,
+        }, title=f"KSampler (prompt {number})")
+        samples.append([g.add("VAEDecode", {"samples": [sampler, 0], "vae": t.vae}, title=f"VAE Decode (prompt {number})"), 0])
+    batch = samples[0]
+    for more in samples[1:]:  # one batch per checkpoint: its sample of every prompt, in prompt order
+        batch = [g.add("ImageBatch", {"image1": batch, "image2": more}, title="Samples of one checkpoint"), 0]
+    lines = [texts[0], 0]
+    for text in texts[1:]:  # the prompt score's one line per image, in the same order
+        lines = [g.add("StringConcatenate", {"string_a": lines, "string_b": [text, 0], "delimiter": "\n"},
+                       title="Prompts, one per line"), 0]
+    g.add("PreviewImage", {"images": batch}, title="Samples (per checkpoint)")
+    identity = g.add("CrossInitIdentityScore", {"reference": t.images, "images": batch, "backend": "auto"})
+    prompt_score = g.add("CrossInitPromptScore", {"images": batch, "prompt": lines, "model": CLIP_SCORING_MODEL})
+    report = g.add("CrossInitCheckpointReport", {"checkpoints": checkpoints, "identity": [identity, 1],
+                                                 "prompt": [prompt_score, 1]}, defaults=True)
+    g.add("PreviewImage", {"images": [report, 2]}, title="Identity, prompt score and loss per step")
+    g.add("CrossInitSaveEmbedding", {"embedding": checkpoints, "name": EMBEDDING_NAME, "overwrite": False, "copy_to_output": False},
+          title="Save checkpoints (NAME-stepNNNN, NAME)")
+    g.add("CrossInitSaveEmbedding", {"embedding": [report, 3], "name": f"{EMBEDDING_NAME}-best", "overwrite": False,
+                                     "copy_to_output": False}, title="Save the best checkpoint")
+    g.add("PreviewImage", {"images": [t.trainer, 1]}, title="Training loss")
+    if t.prep_preview:
+        g.add("PreviewImage", {"images": t.prep_preview}, title="Detected faces")
+    return g.nodes
+
+
 def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 512,
                         sampling: Sampling = PAPER_SAMPLING) -> dict[str, dict[str, Any]]:
     """Checkpoint + saved embedding -> a batch of renders of one prompt -> identity and prompt scores.
@@ -268,7 +350,7 @@ def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 51
     g = Graph()
     ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": checkpoint})
     model, clip, vae = [ckpt, 0], [ckpt, 1], [ckpt, 2]
-    embedding = g.add("CrossInitLoadEmbedding", {"name": f"{EMBEDDING_NAME}.safetensors"})
+    embedding = g.add("CrossInitLoadEmbedding", {"name": f"{EMBEDDING_NAME}.safetensors"}, defaults=True)
     prompt = g.add("PrimitiveStringMultiline", {"value": EVAL_PROMPT}, title="Prompt (<face> = the person)")
     positive = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": [embedding, 0], "text": [prompt, 0],
                                                  "placeholder": "<face>"}, title="Prompt with the embedding")
@@ -305,12 +387,14 @@ def render_all() -> dict[Path, str]:
     for stem, workflow in WORKFLOWS.items():
         if workflow.kind == "eval":
             api = build_eval_workflow(workflow.checkpoint, workflow.resolution, workflow.sampling)
+        elif workflow.kind == "checkpoints":
+            api = build_checkpoints_workflow(workflow.mode, workflow.checkpoint, workflow.resolution, workflow.sampling)
         else:
             api = build_api_workflow(workflow.mode, checkpoint=workflow.checkpoint, resolution=workflow.resolution,
                                      sampling=workflow.sampling)
         api_text = dumps(api)
         files[API_DIR / f"{stem}.json"] = api_text
-        note = NOTES[workflow.note].format(mode=MODE_TEXT[workflow.mode], name=EMBEDDING_NAME)
+        note = NOTES[workflow.note].format(mode=MODE_TEXT[workflow.mode], name=EMBEDDING_NAME, every=SAVE_EVERY)
         ui_text = dumps(workflow_ui.api_to_ui(json.loads(api_text), note=note))
         for folder in UI_DIRS:
             files[folder / f"{stem}.json"] = ui_text

@@ -410,10 +410,10 @@ def _widget_spec(object_info: dict, node_type: str) -> list[tuple[str, str]]:
         for name, value in spec.get(section, {}).items():
             kind = value[0]
             kind = "COMBO" if isinstance(kind, list) else kind
-            if kind not in WIDGET_TYPES:
+            options = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+            if kind not in WIDGET_TYPES or options.get("forceInput"):
                 continue
             widgets.append((name, kind))
-            options = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
             if kind == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed")):
                 widgets.append(("control_after_generate", "COMBO"))
     return widgets
@@ -425,7 +425,8 @@ def _socket_spec(object_info: dict, node_type: str) -> list[tuple[str, str]]:
     for section in ("required", "optional"):
         for name, value in spec.get(section, {}).items():
             kind = value[0]
-            if not isinstance(kind, list) and kind not in WIDGET_TYPES:
+            options = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+            if (not isinstance(kind, list) and kind not in WIDGET_TYPES) or options.get("forceInput"):
                 sockets.append((name, kind))
     return sockets
 

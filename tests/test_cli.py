@@ -502,6 +502,24 @@ def test_eval_command_generates_scores_and_writes_its_tables(core, comfyui, tmp_
     assert (out / "contact_sheet.jpg").stat().st_size > 0
     port = re.search(r"on http://127\.0\.0\.1:(\d+)", result.stderr).group(1)
     assert not answers(f"http://127.0.0.1:{port}")  # the child server was stopped
+    # several embeddings (a pattern): each evaluated alike, one folder each, and a side-by-side table
+    core.embedding_io.save_embedding(core.embedding.CrossInitEmbedding(vectors={"clip_l": 2 * vectors["clip_l"]}),
+                                     base / "models" / "embeddings", "cli_eval_face-step0002")
+    both = tmp_path / "both"
+    several = [("cli_eval_face*" if v == "cli_eval_face" else str(both) if v == str(out) else v) for v in argv]
+    result = subprocess.run([sys.executable, "-m", "cross_init_core", *several], cwd=REPO, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert sorted(p.name for p in both.iterdir()) == ["cli_eval_face", "cli_eval_face-step0002", "comparison.csv",
+                                                      "comparison.json"]
+    with open(both / "comparison.csv", newline="", encoding="utf-8") as handle:
+        table = list(csv.reader(handle))
+    assert table[0][2:] == ["cli_eval_face-step0002.safetensors:identity_mean", "cli_eval_face-step0002.safetensors:prompt_mean",
+                            "cli_eval_face.safetensors:identity_mean", "cli_eval_face.safetensors:prompt_mean"]
+    assert [row[0] for row in table[1:]] == ["0", "1", "overall"]
+    for folder in ("cli_eval_face", "cli_eval_face-step0002"):
+        assert len(list((both / folder / "images").iterdir())) == 4 and (both / folder / "scores.json").is_file()
+    assert "cli_eval_face-step0002 id" in result.stdout  # the side-by-side table on the terminal
     bad_argv = [("no_such_face" if v == "cli_eval_face" else v) for v in argv] + ["--overwrite"]
     bad = subprocess.run([sys.executable, "-m", "cross_init_core", *bad_argv], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--embedding no_such_face" in bad.stderr, bad.stderr
@@ -557,3 +575,59 @@ def test_a_prompt_that_vanishes_from_the_queue_is_noticed_and_run_again(servers,
     assert "in neither its queue nor its history" in err and "goes back to the queue" in err and "(attempt 2)" in err
     assert list(read_embedding(out / "cli_vanish.safetensors")[0]["clip_l"].shape) == [2, 64]
     assert "1 written, 0 failed, 0 skipped" in stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and continuing a run from a terminal
+
+
+def test_save_every_brings_the_checkpoints_back_and_resume_goes_on(servers, tiny_workflow, tmp_path):
+    a = servers["a"]
+    photo = face_photo(tmp_path / "me.png", 96)
+    out = tmp_path / "out"
+    base = [*farm_args(tiny_workflow, out, a.url), "--images", str(photo), "--name", "cli_ckpt", "--batch-size", "1",
+            "--resolution", "64", "--no-progress"]
+    code, stdout, err = run_cli([*base, "--steps", "4", "--save-every", "2"])
+    assert code == 0, err
+    assert files_in(out) == ["cli_ckpt-step0002.safetensors", "cli_ckpt-step0004.safetensors", "cli_ckpt.safetensors"]
+    files = {name: read_embedding(out / name) for name in files_in(out)}
+    assert [files[n][1]["steps"] for n in files_in(out)] == ["2", "4", "4"]
+    assert torch.equal(files["cli_ckpt-step0004.safetensors"][0]["clip_l"], files["cli_ckpt.safetensors"][0]["clip_l"])
+    assert not torch.equal(files["cli_ckpt-step0002.safetensors"][0]["clip_l"], files["cli_ckpt.safetensors"][0]["clip_l"])
+    assert summary(stdout)["cli_ckpt"][2] == "4"
+
+    # NAME exists: --skip-existing skips it; a taken checkpoint name of another job stops the run before any work
+    code, _stdout, err = run_cli([*base, "--steps", "4", "--save-every", "2", "--skip-existing"])
+    assert code == 0 and "0 written, 0 failed, 1 skipped" in _stdout
+    (out / "cli_ckpt_third-step0002.safetensors").write_bytes(b"precious")
+    code, _stdout, err = run_cli([*base[:base.index("--name") + 1], "cli_ckpt_third", *base[base.index("--name") + 2:],
+                                  "--steps", "4", "--save-every", "2"])
+    assert code == 2 and "cli_ckpt_third-step0002.safetensors already exists" in err
+    assert (out / "cli_ckpt_third-step0002.safetensors").read_bytes() == b"precious"
+
+
+
+def test_resume_continues_the_file_in_out_on_the_local_comfyui(comfyui, stock_workflow, tmp_path):
+    """--resume with the stock loader and the small real-architecture SD 1.5 (real 768-wide CLIP-L, which the
+    loaded file must match): two more steps of the file in --out, the count goes on, the continued file is kept."""
+    from comfy_servers import checkpoint_cache, small_checkpoint
+
+    base = make_base(tmp_path / "base", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
+    photo = face_photo(tmp_path / "me.png", 96)
+    argv = ["--comfyui", str(comfyui), "--base-directory", str(base), "--cpu", "--checkpoint", REAL_CKPT, "--workflow",
+            str(stock_workflow), "--images", str(photo), "--name", "cli_resume", *FAST, "--no-progress"]
+    code, _stdout, err = run_cli(argv, timeout=600)
+    assert code == 0, err
+    out = base / "models" / "embeddings"
+    first = (out / "cli_resume.safetensors").read_bytes()
+    code, stdout, err = run_cli([*argv, "--resume"], timeout=600)
+    assert code == 0, err
+    tensors, metadata = read_embedding(out / "cli_resume.safetensors")
+    assert metadata["steps"] == "4" and metadata["continued_from_steps"] == "2" and metadata["init_names"] == "reference"
+    assert (out / "cli_resume-step0002.safetensors").read_bytes() == first  # the file it continued, kept
+    assert not torch.equal(tensors["clip_l"], read_embedding(out / "cli_resume-step0002.safetensors")[0]["clip_l"])
+    assert summary(stdout)["cli_resume"][2] == "4"
+    assert files_in(out) == ["cli_resume-step0002.safetensors", "cli_resume.safetensors"]
+    code, _stdout, err = run_cli([*argv[:argv.index("--name") + 1], "cli_nothing_yet", *argv[argv.index("--name") + 2:],
+                                  "--resume"], timeout=600)
+    assert code == 2 and "--resume needs" in err and "cli_nothing_yet.safetensors" in err

@@ -18,9 +18,10 @@ COMFY_INTERNALS = {"comfy", "comfy_extras", "comfy_execution", "folder_paths", "
                    "node_helpers", "comfyui_version", "app", "utils"}
 COMFY_API = {"comfy_api"}
 SHARED = {"cross_init_core", "cross_init_core.errors", "cross_init_core.settings", "cross_init_core.families",
-          "cross_init_core.embedding_names", "cross_init_core.atomic_files", "cross_init_core.prompt_text"}
+          "cross_init_core.embedding_names", "cross_init_core.atomic_files", "cross_init_core.prompt_text",
+          "cross_init_core.text_table"}
 PURE_IMPORTS = {"__future__", "argparse", "collections", "dataclasses", "math", "os", "pathlib", "re", "secrets", "typing",
-                "unicodedata", "importlib", "types"}
+                "unicodedata", "importlib", "types"}  # the standard library modules the shared pieces use
 
 
 def _modules() -> dict[str, Path]:

@@ -15,6 +15,7 @@ PACK_NODES = {
     "CrossInitLoadEmbedding",
     "CrossInitIdentityScore",
     "CrossInitPromptScore",
+    "CrossInitCheckpointReport",
 }
 
 

@@ -71,8 +71,8 @@ def run_child(blocked: list[str]) -> dict:
 
 
 ALL_NODES = [
-    "CrossInitCLIPTextEncode", "CrossInitEmbeddingInit", "CrossInitFacePrep", "CrossInitIdentityScore", "CrossInitLoadEmbedding",
-    "CrossInitLossSettings", "CrossInitPromptScore", "CrossInitSaveEmbedding", "CrossInitTrainer",
+    "CrossInitCLIPTextEncode", "CrossInitCheckpointReport", "CrossInitEmbeddingInit", "CrossInitFacePrep", "CrossInitIdentityScore",
+    "CrossInitLoadEmbedding", "CrossInitLossSettings", "CrossInitPromptScore", "CrossInitSaveEmbedding", "CrossInitTrainer",
 ]
 
 

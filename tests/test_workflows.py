@@ -19,7 +19,8 @@ from helpers import fast_eval_prompt, save_tiny_clip
 REPO = Path(__file__).resolve().parents[1]
 STEMS = ("cross_init_fast", "cross_init_full", "cross_init_sdxl_fast", "cross_init_paper")  # training workflows
 EVAL_STEM = "cross_init_eval"
-ALL_STEMS = (*STEMS, EVAL_STEM)
+CHECKPOINTS_STEM = "cross_init_checkpoints"
+ALL_STEMS = (*STEMS, EVAL_STEM, CHECKPOINTS_STEM)
 # the tiny host model family each workflow is validated and run with
 KIND = {"cross_init_fast": "sd1", "cross_init_full": "sd2", "cross_init_sdxl_fast": "sdxl", "cross_init_paper": "sd2"}
 PACK_NODES = {"CrossInitEmbeddingInit", "CrossInitLossSettings", "CrossInitTrainer", "CrossInitCLIPTextEncode", "CrossInitSaveEmbedding"}
@@ -401,3 +402,69 @@ def test_eval_workflow_runs_end_to_end(pack, tiny, eval_setup, core):
         other = wr.execute(plain)
     assert other.success, wr.failure(other)
     assert not torch.allclose(wr.node_output(other, decode, 0), images, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoints workflow: train, score every checkpoint, report, save the best
+
+
+def test_checkpoints_workflow_is_set_up_to_pick_the_best_step(generator):
+    api = api_file(CHECKPOINTS_STEM)
+    (trainer,) = wr.nodes_of(api, "CrossInitTrainer")
+    assert api[trainer]["inputs"]["mode"] == "full" and api[trainer]["inputs"]["save_every"] == 80
+    checkpoints = [trainer, 2]
+    encoders = wr.nodes_of(api, "CrossInitCLIPTextEncode")
+    assert [api[n]["inputs"]["embedding"] for n in encoders] == [checkpoints] * 3  # each prompt, each checkpoint
+    texts = [api[api[n]["inputs"]["text"][0]]["inputs"]["value"] for n in encoders]
+    assert texts == list(generator.CHECKPOINT_PROMPTS) and set(texts) <= set(paper_prompts())
+    assert texts[0] == "a photo of a <face> person"  # a plain prompt, then two edited ones
+    (identity,) = wr.nodes_of(api, "CrossInitIdentityScore")
+    (scorer,) = wr.nodes_of(api, "CrossInitPromptScore")
+    assert api[identity]["inputs"]["reference"] == api[trainer]["inputs"]["images"]  # the photos trained on
+    assert api[identity]["inputs"]["images"] == api[scorer]["inputs"]["images"]
+    (report,) = wr.nodes_of(api, "CrossInitCheckpointReport")
+    assert api[report]["inputs"]["checkpoints"] == checkpoints
+    assert (api[report]["inputs"]["identity"], api[report]["inputs"]["prompt"]) == ([identity, 1], [scorer, 1])
+    savers = {api[n]["inputs"]["name"]: api[n]["inputs"]["embedding"] for n in wr.nodes_of(api, "CrossInitSaveEmbedding")}
+    assert savers == {"my_face": checkpoints, "my_face-best": [report, 3]}
+
+
+def test_checkpoints_workflow_runs_end_to_end(pack, tiny, eval_setup, embeddings_dir, core):
+    """One queue on tiny models: checkpoints every 2 steps, three samples each, scored (identity against the photos
+    trained on, the prompt score line by line), the report, every checkpoint and the best one saved."""
+    from safetensors import safe_open
+
+    prompt = api_file(CHECKPOINTS_STEM)
+    (trainer,) = wr.override(prompt, "CrossInitTrainer", mode="custom", steps=4, batch_size=1, resolution=64, save_every=2,
+                             preview_every=0)
+    wr.override(prompt, "CrossInitFacePrep", crop_size=160)  # references large enough for dlib's face finder
+    wr.override(prompt, "KSampler", steps=1)
+    wr.override(prompt, "EmptyLatentImage", width=64, height=64)
+    wr.override(prompt, "CrossInitIdentityScore", backend="dlib")
+    savers = wr.nodes_of(prompt, "CrossInitSaveEmbedding")
+    prompt[savers[0]]["inputs"]["name"], prompt[savers[1]]["inputs"]["name"] = "wf_ckpt", "wf_ckpt-best"
+    with wr.tiny_checkpoint_loader(tiny("sd1"), [prompt[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(prompt, "CheckpointLoaderSimple")]):
+        executor = wr.execute(prompt)
+    assert executor.success, wr.failure(executor)
+    assert wr.node_output(executor, trainer, 2).metadata["steps"] == "2"  # the checkpoints list, first item
+    assert sorted(p.name for p in embeddings_dir.glob("wf_ckpt*")) == [
+        "wf_ckpt-best.safetensors", "wf_ckpt-step0002.safetensors", "wf_ckpt-step0004.safetensors", "wf_ckpt.safetensors"]
+    (report,) = wr.nodes_of(prompt, "CrossInitCheckpointReport")
+    data = json.loads(wr.node_output(executor, report, 1))
+    assert [c["step"] for c in data["checkpoints"]] == [2, 4] and data["identity"]["backend"] == "dlib"
+    assert all(c["faces"] == "0/3" and c["identity"] is None for c in data["checkpoints"])  # tiny-model noise: no faces
+    prompts = [c["prompt"] for c in data["checkpoints"]]
+    assert all(isinstance(v, float) for v in prompts)
+    assert data["best_step"] == data["checkpoints"][max(range(2), key=lambda i: (prompts[i], -i))]["step"]  # no identity: prompt
+    best_file = embeddings_dir / f"wf_ckpt-step{data['best_step']:04d}.safetensors"
+    with safe_open(str(embeddings_dir / "wf_ckpt-best.safetensors"), framework="pt") as a, safe_open(str(best_file), framework="pt") as b:
+        assert torch.equal(a.get_tensor("clip_l"), b.get_tensor("clip_l")) and a.metadata()["steps"] == str(data["best_step"])
+    plot = wr.node_output(executor, report, 2)
+    assert plot.shape[0] == 1 and plot.shape[-1] == 3
+    assert "<- best" in wr.node_output(executor, report, 0)
+    # the prompt score saw each sample with its own prompt, one line per image (the first checkpoint's report)
+    (scorer,) = wr.nodes_of(prompt, "CrossInitPromptScore")
+    first = json.loads(wr.node_output(executor, scorer, 1))
+    lines = ["a photo of a person", "a person on the beach", "cubism painting of a person"]
+    assert first["prompt"] == lines and [e["prompt"] for e in first["images"]] == lines
+    assert first["mean"] == pytest.approx(prompts[0], abs=1e-6)

@@ -2,14 +2,14 @@
 
 It is a program of its own beside the nodes: it imports no ComfyUI code (it talks to servers over their public
 HTTP API) and of the pack only the pure shared pieces (settings, errors, embedding_names, atomic_files,
-prompt_text); the server side never imports it. Its parts:
+prompt_text, text_table); the server side never imports it. Its parts:
 
 - `train/`: the batch runner (arguments, jobs, the training graph, the farm of servers);
 - `eval/`: the paper's evaluation (arguments, plan and checks, the graph per prompt, the run, the tables);
 - shared by both: `common` (exit codes, argument types, photos, one command's run), `comfy_client` (the
   HTTP/websocket client and a ComfyUI child process), `local_comfyui` (finding and starting the local ComfyUI),
   `preflight` (what a server must have), `prompt_graph` (API prompts as JSON, node types, shipped workflows),
-  `progress` (the progress output) and `tables` (the terminal tables).
+  and `progress` (the progress output).
 """
 
 from __future__ import annotations

@@ -79,6 +79,14 @@ def add_local_comfyui_options(group: argparse._ArgumentGroup, workflow_help: str
                                                            "(the default without one).")
 
 
+def parse_command(parser: argparse.ArgumentParser, argv: Sequence[str], command: str) -> argparse.Namespace:
+    """`argv` parsed after its leading `command` word (train, eval), if it has one, and the shared option checks."""
+    argv = list(argv)
+    args = parser.parse_args(argv[1:] if argv[:1] == [command] else argv)
+    check_console_and_local(parser, args)
+    return args
+
+
 def check_console_and_local(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """argparse errors for the options above that exclude each other."""
     if args.verbose and args.quiet:

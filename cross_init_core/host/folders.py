@@ -50,3 +50,15 @@ def clip_tokenizer_folder() -> Path:
     import comfy.sd1_clip
 
     return Path(comfy.sd1_clip.__file__).resolve().parent / "sd1_tokenizer"
+
+
+def input_file_path(relative: str) -> str | None:
+    """A file under ComfyUI's input folder by its relative path (as the upload route names it); None when there
+    is no such file or the path would leave the input folder."""
+    import folder_paths
+
+    root = os.path.realpath(folder_paths.get_input_directory())
+    path = os.path.realpath(os.path.join(root, relative))
+    if os.path.commonpath((root, path)) != root or not os.path.isfile(path):
+        return None
+    return path

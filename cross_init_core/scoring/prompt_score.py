@@ -189,8 +189,9 @@ def _features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def embed_text(clip: LoadedClip, text: str, device: torch.device) -> torch.Tensor:
-    tokens = clip.tokenizer([text], padding="max_length", max_length=clip.max_length, truncation=True, return_tensors="pt")
+def embed_text(clip: LoadedClip, text: str | list[str], device: torch.device) -> torch.Tensor:
+    texts = [text] if isinstance(text, str) else text
+    tokens = clip.tokenizer(texts, padding="max_length", max_length=clip.max_length, truncation=True, return_tensors="pt")
     feats = clip.model.get_text_features(input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device))
     return F.normalize(_features(feats).float(), dim=-1)
 
@@ -209,35 +210,48 @@ class PromptScoreResult:
         return json.dumps(self.report, indent=2)
 
 
+def image_prompts(prompt: str, count: int) -> list[str]:
+    """The prompt of each of `count` images, as scored: one line per image when the text has exactly `count`
+    lines (a batch of several prompts, e.g. one sample per prompt and checkpoint), else the whole text for all."""
+    lines = [line for line in prompt.splitlines() if line.strip()]
+    texts = [scored_prompt(line) for line in lines] if count > 1 and len(lines) == count else [scored_prompt(prompt)] * count
+    if not all(texts):
+        raise CrossInitError(
+            "Input `prompt` is empty once the placeholder <face> is removed; give the prompt the images were generated from, "
+            "e.g. 'a photo of <face> person as an astronaut' (or one such line per image)."
+        )
+    return texts
+
+
 def score_prompt(
     images: torch.Tensor | Sequence[torch.Tensor], prompt: str, model: str, roots: list[Path] | None = None
 ) -> PromptScoreResult:
-    """CLIP cosine of every image with `prompt` (placeholder removed) using the CLIP folder `model`."""
+    """CLIP cosine of every image with its prompt (placeholder removed) using the CLIP folder `model`: `prompt` for
+    all images, or line i for image i when the prompt has one line per image."""
     photos = split_batch(images, "images", min_side=MIN_SIDE)
-    text = scored_prompt(prompt)
-    if not text:
-        raise CrossInitError(
-            "Input `prompt` is empty once the placeholder <face> is removed; give the prompt the images were generated from, "
-            "e.g. 'a photo of <face> person as an astronaut'."
-        )
+    texts = image_prompts(prompt, len(photos))
+    distinct = list(dict.fromkeys(texts))
     clip = load_clip(find_model(model, roots))
     device, offload = host.evaluation_devices()
     pixels = preprocess([torch.from_numpy(p) for p in photos], clip.image_size, clip.mean, clip.std)
     try:
         with torch.no_grad():
             clip.model.to(device)
-            text_embed = embed_text(clip, text, device)
+            text_embeds = embed_text(clip, distinct, device)
             image_embeds = embed_images(clip, pixels, device)
-            scores = (image_embeds @ text_embed.T).squeeze(1).cpu().tolist()
+            rows = torch.tensor([distinct.index(t) for t in texts], device=image_embeds.device)
+            scores = (image_embeds * text_embeds[rows]).sum(dim=1).cpu().tolist()
     finally:
         clip.model.to(offload)
     mean = float(sum(scores) / len(scores))
     report = {
         "model": model,
-        "prompt": text,
+        "prompt": distinct[0] if len(distinct) == 1 else distinct,
         "metric": "cosine",
         "mean": mean,
-        "images": [{"index": i, "score": float(s)} for i, s in enumerate(scores)],
+        "images": [{"index": i, "score": float(s), **({"prompt": t} if len(distinct) > 1 else {})}
+                   for i, (s, t) in enumerate(zip(scores, texts, strict=True))],
     }
-    logger.info("Prompt score (%s): mean %.4f over %d images for %r", model, mean, len(scores), text)
+    logger.info("Prompt score (%s): mean %.4f over %d images for %s", model, mean, len(scores),
+                repr(distinct[0]) if len(distinct) == 1 else f"{len(distinct)} prompts")
     return PromptScoreResult(mean=mean, report=report)

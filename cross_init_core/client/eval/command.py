@@ -24,8 +24,8 @@ from ..common import (
     UsageError,
     add_console_options,
     add_local_comfyui_options,
-    check_console_and_local,
     int_in,
+    parse_command,
     run_command,
 )
 from .plan import DEFAULT_CLIP_MODEL, WORKFLOW_NAME, input_problems
@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             f"  {PROG} eval --checkpoint v2-1_512-ema-pruned.safetensors --embedding my_face --faces me.jpg\n"
             f"  {PROG} eval --checkpoint sd15.safetensors --embedding my_face --faces me1.jpg me2.jpg --prompts mine.txt "
-            "--per-prompt 8 --no-prompt-score\n\n"
+            "--per-prompt 8 --no-prompt-score\n"
+            f"  {PROG} eval --checkpoint sd15.safetensors --embedding 'my_face-step*' --faces me.jpg    # a run's checkpoints\n\n"
             "output (in --output, default ./cross_init_eval/EMBEDDING/): images/pPP_iII.png, scores.csv and scores.json\n"
-            "(one row per prompt and an overall row), contact_sheet.jpg. See docs/evaluation.md for what the numbers mean.\n\n"
+            "(one row per prompt and an overall row), contact_sheet.jpg. Several embeddings (default ./cross_init_eval/\n"
+            "comparison/): that in one folder per embedding, and comparison.csv/json side by side. See docs/evaluation.md.\n\n"
             "exit codes: 0 done; 1 a run failed on the server (the table holds the prompts finished before it);\n"
             "            2 bad arguments or inputs (missing checkpoint, embedding, photo or scoring model, bad prompts\n"
             "            file, N < 1): nothing was generated."
@@ -64,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--checkpoint", required=True, metavar="FILE",
                       help="the checkpoint to generate with (the one the embedding was trained on; the paper: SD 2.1-base, "
                            "v2-1_512-ema-pruned.safetensors): a name in ComfyUI's checkpoints folders or a path to a file.")
-    what.add_argument("--embedding", required=True, metavar="NAME",
+    what.add_argument("--embedding", required=True, nargs="+", metavar="NAME",
                       help="the trained embedding, by name as Cross-Init Load Embedding lists it (my_face or "
-                           "my_face.safetensors, in ComfyUI's embeddings folders, where `train` writes it).")
+                           "my_face.safetensors, in ComfyUI's embeddings folders, where `train` writes it). Several, or a "
+                           "quoted pattern such as 'my_face-step*' (a run's checkpoints), are evaluated alike and tabled side "
+                           "by side (comparison.csv/json, one folder each).")
     what.add_argument("--faces", required=True, nargs="+", type=Path, metavar="PHOTO",
                       help="reference photo(s) of the person (the paper: the one photo trained on). Several are averaged.")
     what.add_argument("--prompts", default="paper", metavar="paper|FILE",
@@ -109,13 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = build_parser()
-    argv = list(argv)
-    if argv and argv[0] == "eval":
-        argv = argv[1:]
-    args = parser.parse_args(argv)
-    check_console_and_local(parser, args)
-    return args
+    return parse_command(build_parser(), argv, "eval")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ folder and the workflow; then, with a server's lists, which embedding and which 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,22 @@ DEFAULT_CLIP_MODEL = "clip-vit-base-patch32"  # the paper's judge, as docs/evalu
 class Plan:
     prompts: list[str]
     faces: list[Path]
-    embedding: str  # as given (a name; matched against the server's list later)
+    embeddings: list[str]  # as given: names or glob patterns, matched against the server's list later
     output: Path
     workflow: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compares(self) -> bool:
+        """Several embeddings side by side (more than one given, or a pattern): one folder each and a comparison."""
+        return len(self.embeddings) > 1 or any(is_pattern(e) for e in self.embeddings)
+
+    @property
+    def results_file(self) -> Path:
+        return self.output / ("comparison.json" if self.compares else "scores.json")
+
+
+def is_pattern(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
 
 
 def _looks_like_path(value: str) -> bool:
@@ -40,11 +54,13 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
     if _looks_like_path(args.checkpoint) and not Path(args.checkpoint).expanduser().is_file():
         problems.append(f"--checkpoint {args.checkpoint}: no such file; give an existing checkpoint file, or a name from "
                         "ComfyUI's checkpoints folders")
-    embedding = args.embedding.strip()
-    if not embedding or _looks_like_path(embedding):
-        hint = "empty" if not embedding else "no such file" if not Path(embedding).expanduser().exists() else "a path, not a name"
-        problems.append(f"--embedding {args.embedding}: {hint}; give the embedding's name as Cross-Init Load Embedding "
-                        "lists it (e.g. my_face), and put the file into ComfyUI/models/embeddings if it is elsewhere")
+    embeddings = [e.strip() for e in args.embedding]
+    for given, embedding in zip(args.embedding, embeddings, strict=True):
+        if not embedding or _looks_like_path(embedding):
+            hint = "empty" if not embedding else "no such file" if not Path(embedding).expanduser().exists() else "a path, not a name"
+            problems.append(f"--embedding {given}: {hint}; give the embedding's name as Cross-Init Load Embedding lists it "
+                            "(e.g. my_face, or a pattern such as 'my_face-step*'), and put the file into "
+                            "ComfyUI/models/embeddings if it is elsewhere")
     for photo in args.faces:
         problem = photo_problem(photo)
         if problem:
@@ -54,12 +70,14 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
         prompts = read_prompts(args.prompts)
     except CrossInitError as exc:
         problems.append(str(exc))
-    output = (args.output or Path("cross_init_eval") / Path(embedding).stem).expanduser()
+    plan = Plan(prompts=prompts, faces=list(args.faces), embeddings=embeddings, output=Path())
+    default = Path("cross_init_eval") / ("comparison" if plan.compares else Path(embeddings[0]).stem if embeddings else "eval")
+    plan.output = output = (args.output or default).expanduser()
     if output.exists() and not output.is_dir():
         problems.append(f"--output {output}: exists and is not a folder")
-    elif (output / "scores.json").exists() and not args.overwrite:
-        problems.append(f"--output {output}: holds the results of an earlier run (scores.json); choose another folder or "
-                        "pass --overwrite")
+    elif plan.results_file.exists() and not args.overwrite:
+        problems.append(f"--output {output}: holds the results of an earlier run ({plan.results_file.name}); choose another "
+                        "folder or pass --overwrite")
     workflow: dict[str, Any] = {}
     workflow_path = args.workflow or WORKFLOW_DIR / WORKFLOW_NAME
     try:
@@ -76,7 +94,24 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
         problems.append(f"--workflow {workflow_path}: cannot be read ({exc})")
     if problems:
         return None, problems
-    return Plan(prompts=prompts, faces=list(args.faces), embedding=embedding, output=output, workflow=workflow), []
+    plan.workflow = workflow
+    return plan, []
+
+
+def match_embeddings(patterns: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the server's entries, in the order given, each pattern's matches sorted; the patterns matching nothing)."""
+    found: list[str] = []
+    missing: list[str] = []
+    for pattern in patterns:
+        if is_pattern(pattern):
+            hits = sorted(a for a in available if fnmatch.fnmatchcase(a, pattern) or fnmatch.fnmatchcase(Path(a).stem, pattern))
+        else:
+            hit = match_embedding(pattern, available)
+            hits = [hit] if hit else []
+        if not hits:
+            missing.append(pattern)
+        found += [h for h in hits if h not in found]
+    return found, missing
 
 
 def match_embedding(name: str, available: Sequence[str]) -> str | None:

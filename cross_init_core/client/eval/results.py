@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ...atomic_files import replace_atomically
 from ...errors import InvalidInputError
 from ...prompt_text import PLACEHOLDER, scored_prompt
-from ..tables import format_table as table_lines
+from ...text_table import format_table as table_lines
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -233,6 +233,65 @@ def format_table(table: EvalTable) -> str:
                      f"same person at threshold {table.identity.get('threshold')}); prompt score: "
                      f"{table.prompt_model or 'not scored'}")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Several embeddings side by side
+
+
+def comparison_rows(tables: dict[str, EvalTable]) -> tuple[list[str], list[list[Any]]]:
+    """One row per prompt and an `overall` row; per embedding its identity mean and prompt mean (None: not scored,
+    or no face)."""
+    names = list(tables)
+    header = ["prompt_index", "prompt", *(f"{name}:{what}" for name in names for what in ("identity_mean", "prompt_mean"))]
+    first = tables[names[0]].prompts
+    rows: list[list[Any]] = []
+    for index, row in enumerate(first):
+        cells: list[Any] = [row.prompt_index, row.prompt]
+        for name in names:
+            other = tables[name].prompts[index] if index < len(tables[name].prompts) else None
+            cells += [other.identity_mean if other else None, other.prompt_mean if other else None]
+        rows.append(cells)
+    overall: list[Any] = ["overall", ""]
+    for name in names:
+        total = tables[name].overall()
+        overall += [total["identity_mean"], total["prompt_mean"]]
+    return header, [*rows, overall]
+
+
+def write_comparison(folder: Path, tables: dict[str, EvalTable], run: dict[str, Any]) -> tuple[Path, Path]:
+    """comparison.csv (the rows above) and comparison.json (the run, and per embedding its overall and per-prompt
+    means), written whole or not at all."""
+    import io
+
+    header, rows = comparison_rows(tables)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[_cell(c) for c in row] for row in rows])
+    data = {"run": run, "embeddings": {name: {"folder": name_folder(name), "overall": table.overall(),
+                                              "prompts": [asdict(r) for r in table.prompts]} for name, table in tables.items()}}
+    csv_path, json_path = folder / "comparison.csv", folder / "comparison.json"
+    replace_atomically(csv_path, buffer.getvalue().encode("utf-8"))
+    replace_atomically(json_path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    return csv_path, json_path
+
+
+def format_comparison(tables: dict[str, EvalTable]) -> str:
+    """The side-by-side table for the terminal: identity / prompt score per embedding."""
+    names = list(tables)
+    _header, rows = comparison_rows(tables)
+    shown = [[str(row[0]), str(row[1])[:40], *("-" if v is None else f"{v:.4f}" for v in row[2:])] for row in rows]
+    labels = ["#", "prompt", *(f"{Path(n).stem} {what}" for n in names for what in ("id", "prompt"))]
+    identity = next((t.identity for t in tables.values() if t.identity), {})
+    better = "higher" if identity.get("higher_is_better", True) else "lower"
+    note = f"identity: {identity.get('backend')} {identity.get('metric')} ({better} is better)" if identity else "identity: not scored"
+    return "\n".join([*table_lines(labels, shown), note]) + "\n"
+
+
+def name_folder(name: str) -> str:
+    """The folder of one embedding's results in a comparison: its file stem."""
+    return Path(name).stem
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,8 +23,17 @@ from ..preflight import preflight
 from ..progress import ProgressBar
 from ..prompt_graph import CKPT_LOADER, EMBEDDING_LOADER, PROMPT_SCORE, TEXT_PREVIEW, only
 from .graph import REQUIRED_NODES, EvalGraph, build_prompt, checkpoint_loader_type, probe_prompt, read_outcome
-from .plan import Plan, choose_clip_model, match_embedding
-from .results import EvalTable, add_prompt_result, contact_sheet, format_table, write_table
+from .plan import Plan, choose_clip_model, match_embeddings
+from .results import (
+    EvalTable,
+    add_prompt_result,
+    contact_sheet,
+    format_comparison,
+    format_table,
+    name_folder,
+    write_comparison,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +55,8 @@ def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) ->
                 local.stop()
 
 
-async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, ckpt_name: str) -> tuple[str, str | None]:
-    """(the server's embedding name, the CLIP model or None); UsageError listing every problem."""
+async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, ckpt_name: str) -> tuple[list[str], str | None]:
+    """(the server's names of the embeddings, the CLIP model or None); UsageError listing every problem."""
     loader = checkpoint_loader_type(plan.workflow) or CKPT_LOADER
     needed = set(REQUIRED_NODES) | {TEXT_PREVIEW} | ({"ImageBatch"} if len(plan.faces) > 1 else set())
     if args.no_prompt_score:
@@ -55,12 +64,12 @@ async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, 
     nodes, problems = await preflight(client, needed, ckpt_name, loader=loader)
     if problems:
         raise UsageError("\n".join(problems))
-    embeddings, _ = nodes.options(EMBEDDING_LOADER, "name")
-    embedding = match_embedding(plan.embedding, [str(e) for e in embeddings or []])
-    if embedding is None:
-        known = ", ".join(map(str, (embeddings or [])[:10])) or "none"
-        problems.append(f"--embedding {plan.embedding}: not in the server's embeddings folders (it has: {known}); train it "
-                        "with `python -m cross_init_core train` or copy the file into ComfyUI/models/embeddings")
+    listed, _ = nodes.options(EMBEDDING_LOADER, "name")
+    embeddings, missing = match_embeddings(plan.embeddings, [str(e) for e in listed or []])
+    known = ", ".join(map(str, (listed or [])[:10])) or "none"
+    for pattern in missing:
+        problems.append(f"--embedding {pattern}: not in the server's embeddings folders (it has: {known}); train it with "
+                        "`python -m cross_init_core train` or copy the file into ComfyUI/models/embeddings")
     clip_model = None
     if not args.no_prompt_score:
         models, _ = nodes.options(PROMPT_SCORE, "model")
@@ -70,13 +79,12 @@ async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, 
             problems.append(problem)
     if problems:
         raise UsageError("\n".join(problems))
-    return embedding or "", clip_model
+    return embeddings, clip_model
 
 
 async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: LocalServer | None, stdout: TextIO,
                  stderr: TextIO) -> int:
     import aiohttp
-    from PIL import Image
 
     async with aiohttp.ClientSession() as session:
         if local is not None:
@@ -88,7 +96,7 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
             except ServerGone as exc:
                 raise UsageError(f"--server {args.server}: not answering ({exc})") from None
 
-        embedding, clip_model = await _preflight(client, args, plan, ckpt_name)
+        embeddings, clip_model = await _preflight(client, args, plan, ckpt_name)
         run_id = uuid.uuid4().hex[:8]
         references = []
         for i, photo in enumerate(plan.faces):
@@ -101,55 +109,75 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
         except (PromptFailed, PromptRejected) as exc:
             raise UsageError(f"--faces: the identity score cannot use the reference photos: {exc}") from None
 
-        settings = EvalGraph(ckpt_name=ckpt_name, embedding=embedding, references=references, per_prompt=args.per_prompt,
+        tables: dict[str, EvalTable] = {}
+        status = EXIT_OK
+        for embedding in embeddings:  # the same prompts and seeds for each, so their images compare
+            settings = EvalGraph(ckpt_name=ckpt_name, embedding=embedding, references=references, per_prompt=args.per_prompt,
                                  seed=args.seed, backend=args.identity_backend, clip_model=clip_model, steps=args.steps,
                                  resolution=args.resolution, prefix=f"cross_init_eval/{Path(embedding).stem}_{run_id}")
-        images_dir = plan.output / "images"
-        images_dir.mkdir(parents=True, exist_ok=True)
-        table = EvalTable(identity={}, prompt_model=clip_model)
-        rows: list[list[Image.Image]] = []
-        enabled = not args.no_progress and not args.quiet
-        status = EXIT_OK
-        log.info("%d prompts x %d images with %s on %s; output: %s", len(plan.prompts), args.per_prompt, embedding, ckpt_name,
-                 plan.output)
-        for index, text in enumerate(plan.prompts):
-            prompt = build_prompt(plan.workflow, settings, text, index)
-            bar = ProgressBar(stderr, f"[{index + 1}/{len(plan.prompts)}] {text[:40]}", enabled=enabled)
-            try:
-                outcome = await client.run(prompt, on_progress=bar.hook)
-            except (PromptFailed, PromptRejected, ServerGone) as exc:
-                bar.finish()
-                log.error("prompt %d (%s) failed: %s; the table holds the %d prompts before it", index, text, exc, index)
-                status = EXIT_FAILED
+            folder = plan.output / name_folder(embedding) if plan.compares else plan.output
+            tables[embedding], status = await _evaluate(client, args, plan, settings, folder, stderr)
+            run_info = {
+                "version": __version__, "checkpoint": ckpt_name, "embedding": embedding, "faces": [str(p) for p in plan.faces],
+                "prompts": args.prompts, "per_prompt": args.per_prompt, "seed": args.seed,
+                "identity_backend": args.identity_backend, "sampler": _sampler_settings(build_prompt(plan.workflow, settings, "", 0)),
+                "server": "local" if local is not None else args.server, "complete": status == EXIT_OK,
+            }
+            write_table(folder, tables[embedding], run_info)
+            if not plan.compares:
+                stdout.write(format_table(tables[embedding]))
+            if status != EXIT_OK:
                 break
-            bar.finish()
-            result = read_outcome(prompt, outcome.outputs)
-            files, images = [], []
-            for j, entry in enumerate(result.images):
-                data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
-                path = images_dir / f"p{index:02d}_i{j:02d}.png"
-                path.write_bytes(data)
-                files.append(str(path.relative_to(plan.output)))
-                with Image.open(io.BytesIO(data)) as image:
-                    images.append(image.convert("RGB"))
-            add_prompt_result(table, index, text, files, result.identity, result.prompt)
-            rows.append(images)
 
-    run_info = {
-        "version": __version__, "checkpoint": ckpt_name, "embedding": embedding, "faces": [str(p) for p in plan.faces],
-        "prompts": args.prompts, "per_prompt": args.per_prompt, "seed": args.seed, "identity_backend": args.identity_backend,
-        "sampler": _sampler_settings(build_prompt(plan.workflow, settings, "", 0)),
-        "server": "local" if local is not None else args.server, "complete": status == EXIT_OK,
-    }
-    csv_path, json_path = write_table(plan.output, table, run_info)
-    sheet = plan.output / "contact_sheet.jpg"
+    if plan.compares:
+        write_comparison(plan.output, tables, {"version": __version__, "checkpoint": ckpt_name, "embeddings": list(tables),
+                                               "complete": status == EXIT_OK and len(tables) == len(embeddings)})
+        stdout.write(format_comparison(tables))
+        log.info("wrote comparison.csv and comparison.json for %d embeddings in %s", len(tables), plan.output)
+    stdout.flush()
+    return status
+
+
+async def _evaluate(client: ComfyClient, args: argparse.Namespace, plan: Plan, settings: EvalGraph, folder: Path,
+                    stderr: TextIO) -> tuple[EvalTable, int]:
+    """Every prompt with one embedding: images into folder/images/, the table, the contact sheet; (table, status)."""
+    from PIL import Image
+
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    table = EvalTable(identity={}, prompt_model=settings.clip_model)
+    rows: list[list[Image.Image]] = []
+    enabled = not args.no_progress and not args.quiet
+    status = EXIT_OK
+    log.info("%d prompts x %d images with %s on %s; output: %s", len(plan.prompts), args.per_prompt, settings.embedding,
+             settings.ckpt_name, folder)
+    for index, text in enumerate(plan.prompts):
+        prompt = build_prompt(plan.workflow, settings, text, index)
+        bar = ProgressBar(stderr, f"[{index + 1}/{len(plan.prompts)}] {text[:40]}", enabled=enabled)
+        try:
+            outcome = await client.run(prompt, on_progress=bar.hook)
+        except (PromptFailed, PromptRejected, ServerGone) as exc:
+            bar.finish()
+            log.error("prompt %d (%s) failed: %s; the table holds the %d prompts before it", index, text, exc, index)
+            status = EXIT_FAILED
+            break
+        bar.finish()
+        result = read_outcome(prompt, outcome.outputs)
+        files, images = [], []
+        for j, entry in enumerate(result.images):
+            data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
+            path = images_dir / f"p{index:02d}_i{j:02d}.png"
+            path.write_bytes(data)
+            files.append(str(path.relative_to(folder)))
+            with Image.open(io.BytesIO(data)) as image:
+                images.append(image.convert("RGB"))
+        add_prompt_result(table, index, text, files, result.identity, result.prompt)
+        rows.append(images)
+    sheet = folder / "contact_sheet.jpg"
     if rows:
         contact_sheet(rows, table).save(sheet, quality=90)
-    stdout.write(format_table(table))
-    stdout.flush()
-    log.info("wrote %s, %s%s and %d images in %s", csv_path.name, json_path.name, f", {sheet.name}" if rows else "",
-             len(table.images), plan.output)
-    return status
+    log.info("wrote scores.csv, scores.json%s and %d images in %s", f", {sheet.name}" if rows else "", len(table.images), folder)
+    return table, status
 
 
 def _sampler_settings(prompt: dict[str, Any]) -> dict[str, Any]:

@@ -35,16 +35,16 @@ from ..common import (
     UsageError,
     add_console_options,
     add_local_comfyui_options,
-    check_console_and_local,
     int_in,
     learning_rate,
+    parse_command,
     run_command,
 )
 from ..progress import ProgressBar
-from ..prompt_graph import FACE_PREP, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
+from ..prompt_graph import EMBEDDING_LOADER, FACE_PREP, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
 from . import farm
 from .graph import TrainGraph, build_prompt
-from .jobs import Job, clash_problems, collect_jobs, format_summary, input_problems, summary_rows
+from .jobs import Job, Outputs, clash_problems, collect_jobs, format_summary, input_problems, resume_sources, summary_rows
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     clash = out.add_mutually_exclusive_group()
     clash.add_argument("--overwrite", action="store_true", help="replace existing embedding files of the same name.")
     clash.add_argument("--skip-existing", action="store_true", help="do not train names whose file already exists (resume a batch).")
+    clash.add_argument("--resume", action="store_true",
+                       help="continue each NAME from its file in --out for --steps (or the preset's) more steps: the "
+                            "regularizer still pulls toward its Cross-Init start, the step count goes on, the optimizer "
+                            "starts fresh. The continued file is kept as NAME-stepNNNN (its step count).")
+    out.add_argument("--save-every", type=int_in(STEPS), metavar="N",
+                     help="also keep the tokens every N steps: NAME-stepNNNN.safetensors beside NAME in --out (e.g. 80 with "
+                          "the full preset gives 4), to pick the best step with `eval`.")
     out.add_argument("--out", type=Path, metavar="DIR",
                      help="folder the trained NAME.safetensors files are written to (default: the local ComfyUI's "
                           "embeddings folder, models/embeddings; required with --server when no local ComfyUI is found).")
@@ -139,15 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
-    argv = list(argv)
-    if argv and argv[0] == "train":
-        argv = argv[1:]
-    elif not argv:
+    if not argv:
         parser.print_usage(sys.stderr)
         parser.exit(EXIT_USAGE, f"{PROG}: error: give a command: train (see --help)\n")
-    elif argv[0] not in ("-h", "--help", "--version"):
+    elif argv[0] not in ("train", "-h", "--help", "--version"):
         parser.error(f"unknown command {argv[0]!r}: the command is `train` (see --help)")
-    args = parser.parse_args(argv)
+    args = parse_command(parser, argv, "train")
     if args.checkpoint is None:
         parser.error("--checkpoint is required")
     if args.images is None and args.folder is None:
@@ -156,7 +160,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--images needs --name NAME (the embedding's file name)")
     if args.folder is not None and args.name:
         parser.error("--name is for --images; with --folder the names come from the sub-folders and files")
-    check_console_and_local(parser, args)
     return args
 
 
@@ -219,11 +222,14 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             else:
                 raise UsageError("--out DIR is needed: no local ComfyUI was found whose embeddings folder could take the files")
         out_dir: Path = (args.out or local_embeddings).expanduser()  # type: ignore[union-attr]
-        problems += clash_problems(jobs, out_dir, args.overwrite, args.skip_existing)
+        if args.resume:
+            problems += resume_sources(jobs, out_dir, lambda path: farm.metadata_int(farm.file_metadata(path.read_bytes()), "steps"))
+        outputs = Outputs(args.steps or PRESETS[args.mode].steps, args.save_every or 0, args.resume)
+        problems += clash_problems(jobs, out_dir, outputs, args.overwrite, args.skip_existing)
         if local is not None and local_embeddings is not None and local_embeddings.resolve() != out_dir.resolve():
             # the local server's save node writes there too: do not replace a file of the same name by surprise
-            problems += clash_problems([j for j in jobs if j.status == "pending"], local_embeddings, args.overwrite, False,
-                                       where=" in the local ComfyUI's embeddings folder")
+            problems += clash_problems([j for j in jobs if j.status == "pending"], local_embeddings, outputs, args.overwrite,
+                                       False, where=" in the local ComfyUI's embeddings folder")
         if problems:
             raise UsageError("\n".join(problems))
         try:
@@ -243,7 +249,7 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
         else:
             servers = [farm.Server(ComfyClient(url, session)) for url in urls]
 
-        node_types = {node["class_type"] for node in workflow.values()}
+        node_types = {node["class_type"] for node in workflow.values()} | ({EMBEDDING_LOADER} if args.resume else set())
         problems = await farm.check_servers(servers, ckpt_name, node_types)
         face_prep = _face_prep_settings(args, workflow, servers, problems)
         if problems:
@@ -252,12 +258,15 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
         log.info("checkpoint: %s; output folder: %s; %d embedding(s) to train on %d server(s)", ckpt_name, out_dir,
                  len(pending), len(servers))
 
-        def make_prompt(job: Job, images: list[str], folder: str, server: farm.Server, save_as: str) -> dict[str, Any]:
-            # the user's own local ComfyUI: its embeddings folder follows --overwrite; a remote server: a new name only
+        def make_prompt(job: Job, images: list[str], folder: str, server: farm.Server, save_as: str,
+                        resume_file: str | None) -> dict[str, Any]:
+            # the user's own local ComfyUI: its embeddings folder follows --overwrite (--resume replaces NAME there);
+            # a remote server: new names only
             settings = TrainGraph(
                 ckpt_name=ckpt_name, seed=args.seed, steps=args.steps, resolution=args.resolution, name=save_as, mode=args.mode,
-                overwrite=args.overwrite and server.local is not None, use_folder_loader=server.folder_loader,
+                overwrite=(args.overwrite or args.resume) and server.local is not None, use_folder_loader=server.folder_loader,
                 batch_size=args.batch_size, learning_rate=args.learning_rate, samples=args.samples, face_prep=face_prep,
+                save_every=args.save_every or 0, resume_file=resume_file,
             )
             return build_prompt(workflow, settings, images, folder)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...atomic_files import replace_atomically
+from ...atomic_files import replace_atomically, write_new
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
 from ..preflight import preflight
 from ..progress import ProgressBar
@@ -39,8 +39,9 @@ MAX_ATTEMPTS = 3  # runs of one job when servers drop out under it (or lose its 
 RECOVER_SECONDS = 60.0  # how long a dropped server may take to answer again before it is given up
 INPUT_SUBFOLDER = "cross_init_cli"  # the runner's uploads go under ComfyUI's input/cross_init_cli/
 
-# (job, uploaded photo names, their folder, server, the name the save node writes) -> the API prompt for that run
-PromptMaker = Callable[["Job", list[str], str, "Server", str], dict[str, Any]]
+# (job, uploaded photo names, their folder, server, the name the save node writes, the uploaded file a --resume run
+# continues or None) -> the API prompt for that run
+PromptMaker = Callable[["Job", list[str], str, "Server", str, "str | None"], dict[str, Any]]
 
 
 @dataclass
@@ -92,7 +93,7 @@ def file_metadata(data: bytes) -> dict[str, str]:
         return {}
 
 
-def _metadata_int(metadata: dict[str, str], key: str) -> int | None:
+def metadata_int(metadata: dict[str, str], key: str) -> int | None:
     try:
         return int(metadata[key])
     except (KeyError, ValueError):
@@ -228,7 +229,12 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
     run_id = uuid.uuid4().hex[:8]
     folder = f"{INPUT_SUBFOLDER}/{run_id}_{job.name}"
     names = [await client.upload_image(photo, folder, f"{index:02d}_{photo.name}") for index, photo in enumerate(job.images)]
-    prompt = make_prompt(job, names, folder, server, saved_name(job, server, run_id))
+    resume_file = None
+    if job.resume_steps is not None:  # --resume: the file it continues goes up with the photos, and stays in --out
+        source = out_dir / f"{job.name}.safetensors"
+        _keep_continued(source, out_dir / f"{job.name}-step{job.resume_steps:04d}.safetensors")
+        resume_file = await client.upload_image(source, folder, source.name)
+    prompt = make_prompt(job, names, folder, server, saved_name(job, server, run_id), resume_file)
     try:
         outcome = await client.run(prompt, on_progress=bar.hook)
     finally:
@@ -237,14 +243,22 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
     entries = (outcome.outputs.get(saver_ids[0], {}) if saver_ids else {}).get("cross_init_embedding") or []
     if not entries:
         raise PromptFailed(f"{client.url} reported no saved file for {job.name} (is its Cross-Init pack up to date?)")
-    entry = entries[0]
-    data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
-    if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-        # another run replaced the copy in between, or the transfer broke: fetch nothing rather than a wrong file
-        raise ServerGone(f"{client.url}: the downloaded {entry['filename']} does not match what the save node wrote")
-    path = replace_atomically(out_dir / f"{job.name}.safetensors", data)
+    # the last entry is NAME (the final tokens); earlier ones are its checkpoints, NAME-stepNNNN
+    files = [(entry, f"{job.name}-step{int(entry['steps']):04d}") for entry in entries[:-1]] + [(entries[-1], job.name)]
+    for entry, name in files:
+        data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
+        if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            # another run replaced the copy in between, or the transfer broke: fetch nothing rather than a wrong file
+            raise ServerGone(f"{client.url}: the downloaded {entry['filename']} does not match what the save node wrote")
+        path = replace_atomically(out_dir / f"{name}.safetensors", data)
     job.status, job.message, job.path, job.server = "ok", "", str(path), server.label
-    job.final_loss = entry.get("final_loss")
+    job.final_loss = entries[-1].get("final_loss")
     metadata = file_metadata(data)
-    job.steps = _metadata_int(metadata, "steps")
-    job.peak_vram_mib = _metadata_int(metadata, "peak_vram_mib")
+    job.steps = metadata_int(metadata, "steps")
+    job.peak_vram_mib = metadata_int(metadata, "peak_vram_mib")
+
+
+def _keep_continued(source: Path, keep: Path) -> None:
+    """--resume replaces NAME in --out with the continued run: the file it continues stays as NAME-stepNNNN."""
+    if not keep.exists():
+        write_new(keep.parent, keep.stem, keep.suffix, source.read_bytes())

@@ -8,6 +8,7 @@ from typing import Any
 
 from ...settings import PRESETS
 from ..prompt_graph import (
+    EMBEDDING_LOADER,
     FACE_PREP,
     FOLDER_LOADER,
     SAVER,
@@ -19,6 +20,8 @@ from ..prompt_graph import (
     start_prompt,
     upstream,
 )
+
+CHECKPOINTS_OUTPUT = 2  # the trainer's checkpoints output (a list)
 
 
 @dataclass
@@ -33,6 +36,8 @@ class TrainGraph(GraphSettings):
     learning_rate: float | None = None
     samples: bool = False
     face_prep: dict[str, Any] = field(default_factory=dict)
+    save_every: int = 0  # the trainer keeps checkpoints; the save node saves the list (NAME-stepNNNN and NAME)
+    resume_file: str | None = None  # continue this uploaded file (relative to the input folder) instead of a fresh start
 
 
 def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[str], image_folder: str) -> dict[str, Any]:
@@ -56,6 +61,13 @@ def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[st
         t["learning_rate"] = settings.learning_rate if settings.learning_rate is not None else preset.learning_rate
     if settings.resolution is not None:
         t["resolution"] = settings.resolution
+    if settings.save_every:
+        t["save_every"] = settings.save_every
+        prompt[saver]["inputs"]["embedding"] = [trainer, CHECKPOINTS_OUTPUT]
+    if settings.resume_file is not None:  # the trainer's start: the uploaded file, loaded, instead of Embedding Init
+        start = t["embedding"][0]
+        prompt[start] = {"class_type": EMBEDDING_LOADER, "inputs": {"file": settings.resume_file},
+                         "_meta": {"title": "Continued embedding (CLI)"}}
     # copy_to_output: the save node also puts the file where /view serves it, and reports it in /history
     prompt[saver]["inputs"].update(name=settings.name, overwrite=settings.overwrite, copy_to_output=True)
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from ...embedding_names import validate_name
 from ...errors import CrossInitError
+from ...settings import checkpoint_steps
+from ...text_table import format_table
 from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem
-from ..tables import format_table
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Job:
     seconds: float | None = None
     final_loss: float | None = None
     steps: int | None = None
+    resume_steps: int | None = None  # --resume: the steps of the file in --out that this job continues
     peak_vram_mib: int | None = None  # the training's peak GPU memory (from the file; None on the CPU)
     server: str | None = None  # the server that trained it (or failed it last)
 
@@ -77,19 +79,53 @@ def input_problems(jobs: list[Job]) -> list[str]:
     return problems
 
 
-def clash_problems(jobs: list[Job], folder: Path, overwrite: bool, skip_existing: bool, where: str = "") -> list[str]:
-    """A problem for every job whose file exists in `folder` (`where` says which folder, in the message),
-    unless --overwrite; with --skip-existing those jobs are marked skipped instead."""
+@dataclass(frozen=True)
+class Outputs:
+    """What every job writes into a folder: NAME.safetensors and, with --save-every, its checkpoints."""
+
+    steps: int  # training steps of this run
+    save_every: int = 0
+    resume: bool = False
+
+    def names(self, job: Job) -> list[str]:
+        """The file stems: NAME-stepNNNN for every checkpoint and NAME, or just NAME when there is one checkpoint
+        (the step counts go on from the continued file's with --resume)."""
+        steps = checkpoint_steps(self.steps, self.save_every, job.resume_steps or 0)
+        return [*(f"{job.name}-step{k:04d}" for k in steps), job.name] if len(steps) > 1 else [job.name]
+
+
+def resume_sources(jobs: list[Job], folder: Path, read_steps: Any) -> list[str]:
+    """--resume: each job continues NAME.safetensors in `folder` (its step count read with `read_steps(path)`);
+    a problem for each job without one."""
+    problems = []
+    for job in jobs:
+        source = folder / f"{job.name}.safetensors"
+        if not source.is_file():
+            problems.append(f"{job.name}: --resume needs {source} (the file to continue); train it first, or leave out --resume")
+            continue
+        job.resume_steps = read_steps(source)
+    return problems
+
+
+def clash_problems(jobs: list[Job], folder: Path, outputs: Outputs, overwrite: bool, skip_existing: bool,
+                   where: str = "") -> list[str]:
+    """A problem for every file a job would write that exists in `folder` (`where` says which folder, in the
+    message), unless --overwrite; with --skip-existing a job whose NAME exists is marked skipped instead. With
+    --resume NAME itself is the file being continued: it is replaced, the others must be new."""
     problems: list[str] = []
     for job in jobs:
+        names = outputs.names(job)
+        if outputs.resume:
+            names = [n for n in names if n != job.name]
         target = folder / f"{job.name}.safetensors"
-        if not target.exists() or overwrite:
-            continue
-        if skip_existing:
+        if skip_existing and target.exists():
             job.status, job.path, job.message = "skipped", str(target), "file exists (--skip-existing)"
             continue
-        problems.append(f"{job.name}: {target} already exists{where}; choose another name, or pass --overwrite to replace it "
-                        "(or --skip-existing to keep it)")
+        for name in names:
+            path = folder / f"{name}.safetensors"
+            if path.exists() and not overwrite:
+                problems.append(f"{job.name}: {path} already exists{where}; choose another name, or pass --overwrite to "
+                                "replace it (or --skip-existing to keep it)")
     return problems
 
 

@@ -1,4 +1,5 @@
-"""The commands' tables on the terminal: columns padded to their widest cell, a rule under the header."""
+"""Plain-text tables (the terminal client's summaries, the checkpoint report): columns padded to their widest
+cell, a rule under the header. Pure: no torch, no ComfyUI."""
 
 from __future__ import annotations
 

@@ -1,0 +1,202 @@
+"""Picking the best step: the checkpoints of one run with the identity and prompt scores of their samples, as a table
+(JSON and text), a plot (identity, prompt score and loss against step) and the best checkpoint.
+
+The rule (also in the report node's tooltip and docs/evaluation.md): among the checkpoints whose prompt score is
+within `margin` of the best prompt score, the one with the best identity (the highest ArcFace cosine, or the lowest
+dlib distance); ties go to the earlier step. A checkpoint whose samples show no face has no identity and is passed
+over; without any identity the best prompt score decides, and without any score the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .embedding import CrossInitEmbedding
+from .errors import InvalidInputError
+from .loss_plot import moving_average
+from .text_table import format_table
+
+DEFAULT_MARGIN = 0.01  # CLIP cosine: about a third of the prompt-score gap between the paper's methods
+RULE = ("among the checkpoints whose prompt score is within {margin} of the best prompt score, the best identity "
+        "({direction}); ties go to the earlier step")
+LOSS_WINDOW = 10  # a checkpoint's loss: the mean of the last steps before it
+
+
+@dataclass
+class CheckpointRow:
+    step: int
+    identity: float | None  # mean over its samples with a face; None: no face (or not scored)
+    faces: str  # "found/images"
+    prompt: float | None
+    loss: float | None  # mean of the last LOSS_WINDOW losses up to this step
+    best: bool = False
+
+
+@dataclass
+class Report:
+    rows: list[CheckpointRow]
+    best: int  # index into rows
+    margin: float
+    identity: dict[str, Any]  # backend, metric, higher_is_better, threshold
+    prompt_model: str | None
+    losses: list[float]  # every step's loss, from the last checkpoint's history
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(self.identity.get("higher_is_better", True))
+
+    def rule(self) -> str:
+        direction = "highest" if self.higher_is_better else "lowest"
+        return RULE.format(margin=f"{self.margin:g}", direction=f"{direction} {self.identity.get('metric', 'score')}")
+
+    def as_json(self) -> str:
+        data = {"rule": self.rule(), "margin": self.margin, "best_step": self.rows[self.best].step,
+                "identity": self.identity or None, "prompt_model": self.prompt_model,
+                "checkpoints": [asdict(row) for row in self.rows]}
+        return json.dumps(data, indent=2, allow_nan=False)
+
+    def as_text(self) -> str:
+        header = ("step", "identity", "faces", "prompt", "loss", "")
+        cells = [(str(r.step), _num(r.identity), r.faces, _num(r.prompt), _num(r.loss), "<- best" if r.best else "")
+                 for r in self.rows]
+        backend = f"{self.identity.get('backend')} {self.identity.get('metric')}" if self.identity else "not scored"
+        return "\n".join([*format_table(header, cells, pad_last=False),
+                          f"identity: {backend}; prompt score: {self.prompt_model or 'not scored'}",
+                          f"best: step {self.rows[self.best].step} ({self.rule()})"]) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _reports(texts: Sequence[str], what: str, count: int) -> list[dict[str, Any]]:
+    """The score nodes' JSON reports, one per checkpoint (none: that score was not connected)."""
+    if not texts:
+        return [{} for _ in range(count)]
+    if len(texts) != count:
+        raise InvalidInputError(
+            f"{what}: {len(texts)} report(s) for {count} checkpoints; connect the {what} score's report of each "
+            "checkpoint's samples (the score node runs once per checkpoint when its images come from the checkpoints list)."
+        )
+    try:
+        return [json.loads(text) for text in texts]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what}: not a score report ({exc}); connect the score node's report output.") from None
+
+
+def build_report(checkpoints: Sequence[CrossInitEmbedding], identity_reports: Sequence[str],
+                 prompt_reports: Sequence[str], margin: float = DEFAULT_MARGIN) -> Report:
+    """The table and the best checkpoint (see the module docstring for the rule)."""
+    if not checkpoints:
+        raise InvalidInputError("checkpoints: the list is empty; connect the trainer's checkpoints output.")
+    if not math.isfinite(margin) or margin < 0:
+        raise InvalidInputError(f"margin: got {margin}; use a prompt-score difference >= 0, e.g. {DEFAULT_MARGIN}.")
+    identities = _reports(identity_reports, "identity", len(checkpoints))
+    prompts = _reports(prompt_reports, "prompt", len(checkpoints))
+    described = [{k: r.get(k) for k in ("backend", "metric", "higher_is_better", "threshold")} for r in identities]
+    if any(d != described[0] for d in described):
+        raise InvalidInputError("identity: the checkpoints were scored with different backends; score them all alike.")
+    rows = []
+    for embedding, identity, prompt in zip(checkpoints, identities, prompts, strict=True):
+        steps = embedding.metadata.get("steps", "")
+        if not steps.isdigit():
+            raise InvalidInputError("checkpoints: an item has no step count (metadata steps); connect the trainer's "
+                                    "checkpoints output.")
+        losses = [loss for loss, _reg in embedding.loss_history]
+        images = identity.get("images") or []
+        rows.append(CheckpointRow(
+            step=int(steps), identity=_finite(identity.get("mean")),
+            faces=f"{identity.get('faces_found', sum(bool(i.get('face')) for i in images))}/{len(images)}" if identity else "-",
+            prompt=_finite(prompt.get("mean")), loss=float(np.mean(losses[-LOSS_WINDOW:])) if losses else None))
+    identity_info = described[0] if identity_reports else {}
+    report = Report(rows, 0, margin, identity_info, prompts[0].get("model"), [loss for loss, _ in checkpoints[-1].loss_history])
+    report.best = choose_best(rows, margin, report.higher_is_better)
+    rows[report.best].best = True
+    return report
+
+
+def choose_best(rows: Sequence[CheckpointRow], margin: float, higher_is_better: bool = True) -> int:
+    """The index of the best checkpoint by the rule in the module docstring."""
+    scored = [i for i, r in enumerate(rows) if r.prompt is not None]
+    if scored:
+        top = max(rows[i].prompt for i in scored)  # type: ignore[type-var]
+        eligible = [i for i in scored if rows[i].prompt >= top - margin]  # type: ignore[operator]
+    else:
+        eligible = list(range(len(rows)))
+    with_face = [i for i in eligible if rows[i].identity is not None]
+    if with_face:
+        sign = 1.0 if higher_is_better else -1.0
+        return max(with_face, key=lambda i: (sign * rows[i].identity, -rows[i].step))  # type: ignore[operator]
+    if scored:
+        return max(eligible, key=lambda i: (rows[i].prompt, -rows[i].step))  # type: ignore[arg-type]
+    return len(rows) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot
+
+WIDTH, PANEL, MARGIN_LEFT, MARGIN_RIGHT, TOP = 768, 150, 80, 30, 34
+IDENTITY_COLOR, PROMPT_COLOR, LOSS_COLOR, BEST_COLOR = (40, 150, 70), (40, 90, 200), (200, 90, 40), (230, 180, 0)
+
+
+def render_plot(report: Report) -> torch.Tensor:
+    """IMAGE [1, H, W, 3]: identity, prompt score and loss against step (three panels, one step axis), the best
+    checkpoint marked."""
+    steps = [r.step for r in report.rows]
+    last = max(steps[-1], len(report.losses), 1)
+    height = TOP + 3 * PANEL + 40
+    image = Image.new("RGB", (WIDTH, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, right = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
+    draw.text((left, 8), f"Cross-Init checkpoints: best step {report.rows[report.best].step}", fill="black")
+
+    def x_of(step: float) -> float:
+        return left + (step / last) * (right - left)
+
+    loss_steps = list(range(1, len(report.losses) + 1))
+    loss_curve = moving_average(report.losses, max(1, len(report.losses) // 20)) if report.losses else []
+    no_face = "no face in any sample" if report.identity else "not scored"
+    panels = (
+        ("identity" + ("" if report.higher_is_better else " (lower is better)"), IDENTITY_COLOR, steps,
+         [r.identity for r in report.rows], no_face),
+        ("prompt score", PROMPT_COLOR, steps, [r.prompt for r in report.rows], "not scored"),
+        ("loss (moving average)", LOSS_COLOR, loss_steps, loss_curve, "no loss history"),
+    )
+    for index, (label, color, xs, ys, empty) in enumerate(panels):
+        top = TOP + index * PANEL
+        bottom = top + PANEL - 22
+        draw.rectangle([left, top, right, bottom], outline="black")
+        draw.text((6, top), label, fill=color)
+        best_x = x_of(report.rows[report.best].step)
+        draw.line([(best_x, top), (best_x, bottom)], fill=BEST_COLOR, width=2)
+        points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+        if not points:
+            draw.text((left + 8, (top + bottom) // 2), empty, fill="gray")
+            continue
+        low, high = min(y for _x, y in points), max(y for _x, y in points)
+        span = (high - low) or 1.0
+        scaled = [(x_of(x), bottom - 4 - (y - low) / span * (bottom - top - 8)) for x, y in points]
+        draw.text((6, top + 14), f"{high:.4g}", fill="black")
+        draw.text((6, bottom - 12), f"{low:.4g}", fill="black")
+        if len(scaled) > 1:
+            draw.line(scaled, fill=color, width=2)
+        if xs is steps:
+            for x, y in scaled:
+                draw.ellipse([x - 4, y - 4, x + 4, y + 4], outline=color, width=2)
+    axis = TOP + 3 * PANEL - 18
+    for step in steps:
+        draw.text((x_of(step) - 10, axis), str(step), fill="black")
+    draw.text(((left + right) // 2 - 14, height - 18), "step", fill="black")
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).unsqueeze(0)

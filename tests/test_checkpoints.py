@@ -1,0 +1,246 @@
+"""Picking the best step and going on later: checkpoints every N steps, saving them as a list, validation
+previews, the checkpoint report, and continuing a saved run, on tiny host models."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import workflow_runner as wr
+from helpers import face_images, init_embedding, settings
+
+
+def _load(core, path):
+    """A saved file as Cross-Init Load Embedding gives it (tiny models' widths: read without the real-width check)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        vectors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata())
+    return core.embedding.CrossInitEmbedding(vectors=vectors, metadata={**metadata, "source_file": path.name})
+
+
+def _train(core, m, emb, steps, **kw):
+    with torch.inference_mode():
+        return core.training.train(m.model, m.clip, m.vae, face_images(2, 64), emb, settings(core, steps=steps, seed=4), **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_the_checkpoint_at_step_k_is_the_k_step_run(core, tiny, kind):
+    m = tiny(kind)
+    emb = init_embedding(core, m.clip)
+    long = _train(core, m, emb, 5, save_every=2)
+    assert [c.metadata["steps"] for c in long.checkpoints] == ["2", "4", "5"]
+    assert long.checkpoints[-1] is long.embedding
+    for checkpoint in long.checkpoints:
+        k = int(checkpoint.metadata["steps"])
+        short = _train(core, m, emb, k).embedding
+        for key in short.vectors:
+            assert torch.equal(checkpoint.vectors[key], short.vectors[key]), (k, key)  # bit-identical on the CPU
+        assert checkpoint.loss_history == short.loss_history and len(checkpoint.loss_history) == k
+        assert {k2: v for k2, v in checkpoint.metadata.items() if k2 != "steps"} == \
+               {k2: v for k2, v in short.metadata.items() if k2 != "steps"}
+        assert all(torch.equal(checkpoint.init_vectors[key], emb.vectors[key]) for key in emb.vectors)
+    assert not torch.equal(long.checkpoints[0].vectors[next(iter(emb.vectors))], long.embedding.vectors[next(iter(emb.vectors))])
+
+
+def test_without_save_every_the_checkpoints_are_the_final_tokens_only(core, tiny):
+    m = tiny("sd1")
+    result = _train(core, m, init_embedding(core, m.clip), 3)
+    assert result.checkpoints == [result.embedding]
+    with pytest.raises(core.errors.InvalidInputError, match=r"^save_every: "):
+        _train(core, m, init_embedding(core, m.clip), 3, save_every=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The nodes, as ComfyUI runs them: the checkpoints list saved whole
+
+
+def _training_prompt(name: str, steps: int, save_every: int, overwrite: bool = False) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "ckpt_face.png"}},
+        "3": {"class_type": "CrossInitEmbeddingInit", "inputs": {"clip": ["1", 1], "num_tokens": 2, "names": "", "source": "names"}},
+        "4": {"class_type": "CrossInitTrainer", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "embedding": ["3", 0], "mode": "custom",
+            "steps": steps, "batch_size": 1, "learning_rate": 0.02, "seed": 0, "resolution": 64, "preview_every": 0,
+            "save_every": save_every}},
+        "5": {"class_type": "CrossInitSaveEmbedding", "inputs": {"embedding": ["4", 2], "name": name, "overwrite": overwrite}},
+    }
+
+
+def test_the_checkpoints_list_is_saved_as_name_step_files_and_name(pack, tiny, embeddings_dir):
+    from safetensors import safe_open
+
+    wr.install_face_image("ckpt_face.png", 64)
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]):
+        executor = wr.execute(_training_prompt("ckpt_list", steps=5, save_every=2))
+    assert executor.success, wr.failure(executor)
+    names = sorted(p.name for p in embeddings_dir.glob("ckpt_list*"))
+    assert names == ["ckpt_list-step0002.safetensors", "ckpt_list-step0004.safetensors", "ckpt_list-step0005.safetensors",
+                     "ckpt_list.safetensors"]
+    files = {}
+    for name in names:
+        with safe_open(str(embeddings_dir / name), framework="pt") as handle:
+            files[name] = (handle.get_tensor("clip_l"), handle.metadata())
+    assert [files[n][1]["steps"] for n in names] == ["2", "4", "5", "5"]
+    assert torch.equal(files["ckpt_list.safetensors"][0], files["ckpt_list-step0005.safetensors"][0])
+    final = wr.node_output(executor, "4", 0)  # the trainer's embedding output is the last checkpoint
+    assert torch.equal(final.vectors["clip_l"], files["ckpt_list.safetensors"][0])
+    assert wr.node_output(executor, "5", 0) == str(embeddings_dir / "ckpt_list.safetensors")
+    import nodes
+
+    listed = nodes.NODE_CLASS_MAPPINGS["CrossInitLoadEmbedding"].define_schema().inputs[0].options
+    assert {"ckpt_list-step0002.safetensors", "ckpt_list.safetensors"} <= set(listed)  # Load Embedding lists them
+
+
+def test_a_taken_name_stops_the_list_save_before_anything_is_written(pack, tiny, embeddings_dir):
+    wr.install_face_image("ckpt_face.png", 64)
+    taken = embeddings_dir / "ckpt_clash-step0004.safetensors"
+    taken.write_bytes(b"keep me")
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]):
+        executor = wr.execute(_training_prompt("ckpt_clash", steps=4, save_every=2))
+    assert not executor.success and "ckpt_clash-step0004.safetensors already exists" in wr.failure(executor)
+    assert sorted(p.name for p in embeddings_dir.glob("ckpt_clash*")) == ["ckpt_clash-step0004.safetensors"]
+    assert taken.read_bytes() == b"keep me"
+
+
+def test_checkpoint_names(core):
+    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
+    steps = [emb.with_vectors(emb.vectors, steps=str(k)) for k in (80, 160, 12345)]
+    named = core.embedding_io.checkpoint_names(steps, "me")
+    assert [n for _e, n in named] == ["me-step0080", "me-step0160", "me-step12345", "me"] and named[-1][0] is steps[-1]
+    assert core.embedding_io.checkpoint_names(steps[:1], "me") == [(steps[0], "me")]  # one embedding: just NAME
+    with pytest.raises(core.errors.InvalidInputError, match="same step twice"):
+        core.embedding_io.checkpoint_names([steps[0], steps[0]], "me")
+    with pytest.raises(core.errors.InvalidInputError, match=r"item 2 of the 2 .* no step count"):
+        core.embedding_io.checkpoint_names([steps[0], emb], "me")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation previews
+
+
+def test_previews_sample_the_preview_prompt_with_the_preview_steps(core, tiny):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    faces = face_images(1, 64)
+    prompt = "a watercolor painting of <face> person"
+    render = core.preview.progress_preview(m.model, m.clip, m.vae, faces, 64, 3, prompt=prompt, steps=2)
+    _kind, shown, _size = render(1, emb)
+    expected = core.preview.side_by_side(faces[0], core.preview.sample_portrait(m.model, m.clip, m.vae, emb, 64, 3, 2, prompt)[0])
+    other = core.preview.side_by_side(faces[0], core.preview.sample_portrait(m.model, m.clip, m.vae, emb, 64, 3)[0])
+    assert np.array_equal(np.asarray(shown), np.asarray(expected)) and not np.array_equal(np.asarray(shown), np.asarray(other))
+    for bad_prompt, bad_steps, match in (("a photo of a person", 6, r"^preview_prompt: write <face>"),
+                                         (prompt, 0, r"^preview_steps: ")):
+        with pytest.raises(core.errors.InvalidInputError, match=match):
+            core.preview.progress_preview(m.model, m.clip, m.vae, faces, 64, 3, prompt=bad_prompt, steps=bad_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def _ckpt(core, step, losses):
+    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.full((2, 768), float(step))}, metadata={"steps": str(step)})
+    emb.loss_history = [(loss, 0.1) for loss in losses]
+    return emb
+
+
+def _identity(mean, higher=True, backend="insightface"):
+    images = [{"index": 0, "face": mean is not None, "score": mean}]
+    return json.dumps({"backend": backend, "metric": "cosine" if higher else "distance", "higher_is_better": higher,
+                       "threshold": 0.28 if higher else 0.6, "mean": mean, "faces_found": int(mean is not None), "images": images})
+
+
+def _prompt(mean):
+    return json.dumps({"model": "clip-vit-base-patch32", "mean": mean, "images": [{"index": 0, "score": mean}]})
+
+
+def test_the_report_picks_the_best_identity_within_the_prompt_margin(core):
+    losses = [1.0 - i / 400 for i in range(320)]
+    ckpts = [_ckpt(core, s, losses[:s]) for s in (80, 160, 240, 320)]
+    identity = [_identity(v) for v in (0.30, 0.42, 0.55, 0.60)]
+    prompt = [_prompt(v) for v in (0.300, 0.296, 0.291, 0.270)]
+    report = core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.01)
+    # 320 has the best identity but its prompt score is 0.03 below the best: 240 is the best within 0.01
+    assert report.rows[report.best].step == 240 and [r.best for r in report.rows] == [False, False, True, False]
+    assert core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.0).rows[0].best  # prompt alone decides
+    assert core.checkpoint_report.build_report(ckpts, identity, prompt, margin=1.0).rows[3].best  # identity alone
+    data = json.loads(report.as_json())
+    assert data["best_step"] == 240 and data["margin"] == 0.01 and "within 0.01 of the best prompt score" in data["rule"]
+    assert [c["step"] for c in data["checkpoints"]] == [80, 160, 240, 320]
+    assert data["checkpoints"][0]["loss"] == pytest.approx(sum(losses[70:80]) / 10)
+    text = report.as_text()
+    assert "240" in text.splitlines()[4] and "<- best" in text.splitlines()[4] and "best: step 240" in text
+
+
+def test_the_report_follows_the_backends_direction_and_passes_over_faceless_checkpoints(core):
+    ckpts = [_ckpt(core, s, [1.0] * s) for s in (2, 4, 6)]
+    dlib = [_identity(v, higher=False, backend="dlib") for v in (0.5, 0.4, None)]  # lower is better; 6: no face
+    report = core.checkpoint_report.build_report(ckpts, dlib, [_prompt(0.3)] * 3, margin=0.01)
+    assert report.rows[report.best].step == 4 and report.rows[2].identity is None and report.rows[2].faces == "0/1"
+    no_scores = core.checkpoint_report.build_report(ckpts, [], [])
+    assert no_scores.rows[no_scores.best].step == 6  # nothing scored: the last checkpoint
+    with pytest.raises(core.errors.InvalidInputError, match=r"^identity: 1 report"):
+        core.checkpoint_report.build_report(ckpts, dlib[:1], [])
+    with pytest.raises(core.errors.InvalidInputError, match="different backends"):
+        core.checkpoint_report.build_report(ckpts, [_identity(0.3), *dlib[1:]], [])
+
+
+def test_the_report_plot_marks_the_best_step(core):
+    ckpts = [_ckpt(core, s, [1.0 / (i + 1) for i in range(s)]) for s in (10, 20, 30)]
+    report = core.checkpoint_report.build_report(ckpts, [_identity(v) for v in (0.2, 0.5, 0.3)], [_prompt(0.3)] * 3)
+    plot = core.checkpoint_report.render_plot(report)
+    assert plot.shape[0] == 1 and plot.shape[-1] == 3 and plot.shape[2] == core.checkpoint_report.WIDTH
+    pixels = (plot[0] * 255).round().to(torch.int16)
+    best = torch.tensor(core.checkpoint_report.BEST_COLOR, dtype=torch.int16)
+    columns = ((pixels - best).abs().sum(-1) == 0).any(0).nonzero().flatten()
+    left, right = core.checkpoint_report.MARGIN_LEFT, core.checkpoint_report.WIDTH - core.checkpoint_report.MARGIN_RIGHT
+    expected = left + 20 / 30 * (right - left)  # step 20 of 30
+    assert columns.numel() and abs(float(columns.float().mean()) - expected) <= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuing a saved run
+
+
+def test_a_saved_run_goes_on_toward_its_original_start_and_counts_every_step(core, tiny, tmp_path, caplog):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)  # typed names: recorded in the metadata
+    assert emb.metadata["init_names"] == "typed" and emb.metadata["init_names_text"]
+    first = _train(core, m, emb, 3)
+    path = core.embedding_io.save_embedding(first.embedding, tmp_path, "first")
+    loaded = _load(core, path)
+    assert loaded.init_vectors is None
+    with caplog.at_level(logging.INFO, logger=core.continuation.log.name):
+        more = _train(core, m, loaded, 2)
+    assert more.embedding.metadata["steps"] == "5" and more.embedding.metadata["continued_from_steps"] == "3"
+    assert "source_file" not in more.embedding.metadata  # only how the start was made is carried over
+    for key in emb.vectors:  # the regularizer's target is the original start, recomputed from the recorded names
+        assert torch.equal(more.embedding.init_vectors[key], emb.vectors[key])
+    assert any("optimizer state starts fresh" in r.getMessage() for r in caplog.records)
+    # training started from the file's vectors: the first step's regularizer is their distance from the start
+    distance = float(torch.stack([(first.embedding.vectors[k] - emb.vectors[k]).norm(dim=1).mean() for k in emb.vectors]).mean())
+    assert more.regs[0] == pytest.approx(distance, rel=1e-5)
+    with_checkpoints = _train(core, m, loaded, 4, save_every=2)
+    assert [c.metadata["steps"] for c in with_checkpoints.checkpoints] == ["5", "7"]
+
+
+def test_a_file_without_its_start_pulls_toward_its_own_vectors_and_another_family_is_refused(core, tiny, tmp_path):
+    m = tiny("sd1")
+    foreign = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.randn(2, 64, generator=torch.Generator().manual_seed(1))},
+                                                metadata={"source_file": "a1111.pt"})
+    result = _train(core, m, foreign, 2)
+    assert torch.equal(result.embedding.init_vectors["clip_l"], foreign.vectors["clip_l"])
+    assert result.embedding.metadata["steps"] == "2"
+    sd2 = init_embedding(core, tiny("sd2").clip)
+    saved = core.embedding_io.save_embedding(_train(core, tiny("sd2"), sd2, 1).embedding, tmp_path, "sd2_file")
+    with pytest.raises(core.errors.InvalidInputError, match=r"clip_h .* SD 2"):
+        _train(core, m, _load(core, saved), 1)
