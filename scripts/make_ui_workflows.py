@@ -142,7 +142,8 @@ EVAL_NOTE_TEXT = (
     "Cross-Init evaluation: how well a trained token keeps the face and follows the prompt.\n\n"
     "1. Load Checkpoint: the checkpoint the embedding was trained on (the paper: SD 2.1-base).\n"
     "2. Load Embedding: the trained file; Reference face photo: a photo of that person (several: batch them).\n"
-    "3. Prompt: one with <face> where the person goes (the paper's 20 are in cross_init_core/data/eval_prompts.txt). "
+    "3. Prompt: one with <face> where the person goes (the paper's 20 are in cross_init_core/data/eval_prompts.txt), "
+    "the same in the text encoder and in Prompt Score. "
     "The latent's batch_size is the number of images.\n"
     "4. Queue. Identity Score compares each image's face with the photo (insightface ArcFace: cosine, higher is "
     "better; dlib: distance, lower is better); Prompt Score is the CLIP cosine of image and prompt without <face> "
@@ -155,7 +156,7 @@ CHECKPOINTS_NOTE_TEXT = (
     "{every} steps (save_every).\n"
     "2. Each checkpoint renders a plain and two edited prompts of the paper's evaluation list; Identity Score compares "
     "their faces with your photo, Prompt Score (a full CLIP in models/clip_scoring/, docs/evaluation.md) how well they "
-    "follow their prompt (one line per image).\n"
+    "follow their prompt: it holds the three prompts again, one line per image (edit a prompt in both places).\n"
     "3. Checkpoint Report: a table and a plot of identity, prompt score and loss against step, and the best "
     "checkpoint: the best identity among those within margin of the best prompt score.\n\n"
     "Files: {name}-step0080 ... {name}-step0320 and {name} (the last) in models/embeddings, the best as {name}-best. "
@@ -300,17 +301,16 @@ def build_checkpoints_workflow(mode: str = "full", checkpoint: str = CHECKPOINT,
     """Training with a checkpoint every SAVE_EVERY steps; each checkpoint sampled with CHECKPOINT_PROMPTS (the
     checkpoints output is a list: every node after it runs once per checkpoint), its samples batched and scored
     (identity against the photos trained on, prompt score with one prompt line per image), the report, and the
-    checkpoints and the best one saved."""
+    checkpoints and the best one saved. No widget is fed by a link: the frontend 1.5x hides such a widget."""
     g = Graph()
     t = add_training(g, mode, FACE_PREP_NODE, checkpoint, resolution, save_every=SAVE_EVERY)
     checkpoints = [t.trainer, 2]
     negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": t.clip}, title="Negative prompt")
     latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": 1})
-    texts, samples = [], []
+    samples = []
     for number, text in enumerate(CHECKPOINT_PROMPTS, start=1):
-        texts.append(g.add("PrimitiveString", {"value": text}, title=f"Prompt {number} (<face> = the person)"))
-        positive = g.add("CrossInitCLIPTextEncode", {"clip": t.clip, "embedding": checkpoints, "text": [texts[-1], 0],
-                                                     "placeholder": "<face>"}, title=f"Prompt {number}, each checkpoint")
+        positive = g.add("CrossInitCLIPTextEncode", {"clip": t.clip, "embedding": checkpoints, "text": text, "placeholder": "<face>"},
+                         title=f"Prompt {number}, each checkpoint")
         sampler = g.add("KSampler", {
             "model": t.model, "seed": SAMPLER_SEED, **_sampler_widgets(sampling),
             "positive": [positive, 0], "negative": [negative, 0], "latent_image": [latent, 0], "denoise": 1.0,
@@ -319,13 +319,12 @@ def build_checkpoints_workflow(mode: str = "full", checkpoint: str = CHECKPOINT,
     batch = samples[0]
     for more in samples[1:]:  # one batch per checkpoint: its sample of every prompt, in prompt order
         batch = [g.add("ImageBatch", {"image1": batch, "image2": more}, title="Samples of one checkpoint"), 0]
-    lines = [texts[0], 0]
-    for text in texts[1:]:  # the prompt score's one line per image, in the same order
-        lines = [g.add("StringConcatenate", {"string_a": lines, "string_b": [text, 0], "delimiter": "\n"},
-                       title="Prompts, one per line"), 0]
     g.add("PreviewImage", {"images": batch}, title="Samples (per checkpoint)")
     identity = g.add("CrossInitIdentityScore", {"reference": t.images, "images": batch, "backend": "auto"})
-    prompt_score = g.add("CrossInitPromptScore", {"images": batch, "prompt": lines, "model": CLIP_SCORING_MODEL})
+    # the prompts again, one line per image of a checkpoint's batch (typed, not linked: newer frontends hide a widget fed
+    # by a link and draw its socket without a label)
+    prompt_score = g.add("CrossInitPromptScore", {"images": batch, "prompt": "\n".join(CHECKPOINT_PROMPTS),
+                                                  "model": CLIP_SCORING_MODEL}, title="Prompt Score (the prompts, one per line)")
     report = g.add("CrossInitCheckpointReport", {"checkpoints": checkpoints, "identity": [identity, 1],
                                                  "prompt": [prompt_score, 1]}, defaults=True)
     g.add("PreviewImage", {"images": [report, 2]}, title="Identity, prompt score and loss per step")
@@ -343,17 +342,16 @@ def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 51
                         sampling: Sampling = PAPER_SAMPLING) -> dict[str, dict[str, Any]]:
     """Checkpoint + saved embedding -> a batch of renders of one prompt -> identity and prompt scores.
 
-    One text node holds the prompt: it feeds both the encoder and the prompt score, so the score always sees
-    the prompt the images were made from. `python -m cross_init_core eval` runs this graph once per prompt
-    (nodes found by type), so every node it reads is here exactly once.
+    The encoder and the prompt score hold the same prompt, typed in both (a text node linked into both widgets
+    would be hidden by newer frontends); `python -m cross_init_core eval` sets both, once per prompt (nodes found
+    by type), so every node it reads is here exactly once.
     """
     g = Graph()
     ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": checkpoint})
     model, clip, vae = [ckpt, 0], [ckpt, 1], [ckpt, 2]
     embedding = g.add("CrossInitLoadEmbedding", {"name": f"{EMBEDDING_NAME}.safetensors"}, defaults=True)
-    prompt = g.add("PrimitiveStringMultiline", {"value": EVAL_PROMPT}, title="Prompt (<face> = the person)")
-    positive = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": [embedding, 0], "text": [prompt, 0],
-                                                 "placeholder": "<face>"}, title="Prompt with the embedding")
+    positive = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": [embedding, 0], "text": EVAL_PROMPT,
+                                                 "placeholder": "<face>"}, title="Prompt with the embedding (<face> = the person)")
     negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": clip},
                      title="Negative prompt" if sampling.negative else "No negative prompt (empty, as the paper)")
     latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": EVAL_BATCH},
@@ -366,7 +364,8 @@ def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 51
     g.add("SaveImage", {"images": images, "filename_prefix": f"cross_init_eval/{EMBEDDING_NAME}"})
     reference = g.add("LoadImage", {"image": FACE_IMAGE}, title="Reference face photo")
     identity = g.add("CrossInitIdentityScore", {"reference": [reference, 0], "images": images, "backend": "auto"})
-    prompt_score = g.add("CrossInitPromptScore", {"images": images, "prompt": [prompt, 0], "model": CLIP_SCORING_MODEL})
+    prompt_score = g.add("CrossInitPromptScore", {"images": images, "prompt": EVAL_PROMPT, "model": CLIP_SCORING_MODEL},
+                         title="Prompt Score (the same prompt)")
     g.add("PreviewAny", {"source": [identity, 1]}, title="Identity report")
     g.add("PreviewAny", {"source": [prompt_score, 1]}, title="Prompt score report")
     g.add("PreviewImage", {"images": [identity, 2]}, title="Identity (annotated)")

@@ -173,6 +173,7 @@ ensure_rehearsal_env() {
 ensure_lane() {
   LANE="$1"
   NEWEST_MISSING=""
+  unset CROSS_INIT_NEWEST_FRONTEND
   local rc=0
   case "$LANE" in
     oldest) _ensure_oldest || rc=$? ;;
@@ -187,6 +188,29 @@ ensure_lane() {
   export LANE VENV COMFYUI_PATH
   log "lane $LANE: ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_PATH/comfyui_version.py") at $COMFYUI_PATH"
   ensure_browser
+  if [ "$LANE" = newest ]; then ensure_newest_frontend; fi
+}
+
+# The newest lane's browser test also loads the workflows in the newest frontend release, which users install on
+# their own (`pip install -U comfyui-frontend-package`): today's release, unpinned, in a cache folder per ISO week
+# beside the venv (the host's pinned frontend stays in the venv). Exports CROSS_INIT_NEWEST_FRONTEND (its static
+# files, for main.py --front-end-root); where it cannot be installed the variable stays unset and that part of the
+# browser test is not run (logged loudly).
+ensure_newest_frontend() {
+  local dest
+  dest="$(_cache_root)/frontend-newest-$(date -u +%G-W%V)"
+  if [ ! -f "$dest/.complete" ]; then
+    rm -rf "$dest"
+    if ! "$VENV/bin/python" -m pip install -q --no-deps --target "$dest" comfyui-frontend-package >"$dest.log" 2>&1; then
+      log "WARNING: the newest frontend could not be installed (see $dest.log): the browser test runs the pinned one only"
+      unset CROSS_INIT_NEWEST_FRONTEND
+      return 0
+    fi
+    touch "$dest/.complete"
+  fi
+  CROSS_INIT_NEWEST_FRONTEND="$dest/comfyui_frontend_package/static"
+  export CROSS_INIT_NEWEST_FRONTEND
+  log "newest frontend: $(cd "$dest" && ls -d comfyui_frontend_package-*.dist-info | sed 's/comfyui_frontend_package-\(.*\)\.dist-info/\1/')"
 }
 
 # The real-browser test (tests/test_browser.py) drives the system chromium: install the Debian packages

@@ -2,7 +2,9 @@
 
 Starts ComfyUI's own main.py (a subprocess, CPU, private --base-directory, free loopback port) with this
 pack linked into custom_nodes, serves the frontend the host pins (comfyui-frontend-package 1.32.9 for
-ComfyUI 0.3.75, 1.49.6 for 0.33), opens it in the system chromium (Debian packages chromium +
+ComfyUI 0.3.75, 1.49.6 for 0.33) and, in the newest lane, the newest frontend release too (users update it on
+their own; scripts/test_env.sh installs it, main.py serves it with --front-end-root; screenshots in
+test-output/browser-newest/), opens it in the system chromium (Debian packages chromium +
 chromium-driver, driven by Playwright with executable_path; nothing is downloaded) and, for each shipped
 UI workflow (workflows/*.json), loads it through the frontend (app.loadGraphData) and checks:
 
@@ -211,18 +213,32 @@ def chromium_path() -> str:
     return exe
 
 
+def _frontends() -> list[str]:
+    """The frontend the host pins, and where the lane provides one (scripts/test_env.sh, newest lane) the newest
+    release, which users install on their own (`pip install -U comfyui-frontend-package`)."""
+    return ["pinned", *(["newest"] if os.environ.get("CROSS_INIT_NEWEST_FRONTEND") else [])]
+
+
+@pytest.fixture(scope="module", params=_frontends())
+def frontend(request) -> str | None:
+    """None: the host's pinned frontend package; else the folder of the newest frontend's static files."""
+    return None if request.param == "pinned" else os.environ["CROSS_INIT_NEWEST_FRONTEND"]
+
+
 @pytest.fixture(scope="module")
-def out_dir() -> Path:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    for old in OUT_DIR.iterdir():
+def out_dir(frontend) -> Path:
+    """test-output/browser/ (the pinned frontend: make_thumbnails.py reads it), test-output/browser-newest/."""
+    folder = OUT_DIR if frontend is None else OUT_DIR.with_name("browser-newest")
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
         if old.is_file():
             old.unlink()
-    return OUT_DIR
+    return folder
 
 
 @pytest.fixture(scope="module")
-def server(chromium_path, out_dir, tmp_path_factory):
-    """ComfyUI's real server (main.py) with this pack, on a free loopback port; killed at the end."""
+def server(chromium_path, out_dir, frontend, tmp_path_factory):
+    """ComfyUI's real server (main.py) with this pack and the frontend, on a free loopback port; killed at the end."""
     comfyui = os.environ.get("COMFYUI_PATH")
     if not comfyui or not (Path(comfyui) / "main.py").is_file():
         pytest.fail("COMFYUI_PATH does not name a ComfyUI checkout: run `bash scripts/test.sh`", pytrace=False)
@@ -245,6 +261,7 @@ def server(chromium_path, out_dir, tmp_path_factory):
         "--disable-auto-launch",
         "--database-url",
         "sqlite:///:memory:",
+        *(["--front-end-root", frontend] if frontend else []),
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
     with open(log_path, "wb") as log_file:

@@ -340,11 +340,12 @@ def test_eval_workflow_is_set_up_as_the_paper_evaluates():
     inputs = api[sampler]["inputs"]
     assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"]) == (50, 7.5, "dpmpp_2m", "sgm_uniform")
     assert api[inputs["negative"][0]]["inputs"]["text"] == ""
-    # one prompt node feeds the encoder and the prompt score: the score sees what the images were made from
+    # the encoder and the prompt score hold the same prompt, typed in both (no widget fed by a link: newer
+    # frontends hide those), so the score sees what the images were made from
     (encoder,) = wr.nodes_of(api, "CrossInitCLIPTextEncode")
     (scorer,) = wr.nodes_of(api, "CrossInitPromptScore")
     assert api[encoder]["inputs"]["text"] == api[scorer]["inputs"]["prompt"]
-    assert api[api[encoder]["inputs"]["text"][0]]["inputs"]["value"] in paper_prompts()
+    assert api[encoder]["inputs"]["text"] in paper_prompts()
     (identity,) = wr.nodes_of(api, "CrossInitIdentityScore")
     decoded = api[identity]["inputs"]["images"]
     assert api[scorer]["inputs"]["images"] == decoded and api[decoded[0]]["class_type"] == "VAEDecode"
@@ -385,8 +386,7 @@ def test_eval_workflow_runs_end_to_end(pack, tiny, eval_setup, core):
     (decode,) = wr.nodes_of(prompt, "VAEDecode")
     images = wr.node_output(executor, decode, 0)
     assert tuple(images.shape) == (3, 64, 64, 3)
-    (text_node,) = wr.nodes_of(prompt, "PrimitiveStringMultiline")
-    direct = core.scoring.score_prompt(images, prompt[text_node]["inputs"]["value"], "clip-vit-base-patch32")
+    direct = core.scoring.score_prompt(images, prompt[scorer]["inputs"]["prompt"], "clip-vit-base-patch32")
     assert pr_report["prompt"] == "a photo of a person"
     expected = [e["score"] for e in json.loads(direct.report_json())["images"]]
     assert [e["score"] for e in pr_report["images"]] == pytest.approx(expected, abs=1e-6)
@@ -415,11 +415,17 @@ def test_checkpoints_workflow_is_set_up_to_pick_the_best_step(generator):
     checkpoints = [trainer, 2]
     encoders = wr.nodes_of(api, "CrossInitCLIPTextEncode")
     assert [api[n]["inputs"]["embedding"] for n in encoders] == [checkpoints] * 3  # each prompt, each checkpoint
-    texts = [api[api[n]["inputs"]["text"][0]]["inputs"]["value"] for n in encoders]
+    texts = [api[n]["inputs"]["text"] for n in encoders]
     assert texts == list(generator.CHECKPOINT_PROMPTS) and set(texts) <= set(paper_prompts())
     assert texts[0] == "a photo of a <face> person"  # a plain prompt, then two edited ones
     (identity,) = wr.nodes_of(api, "CrossInitIdentityScore")
     (scorer,) = wr.nodes_of(api, "CrossInitPromptScore")
+    assert api[scorer]["inputs"]["prompt"] == "\n".join(texts)  # one line per image of a checkpoint's batch, in order
+    batch = api[scorer]["inputs"]["images"]
+    chain = [api[batch[0]]["inputs"]["image2"], api[api[batch[0]]["inputs"]["image1"][0]]["inputs"]["image2"],
+             api[api[batch[0]]["inputs"]["image1"][0]]["inputs"]["image1"]]
+    samplers = [api[api[d[0]]["inputs"]["samples"][0]]["inputs"]["positive"][0] for d in reversed(chain)]
+    assert samplers == encoders  # the batch holds prompt 1, 2, 3 in that order
     assert api[identity]["inputs"]["reference"] == api[trainer]["inputs"]["images"]  # the photos trained on
     assert api[identity]["inputs"]["images"] == api[scorer]["inputs"]["images"]
     (report,) = wr.nodes_of(api, "CrossInitCheckpointReport")
