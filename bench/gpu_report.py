@@ -41,6 +41,11 @@ def commit(fallback: str = "unknown") -> str:
         return fallback
 
 
+def _vram(row: dict[str, Any], key: str, spec: str) -> str:
+    """Peak VRAM of a row: `n/a (CPU)` where there is no GPU, `—` where it was not measured."""
+    return _fmt(row.get(key), spec, "n/a (CPU)" if row.get("device") == "CPU" else "—")
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
@@ -62,7 +67,7 @@ def _server_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {r['host']} | {r.get('device', '?')} | {r.get('mode', '?')} | {_fmt(r.get('dynamic_vram'))} | "
             f"{_fmt(r.get('run_s'), '.1f')} | {_fmt(r.get('wall_s'), '.1f')} | {_fmt(r.get('steps'), 'd')} | "
-            f"{_fmt(r.get('peak_vram_mib'), 'd', 'n/a (CPU)' if r.get('device') == 'CPU' else '—')} | {_fmt(r.get('unet_dtype'))} | "
+            f"{_vram(r, 'peak_vram_mib', 'd')} | {_fmt(r.get('unet_dtype'))} | "
             f"{moved} | {unchanged} | {_cell(r.get('error', ''))} |"
         )
     return lines
@@ -85,7 +90,7 @@ def _training_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['host']} | {r.get('device', '?')} | {r['model']} | {r.get('fast_unet_dtype') or r.get('dtype', '—')} | "
             f"{_fmt(r.get('fast_run_s'), '.1f')} | {_fmt(r.get('fast_s_per_step'), '.3f')} | {_fmt(r.get('fast_skipped'), 'd')} | "
             f"{_fmt(r.get('full_s_per_step'), '.3f')} ({_fmt(r.get('full_steps'), 'd')}) | {_fmt(r.get('full_projected_s'), '.0f')} | "
-            f"{_fmt(r.get('full_peak_mib'), '.0f', 'n/a (CPU)' if r.get('device') == 'CPU' else '—')} | {r.get('full_plan', '—')} | "
+            f"{_vram(r, 'full_peak_mib', '.0f')} | {r.get('full_plan', '—')} | "
             f"{_fmt(r.get('grad_cosine'), '.4f')} | {_fmt(r.get('grad_cosine_unscaled'), '.4f')} | {_cell(r.get('error', ''))} |"
         )
     return lines
