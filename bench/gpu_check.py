@@ -383,8 +383,8 @@ def measure(lane: str, plan: Plan, rows_path: Path) -> int:
     import host
     import torch
 
-    base = tempfile.TemporaryDirectory(prefix="cross_init_gpu_check_")  # removed when the process ends
-    pack = host.boot(Path(base.name), prefer_gpu=True)
+    boot_dir = tempfile.TemporaryDirectory(prefix="cross_init_gpu_check_")  # held until measure() returns
+    pack = host.boot(Path(boot_dir.name), prefer_gpu=True)
     core = pack.cross_init_core
     import comfy.model_management as mm
 

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -308,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="cross_init_server_path_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     checkpoints = (args.checkpoints or work / "checkpoints").resolve()
+    # stopped at the deadline (SIGTERM): unwind, so the ComfyUI server it started is stopped before the next step
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     return asyncio.run(measure(args.comfyui.resolve(), args.rows, work, checkpoints, SMOKE if args.smoke else GPU))
 
 

@@ -155,7 +155,7 @@ def render_plot(report: Report) -> torch.Tensor:
     """IMAGE [1, H, W, 3]: identity, prompt score and loss against step (three panels, one step axis), the best
     checkpoint marked."""
     steps = [r.step for r in report.rows]
-    last = max(steps[-1], len(report.losses), 1)
+    last = max(steps[-1], 1)
     height = TOP + 3 * PANEL + 40
     image = Image.new("RGB", (WIDTH, height), "white")
     draw = ImageDraw.Draw(image)
@@ -165,7 +165,9 @@ def render_plot(report: Report) -> torch.Tensor:
     def x_of(step: float) -> float:
         return left + (step / last) * (right - left)
 
-    loss_steps = list(range(1, len(report.losses) + 1))
+    # the losses are this run's steps: a continued run's count goes on from its file's (the last checkpoint's steps)
+    offset = max(report.rows[-1].step - len(report.losses), 0)
+    loss_steps = list(range(offset + 1, offset + len(report.losses) + 1))
     loss_curve = moving_average(report.losses, max(1, len(report.losses) // 20)) if report.losses else []
     no_face = "no face in any sample" if report.identity else "not scored"
     panels = (

@@ -42,6 +42,8 @@ from .settings import LossSettings, TrainingSettings, checkpoint_steps
 log = logging.getLogger(__name__)
 
 SYNC_EVERY = 8
+# a loaded file's figures of its own run, which a further run must not carry over (it sets its own where they apply)
+STALE_RUN_KEYS = frozenset({"peak_vram_mib", "stopped_at_step", "fp16_skipped_steps", "continued_from_steps", "source_file"})
 
 StepCallback = Callable[[int, int, float], None]
 PreviewHook = Callable[[int, CrossInitEmbedding], Any]
@@ -348,8 +350,9 @@ def train(
     if not isinstance(save_every, int) or save_every < 0:
         raise InvalidInputError(f"save_every: got {save_every!r}; use 0 (off) or a number of steps, e.g. 80.")
     continued = continuation_of(clip, embedding)
-    if continued is not None and continued.start is not None:  # the new file keeps only how its start was made
-        kept = {k: v for k, v in embedding.metadata.items() if k.startswith("init_")}
+    if continued is not None:  # a loaded file: the new one keeps how its start was made, never the old run's figures
+        kept = {k: v for k, v in embedding.metadata.items() if k.startswith("init_")} if continued.start is not None else \
+            {k: v for k, v in embedding.metadata.items() if k not in STALE_RUN_KEYS}
         embedding = CrossInitEmbedding(embedding.vectors, continued.start, kept)
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     steps = run.settings.steps

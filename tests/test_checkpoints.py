@@ -194,6 +194,16 @@ def test_the_report_follows_the_backends_direction_and_passes_over_faceless_chec
         core.checkpoint_report.build_report(ckpts, [_identity(0.3), *dlib[1:]], [])
 
 
+def test_a_continued_runs_losses_are_drawn_at_their_steps(core):
+    ckpts = [_ckpt(core, s, [1.0 + 0.1 * (i % 2) for i in range(s - 4)]) for s in (6, 8)]  # continued from step 4
+    report = core.checkpoint_report.build_report(ckpts, [], [_prompt(0.3), _prompt(0.2)])
+    plot = (core.checkpoint_report.render_plot(report)[0] * 255).round().to(torch.int16)
+    loss = ((plot - torch.tensor(core.checkpoint_report.LOSS_COLOR, dtype=torch.int16)).abs().sum(-1) == 0)
+    columns = loss[core.checkpoint_report.TOP + 2 * core.checkpoint_report.PANEL:].any(0).nonzero().flatten()
+    left, right = core.checkpoint_report.MARGIN_LEFT, core.checkpoint_report.WIDTH - core.checkpoint_report.MARGIN_RIGHT
+    assert int(columns.min()) >= left + 5 / 8 * (right - left) - 3  # its first loss is step 5 of 8, not step 1
+
+
 def test_the_report_plot_marks_the_best_step(core):
     ckpts = [_ckpt(core, s, [1.0 / (i + 1) for i in range(s)]) for s in (10, 20, 30)]
     report = core.checkpoint_report.build_report(ckpts, [_identity(v) for v in (0.2, 0.5, 0.3)], [_prompt(0.3)] * 3)
@@ -236,10 +246,11 @@ def test_a_saved_run_goes_on_toward_its_original_start_and_counts_every_step(cor
 def test_a_file_without_its_start_pulls_toward_its_own_vectors_and_another_family_is_refused(core, tiny, tmp_path):
     m = tiny("sd1")
     foreign = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.randn(2, 64, generator=torch.Generator().manual_seed(1))},
-                                                metadata={"source_file": "a1111.pt"})
+                                                metadata={"source_file": "a1111.pt", "peak_vram_mib": "9999", "note": "kept"})
     result = _train(core, m, foreign, 2)
     assert torch.equal(result.embedding.init_vectors["clip_l"], foreign.vectors["clip_l"])
-    assert result.embedding.metadata["steps"] == "2"
+    assert result.embedding.metadata["steps"] == "2" and result.embedding.metadata["note"] == "kept"
+    assert "peak_vram_mib" not in result.embedding.metadata and "source_file" not in result.embedding.metadata
     sd2 = init_embedding(core, tiny("sd2").clip)
     saved = core.embedding_io.save_embedding(_train(core, tiny("sd2"), sd2, 1).embedding, tmp_path, "sd2_file")
     with pytest.raises(core.errors.InvalidInputError, match=r"clip_h .* SD 2"):

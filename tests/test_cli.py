@@ -275,6 +275,40 @@ def test_a_workflow_file_that_is_not_an_api_graph_exits_2_naming_it(tmp_path):
         assert files_in(out) == []
 
 
+def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
+    """Which files a job writes (NAME, its checkpoints; --resume's count going on), which are taken, which names
+    would be too long once a remote run adds its id, and photos the folder loader cannot read."""
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
+    from cross_init_core.client.prompt_graph import FOLDER_LOADER, load_workflow
+    from cross_init_core.client.train import graph, jobs
+
+    job = jobs.Job(name="anna", images=[], source="--images")
+    assert jobs.Outputs(320, 80).names(job) == ["anna-step0080", "anna-step0160", "anna-step0240", "anna-step0320", "anna"]
+    assert jobs.Outputs(25, 80).names(job) == ["anna"] and jobs.Outputs(25).names(job) == ["anna"]
+    (tmp_path / "anna.safetensors").write_bytes(b"x")
+    assert jobs.resume_sources([job], tmp_path, lambda path: None) == [] and job.resume_steps == 0  # no count: from 0
+    job.resume_steps = 320
+    assert jobs.Outputs(160, 80, resume=True).names(job) == ["anna-step0400", "anna-step0480", "anna"]
+    assert jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80, resume=True), False, False) == []  # NAME: continued
+    problems = jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80), False, False)
+    assert len(problems) == 1 and "anna.safetensors already exists" in problems[0]  # elsewhere NAME is never replaced
+    (tmp_path / "anna-step0480.safetensors").write_bytes(b"x")
+    assert "anna-step0480.safetensors already exists" in jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80, True), False,
+                                                                               False)[0]
+    long = jobs.Job(name="n" * 95, images=[], source="--images")
+    assert jobs.long_name_problems([long], jobs.Outputs(25), remote=False) == []
+    assert "too long" in jobs.long_name_problems([long], jobs.Outputs(25), remote=True)[0]
+    assert "too long" in jobs.long_name_problems([long], jobs.Outputs(320, 80), remote=False)[0]
+    workflow = load_workflow(REPO / "workflows" / "api" / "cross_init_fast.json")
+    settings = graph.TrainGraph(ckpt_name="x.safetensors", name="anna")
+    with_folder = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.jpg"], "f")
+    with_bmp = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.bmp"], "f")
+    assert [n for n in with_folder.values() if n["class_type"] == FOLDER_LOADER]
+    assert not [n for n in with_bmp.values() if n["class_type"] == FOLDER_LOADER]  # its loader skips .bmp: LoadImage each
+    assert sorted(n["inputs"]["image"] for n in with_bmp.values() if n["class_type"] == "LoadImage") == ["f/a.png", "f/b.bmp"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The local ComfyUI (no --server): started, used and stopped by the runner
 

@@ -143,6 +143,13 @@ def test_prompt_files_accept_both_marks_and_comments(evaluation, tmp_path):
             evaluation.read_prompts(str(path))
 
 
+def test_comparison_folders_are_distinct(evaluation):
+    assert evaluation.name_folders(["me-step0080.safetensors", "me.safetensors"]) == \
+        {"me-step0080.safetensors": "me-step0080", "me.safetensors": "me"}
+    assert evaluation.name_folders(["me.pt", "me.safetensors", "a/x.safetensors", "b/x.safetensors"]) == \
+        {"me.pt": "me.pt", "me.safetensors": "me.safetensors", "a/x.safetensors": "a_x.safetensors", "b/x.safetensors": "b_x.safetensors"}
+
+
 def test_model_and_embedding_choice(plan):
     assert plan.match_embedding("my_face", ["a.pt", "my_face.safetensors"]) == "my_face.safetensors"
     assert plan.match_embedding("my_face.pt", ["my_face.pt", "my_face.safetensors"]) == "my_face.pt"

@@ -251,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                          args.deadline, "CPU smoke run" if args.smoke else "GPU run")
                 steps = plan_steps(hosts, args.smoke, work, rows_path)
                 not_reached = run_steps(steps, deadline_at, rows_path, log_file)
-        except (Stopped, RuntimeError, OSError) as exc:
+        except (Stopped, RuntimeError) as exc:  # a stop, or a missing piece named in the message
             log.error("the check stopped early: %s", exc)
             notes.append(f"The check stopped early: {exc}.")
+        except Exception as exc:  # anything else (a broken archive, say) is named in the report it always writes
+            log.exception("the check stopped early")
+            notes.append(f"The check stopped early: {type(exc).__name__}: {exc}.")
         finally:
             rows = read_rows(rows_path)
             fallback = f"{prepared_at} (when .device was prepared)" if prepared_at else "unknown"

@@ -59,6 +59,8 @@ def input_file_path(relative: str) -> str | None:
 
     root = os.path.realpath(folder_paths.get_input_directory())
     path = os.path.realpath(os.path.join(root, relative))
-    if os.path.commonpath((root, path)) != root or not os.path.isfile(path):
-        return None
-    return path
+    try:
+        inside = os.path.commonpath((root, path)) == root
+    except ValueError:  # Windows: another drive
+        inside = False
+    return path if inside and os.path.isfile(path) else None

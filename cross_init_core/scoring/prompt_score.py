@@ -214,6 +214,9 @@ def image_prompts(prompt: str, count: int) -> list[str]:
     """The prompt of each of `count` images, as scored: one line per image when the text has exactly `count`
     lines (a batch of several prompts, e.g. one sample per prompt and checkpoint), else the whole text for all."""
     lines = [line for line in prompt.splitlines() if line.strip()]
+    if len(lines) > 1 and len(lines) != count:
+        logger.warning("Prompt score: the prompt has %d lines for %d images, so the whole text is scored for each image "
+                       "(one line per image needs as many lines as images)", len(lines), count)
     texts = [scored_prompt(line) for line in lines] if count > 1 and len(lines) == count else [scored_prompt(prompt)] * count
     if not all(texts):
         raise CrossInitError(

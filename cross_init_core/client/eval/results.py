@@ -269,7 +269,8 @@ def write_comparison(folder: Path, tables: dict[str, EvalTable], run: dict[str, 
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([[_cell(c) for c in row] for row in rows])
-    data = {"run": run, "embeddings": {name: {"folder": name_folder(name), "overall": table.overall(),
+    folders = name_folders(list(tables))
+    data = {"run": run, "embeddings": {name: {"folder": folders[name], "overall": table.overall(),
                                               "prompts": [asdict(r) for r in table.prompts]} for name, table in tables.items()}}
     csv_path, json_path = folder / "comparison.csv", folder / "comparison.json"
     replace_atomically(csv_path, buffer.getvalue().encode("utf-8"))
@@ -289,9 +290,11 @@ def format_comparison(tables: dict[str, EvalTable]) -> str:
     return "\n".join([*table_lines(labels, shown), note]) + "\n"
 
 
-def name_folder(name: str) -> str:
-    """The folder of one embedding's results in a comparison: its file stem."""
-    return Path(name).stem
+def name_folders(names: Sequence[str]) -> dict[str, str]:
+    """The folder of each embedding's results in a comparison: its file stem, or its whole name (folders replaced by
+    `_`) where two embeddings share a stem (my_face.pt and my_face.safetensors)."""
+    stems = [Path(n).stem for n in names]
+    return {n: stem if stems.count(stem) == 1 else n.replace("/", "_").replace("\\", "_") for n, stem in zip(names, stems, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------

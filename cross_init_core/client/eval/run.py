@@ -30,7 +30,7 @@ from .results import (
     contact_sheet,
     format_comparison,
     format_table,
-    name_folder,
+    name_folders,
     write_comparison,
     write_table,
 )
@@ -99,23 +99,27 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
         embeddings, clip_model = await _preflight(client, args, plan, ckpt_name)
         run_id = uuid.uuid4().hex[:8]
         references = []
-        for i, photo in enumerate(plan.faces):
-            references.append(await client.upload_image(photo, UPLOAD_SUBFOLDER, f"{run_id}_ref{i}{photo.suffix.lower()}"))
-        try:  # the reference photos against themselves: the backend runs and each photo shows a face
+        try:
+            for i, photo in enumerate(plan.faces):
+                references.append(await client.upload_image(photo, UPLOAD_SUBFOLDER, f"{run_id}_ref{i}{photo.suffix.lower()}"))
+            # the reference photos against themselves: the backend runs and each photo shows a face
             probe = probe_prompt(plan.workflow, references, args.identity_backend)
             outcome = await client.run(probe)
             report = outcome.outputs.get("probe_report", {}).get("text", [""])[0]
             log.info("identity backend and reference photos checked (%s)", report.split(",")[0].strip("{ ") or "ok")
         except (PromptFailed, PromptRejected) as exc:
             raise UsageError(f"--faces: the identity score cannot use the reference photos: {exc}") from None
+        except (ServerGone, ValueError) as exc:
+            raise UsageError(f"the server could not check the reference photos: {exc}") from None
 
         tables: dict[str, EvalTable] = {}
         status = EXIT_OK
+        folders = name_folders(embeddings)
         for embedding in embeddings:  # the same prompts and seeds for each, so their images compare
             settings = EvalGraph(ckpt_name=ckpt_name, embedding=embedding, references=references, per_prompt=args.per_prompt,
                                  seed=args.seed, backend=args.identity_backend, clip_model=clip_model, steps=args.steps,
                                  resolution=args.resolution, prefix=f"cross_init_eval/{Path(embedding).stem}_{run_id}")
-            folder = plan.output / name_folder(embedding) if plan.compares else plan.output
+            folder = plan.output / folders[embedding] if plan.compares else plan.output
             tables[embedding], status = await _evaluate(client, args, plan, settings, folder, stderr)
             run_info = {
                 "version": __version__, "checkpoint": ckpt_name, "embedding": embedding, "faces": [str(p) for p in plan.faces],
@@ -152,25 +156,25 @@ async def _evaluate(client: ComfyClient, args: argparse.Namespace, plan: Plan, s
     log.info("%d prompts x %d images with %s on %s; output: %s", len(plan.prompts), args.per_prompt, settings.embedding,
              settings.ckpt_name, folder)
     for index, text in enumerate(plan.prompts):
-        prompt = build_prompt(plan.workflow, settings, text, index)
         bar = ProgressBar(stderr, f"[{index + 1}/{len(plan.prompts)}] {text[:40]}", enabled=enabled)
+        files, images = [], []
         try:
+            prompt = build_prompt(plan.workflow, settings, text, index)
             outcome = await client.run(prompt, on_progress=bar.hook)
-        except (PromptFailed, PromptRejected, ServerGone) as exc:
-            bar.finish()
+            result = read_outcome(prompt, outcome.outputs)
+            for j, entry in enumerate(result.images):
+                data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
+                path = images_dir / f"p{index:02d}_i{j:02d}.png"
+                path.write_bytes(data)
+                files.append(str(path.relative_to(folder)))
+                with Image.open(io.BytesIO(data)) as image:
+                    images.append(image.convert("RGB"))
+        except (PromptFailed, PromptRejected, ServerGone, ValueError) as exc:
             log.error("prompt %d (%s) failed: %s; the table holds the %d prompts before it", index, text, exc, index)
             status = EXIT_FAILED
             break
-        bar.finish()
-        result = read_outcome(prompt, outcome.outputs)
-        files, images = [], []
-        for j, entry in enumerate(result.images):
-            data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
-            path = images_dir / f"p{index:02d}_i{j:02d}.png"
-            path.write_bytes(data)
-            files.append(str(path.relative_to(folder)))
-            with Image.open(io.BytesIO(data)) as image:
-                images.append(image.convert("RGB"))
+        finally:
+            bar.finish()
         add_prompt_result(table, index, text, files, result.identity, result.prompt)
         rows.append(images)
     sheet = folder / "contact_sheet.jpg"

@@ -44,7 +44,17 @@ from ..progress import ProgressBar
 from ..prompt_graph import EMBEDDING_LOADER, FACE_PREP, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
 from . import farm
 from .graph import TrainGraph, build_prompt
-from .jobs import Job, Outputs, clash_problems, collect_jobs, format_summary, input_problems, resume_sources, summary_rows
+from .jobs import (
+    Job,
+    Outputs,
+    clash_problems,
+    collect_jobs,
+    format_summary,
+    input_problems,
+    long_name_problems,
+    resume_sources,
+    summary_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "embeddings folder, models/embeddings; required with --server when no local ComfyUI is found).")
     out.add_argument("--samples", action="store_true",
                      help="also run the workflow's sample renders (KSampler -> SaveImage, files "
-                          "output/cross_init/NAME_*.png on the server that trained NAME) and save the loss curve; "
+                          "output/cross_init/NAME_*.png on the server that trained NAME; NAME-RUNID_*.png on a remote one) and save the "
+                          "loss curve; "
                           "default: train and save only.")
     out.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the summary as JSON to FILE.")
     add_console_options(out, "summary table")
@@ -224,12 +235,18 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         out_dir: Path = (args.out or local_embeddings).expanduser()  # type: ignore[union-attr]
         if args.resume:
             problems += resume_sources(jobs, out_dir, lambda path: farm.metadata_int(farm.file_metadata(path.read_bytes()), "steps"))
-        outputs = Outputs(args.steps or PRESETS[args.mode].steps, args.save_every or 0, args.resume)
+        steps = args.steps or PRESETS[args.mode].steps
+        outputs = Outputs(steps, args.save_every or 0, args.resume)
         problems += clash_problems(jobs, out_dir, outputs, args.overwrite, args.skip_existing)
-        if local is not None and local_embeddings is not None and local_embeddings.resolve() != out_dir.resolve():
-            # the local server's save node writes there too: do not replace a file of the same name by surprise
-            problems += clash_problems([j for j in jobs if j.status == "pending"], local_embeddings, outputs, args.overwrite,
-                                       False, where=" in the local ComfyUI's embeddings folder")
+        problems += long_name_problems(jobs, outputs, remote=bool(urls))
+        # the local server's save node writes into its own embeddings folder too: --resume may replace NAME there only
+        # when that folder is --out (the file being continued); anything else of the same name is never replaced
+        local_is_out = local_embeddings is not None and local_embeddings.resolve() == out_dir.resolve()
+        args.replace_local = args.overwrite or (args.resume and local_is_out)
+        if local is not None and local_embeddings is not None and not local_is_out:
+            problems += clash_problems([j for j in jobs if j.status == "pending"], local_embeddings,
+                                       Outputs(steps, args.save_every or 0), args.overwrite, False,
+                                       where=" in the local ComfyUI's embeddings folder")
         if problems:
             raise UsageError("\n".join(problems))
         try:
@@ -250,7 +267,9 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
             servers = [farm.Server(ComfyClient(url, session)) for url in urls]
 
         node_types = {node["class_type"] for node in workflow.values()} | ({EMBEDDING_LOADER} if args.resume else set())
-        problems = await farm.check_servers(servers, ckpt_name, node_types)
+        # inputs this run needs that older packs lack: refused before any work, naming the server
+        needs = {TRAINER: {"save_every"} if args.save_every else set(), EMBEDDING_LOADER: {"file"} if args.resume else set()}
+        problems = await farm.check_servers(servers, ckpt_name, node_types, needs)
         face_prep = _face_prep_settings(args, workflow, servers, problems)
         if problems:
             raise UsageError("\n".join(problems))
@@ -264,7 +283,7 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
             # a remote server: new names only
             settings = TrainGraph(
                 ckpt_name=ckpt_name, seed=args.seed, steps=args.steps, resolution=args.resolution, name=save_as, mode=args.mode,
-                overwrite=(args.overwrite or args.resume) and server.local is not None, use_folder_loader=server.folder_loader,
+                overwrite=args.replace_local and server.local is not None, use_folder_loader=server.folder_loader,
                 batch_size=args.batch_size, learning_rate=args.learning_rate, samples=args.samples, face_prep=face_prep,
                 save_every=args.save_every or 0, resume_file=resume_file,
             )

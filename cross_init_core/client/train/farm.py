@@ -61,14 +61,19 @@ class Server:
 # Before any work
 
 
-async def check_servers(servers: list[Server], ckpt_name: str, node_types: set[str]) -> list[str]:
-    """Every server answers, has the pack (new enough), every node type of the graph and the checkpoint."""
+async def check_servers(servers: list[Server], ckpt_name: str, node_types: set[str],
+                        needs: dict[str, set[str]] | None = None) -> list[str]:
+    """Every server answers, has the pack (new enough: `needs` names further inputs this run uses), every node type
+    of the graph and the checkpoint."""
+    wanted = {SAVER: {"copy_to_output"}, **{k: v for k, v in (needs or {}).items() if v}}
 
     async def check(server: Server) -> list[str]:
         nodes, problems = await preflight(server.client, node_types | {SAVER, TRAINER}, ckpt_name, optional={FOLDER_LOADER})
-        if nodes.has(SAVER) and "copy_to_output" not in nodes.inputs(SAVER):
-            problems.append(f"server {nodes.url}: its Cross-Init pack is older than this runner (the save node has no "
-                            "copy_to_output); update the pack there")
+        for class_type, inputs in wanted.items():
+            lacking = sorted(inputs - nodes.inputs(class_type)) if nodes.has(class_type) else []
+            if lacking:
+                problems.append(f"server {nodes.url}: its Cross-Init pack is older than this runner ({class_type} has no "
+                                f"{', '.join(lacking)}); update the pack there")
         server.folder_loader = nodes.has(FOLDER_LOADER)
         server.face_prep = nodes.infos.get(FACE_PREP)
         return problems
@@ -259,6 +264,8 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
 
 
 def _keep_continued(source: Path, keep: Path) -> None:
-    """--resume replaces NAME in --out with the continued run: the file it continues stays as NAME-stepNNNN."""
-    if not keep.exists():
-        write_new(keep.parent, keep.stem, keep.suffix, source.read_bytes())
+    """--resume replaces NAME in --out with the continued run: the file it continues stays as NAME-stepNNNN (or
+    NAME-stepNNNN-xxxxxxxx when another file has that name; nothing when it holds these very bytes)."""
+    data = source.read_bytes()
+    if not (keep.is_file() and keep.read_bytes() == data):
+        write_new(keep.parent, keep.stem, keep.suffix, data)

@@ -4,6 +4,7 @@ with the same node types) with the job's photos, checkpoint, name and settings."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ...settings import PRESETS
@@ -22,6 +23,7 @@ from ..prompt_graph import (
 )
 
 CHECKPOINTS_OUTPUT = 2  # the trainer's checkpoints output (a list)
+FOLDER_LOADER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what the stock folder loader reads
 
 
 @dataclass
@@ -81,7 +83,8 @@ def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[st
     for prep in preps:
         prompt[prep]["inputs"].update(settings.face_prep)
     mask_read = any(value == [loader, 1] for node in prompt.values() for value in node["inputs"].values())
-    if prep_reads_loader and not mask_read and settings.use_folder_loader:
+    folder_readable = all(Path(name).suffix.lower() in FOLDER_LOADER_SUFFIXES for name in images)
+    if prep_reads_loader and not mask_read and settings.use_folder_loader and folder_readable:
         # face prep takes an image list (photos of any sizes): the stock folder loader gives one
         prompt[loader] = {"class_type": FOLDER_LOADER, "inputs": {"folder": image_folder}, "_meta": {"title": "Face photos (CLI)"}}
     else:

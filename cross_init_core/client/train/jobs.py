@@ -103,7 +103,24 @@ def resume_sources(jobs: list[Job], folder: Path, read_steps: Any) -> list[str]:
         if not source.is_file():
             problems.append(f"{job.name}: --resume needs {source} (the file to continue); train it first, or leave out --resume")
             continue
-        job.resume_steps = read_steps(source)
+        job.resume_steps = read_steps(source) or 0  # a file without a step count (another trainer's) starts the count at 0
+    return problems
+
+
+RUN_ID_SUFFIX = "-xxxxxxxx"  # what a remote run adds to the names it saves (farm.saved_name)
+
+
+def long_name_problems(jobs: list[Job], outputs: Outputs, remote: bool) -> list[str]:
+    """Names whose derived file names (checkpoints; on a remote server the run's id too) would be too long, found
+    before any work rather than after the training."""
+    problems = []
+    for job in jobs:
+        longest = max(outputs.names(job), key=len)
+        try:
+            validate_name(longest.replace(job.name, job.name + RUN_ID_SUFFIX, 1) if remote else longest)
+        except CrossInitError as exc:
+            problems.append(f"{job.source}: the name {job.name!r} is too long for the files this run writes ({exc}); "
+                            "choose a shorter name")
     return problems
 
 
