@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .embedding import CrossInitEmbedding
+from .embedding_names import trained_steps
 from .errors import InvalidInputError
 from .loss_plot import moving_average
 from .text_table import format_table
@@ -110,14 +111,14 @@ def build_report(checkpoints: Sequence[CrossInitEmbedding], identity_reports: Se
         raise InvalidInputError("identity: the checkpoints were scored with different backends; score them all alike.")
     rows = []
     for embedding, identity, prompt in zip(checkpoints, identities, prompts, strict=True):
-        steps = embedding.metadata.get("steps", "")
-        if not steps.isdigit():
+        steps = trained_steps(embedding.metadata)
+        if steps is None:
             raise InvalidInputError("checkpoints: an item has no step count (metadata steps); connect the trainer's "
                                     "checkpoints output.")
         losses = [loss for loss, _reg in embedding.loss_history]
         images = identity.get("images") or []
         rows.append(CheckpointRow(
-            step=int(steps), identity=_finite(identity.get("mean")),
+            step=steps, identity=_finite(identity.get("mean")),
             faces=f"{identity.get('faces_found', sum(bool(i.get('face')) for i in images))}/{len(images)}" if identity else "-",
             prompt=_finite(prompt.get("mean")), loss=float(np.mean(losses[-LOSS_WINDOW:])) if losses else None))
     identity_info = described[0] if identity_reports else {}

@@ -18,7 +18,7 @@ import torch
 
 from . import atomic_files
 from .embedding import CrossInitEmbedding
-from .embedding_names import validate_name
+from .embedding_names import checkpoint_name, trained_steps, validate_name
 from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from .families import KEY_WIDTHS, WIDTH_KEYS, WIDTHS_MESSAGE
 
@@ -85,13 +85,13 @@ def checkpoint_names(embeddings: list[CrossInitEmbedding], name: str) -> list[tu
         return [(embeddings[0], stem)]
     named = []
     for index, embedding in enumerate(embeddings, start=1):
-        steps = embedding.metadata.get("steps", "")
-        if not steps.isdigit():
+        steps = trained_steps(embedding.metadata)
+        if steps is None:
             raise InvalidInputError(
                 f"embedding: item {index} of the {len(embeddings)} in the list has no step count (metadata steps); a list "
                 "to save comes from the trainer's checkpoints output."
             )
-        named.append((embedding, validate_name(f"{stem}-step{int(steps):04d}")))
+        named.append((embedding, validate_name(checkpoint_name(stem, steps))))
     seen = [n for _e, n in named]
     twice = sorted({n for n in seen if seen.count(n) > 1})
     if twice:

@@ -45,3 +45,14 @@ def validate_name(name: str) -> str:
     if stem.split(".")[0].upper() in WINDOWS_RESERVED:
         raise InvalidInputError(f"{what}: {stem.split('.')[0]} is a reserved device name on Windows; choose another name.")
     return stem
+
+
+def checkpoint_name(stem: str, steps: int) -> str:
+    """The file stem of a run's checkpoint after `steps` steps: NAME-stepNNNN (four digits at least)."""
+    return f"{stem}-step{steps:04d}"
+
+
+def trained_steps(metadata: dict[str, str]) -> int | None:
+    """The step count a file's metadata records (`steps`), or None when it records none or it is not a whole number."""
+    value = str(metadata.get("steps", "")).strip()
+    return int(value) if value.isascii() and value.isdecimal() else None
