@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from .embedding import CrossInitEmbedding
 from .embedding_names import trained_steps
 from .errors import InvalidInputError
-from .loss_plot import moving_average
+from .loss_plot import moving_average, scale_to_pixels
 from .text_table import format_table
 
 DEFAULT_MARGIN = 0.01  # CLIP cosine: about a third of the prompt-score gap between the paper's methods
@@ -189,8 +189,8 @@ def render_plot(report: Report) -> torch.Tensor:
             draw.text((left + 8, (top + bottom) // 2), empty, fill="gray")
             continue
         low, high = min(y for _x, y in points), max(y for _x, y in points)
-        span = (high - low) or 1.0
-        scaled = [(x_of(x), bottom - 4 - (y - low) / span * (bottom - top - 8)) for x, y in points]
+        scaled = list(zip([x_of(x) for x, _y in points],
+                          scale_to_pixels([y for _x, y in points], low, high, top + 4, bottom - 4), strict=True))
         draw.text((6, top + 14), f"{high:.4g}", fill="black")
         draw.text((6, bottom - 12), f"{low:.4g}", fill="black")
         if len(scaled) > 1:

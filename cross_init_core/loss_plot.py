@@ -23,7 +23,8 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def _scale(values: Sequence[float], low: float, high: float, top: int, bottom: int) -> list[float]:
+def scale_to_pixels(values: Sequence[float], low: float, high: float, top: int, bottom: int) -> list[float]:
+    """Pixel rows of `values` on an axis from `low` (at `bottom`) to `high` (at `top`)."""
     span = (high - low) or 1.0
     return [bottom - (v - low) / span * (bottom - top) for v in values]
 
@@ -50,7 +51,7 @@ def render_loss_curve(losses: Sequence[float], regs: Sequence[float]) -> torch.T
         draw.text((right - 20, bottom + 6), str(n), fill="black")
         window = max(1, n // 10)
         for series, color, width in ((losses, LOSS_COLOR, 1), (moving_average(losses, window), AVERAGE_COLOR, 2)):
-            ys = _scale(series, lo, hi, top, bottom)
+            ys = scale_to_pixels(series, lo, hi, top, bottom)
             if n == 1:
                 draw.ellipse([xs[0] - 2, ys[0] - 2, xs[0] + 2, ys[0] + 2], fill=color)
             else:
@@ -59,7 +60,7 @@ def render_loss_curve(losses: Sequence[float], regs: Sequence[float]) -> torch.T
             rlo, rhi = min(regs), max(regs)
             draw.text((right + 4, top - 6), f"{rhi:.3g}", fill=REG_COLOR)
             draw.text((right + 4, bottom - 6), f"{rlo:.3g}", fill=REG_COLOR)
-            ys = _scale(regs, rlo, rhi, top, bottom)
+            ys = scale_to_pixels(regs, rlo, rhi, top, bottom)
             if n > 1:
                 draw.line(list(zip(xs, ys, strict=True)), fill=REG_COLOR, width=1)
     array = np.asarray(image, dtype=np.float32) / 255.0

@@ -127,6 +127,7 @@ class Trainer:
         self.regs: list[float] = []
         self.skipped: list[int] = []
         self.checkpoints: list[CrossInitEmbedding] = []
+        self.shared_metadata: dict[str, str] | None = None  # made at the first checkpoint, with the models set up
         self.setup_seconds = 0.0
         self.loop_seconds = 0.0
 
@@ -174,10 +175,10 @@ class Trainer:
                         if calls.fault_hook is not None:
                             calls.fault_hook(step)
                         self._step(step_loss, draw)
-                        if len(self.pending) >= self.sync_every or step + 1 == end_step:
-                            self._read_back(step)
-                        if step + 1 in self.checkpoint_at:
-                            self._read_back(step)  # the checkpoint's loss history, through this step
+                        checkpoint = step + 1 in self.checkpoint_at
+                        if checkpoint or len(self.pending) >= self.sync_every or step + 1 == end_step:
+                            self._read_back(step)  # a checkpoint holds the loss history through its step
+                        if checkpoint:
                             self.checkpoints.append(self._embedding_at(step + 1))
                         calls.reporter(step + 1, None)
                         calls.console.update(1)
@@ -268,14 +269,13 @@ class Trainer:
                 step=0,
             )
 
-    def _metadata(self, steps_done: int) -> dict[str, str]:
-        """The file metadata of the vectors after `steps_done` of this run's steps (counting a continued file's)."""
+    def _run_metadata(self) -> dict[str, str]:
+        """The file metadata every checkpoint of this run shares (its `steps` are set per checkpoint)."""
         run = self.run
-        metadata = {
+        return {
             "method": "cross_initialization",
             "mode": self.mode,
             **run.settings.as_metadata(),
-            "steps": str(self.previous_steps + steps_done),
             "reg_weight": str(run.loss_settings.reg_weight),
             "base_model": families.base_model((s.key for s in run.slots), run.prediction),
             "num_tokens": str(self.embedding.num_tokens),
@@ -283,6 +283,12 @@ class Trainer:
             "clip_layer": host.clip_layer(run.clip),
             "pack_version": __version__,
         }
+
+    def _metadata(self, steps_done: int) -> dict[str, str]:
+        """The file metadata of the vectors after `steps_done` of this run's steps (counting a continued file's)."""
+        if self.shared_metadata is None:
+            self.shared_metadata = self._run_metadata()
+        metadata = {**self.shared_metadata, "steps": str(self.previous_steps + steps_done)}
         if self.previous_steps:
             metadata["continued_from_steps"] = str(self.previous_steps)
         if self.scaler.enabled:
@@ -346,7 +352,7 @@ def train(
     """
     started = time.perf_counter()
     memory = (memory or MemorySettings()).validated()
-    peak = DevicePeak(getattr(model, "load_device", "cpu")).start()  # the whole run: setup (VAE encoding) and every step
+    peak = DevicePeak(host.compute_device(model)).start()  # the whole run: setup (VAE encoding) and every step
     if not isinstance(save_every, int) or save_every < 0:
         raise InvalidInputError(f"save_every: got {save_every!r}; use 0 (off) or a number of steps, e.g. 80.")
     continued = continuation_of(clip, embedding)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..cross_init_core import checkpoint_report
-from .common import CATEGORY, Embedding
-from .embedding_files import single
+from .common import CATEGORY, Embedding, single
 
 _RULE = checkpoint_report.RULE.format(margin="margin", direction="highest ArcFace cosine, or lowest dlib distance")
 

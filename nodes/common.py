@@ -1,4 +1,4 @@
-"""Shared node pieces: the pack's custom socket types and category."""
+"""Shared node pieces: the pack's custom socket types and category, and list-node inputs."""
 
 from __future__ import annotations
 
@@ -10,3 +10,8 @@ CATEGORY = "training/cross_init"
 Embedding = io.Custom("CROSS_INIT_EMBEDDING")
 # A LossSettings (cross_init_core.settings).
 LossSettingsType = io.Custom("CROSS_INIT_LOSS")
+
+
+def single(value):
+    """One value of an input of a list node (ComfyUI passes every input of such a node as a list)."""
+    return value[0] if isinstance(value, list) else value

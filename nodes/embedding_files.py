@@ -7,14 +7,9 @@ from comfy_api.latest import io, ui
 
 from ..cross_init_core import embedding_io, host
 from ..cross_init_core.errors import EmbeddingFileError, InvalidInputError
-from .common import CATEGORY, Embedding
+from .common import CATEGORY, Embedding, single
 
 log = logging.getLogger(__name__)
-
-
-def single(value):
-    """One value of an input of a list node (ComfyUI passes every input of such a node as a list)."""
-    return value[0] if isinstance(value, list) else value
 
 
 class CrossInitSaveEmbedding(io.ComfyNode):

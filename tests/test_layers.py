@@ -14,8 +14,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = "pack"  # the repository root, as ComfyUI imports it
+# `nodes` written as an absolute import is ComfyUI's nodes.py: the pack itself is imported as a package, so its own
+# nodes/ is only reachable relatively
 COMFY_INTERNALS = {"comfy", "comfy_extras", "comfy_execution", "folder_paths", "execution", "server", "latent_preview",
-                   "node_helpers", "comfyui_version", "app", "utils"}
+                   "node_helpers", "comfyui_version", "app", "utils", "nodes"}
 COMFY_API = {"comfy_api"}
 SHARED = {"cross_init_core", "cross_init_core.errors", "cross_init_core.settings", "cross_init_core.families",
           "cross_init_core.embedding_names", "cross_init_core.atomic_files", "cross_init_core.prompt_text",
@@ -50,8 +52,10 @@ def _imports(name: str, path: Path) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 target = alias.name
-                (internal if target.split(".")[0] in ("cross_init_core", "nodes") and target in MODULES else external).add(
-                    target if target in MODULES else target.split(".")[0])
+                if target.split(".")[0] == "cross_init_core" and target in MODULES:
+                    internal.add(target)
+                else:
+                    external.add(target.split(".")[0])
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0:
                 target = node.module or ""

@@ -209,10 +209,10 @@ def test_unknown_clip_layer_falls_back_to_cloning_with_the_same_result(core, tin
 
 
 def test_activation_estimate_uses_each_familys_measured_constants(core, tiny):
-    ha, mem = core.host, core.memory
+    host, mem = core.host, core.memory
     for kind, family in (("sd1", "sd"), ("sdxl", "sdxl")):
         m = tiny(kind)
-        element = ha.compute_dtype_size(m.model) * m.model.model.model_config.unet_config["model_channels"] / 320
+        element = host.compute_dtype_size(m.model) * m.model.model.model_config.unet_config["model_channels"] / 320
         for checkpointed, key in ((False, "plain"), (True, "checkpointed")):
             linear, quadratic = mem.ACTIVATION_ELEMENTS[family][key]
             pixels = 64 * 64

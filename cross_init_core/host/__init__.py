@@ -8,18 +8,18 @@ Every other module of the pack calls ComfyUI through the functions re-exported h
 - `session`: the training session, which makes the host models differentiable without copying or changing a
   weight and puts every object back on exit;
 - `unet`: the UNet's compute dtype, `apply_model`, noise schedule, SDXL conditioning and gradient checkpointing;
-- `devices`: model sizes, free memory and out-of-memory errors;
+- `devices`: the compute device, model sizes, free memory and out-of-memory errors;
 - `sampling`: the host sampler and VAE (previews, face latents);
 - `progress`: the progress bar, its console switch and Cancel;
 - `folders`: model folders, embeddings folders, the output folder and the BPE files;
-- `forwards`: the instance-forward patching the session and checkpointing share.
+- `forwards`: the instance-forward patching that the CLIP's out-of-place layers and UNet checkpointing share.
 
 ComfyUI modules are imported inside the functions that use them, so the pack imports without a host.
 """
 
 from __future__ import annotations
 
-from .devices import evaluation_devices, free_device_bytes, out_of_memory_errors, weights_bytes
+from .devices import compute_device, evaluation_devices, free_device_bytes, out_of_memory_errors, weights_bytes
 from .encoding import clip_layer, encode_batch_for_training, encode_conditioning, tokenize
 from .folders import (
     clip_tokenizer_folder,
@@ -59,7 +59,8 @@ from .unet import (
 )
 
 __all__ = [
-    "check_interrupted", "check_model_matches_clip", "clip_layer", "clip_tokenizer_folder", "compute_dtype_size",
+    "check_interrupted", "check_model_matches_clip", "clip_layer", "clip_tokenizer_folder", "compute_device",
+    "compute_dtype_size",
     "console_progress_enabled", "denoised", "dtype_name", "embedding_directories", "embedding_file_path",
     "encode_batch_for_training", "encode_conditioning", "encoder_slots", "evaluation_devices", "free_device_bytes",
     "hf_tokenizer", "inner_encoders", "input_file_path", "is_sdxl_model", "list_embedding_files", "model_context_width",

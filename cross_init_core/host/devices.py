@@ -7,6 +7,11 @@ from typing import Any
 import torch
 
 
+def compute_device(model: Any) -> torch.device:
+    """The device the host loads MODEL onto to compute (the CPU for an object that is not a host model)."""
+    return torch.device(getattr(model, "load_device", None) or "cpu")
+
+
 def weights_bytes(model: Any, clip: Any) -> int:
     """Bytes of the UNet and text encoder weights as loaded (what stays on the device during training)."""
     return int(model.model_size() + clip.patcher.model_size())

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .devices import compute_device
 from .encoding import clip_options_state, out_of_place_clip
 from .models import inner_encoders
 
@@ -75,7 +76,7 @@ def training_session(model: Any, clip: Any, memory_required: int = 0) -> Iterato
     import comfy.model_management as mm
 
     mm.load_models_gpu([model, clip.patcher], memory_required=int(memory_required), force_full_load=True)
-    device = model.load_device
+    device = compute_device(model)
     options = clip_options_state(clip)
     modules = [model.model] + [enc.transformer for _key, enc in inner_encoders(clip)]
     in_training = getattr(mm, "in_training", None)  # newer hosts' memory manager flag for training nodes

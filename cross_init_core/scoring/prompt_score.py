@@ -189,8 +189,7 @@ def _features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def embed_text(clip: LoadedClip, text: str | list[str], device: torch.device) -> torch.Tensor:
-    texts = [text] if isinstance(text, str) else text
+def embed_text(clip: LoadedClip, texts: list[str], device: torch.device) -> torch.Tensor:
     tokens = clip.tokenizer(texts, padding="max_length", max_length=clip.max_length, truncation=True, return_tensors="pt")
     feats = clip.model.get_text_features(input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device))
     return F.normalize(_features(feats).float(), dim=-1)
@@ -234,6 +233,7 @@ def score_prompt(
     photos = split_batch(images, "images", min_side=MIN_SIDE)
     texts = image_prompts(prompt, len(photos))
     distinct = list(dict.fromkeys(texts))
+    row_of = {text: row for row, text in enumerate(distinct)}
     clip = load_clip(find_model(model, roots))
     device, offload = host.evaluation_devices()
     pixels = preprocess([torch.from_numpy(p) for p in photos], clip.image_size, clip.mean, clip.std)
@@ -242,7 +242,7 @@ def score_prompt(
             clip.model.to(device)
             text_embeds = embed_text(clip, distinct, device)
             image_embeds = embed_images(clip, pixels, device)
-            rows = torch.tensor([distinct.index(t) for t in texts], device=image_embeds.device)
+            rows = torch.tensor([row_of[t] for t in texts], device=image_embeds.device)
             scores = (image_embeds * text_embeds[rows]).sum(dim=1).cpu().tolist()
     finally:
         clip.model.to(offload)
