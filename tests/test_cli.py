@@ -178,10 +178,11 @@ def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float, seen:
 
 def test_help_documents_every_option_without_starting_comfyui():
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "cross_init_core", "--help"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cross_init_core", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert time.perf_counter() - started < 60
+    assert "aiohttp" not in result.stderr  # the HTTP client loads only for a run
     sys.path.append(str(REPO))
     from cross_init_core.client.train.command import build_parser
 
@@ -287,7 +288,7 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     assert jobs.Outputs(320, 80).names(job) == ["anna-step0080", "anna-step0160", "anna-step0240", "anna-step0320", "anna"]
     assert jobs.Outputs(25, 80).names(job) == ["anna"] and jobs.Outputs(25).names(job) == ["anna"]
     (tmp_path / "anna.safetensors").write_bytes(b"x")
-    assert jobs.resume_sources([job], tmp_path, lambda path: None) == [] and job.resume_steps == 0  # no count: from 0
+    assert jobs.resume_sources([job], tmp_path) == [] and job.resume_steps == 0  # no count: from 0
     job.resume_steps = 320
     assert jobs.Outputs(160, 80, resume=True).names(job) == ["anna-step0400", "anna-step0480", "anna"]
     assert jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80, resume=True), False, False) == []  # NAME: continued

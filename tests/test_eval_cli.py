@@ -90,6 +90,8 @@ def test_bad_inputs_exit_2_before_any_work(ev, face, tmp_path, monkeypatch):
         "negative seed": (["--seed", "-1"], "--seed: -1 is out of range"),
         "both prompt-score options": (["--clip-model", "x", "--no-prompt-score"], "not allowed with argument"),
         "local-server options with --server": (["--server", "http://127.0.0.1:9", "--cpu"], "--cpu are for the local ComfyUI"),
+        # port 9 (discard) has no ComfyUI
+        "a server that does not answer": (["--server", "http://127.0.0.1:9"], "http://127.0.0.1:9: not answering"),
     }
     for what, (extra, message) in cases.items():
         code, stdout, stderr = run(ev, base + extra)
@@ -111,7 +113,7 @@ def test_help_names_every_option(ev):
     code, stdout, _stderr = run(ev, ["eval", "--help"])
     assert code == 0
     for option in ("--checkpoint", "--embedding", "--faces", "--prompts", "--per-prompt", "--seed", "--no-prompt-score",
-                   "--clip-model", "--identity-backend", "--server", "exit codes"):
+                   "--clip-model", "--identity-backend", "--server", "exit codes", "130 stopped with Ctrl-C"):
         assert option in stdout
 
 

@@ -173,13 +173,14 @@ class ComfyClient:
         items = [*data.get("queue_running", []), *data.get("queue_pending", [])] if isinstance(data, dict) else []
         return {str(item[1]) for item in items if isinstance(item, list) and len(item) > 1}
 
-    async def _still_there(self, prompt_id: str) -> bool:
-        """True while the server runs or holds `prompt_id`; False once it has finished (it is in the history);
-        PromptLost when it is in neither."""
+    async def _finished_entry(self, prompt_id: str) -> dict[str, Any] | None:
+        """None while the server runs or holds `prompt_id`; its history entry once it has finished; PromptLost when
+        it is in neither."""
         if prompt_id in await self.queued_ids():
-            return True
-        if await self.history(prompt_id):
-            return False
+            return None
+        entry = await self.history(prompt_id)
+        if entry:
+            return entry
         raise PromptLost(f"{self.url}: the prompt {prompt_id} is in neither its queue nor its history (deleted from the "
                          "queue, or lost in a restart)")
 
@@ -196,12 +197,14 @@ class ComfyClient:
             raise ServerGone(f"{self.url}: websocket failed ({type(exc).__name__}: {exc})") from exc
         try:
             prompt_id = await self.queue(prompt)
-            await self._follow(ws, prompt_id, on_progress)
+            entry = await self._follow(ws, prompt_id, on_progress)
         finally:
             await ws.close()
-        # the server announces success before it files the run in its history: wait for the entry
+        # the server announces success before it files the run in its history: wait for the entry (unless the end was
+        # learned from the history itself)
         deadline = time.monotonic() + 60.0
-        entry = await self.history(prompt_id)
+        if not entry:
+            entry = await self.history(prompt_id)
         while not entry and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             entry = await self.history(prompt_id)
@@ -213,7 +216,10 @@ class ComfyClient:
             raise PromptFailed(format_execution_error(errors[0]) if errors else f"the prompt failed on {self.url}")
         return RunOutcome(prompt_id, entry.get("outputs", {}))
 
-    async def _follow(self, ws: aiohttp.ClientWebSocketResponse, prompt_id: str, on_progress: ProgressCallback | None) -> None:
+    async def _follow(self, ws: aiohttp.ClientWebSocketResponse, prompt_id: str,
+                      on_progress: ProgressCallback | None) -> dict[str, Any] | None:
+        """Follows the prompt's websocket news until it ends; returns its history entry when the end was found there
+        (its news did not reach us), else None."""
         check_at = time.monotonic() + LOST_CHECK_SECONDS
         try:
             while True:
@@ -222,8 +228,9 @@ class ComfyClient:
                 except asyncio.TimeoutError:
                     message = None
                 if time.monotonic() >= check_at:
-                    if not await self._still_there(prompt_id):
-                        return  # it finished and its news did not reach us: the history has it
+                    entry = await self._finished_entry(prompt_id)
+                    if entry is not None:
+                        return entry  # it finished and its news did not reach us: the history has it
                     check_at = time.monotonic() + LOST_CHECK_SECONDS
                 if message is None:
                     continue
@@ -247,7 +254,7 @@ class ComfyClient:
                 elif kind == "execution_interrupted":
                     raise PromptFailed(f"interrupted on {self.url} (node {data.get('node_id')})")
                 elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
-                    return
+                    return None
         except _NETWORK_ERRORS as exc:
             raise ServerGone(f"{self.url}: connection lost mid-run ({type(exc).__name__}: {exc})") from exc
         raise ServerGone(f"{self.url}: connection lost mid-run (the server closed the websocket)")

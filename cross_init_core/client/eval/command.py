@@ -7,7 +7,7 @@ identity score against the reference photos and the CLIP prompt score. The image
 overall (scores.csv, scores.json) and a contact sheet (contact_sheet.jpg) land in one output folder.
 
 Exit codes: 0 done; 1 a run failed on the server (the table holds the prompts finished before it);
-2 bad arguments or inputs, found before any image is generated.
+2 bad arguments or inputs, found before any image is generated; 130 stopped with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             "comparison/): that in one folder per embedding, and comparison.csv/json side by side. See docs/evaluation.md.\n\n"
             "exit codes: 0 done; 1 a run failed on the server (the table holds the prompts finished before it);\n"
             "            2 bad arguments or inputs (missing checkpoint, embedding, photo or scoring model, bad prompts\n"
-            "            file, N < 1): nothing was generated."
+            "            file, N < 1): nothing was generated; 130 stopped with Ctrl-C."
         ),
     )
     parser.add_argument("--version", action="version", version=f"Cross-Init {__version__}")
@@ -121,7 +121,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    """Runs the command; returns the exit code."""
+    """Runs the command; returns the exit code (130 when stopped with Ctrl-C)."""
     return run_command(argv, parse_args, _run, "interrupted", stdout, stderr)
 
 

@@ -15,9 +15,11 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
+
 from ... import __version__
 from .. import local_comfyui
-from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone, normalize_url
+from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
 from ..common import EXIT_FAILED, EXIT_OK, UsageError
 from ..preflight import preflight
 from ..progress import ProgressBar
@@ -84,18 +86,9 @@ async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, 
 
 async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: LocalServer | None, stdout: TextIO,
                  stderr: TextIO) -> int:
-    import aiohttp
-
     async with aiohttp.ClientSession() as session:
-        if local is not None:
-            client = await local_comfyui.connect_local(local, session)
-        else:
-            client = ComfyClient(normalize_url(args.server), session)
-            try:
-                await client.system_stats()
-            except ServerGone as exc:
-                raise UsageError(f"--server {args.server}: not answering ({exc})") from None
-
+        # the preflight asks the server first whether it answers (a UsageError naming it when not)
+        client = await local_comfyui.connect_local(local, session) if local is not None else ComfyClient(args.server, session)
         embeddings, clip_model = await _preflight(client, args, plan, ckpt_name)
         run_id = uuid.uuid4().hex[:8]
         references = []

@@ -20,12 +20,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ... import __version__
 from ...settings import BATCH_SIZE, DETECTORS, LEGACY_DETECTORS, MODES, PRESETS, RESOLUTION, SEED, STEPS
-from .. import local_comfyui
-from ..comfy_client import ComfyClient, combo_options, normalize_url
 from ..common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -42,7 +40,6 @@ from ..common import (
 )
 from ..progress import ProgressBar
 from ..prompt_graph import EMBEDDING_LOADER, FACE_PREP, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
-from . import farm
 from .graph import TrainGraph, build_prompt
 from .jobs import (
     Job,
@@ -55,6 +52,12 @@ from .jobs import (
     resume_sources,
     summary_rows,
 )
+
+# the HTTP client (comfy_client, aiohttp) and the modules on it load inside the functions that run, so --help,
+# --version and bad arguments never load them; here they are named for the type checker only
+if TYPE_CHECKING:
+    from ..comfy_client import LocalServer
+    from .farm import Server
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def server_urls(values: list[str]) -> list[str]:
     """--server values: URLs, or files with one URL per line (blank lines and # comments ignored)."""
+    from ..comfy_client import normalize_url
+
     urls: list[str] = []
     for value in values:
         path = Path(value).expanduser()
@@ -204,6 +209,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
 
 
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from .. import local_comfyui
+
     jobs = collect_jobs(args)
     problems = input_problems(jobs)
     workflow_path = args.workflow or WORKFLOW_DIR / f"cross_init_{args.mode}.json"
@@ -234,7 +241,7 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                 raise UsageError("--out DIR is needed: no local ComfyUI was found whose embeddings folder could take the files")
         out_dir: Path = (args.out or local_embeddings).expanduser()  # type: ignore[union-attr]
         if args.resume:
-            problems += resume_sources(jobs, out_dir, lambda path: farm.metadata_int(farm.file_metadata(path.read_bytes()), "steps"))
+            problems += resume_sources(jobs, out_dir)
         steps = args.steps or PRESETS[args.mode].steps
         outputs = Outputs(steps, args.save_every or 0, args.resume)
         problems += clash_problems(jobs, out_dir, outputs, args.overwrite, args.skip_existing)
@@ -257,8 +264,12 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, Any], ckpt_name: str, urls: list[str],
-                 local: Any, out_dir: Path, stdout: TextIO, stderr: TextIO) -> int:
+                 local: LocalServer | None, out_dir: Path, stdout: TextIO, stderr: TextIO) -> int:
     import aiohttp
+
+    from .. import local_comfyui
+    from ..comfy_client import ComfyClient
+    from . import farm
 
     async with aiohttp.ClientSession() as session:
         if local is not None:
@@ -277,7 +288,7 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
         log.info("checkpoint: %s; output folder: %s; %d embedding(s) to train on %d server(s)", ckpt_name, out_dir,
                  len(pending), len(servers))
 
-        def make_prompt(job: Job, images: list[str], folder: str, server: farm.Server, save_as: str,
+        def make_prompt(job: Job, images: list[str], folder: str, server: Server, save_as: str,
                         resume_file: str | None) -> dict[str, Any]:
             # the user's own local ComfyUI: its embeddings folder follows --overwrite (--resume replaces NAME there);
             # a remote server: new names only
@@ -291,7 +302,7 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
 
         enabled = not args.no_progress and not args.quiet
 
-        def progress(job: Job, server: farm.Server, number: int) -> ProgressBar:
+        def progress(job: Job, server: Server, number: int) -> ProgressBar:
             label = f"[{number}/{len(pending)}] {job.name}" + ("" if len(servers) == 1 else f" @ {server.label}")
             return ProgressBar(stderr, label, enabled=enabled, redraw=len(servers) == 1)
 
@@ -305,9 +316,11 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
     return EXIT_OK if all(j.status in ("ok", "skipped") for j in jobs) else EXIT_FAILED
 
 
-def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], servers: list[Any],
+def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], servers: list[Server],
                         problems: list[str]) -> dict[str, Any]:
     """--detector/--on-no-face/--resolution for the face-prep node, checked against the first server's node."""
+    from ..comfy_client import combo_options
+
     wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
     info = servers[0].face_prep if servers else None
     if not workflow or not nodes_of(workflow, FACE_PREP) or info is None:

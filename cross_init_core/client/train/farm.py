@@ -18,17 +18,18 @@ import asyncio
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...atomic_files import replace_atomically, write_new
+from ...embedding_names import checkpoint_name, trained_steps
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
 from ..preflight import preflight
 from ..progress import ProgressBar
 from ..prompt_graph import FACE_PREP, FOLDER_LOADER, SAVER, TRAINER
+from .files import file_metadata, metadata_int, new_run_id
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -79,30 +80,6 @@ async def check_servers(servers: list[Server], ckpt_name: str, node_types: set[s
         return problems
 
     return [problem for found in await asyncio.gather(*(check(s) for s in servers)) for problem in found]
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
-
-
-def file_metadata(data: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file (read from its JSON header); empty when it cannot be read."""
-    import json
-    import struct
-
-    try:
-        size = struct.unpack("<Q", data[:8])[0]
-        metadata = json.loads(data[8:8 + size]).get("__metadata__") or {}
-        return {str(k): str(v) for k, v in metadata.items()}
-    except Exception:  # the summary still shows the run without it
-        return {}
-
-
-def metadata_int(metadata: dict[str, str], key: str) -> int | None:
-    try:
-        return int(metadata[key])
-    except (KeyError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,13 +208,13 @@ def saved_name(job: Job, server: Server, run_id: str) -> str:
 async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: Path, bar: ProgressBar) -> None:
     client = server.client
     # a fresh folder and name per run: re-runs and retries never mix photos or meet an earlier run's files
-    run_id = uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     folder = f"{INPUT_SUBFOLDER}/{run_id}_{job.name}"
     names = [await client.upload_image(photo, folder, f"{index:02d}_{photo.name}") for index, photo in enumerate(job.images)]
     resume_file = None
     if job.resume_steps is not None:  # --resume: the file it continues goes up with the photos, and stays in --out
         source = out_dir / f"{job.name}.safetensors"
-        _keep_continued(source, out_dir / f"{job.name}-step{job.resume_steps:04d}.safetensors")
+        _keep_continued(source, out_dir / f"{checkpoint_name(job.name, job.resume_steps)}.safetensors")
         resume_file = await client.upload_image(source, folder, source.name)
     prompt = make_prompt(job, names, folder, server, saved_name(job, server, run_id), resume_file)
     try:
@@ -249,7 +226,7 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
     if not entries:
         raise PromptFailed(f"{client.url} reported no saved file for {job.name} (is its Cross-Init pack up to date?)")
     # the last entry is NAME (the final tokens); earlier ones are its checkpoints, NAME-stepNNNN
-    files = [(entry, f"{job.name}-step{int(entry['steps']):04d}") for entry in entries[:-1]] + [(entries[-1], job.name)]
+    files = [(entry, checkpoint_name(job.name, int(entry["steps"]))) for entry in entries[:-1]] + [(entries[-1], job.name)]
     for entry, name in files:
         data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
         if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
@@ -259,7 +236,7 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
     job.status, job.message, job.path, job.server = "ok", "", str(path), server.label
     job.final_loss = entries[-1].get("final_loss")
     metadata = file_metadata(data)
-    job.steps = metadata_int(metadata, "steps")
+    job.steps = trained_steps(metadata)
     job.peak_vram_mib = metadata_int(metadata, "peak_vram_mib")
 
 

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...embedding_names import validate_name
+from ...embedding_names import checkpoint_name, validate_name
 from ...errors import CrossInitError
 from ...settings import checkpoint_steps
 from ...text_table import format_table
 from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem
+from .files import RUN_ID_SUFFIX, file_steps
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +92,20 @@ class Outputs:
         """The file stems: NAME-stepNNNN for every checkpoint and NAME, or just NAME when there is one checkpoint
         (the step counts go on from the continued file's with --resume)."""
         steps = checkpoint_steps(self.steps, self.save_every, job.resume_steps or 0)
-        return [*(f"{job.name}-step{k:04d}" for k in steps), job.name] if len(steps) > 1 else [job.name]
+        return [*(checkpoint_name(job.name, k) for k in steps), job.name] if len(steps) > 1 else [job.name]
 
 
-def resume_sources(jobs: list[Job], folder: Path, read_steps: Any) -> list[str]:
-    """--resume: each job continues NAME.safetensors in `folder` (its step count read with `read_steps(path)`);
-    a problem for each job without one."""
+def resume_sources(jobs: list[Job], folder: Path) -> list[str]:
+    """--resume: each job continues NAME.safetensors in `folder` (from the step count it records); a problem for
+    each job without one."""
     problems = []
     for job in jobs:
         source = folder / f"{job.name}.safetensors"
         if not source.is_file():
             problems.append(f"{job.name}: --resume needs {source} (the file to continue); train it first, or leave out --resume")
             continue
-        job.resume_steps = read_steps(source) or 0  # a file without a step count (another trainer's) starts the count at 0
+        job.resume_steps = file_steps(source) or 0  # a file without a step count (another trainer's) starts the count at 0
     return problems
-
-
-RUN_ID_SUFFIX = "-xxxxxxxx"  # what a remote run adds to the names it saves (farm.saved_name)
 
 
 def long_name_problems(jobs: list[Job], outputs: Outputs, remote: bool) -> list[str]:
