@@ -92,9 +92,15 @@ def _reports(texts: Sequence[str], what: str, count: int) -> list[dict[str, Any]
             "checkpoint's samples (the score node runs once per checkpoint when its images come from the checkpoints list)."
         )
     try:
-        return [json.loads(text) for text in texts]
+        reports = [json.loads(text) for text in texts]
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what}: not a score report ({exc}); connect the score node's report output.") from None
+    for index, report in enumerate(reports, start=1):
+        images = report.get("images", []) if isinstance(report, dict) else None
+        if not isinstance(images, list) or not all(isinstance(image, dict) for image in images):
+            raise InvalidInputError(f"{what}: report {index} of {count} is JSON but not a score report (an object with a "
+                                    "list of images); connect the score node's report output.")
+    return reports
 
 
 def build_report(checkpoints: Sequence[CrossInitEmbedding], identity_reports: Sequence[str],

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import host
+from .continuation import continue_from
 from .embedding import CrossInitEmbedding, check_matches_slots
 from .errors import InvalidInputError
 from .families import EncoderSlot
@@ -139,6 +140,8 @@ class PreparedRun:
     sigmas: torch.Tensor
     init: dict[str, torch.Tensor]
     num_images: int
+    embedding: CrossInitEmbedding  # what is trained: the vectors it starts from (see `continuation`)
+    previous_steps: int = 0  # a trained embedding going on: the steps it was already trained for
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -165,6 +168,8 @@ def prepare_run(
     check_matches_slots(embedding, slots)
     prediction = host.prediction_type(model)
     pixels = prepare_pixels(images, settings.resolution)
+    continued = continue_from(clip, embedding)  # after every check: it may run the CLIP once
+    embedding = continued.embedding
     latents = encode_latents(vae, model, pixels)
     weights = prepare_masks(masks, pixels.shape[0], settings.resolution, tuple(latents.shape[-2:]), loss_settings.background_weight)
     timesteps = torch.arange(host.num_train_timesteps(model))
@@ -174,4 +179,5 @@ def prepare_run(
         layouts=_caption_layouts(clip, slots, embedding.num_tokens), latents=latents, weights=weights,
         sigmas=host.sigmas_for_timesteps(model, timesteps),
         init={k: v.detach().float().cpu().clone() for k, v in init.items()}, num_images=pixels.shape[0],
+        embedding=embedding, previous_steps=continued.previous_steps,
     )

@@ -30,7 +30,6 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, families, host
-from .continuation import continuation_of
 from .embedding import CrossInitEmbedding
 from .errors import InvalidInputError, TrainingDivergedError
 from .loss import StepLoss
@@ -42,8 +41,6 @@ from .settings import LossSettings, TrainingSettings, checkpoint_steps
 log = logging.getLogger(__name__)
 
 SYNC_EVERY = 8
-# a loaded file's figures of its own run, which a further run must not carry over (it sets its own where they apply)
-STALE_RUN_KEYS = frozenset({"peak_vram_mib", "stopped_at_step", "fp16_skipped_steps", "continued_from_steps", "source_file"})
 
 StepCallback = Callable[[int, int, float], None]
 PreviewHook = Callable[[int, CrossInitEmbedding], Any]
@@ -103,11 +100,11 @@ class Trainer:
     outlives the sessions; an out-of-memory error drops it before the device cache is emptied.
     """
 
-    def __init__(self, run: PreparedRun, embedding: CrossInitEmbedding, memory: MemorySettings, calls: Callbacks,
-                 started: float, mode: str = "custom", save_every: int = 0, previous_steps: int = 0) -> None:
-        self.run, self.embedding, self.memory, self.calls, self.started = run, embedding, memory, calls, started
+    def __init__(self, run: PreparedRun, memory: MemorySettings, calls: Callbacks, started: float, mode: str = "custom",
+                 save_every: int = 0) -> None:
+        self.run, self.embedding, self.memory, self.calls, self.started = run, run.embedding, memory, calls, started
         self.mode = mode  # the trainer node's mode, for the metadata
-        self.previous_steps = previous_steps  # a continued run: the steps its file was trained for
+        self.previous_steps = run.previous_steps  # a continued run: the steps it was already trained for
         self.checkpoint_at = set(checkpoint_steps(run.settings.steps, save_every)[:-1])  # the end is the result itself
         settings = run.settings
         self.plan, needed = plan_for_run(run.model, run.clip, settings.batch_size, run.latent_hw, memory, None)
@@ -117,7 +114,7 @@ class Trainer:
         self.request = needed if memory.budget_gb else 0
         self.sync_every = 1 if calls.on_step is not None else SYNC_EVERY
         self.sampler = run.sampler()
-        for _ in range(previous_steps):  # a continued run's draws go on where its earlier run's would have
+        for _ in range(self.previous_steps):  # a continued run's draws go on where its earlier run's would have
             self.sampler.draw(settings.batch_size)
         self.scaler = LossScaler.for_model(run.model)  # the UNet's compute dtype is fixed when the model is made
         self.params: dict[str, torch.nn.Parameter] = {}
@@ -355,18 +352,12 @@ def train(
     peak = DevicePeak(host.compute_device(model)).start()  # the whole run: setup (VAE encoding) and every step
     if not isinstance(save_every, int) or save_every < 0:
         raise InvalidInputError(f"save_every: got {save_every!r}; use 0 (off) or a number of steps, e.g. 80.")
-    continued = continuation_of(clip, embedding)
-    if continued is not None:  # a loaded file: the new one keeps how its start was made, never the old run's figures
-        kept = {k: v for k, v in embedding.metadata.items() if k.startswith("init_")} if continued.start is not None else \
-            {k: v for k, v in embedding.metadata.items() if k not in STALE_RUN_KEYS}
-        embedding = CrossInitEmbedding(embedding.vectors, continued.start, kept)
     run = prepare_run(model, clip, vae, images, embedding, settings, loss_settings, masks)
     steps = run.settings.steps
     console = tqdm(total=steps, desc="Cross-Init training", unit="step", dynamic_ncols=True,
                    disable=not host.console_progress_enabled())
     calls = Callbacks(host.progress_reporter(steps), console, on_step, fault_hook, preview, preview_every)
-    trainer = Trainer(run, embedding, memory, calls, started, mode, save_every,
-                      continued.previous_steps if continued is not None else 0)
+    trainer = Trainer(run, memory, calls, started, mode, save_every)
     try:
         trainer.train()
     finally:

@@ -122,6 +122,9 @@ class CrossInitLoadEmbedding(io.ComfyNode):
         if path is None and file:
             raise EmbeddingFileError(f"file: {file!r} is not a file in ComfyUI's input folder; upload it there first, or "
                                      "clear file and choose a name.")
+        if path is None and not name:
+            raise EmbeddingFileError("name: no embedding chosen; choose a file in name (press R to refresh the list), or "
+                                     "give a file under ComfyUI's input folder in file.")
         if path is None:
             raise EmbeddingFileError(f"name: {name!r} is not in the embeddings folders; refresh the node list (press R).")
         return io.NodeOutput(embedding_io.load_embedding(path))

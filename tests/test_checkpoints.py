@@ -11,6 +11,7 @@ import pytest
 import torch
 import workflow_runner as wr
 from helpers import face_images, init_embedding, settings
+from tqdm import tqdm
 
 
 def _load(core, path):
@@ -194,6 +195,13 @@ def test_the_report_follows_the_backends_direction_and_passes_over_faceless_chec
         core.checkpoint_report.build_report(ckpts, [_identity(0.3), *dlib[1:]], [])
 
 
+def test_a_report_that_is_json_but_not_a_score_report_is_refused_by_name(core):
+    ckpts = [_ckpt(core, s, [1.0] * s) for s in (2, 4)]
+    for bad in ("[1, 2]", "3", json.dumps({"mean": 0.3, "images": [1]}), json.dumps({"mean": 0.3, "images": "x"})):
+        with pytest.raises(core.errors.InvalidInputError, match=r"^prompt: report 2 of 2 is JSON but not a score report"):
+            core.checkpoint_report.build_report(ckpts, [], [_prompt(0.3), bad])
+
+
 def test_a_continued_runs_losses_are_drawn_at_their_steps(core):
     ckpts = [_ckpt(core, s, [1.0 + 0.1 * (i % 2) for i in range(s - 4)]) for s in (6, 8)]  # continued from step 4
     report = core.checkpoint_report.build_report(ckpts, [], [_prompt(0.3), _prompt(0.2)])
@@ -255,3 +263,50 @@ def test_a_file_without_its_start_pulls_toward_its_own_vectors_and_another_famil
     saved = core.embedding_io.save_embedding(_train(core, tiny("sd2"), sd2, 1).embedding, tmp_path, "sd2_file")
     with pytest.raises(core.errors.InvalidInputError, match=r"clip_h .* SD 2"):
         _train(core, m, _load(core, saved), 1)
+
+
+def test_a_trainers_output_goes_on_in_the_same_graph_without_the_earlier_runs_figures(core, tiny):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    first = _train(core, m, emb, 3)
+    first.embedding.metadata["peak_vram_mib"] = "1234"  # as a CUDA run records it
+    more = _train(core, m, first.embedding, 2)  # Trainer -> Trainer (or the report's best -> Trainer)
+    assert more.embedding.metadata["steps"] == "5" and more.embedding.metadata["continued_from_steps"] == "3"
+    assert "peak_vram_mib" not in more.embedding.metadata
+    for key in emb.vectors:  # still toward the original start, from the trained vectors
+        assert torch.equal(more.embedding.init_vectors[key], emb.vectors[key])
+    distance = float(torch.stack([(first.embedding.vectors[k] - emb.vectors[k]).norm(dim=1).mean() for k in emb.vectors]).mean())
+    assert more.regs[0] == pytest.approx(distance, rel=1e-5)
+
+
+def test_a_continued_run_draws_what_the_uninterrupted_run_would_have(core, tiny, tmp_path):
+    m = tiny("sd1")
+    first = _train(core, m, init_embedding(core, m.clip), 3)
+    loaded = _load(core, core.embedding_io.save_embedding(first.embedding, tmp_path, "first"))
+    with torch.inference_mode():
+        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(2, 64), loaded, settings(core, steps=2, seed=4))
+    assert run.previous_steps == 3
+    calls = core.training.Callbacks(lambda *_a: None, tqdm(disable=True))
+    trainer = core.training.Trainer(run, core.memory.MemorySettings().validated(), calls, 0.0)
+    fresh = run.sampler()
+    uninterrupted = [fresh.draw(run.settings.batch_size) for _ in range(4)]
+    going_on = trainer.sampler.draw(run.settings.batch_size)
+    assert torch.equal(going_on.noise, uninterrupted[3].noise) and not torch.equal(going_on.noise, uninterrupted[0].noise)
+    assert going_on.templates == uninterrupted[3].templates
+
+
+def test_only_a_cross_init_runs_step_count_is_trusted_and_the_checks_come_before_any_work(core, tiny, tmp_path, caplog):
+    m = tiny("sd1")
+    other = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.randn(2, 64, generator=torch.Generator().manual_seed(2))},
+                                              metadata={"steps": "500"})  # another trainer's count: its draws are not ours
+    assert _train(core, m, other, 2).embedding.metadata["steps"] == "2"
+    first = _train(core, m, init_embedding(core, m.clip), 1)
+    loaded = _load(core, core.embedding_io.save_embedding(first.embedding, tmp_path, "first"))
+    huge = core.embedding.CrossInitEmbedding(loaded.vectors, metadata={**loaded.metadata, "steps": "1000000000"})
+    with pytest.raises(core.errors.InvalidInputError, match=r"^embedding: first.safetensors says it was trained for 1000000000 steps"):
+        _train(core, m, huge, 1)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=core.continuation.log.name), \
+            pytest.raises(core.errors.InvalidInputError, match=r"^steps: "):
+        _train(core, m, loaded, 0)
+    assert not [r for r in caplog.records if r.name == core.continuation.log.name]  # refused before the CLIP ran

@@ -107,3 +107,11 @@ def test_load_node_fingerprint_changes_when_the_file_is_rewritten(core, embeddin
     emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.ones(3, 768)})
     core.embedding_io.save_embedding(emb, embeddings_dir, "fingerprint_face", overwrite=True)
     assert load.fingerprint_inputs(name="fingerprint_face.safetensors") != first
+
+
+def test_load_node_without_a_name_or_file_says_to_choose_one(core):
+    load = node_class("CrossInitLoadEmbedding")
+    with pytest.raises(core.errors.EmbeddingFileError, match=r"^name: no embedding chosen; choose a file in name"):
+        load.execute(name=None, file="")
+    with pytest.raises(core.errors.EmbeddingFileError, match=r"^name: 'gone.safetensors' is not in the embeddings folders"):
+        load.execute(name="gone.safetensors")
