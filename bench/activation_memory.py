@@ -27,7 +27,9 @@ log = logging.getLogger("activation_memory")
 
 def measure(core, models, latent: int) -> dict[str, float]:
     model = models.model
-    width = int(model.model.model_config.unet_config["context_dim"])
+    width = core.host.model_context_width(model)
+    if width is None:
+        raise ValueError(f"{type(model.model).__name__}: its UNet config names no context_dim (not an SD UNet)")
     x = torch.randn(1, 4, latent, latent)
     sigma = torch.full((1,), 3.0)
     blocks = core.host.unet_blocks(model)

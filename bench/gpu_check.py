@@ -41,7 +41,6 @@ sys.path[:0] = [str(HERE), str(REPO / "tests")]
 from rows import add_error, append_row, error_text  # noqa: E402
 
 log = logging.getLogger("gpu_check")
-summary = logging.getLogger("gpu_check.summary")
 
 FULL_STEPS = 320
 DTYPES = ("float16", "bfloat16")
@@ -79,19 +78,6 @@ def _sync(device: Any) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _peak_reset(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_mib(device: Any) -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def _free_models() -> None:
@@ -164,13 +150,13 @@ def _median_after_warmup(times: list[float]) -> float:
 
 
 def timed_train(core: Any, models: Models, dtype: str, emb: Any, images: Any, settings: Any, memory: str) -> dict[str, Any]:
-    """One trainer run with the models unloaded first; wall seconds, per-step seconds, peak VRAM, plan."""
+    """One trainer run with the models unloaded first; wall seconds, per-step seconds, peak VRAM (the trainer's
+    own, over the whole run), plan."""
     import torch
 
     model = models.unets[dtype]
     device = model.load_device
     _free_models()
-    _peak_reset(device)
     clock = StepClock(device)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -181,7 +167,7 @@ def timed_train(core: Any, models: Models, dtype: str, emb: Any, images: Any, se
     plan = result.memory_plan
     return {
         "run_s": seconds, "setup_s": result.setup_seconds, "s_per_step": _median_after_warmup(clock.per_step()),
-        "steps": settings.steps, "skipped": len(result.skipped_steps or []), "peak_mib": _peak_mib(device),
+        "steps": settings.steps, "skipped": len(result.skipped_steps or []), "peak_mib": result.peak_vram_mib,
         "plan": f"micro-batch {plan.micro_batch}{', checkpointing' if plan.checkpointing else ''}" if plan else "",
         "unet_dtype": result.embedding.metadata.get("unet_dtype"), "loss_scale": result.loss_scale,
     }
@@ -327,7 +313,7 @@ def measure_model(core: Any, kind: str, plan: Plan, base: dict[str, Any], device
 
     started = time.perf_counter()
     models = build_models(kind, plan)
-    log.info("%s: %s built in %.1f s", base["lane"], models.label, time.perf_counter() - started)
+    log.info("%s: %s built in %.1f s", base["host"], models.label, time.perf_counter() - started)
     images = _faces(plan.images, plan.resolution)
     with torch.inference_mode():
         emb = core.initialization.cross_initialize(models.clip, 2, core.names.builtin_names())
@@ -379,7 +365,7 @@ def device_name(device: Any) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
-def measure(lane: str, plan: Plan, rows_path: Path) -> int:
+def measure(plan: Plan, rows_path: Path) -> int:
     import host
     import torch
 
@@ -389,10 +375,10 @@ def measure(lane: str, plan: Plan, rows_path: Path) -> int:
     import comfy.model_management as mm
 
     device = mm.get_torch_device()
-    base = {"host": _host_version(), "path": "in_process", "lane": lane, "torch": torch.__version__, "smoke": plan.smoke,
+    base = {"host": _host_version(), "path": "in_process", "torch": torch.__version__, "smoke": plan.smoke,
             "device": device_name(device)}
     if device.type != "cuda" and not plan.smoke:
-        log.error("no CUDA device in lane %s (ComfyUI picked %s): run on a GPU machine, or use --smoke", lane, device)
+        log.error("no CUDA device for ComfyUI %s (it picked %s): run on a GPU machine, or use --smoke", base["host"], device)
         append_row(rows_path, {**base, "kind": "train", "model": ", ".join(plan.models),
                                "error": f"no CUDA device (ComfyUI picked {device})"})
         return 2
@@ -407,7 +393,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="measure one host (run with that host's python and COMFYUI_PATH)")
-    m.add_argument("--lane", required=True, help="the host's name in the rows (its lane, or `device`)")
     m.add_argument("--rows", type=Path, required=True, help="JSON-lines file the rows are appended to")
     m.add_argument("--smoke", action="store_true")
     m.add_argument("--models", nargs="+", choices=["sd15", "sd21"], default=None)
@@ -418,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = smoke_plan() if args.smoke else gpu_plan(tuple(args.models or ("sd15", "sd21")))
     if args.models and args.smoke:
         plan = Plan(**{**plan.__dict__, "models": tuple(args.models)})
-    return measure(args.lane, plan, args.rows)
+    return measure(plan, args.rows)
 
 
 if __name__ == "__main__":

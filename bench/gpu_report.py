@@ -50,6 +50,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _header(names: list[str]) -> list[str]:
+    """The header line and its `|---|` separator."""
+    return [_row(names), "|" + "---|" * len(names)]
+
+
 def _server_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "The user's path: a `main.py` server with its defaults, this pack in `custom_nodes/`, a random SD 1.5 "
@@ -58,18 +67,17 @@ def _server_table(rows: list[dict[str, Any]]) -> list[str]:
         "file's metadata; *moved* is the mean L2 distance of the tokens from their Cross-Init start; *host unchanged*: "
         "an image sampled with the host's models before and after training is identical (max pixel difference).",
         "",
-        "| host | device | mode | dynamic VRAM | run s | wall s | steps | peak VRAM MiB | UNet dtype | moved | host unchanged | error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_header(["host", "device", "mode", "dynamic VRAM", "run s", "wall s", "steps", "peak VRAM MiB", "UNet dtype", "moved",
+                  "host unchanged", "error"]),
     ]
     for r in rows:
         moved = "—" if r.get("token_distance") is None else f"{_fmt(r.get('tokens_moved'))} ({r['token_distance']:.3f})"
         unchanged = "—" if r.get("host_unchanged") is None else f"{_fmt(r['host_unchanged'])} ({r.get('max_pixel_diff')})"
-        lines.append(
-            f"| {r['host']} | {r.get('device', '?')} | {r.get('mode', '?')} | {_fmt(r.get('dynamic_vram'))} | "
-            f"{_fmt(r.get('run_s'), '.1f')} | {_fmt(r.get('wall_s'), '.1f')} | {_fmt(r.get('steps'), 'd')} | "
-            f"{_vram(r, 'peak_vram_mib', 'd')} | {_fmt(r.get('unet_dtype'))} | "
-            f"{moved} | {unchanged} | {_cell(r.get('error', ''))} |"
-        )
+        lines.append(_row([
+            str(r["host"]), str(r.get("device", "?")), str(r.get("mode", "?")), _fmt(r.get("dynamic_vram")),
+            _fmt(r.get("run_s"), ".1f"), _fmt(r.get("wall_s"), ".1f"), _fmt(r.get("steps"), "d"),
+            _vram(r, "peak_vram_mib", "d"), _fmt(r.get("unet_dtype")), moved, unchanged, _cell(r.get("error", "")),
+        ]))
     return lines
 
 
@@ -81,18 +89,18 @@ def _training_table(rows: list[dict[str, Any]]) -> list[str]:
         "(*measured steps*). *grad cos* is the cosine of the token-vector gradient to the fp32 UNet's on one fixed "
         "draw, through the trainer's loss scaling; *unscaled* is fp16 without it.",
         "",
-        "| host | device | model | UNet dtype | fast run s (measured) | fast s/step | skipped | full s/step (measured steps) | "
-        "full run s (projected) | peak VRAM MiB | plan | grad cos | unscaled | error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_header(["host", "device", "model", "UNet dtype", "fast run s (measured)", "fast s/step", "skipped",
+                  "full s/step (measured steps)", "full run s (projected)", "peak VRAM MiB", "plan", "grad cos", "unscaled",
+                  "error"]),
     ]
     for r in rows:
-        lines.append(
-            f"| {r['host']} | {r.get('device', '?')} | {r['model']} | {r.get('fast_unet_dtype') or r.get('dtype', '—')} | "
-            f"{_fmt(r.get('fast_run_s'), '.1f')} | {_fmt(r.get('fast_s_per_step'), '.3f')} | {_fmt(r.get('fast_skipped'), 'd')} | "
-            f"{_fmt(r.get('full_s_per_step'), '.3f')} ({_fmt(r.get('full_steps'), 'd')}) | {_fmt(r.get('full_projected_s'), '.0f')} | "
-            f"{_vram(r, 'full_peak_mib', '.0f')} | {r.get('full_plan', '—')} | "
-            f"{_fmt(r.get('grad_cosine'), '.4f')} | {_fmt(r.get('grad_cosine_unscaled'), '.4f')} | {_cell(r.get('error', ''))} |"
-        )
+        lines.append(_row([
+            str(r["host"]), str(r.get("device", "?")), str(r["model"]), str(r.get("fast_unet_dtype") or r.get("dtype", "—")),
+            _fmt(r.get("fast_run_s"), ".1f"), _fmt(r.get("fast_s_per_step"), ".3f"), _fmt(r.get("fast_skipped"), "d"),
+            f"{_fmt(r.get('full_s_per_step'), '.3f')} ({_fmt(r.get('full_steps'), 'd')})", _fmt(r.get("full_projected_s"), ".0f"),
+            _vram(r, "full_peak_mib", ".0f"), str(r.get("full_plan", "—")), _fmt(r.get("grad_cosine"), ".4f"),
+            _fmt(r.get("grad_cosine_unscaled"), ".4f"), _cell(r.get("error", "")),
+        ]))
     return lines
 
 
@@ -103,16 +111,15 @@ def _peer_table(rows: list[dict[str, Any]]) -> list[str]:
         "step (fp32, whole token-embedding table trainable, VAE encode every step), same device, same run; "
         "ratio = ours / diffusers (below 1: faster).",
         "",
-        "| host | device | model | ours fp32 s/step | diffusers s/step | ratio | error |",
-        "|---|---|---|---|---|---|---|",
+        *_header(["host", "device", "model", "ours fp32 s/step", "diffusers s/step", "ratio", "error"]),
     ]
     for r in rows:
         reference = r.get("diffusers_s_per_step") or references.get(r["model"])
         ours = r.get("ours_s_per_step")
         ratio = ours / reference if ours and reference else None
         borrowed = "" if r.get("diffusers_s_per_step") else (" (diffusers step from the other host)" if reference else "")
-        lines.append(f"| {r['host']} | {r.get('device', '?')} | {r['model']} | {_fmt(ours, '.3f')} | {_fmt(reference, '.3f')}{borrowed} | "
-                     f"{_fmt(ratio, '.2f')} | {_cell(r.get('error', ''))} |")
+        lines.append(_row([str(r["host"]), str(r.get("device", "?")), str(r["model"]), _fmt(ours, ".3f"),
+                           _fmt(reference, ".3f") + borrowed, _fmt(ratio, ".2f"), _cell(r.get("error", ""))]))
     return lines
 
 

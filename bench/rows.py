@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
     """`Type: first line of the message`, short enough for a table cell."""
     first = (str(exc).splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first[:limit]}"
+
+
+def host_version(comfyui: Path) -> str:
+    """The ComfyUI version of a host folder (its comfyui_version.py), read without importing it."""
+    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", (comfyui / "comfyui_version.py").read_text(encoding="utf-8"))
+    return match.group(1) if match else "unknown"
 
 
 def read_rows(rows_path: Path) -> list[dict[str, Any]]:

@@ -50,7 +50,7 @@ TESTS = REPO / "tests"
 sys.path[:0] = [str(HERE)]
 sys.path += [str(REPO), str(TESTS)]  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
 
-from rows import add_error, append_row, error_text  # noqa: E402
+from rows import add_error, append_row, error_text, host_version  # noqa: E402
 
 log = logging.getLogger("server_path")
 
@@ -173,20 +173,12 @@ async def _sample(client: Any, text: str, sizes: Sizes, prefix: str) -> tuple[An
         return np.asarray(decoded.convert("RGB")), "5" not in cached
 
 
-async def _saved_file(client: Any, prompt: dict[str, Any]) -> bytes:
+async def _saved_file(client: Any, prompt: dict[str, Any], path: Path) -> Path:
+    """Runs `prompt` and writes the embedding file its save node offers for download to `path`."""
     outcome = await client.run(prompt)
     (entry,) = outcome.outputs["3"]["cross_init_embedding"]
-    return await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
-
-
-def _vectors(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
-    from safetensors import safe_open
-
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
-        handle.write(data)
-        handle.flush()
-        with safe_open(handle.name, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    path.write_bytes(await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output")))
+    return path
 
 
 def token_distance(trained: dict[str, Any], start: dict[str, Any]) -> float:
@@ -223,8 +215,9 @@ async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache:
 
     from cross_init_core.client.comfy_client import ComfyClient, LocalServer
     from cross_init_core.client.local_comfyui import has_accelerator
+    from cross_init_core.embedding_io import load_embedding
 
-    version = _host_version(comfyui)
+    version = host_version(comfyui)
     comfyui = comfyui_folder(work, comfyui)
     row_base: dict[str, Any] = {"host": version, "path": "server", "model": MODEL_LABEL, "smoke": sizes.smoke, "device": "?",
                                 "torch": torch.__version__}
@@ -248,21 +241,22 @@ async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache:
             log.info("server up in %.0f s on %s (dynamic VRAM %s)", row_base["server_start_s"], row_base["device"],
                      "on" if row_base["dynamic_vram"] else "off")
             before, _ = await _sample(client, HOST_PROMPT, sizes, f"cross_init_bench/{uid}_before")
-            start_vectors, _ = _vectors(await _saved_file(client, start_prompt(f"bench_start_{uid}")))
+            start_name = f"bench_start_{uid}"
+            start = load_embedding(await _saved_file(client, start_prompt(start_name), work / f"{start_name}.safetensors"))
             for number, mode in enumerate(("fast", "full"), start=1):
                 row = {**row_base, "kind": "train", "mode": mode}
                 try:
                     summary, wall, _ = await asyncio.to_thread(run_runner, client.url, mode, photo, work, sizes,
                                                                f"bench_{mode}_{uid}")
-                    trained, metadata = _vectors(Path(summary["file"]).read_bytes())
-                    distance = token_distance(trained, start_vectors)
+                    trained = load_embedding(summary["file"])
+                    distance = token_distance(trained.vectors, start.vectors)
                     after, recomputed = await _sample(client, HOST_PROMPT + " " * number, sizes,
                                                       f"cross_init_bench/{uid}_after_{mode}")
                     diff = int(np.abs(after.astype(np.int16) - before.astype(np.int16)).max())
                     row.update({
                         "run_s": summary["seconds"], "wall_s": round(wall, 1), "steps": summary["steps"],
                         "final_loss": summary["final_loss"], "peak_vram_mib": summary.get("peak_vram_mib"),
-                        "unet_dtype": metadata.get("unet_dtype"), "token_distance": distance,
+                        "unet_dtype": trained.metadata.get("unet_dtype"), "token_distance": distance,
                         "tokens_moved": bool(distance > 0 and np.isfinite(distance)),
                         "host_unchanged": diff == 0 and recomputed, "max_pixel_diff": diff, "sample_recomputed": recomputed,
                     })
@@ -288,12 +282,6 @@ def _device_label(device: dict[str, Any]) -> str:
         return "CPU"
     name = str(device.get("name", "?"))
     return re.sub(r"^\w+:\d+\s+", "", name).split(" : ")[0].strip()
-
-
-def _host_version(comfyui: Path) -> str:
-    text = (comfyui / "comfyui_version.py").read_text(encoding="utf-8")
-    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
-    return match.group(1) if match else "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

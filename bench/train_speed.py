@@ -174,14 +174,12 @@ class Interleaved:
                 mod.forward = fwd
 
     def train(self) -> tuple[float, float]:
-        """One trainer run; returns (setup seconds, peak MiB)."""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        """One trainer run; returns (setup seconds, peak MiB: the trainer's own CUDA peak, else the process's RSS)."""
         with torch.inference_mode():
             result = self.core.training.train(self.m.model, self.m.clip, self.m.vae, self.images, self.emb, self.settings,
                                               on_step=self.on_step, fault_hook=self.fault_hook, memory=self.memory)
         self.plan = result.memory_plan
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else _peak_rss_mib()
+        peak = result.peak_vram_mib if result.peak_vram_mib is not None else _peak_rss_mib()
         return result.setup_seconds, peak
 
 

