@@ -9,6 +9,7 @@ checkpoint through the stock CheckpointLoaderSimple.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -172,6 +173,82 @@ def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float, seen:
     raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
 
 
+class BreakingProxy:
+    """A loopback HTTP and websocket proxy in front of a real ComfyUI server that passes everything through, except
+    that the bytes of every `/view` download whose file name matches `corrupt` arrive with one bit flipped: a
+    transfer that breaks, which the runner's size and SHA-256 check catches."""
+
+    def __init__(self, upstream: str, corrupt: str) -> None:
+        self.upstream = upstream
+        self.corrupt = re.compile(corrupt)
+        self.url = ""
+        self.corrupted: list[str] = []
+
+    async def _handle(self, request):
+        import aiohttp
+        from aiohttp import web
+
+        if request.path == "/ws":
+            theirs = web.WebSocketResponse(max_msg_size=0)
+            await theirs.prepare(request)
+            async with self.session.ws_connect(self.upstream + request.path_qs, max_msg_size=0) as ours:
+                async def pump(source, sink) -> None:
+                    async for message in source:
+                        if message.type == aiohttp.WSMsgType.TEXT:
+                            await sink.send_str(message.data)
+                        elif message.type == aiohttp.WSMsgType.BINARY:
+                            await sink.send_bytes(message.data)
+
+                tasks = [asyncio.ensure_future(pump(ours, theirs)), asyncio.ensure_future(pump(theirs, ours))]
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    task.cancel()
+            await theirs.close()
+            return theirs
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+        async with self.session.request(request.method, self.upstream + request.path_qs, data=await request.read(),
+                                        headers=headers) as answer:
+            body, status = await answer.read(), answer.status
+            kind = answer.headers.get("Content-Type")
+        name = request.query.get("filename", "")
+        if request.path == "/view" and status == 200 and self.corrupt.fullmatch(name):
+            self.corrupted.append(name)
+            body = body[:-1] + bytes([body[-1] ^ 1])
+        return web.Response(status=status, body=body, headers={"Content-Type": kind} if kind else None)
+
+    def __enter__(self) -> BreakingProxy:
+        import threading
+
+        import aiohttp
+        from aiohttp import web
+
+        self.loop = asyncio.new_event_loop()
+
+        async def start() -> None:
+            self.session = aiohttp.ClientSession()
+            app = web.Application(client_max_size=64 * 2**20)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+            self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+        self.loop.run_until_complete(start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            await self.runner.cleanup()
+            await self.session.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # No server needed
 
@@ -274,6 +351,29 @@ def test_a_workflow_file_that_is_not_an_api_graph_exits_2_naming_it(tmp_path):
         assert f"workflow {workflow}: cannot be read" in stderr and reason in stderr, stderr
         assert "Traceback" not in stderr and "not answering" not in stderr
         assert files_in(out) == []
+
+
+def test_an_out_or_summary_path_that_cannot_be_written_exits_2_before_any_work(tmp_path):
+    """--out in place of a file (or below one) and --summary-json that is a folder or in a missing one are refused
+    before any server is asked, rather than after the training, when the files would be written."""
+    photo = face_photo(tmp_path / "p.png", 64)
+    a_file = tmp_path / "a_file"
+    a_file.write_bytes(b"precious bytes")
+    out = tmp_path / "out"
+    cases = [
+        (["--out", str(a_file)], f"--out {a_file}: exists and is not a folder"),
+        (["--out", str(a_file / "sub")], f"--out {a_file / 'sub'}: cannot be made: {a_file} is a file"),
+        (["--out", str(out), "--summary-json", str(tmp_path)], f"--summary-json {tmp_path}: is a folder"),
+        (["--out", str(out), "--summary-json", str(tmp_path / "none" / "s.json")],
+         f"--summary-json {tmp_path / 'none' / 's.json'}: the folder {tmp_path / 'none'} does not exist"),
+    ]
+    for extra, message in cases:
+        # port 9 (discard) has no ComfyUI: any attempt to reach it would show up as a "not answering" error
+        code, stdout, stderr = run_cli(["--checkpoint", TINY_CKPT, "--server", "http://127.0.0.1:9", "--images", str(photo),
+                                        "--name", "cli_paths", *extra], timeout=120)
+        assert code == 2 and stdout == "", (extra, stderr)
+        assert message in stderr and "not answering" not in stderr and "Traceback" not in stderr, (extra, stderr)
+    assert a_file.read_bytes() == b"precious bytes" and files_in(tmp_path) == ["a_file", "p.png"]
 
 
 def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
@@ -561,6 +661,47 @@ def test_eval_command_generates_scores_and_writes_its_tables(core, comfyui, tmp_
     assert sorted(p.name for p in (out / "images").iterdir())[-1] == "p01_i01.png"  # nothing generated by the refused run
 
 
+def test_eval_that_stops_part_way_names_each_folder_and_writes_no_empty_scores(comfyui, tmp_path):
+    """A comparison that stops at a broken embedding: comparison.json and the terminal table name each embedding by
+    the folder its results are in (cli_cmp.pt shares its stem with cli_cmp.safetensors, which the run never reached,
+    so its folder is its whole name); the broken one, with no prompt finished, gets no folder and no scores file. A
+    single embedding with no prompt finished leaves no scores.json either, which would refuse a rerun without
+    --overwrite."""
+    from comfy_servers import checkpoint_cache, small_checkpoint
+    from safetensors.torch import save_file
+
+    base = make_base(tmp_path / "base", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
+    embeddings = base / "models" / "embeddings"
+    embeddings.mkdir(parents=True)
+    vectors = {"clip_l": torch.randn(2, 768, generator=torch.Generator().manual_seed(5))}
+    torch.save(vectors, embeddings / "cli_cmp.pt")
+    save_file(vectors, str(embeddings / "cli_cmp.safetensors"))
+    (embeddings / "cli_cmp_broken.pt").write_bytes(b"not an embedding")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a {} person\n", encoding="utf-8")
+    photo = face_photo(tmp_path / "me.png", 160)
+    argv = [sys.executable, "-m", "cross_init_core", "eval", "--comfyui", str(comfyui), "--base-directory", str(base), "--cpu",
+            "--checkpoint", REAL_CKPT, "--faces", str(photo), "--prompts", str(prompts), "--per-prompt", "1", "--steps", "1",
+            "--resolution", "64", "--identity-backend", "dlib", "--no-prompt-score"]
+    both = tmp_path / "both"
+    result = subprocess.run([*argv, "--embedding", "cli_cmp.pt", "cli_cmp_broken.pt", "cli_cmp.safetensors", "--output",
+                             str(both)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert files_in(both) == ["cli_cmp.pt", "comparison.csv", "comparison.json"]
+    assert (both / "cli_cmp.pt" / "scores.json").is_file()
+    data = json.loads((both / "comparison.json").read_text(encoding="utf-8"))
+    assert {name: entry["folder"] for name, entry in data["embeddings"].items()} == {
+        "cli_cmp.pt": "cli_cmp.pt", "cli_cmp_broken.pt": "cli_cmp_broken"}
+    assert data["run"]["complete"] is False
+    assert "cli_cmp.pt id" in result.stdout and "no prompt finished" in result.stderr
+
+    single = tmp_path / "single"
+    result = subprocess.run([*argv, "--embedding", "cli_cmp_broken.pt", "--output", str(single)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert "cli_cmp_broken.pt" in result.stderr and files_in(single) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # The farm never touches what is not its own
 
@@ -640,6 +781,27 @@ def test_save_every_brings_the_checkpoints_back_and_resume_goes_on(servers, tiny
     assert code == 2 and "cli_ckpt_third-step0002.safetensors already exists" in err
     assert (out / "cli_ckpt_third-step0002.safetensors").read_bytes() == b"precious"
 
+
+def test_a_download_that_breaks_leaves_every_file_in_out_as_it_was(servers, tiny_workflow, tmp_path):
+    """The checkpoints come back before NAME: when NAME's download breaks (here on every attempt), the job fails and
+    no file in --out is replaced, not even the checkpoints that came back whole, so --out never holds a set
+    mixed from two runs."""
+    a = servers["a"]
+    photo = face_photo(tmp_path / "me.png", 96)
+    out = tmp_path / "out"
+    out.mkdir()
+    before = {"cli_half-step0001.safetensors": b"an earlier run, step 1", "cli_half-step0002.safetensors": b"an earlier run, step 2",
+              "cli_half.safetensors": b"an earlier run"}
+    for name, data in before.items():
+        (out / name).write_bytes(data)
+    with BreakingProxy(a.url, corrupt=r"cli_half-[0-9a-f]{8}\.safetensors") as proxy:
+        code, stdout, err = run_cli([*farm_args(tiny_workflow, out, proxy.url), "--images", str(photo), "--name", "cli_half",
+                                     "--steps", "2", "--save-every", "1", "--batch-size", "1", "--resolution", "64",
+                                     "--overwrite", "--no-progress"])
+    assert code == 1, err
+    assert len(proxy.corrupted) == 3  # NAME broke on each attempt, after its checkpoints had come back whole
+    assert "does not match what the save node wrote" in stdout and "0 written, 1 failed, 0 skipped" in stdout
+    assert {name: (out / name).read_bytes() for name in files_in(out)} == before  # no temp file left either
 
 
 def test_resume_continues_the_file_in_out_on_the_local_comfyui(comfyui, stock_workflow, tmp_path):

@@ -120,6 +120,29 @@ def photo_problem(photo: Path) -> str | None:
     return None
 
 
+def folder_problem(option: str, path: Path) -> str | None:
+    """What keeps `path` from being the folder a command writes into (made when missing): a file in its place or in
+    the way of making it. Checked before any work, so nothing is run for files that could not be written."""
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if existing.is_dir():
+            return None
+        what = "exists and is not a folder" if existing == path else f"cannot be made: {existing} is a file"
+        return f"{option} {path}: {what}; give a folder (it is made when missing)"
+    return None
+
+
+def file_problem(option: str, path: Path) -> str | None:
+    """What keeps the file `path` from being written (replaced if it exists): it is a folder, or its folder is
+    missing. Checked before any work, so a run's result is never lost at its end."""
+    if path.is_dir():
+        return f"{option} {path}: is a folder; give a file name"
+    if not path.parent.is_dir():
+        return f"{option} {path}: the folder {path.parent} does not exist; create it or give a file in an existing folder"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # One command's run
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import CrossInitError
-from ..common import photo_problem
+from ..common import folder_problem, photo_problem
 from ..prompt_graph import CKPT_LOADER, PROMPT_SCORE, WORKFLOW_DIR, load_workflow, nodes_of
 from .graph import REQUIRED_NODES, checkpoint_loader_type
 from .results import read_prompts
@@ -73,8 +73,9 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
     plan = Plan(prompts=prompts, faces=list(args.faces), embeddings=embeddings, output=Path())
     default = Path("cross_init_eval") / ("comparison" if plan.compares else Path(embeddings[0]).stem if embeddings else "eval")
     plan.output = output = (args.output or default).expanduser()
-    if output.exists() and not output.is_dir():
-        problems.append(f"--output {output}: exists and is not a folder")
+    problem = folder_problem("--output", output)
+    if problem:
+        problems.append(problem)
     elif plan.results_file.exists() and not args.overwrite:
         problems.append(f"--output {output}: holds the results of an earlier run ({plan.results_file.name}); choose another "
                         "folder or pass --overwrite")

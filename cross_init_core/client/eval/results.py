@@ -259,9 +259,11 @@ def comparison_rows(tables: dict[str, EvalTable]) -> tuple[list[str], list[list[
     return header, [*rows, overall]
 
 
-def write_comparison(folder: Path, tables: dict[str, EvalTable], run: dict[str, Any]) -> tuple[Path, Path]:
-    """comparison.csv (the rows above) and comparison.json (the run, and per embedding its overall and per-prompt
-    means), written whole or not at all."""
+def write_comparison(folder: Path, tables: dict[str, EvalTable], folders: dict[str, str],
+                     run: dict[str, Any]) -> tuple[Path, Path]:
+    """comparison.csv (the rows above) and comparison.json (the run, and per embedding its folder, overall and
+    per-prompt means), written whole or not at all. `folders`: name_folders of every embedding of the run, not only
+    of those in `tables` (a run that stopped early has fewer), so each entry names the folder its results are in."""
     import io
 
     header, rows = comparison_rows(tables)
@@ -269,7 +271,6 @@ def write_comparison(folder: Path, tables: dict[str, EvalTable], run: dict[str, 
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([[_cell(c) for c in row] for row in rows])
-    folders = name_folders(list(tables))
     data = {"run": run, "embeddings": {name: {"folder": folders[name], "overall": table.overall(),
                                               "prompts": [asdict(r) for r in table.prompts]} for name, table in tables.items()}}
     csv_path, json_path = folder / "comparison.csv", folder / "comparison.json"
@@ -278,12 +279,13 @@ def write_comparison(folder: Path, tables: dict[str, EvalTable], run: dict[str, 
     return csv_path, json_path
 
 
-def format_comparison(tables: dict[str, EvalTable]) -> str:
-    """The side-by-side table for the terminal: identity / prompt score per embedding."""
+def format_comparison(tables: dict[str, EvalTable], folders: dict[str, str]) -> str:
+    """The side-by-side table for the terminal: identity / prompt score per embedding, each headed by its folder's
+    name (as name_folders gives it: distinct where two embeddings share a stem)."""
     names = list(tables)
     _header, rows = comparison_rows(tables)
     shown = [[str(row[0]), str(row[1])[:40], *("-" if v is None else f"{v:.4f}" for v in row[2:])] for row in rows]
-    labels = ["#", "prompt", *(f"{Path(n).stem} {what}" for n in names for what in ("id", "prompt"))]
+    labels = ["#", "prompt", *(f"{folders[n]} {what}" for n in names for what in ("id", "prompt"))]
     identity = next((t.identity for t in tables.values() if t.identity), {})
     better = "higher" if identity.get("higher_is_better", True) else "lower"
     note = f"identity: {identity.get('backend')} {identity.get('metric')} ({better} is better)" if identity else "identity: not scored"

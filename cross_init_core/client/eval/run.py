@@ -120,28 +120,37 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
                 "identity_backend": args.identity_backend, "sampler": _sampler_settings(build_prompt(plan.workflow, settings, "", 0)),
                 "server": "local" if local is not None else args.server, "complete": status == EXIT_OK,
             }
-            write_table(folder, tables[embedding], run_info)
-            if not plan.compares:
-                stdout.write(format_table(tables[embedding]))
+            table = tables[embedding]
+            if table.prompts:
+                write_table(folder, table, run_info)
+                log.info("wrote scores.csv, scores.json, contact_sheet.jpg and %d images in %s", len(table.images), folder)
+                if not plan.compares:
+                    stdout.write(format_table(table))
+            else:  # no scores file: it would stand for results and keep a rerun from this folder without --overwrite
+                log.warning("%s: no prompt finished; no scores written", embedding)
             if status != EXIT_OK:
                 break
 
     if plan.compares:
-        write_comparison(plan.output, tables, {"version": __version__, "checkpoint": ckpt_name, "embeddings": list(tables),
-                                               "complete": status == EXIT_OK and len(tables) == len(embeddings)})
-        stdout.write(format_comparison(tables))
-        log.info("wrote comparison.csv and comparison.json for %d embeddings in %s", len(tables), plan.output)
+        if any(t.prompts for t in tables.values()):
+            write_comparison(plan.output, tables, folders, {
+                "version": __version__, "checkpoint": ckpt_name, "embeddings": list(tables),
+                "complete": status == EXIT_OK and len(tables) == len(embeddings)})
+            stdout.write(format_comparison(tables, folders))
+            log.info("wrote comparison.csv and comparison.json for %d embeddings in %s", len(tables), plan.output)
+        else:
+            log.warning("no prompt finished; no comparison written")
     stdout.flush()
     return status
 
 
 async def _evaluate(client: ComfyClient, args: argparse.Namespace, plan: Plan, settings: EvalGraph, folder: Path,
                     stderr: TextIO) -> tuple[EvalTable, int]:
-    """Every prompt with one embedding: images into folder/images/, the table, the contact sheet; (table, status)."""
+    """Every prompt with one embedding: images into folder/images/ (made with the first image), the table, the
+    contact sheet; (table, status)."""
     from PIL import Image
 
     images_dir = folder / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
     table = EvalTable(identity={}, prompt_model=settings.clip_model)
     rows: list[list[Image.Image]] = []
     enabled = not args.no_progress and not args.quiet
@@ -158,6 +167,7 @@ async def _evaluate(client: ComfyClient, args: argparse.Namespace, plan: Plan, s
             for j, entry in enumerate(result.images):
                 data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
                 path = images_dir / f"p{index:02d}_i{j:02d}.png"
+                images_dir.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
                 files.append(str(path.relative_to(folder)))
                 with Image.open(io.BytesIO(data)) as image:
@@ -170,10 +180,9 @@ async def _evaluate(client: ComfyClient, args: argparse.Namespace, plan: Plan, s
             bar.finish()
         add_prompt_result(table, index, text, files, result.identity, result.prompt)
         rows.append(images)
-    sheet = folder / "contact_sheet.jpg"
     if rows:
-        contact_sheet(rows, table).save(sheet, quality=90)
-    log.info("wrote scores.csv, scores.json%s and %d images in %s", f", {sheet.name}" if rows else "", len(table.images), folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        contact_sheet(rows, table).save(folder / "contact_sheet.jpg", quality=90)
     return table, status
 
 

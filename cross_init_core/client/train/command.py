@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ... import __version__
+from ...atomic_files import replace_atomically
 from ...settings import BATCH_SIZE, DETECTORS, LEGACY_DETECTORS, MODES, PRESETS, RESOLUTION, SEED, STEPS
 from ..common import (
     EXIT_FAILED,
@@ -33,6 +34,8 @@ from ..common import (
     UsageError,
     add_console_options,
     add_local_comfyui_options,
+    file_problem,
+    folder_problem,
     int_in,
     learning_rate,
     parse_command,
@@ -222,6 +225,11 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     for class_type in (TRAINER, SAVER, "LoadImage"):
         if workflow and not nodes_of(workflow, class_type):
             problems.append(f"workflow {workflow_path}: it has no {class_type} node")
+    # where the results go: refused now rather than after the training
+    if args.out is not None and (problem := folder_problem("--out", args.out.expanduser())):
+        problems.append(problem)
+    if args.summary_json is not None and (problem := file_problem("--summary-json", args.summary_json)):
+        problems.append(problem)
     urls = server_urls(args.server) if args.server else []
     if problems:
         raise UsageError("\n".join(problems))
@@ -312,7 +320,7 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
     stdout.write(format_summary(jobs))
     stdout.flush()
     if args.summary_json:
-        args.summary_json.write_text(json.dumps(summary_rows(jobs), indent=2) + "\n", encoding="utf-8")
+        replace_atomically(args.summary_json, (json.dumps(summary_rows(jobs), indent=2) + "\n").encode("utf-8"))
     return EXIT_OK if all(j.status in ("ok", "skipped") for j in jobs) else EXIT_FAILED
 
 

@@ -4,8 +4,9 @@ Every server takes one job at a time; an idle server takes the next job. A job w
 answering mid-run, or whose prompt vanishes from the server (in neither its queue nor its history), goes back
 to the queue and runs again, on another server when there is one (at most MAX_ATTEMPTS runs in all); a job the
 server refused or that failed inside a node is not retried: the same graph fails the same way. The trained
-file is fetched from the server (the save node's copy under output/, checked against the size and sha256 the
-node reports) and written into the output folder atomically.
+files are fetched from the server (the save node's copies under output/, each checked against the size and sha256
+the node reports) and only when every one has come back whole are they written into the output folder, each
+atomically.
 
 A remote server's files are never replaced or deleted: each run writes only new files there, named after the
 job and the run (`NAME-RUNID.safetensors` in its embeddings folder and under output/cross_init_embeddings/, the
@@ -227,11 +228,16 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
         raise PromptFailed(f"{client.url} reported no saved file for {job.name} (is its Cross-Init pack up to date?)")
     # the last entry is NAME (the final tokens); earlier ones are its checkpoints, NAME-stepNNNN
     files = [(entry, checkpoint_name(job.name, int(entry["steps"]))) for entry in entries[:-1]] + [(entries[-1], job.name)]
+    # every file is fetched and checked before any is written: a check or a transfer that fails part-way leaves --out as
+    # it was, never a set mixed from two runs (the files are small enough to wait in memory)
+    fetched: list[tuple[str, bytes]] = []
     for entry, name in files:
         data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
         if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             # another run replaced the copy in between, or the transfer broke: fetch nothing rather than a wrong file
             raise ServerGone(f"{client.url}: the downloaded {entry['filename']} does not match what the save node wrote")
+        fetched.append((name, data))
+    for name, data in fetched:  # NAME last: once it is there, its checkpoints are too
         path = replace_atomically(out_dir / f"{name}.safetensors", data)
     job.status, job.message, job.path, job.server = "ok", "", str(path), server.label
     job.final_loss = entries[-1].get("final_loss")
