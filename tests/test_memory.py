@@ -248,7 +248,7 @@ def test_the_peak_reaches_the_file_metadata_the_log_and_the_runner_summary(core,
     from safetensors.torch import save
 
     jobs = importlib.import_module(f"{core.__name__}.client.train.jobs")
-    farm = importlib.import_module(f"{core.__name__}.client.train.farm")
+    files = importlib.import_module(f"{core.__name__}.client.train.files")
 
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
@@ -266,7 +266,7 @@ def test_the_peak_reaches_the_file_metadata_the_log_and_the_runner_summary(core,
     assert result.peak_vram_mib == 6543.4 and result.embedding.metadata["peak_vram_mib"] == "6543"
     assert any("peak VRAM 6543 MiB" in r.getMessage() for r in caplog.records)
     tensors, metadata = core.embedding_io.to_file_dict(result.embedding)
-    read_back = farm.file_metadata(save(tensors, metadata=metadata))  # what the runner reads from a downloaded file
+    read_back = files.file_metadata(save(tensors, metadata=metadata))  # what the runner reads from a downloaded file
     assert read_back["peak_vram_mib"] == "6543"
     job = jobs.Job(name="me", images=[], source="--images", status="ok", peak_vram_mib=int(read_back["peak_vram_mib"]))
     table = jobs.format_summary([job])
