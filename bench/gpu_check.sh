@@ -9,6 +9,7 @@
 #   --smoke         toy sizes on the CPU (seconds); writes a page only to an explicit --output
 #   --lane current  the python in CROSS_INIT_PYTHON (or $VENV/bin/python) and COMFYUI_PATH as they are
 #   --deadline      seconds for everything (default 900)
+# A lane that cannot be set up is named in the report's notes (the check then exits 1); the others are measured.
 # A GPU machine without network: bash bench/device/prepare.sh here, then bash bench/device/run.sh there.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
               *) echo "gpu_check: --lane takes oldest, newest, both or current (got '${1:-}')" >&2; exit 2 ;; esac ;;
     --output) shift; output="$1" ;;
     --deadline) shift; deadline="$1" ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -34,6 +35,7 @@ if [ "$smoke" = 0 ] && [ -z "$output" ]; then output="docs/benchmarks.md"; fi
 
 export CROSS_INIT_NO_APT=1  # the browser test's packages are not needed here
 hosts=()
+notes=()
 for lane in $lanes; do
   if [ "$lane" = current ]; then
     python="${CROSS_INIT_PYTHON:-}"
@@ -48,7 +50,9 @@ for lane in $lanes; do
   # shellcheck source=scripts/test_env.sh
   source scripts/test_env.sh
   if ! ensure_lane "$lane" >&2; then
-    echo "gpu_check: LANE $lane NOT MEASURED: its test environment could not be set up here (see above)" >&2
+    note="Lane $lane was NOT MEASURED: its test environment could not be set up here (${NEWEST_MISSING:-see the setup log on stderr})."
+    echo "gpu_check: $note" >&2
+    notes+=(--note "$note")
     continue
   fi
   hosts+=(--host "=$VENV/bin/python:$COMFYUI_PATH")
@@ -58,4 +62,4 @@ if [ "${#hosts[@]}" = 0 ]; then echo "gpu_check: no host lane could be set up" >
 flags=(--deadline "$deadline" --out "${GPU_CHECK_OUT:-test-output/gpu_check}")
 [ "$smoke" = 1 ] && flags+=(--smoke)
 [ -n "$output" ] && flags+=(--docs "$output")
-exec python3 bench/device/run_checks.py hosts "${hosts[@]}" "${flags[@]}"
+exec python3 bench/device/run_checks.py hosts "${hosts[@]}" "${notes[@]+"${notes[@]}"}" "${flags[@]}"

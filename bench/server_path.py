@@ -5,10 +5,10 @@
 What users run: ComfyUI's own `main.py` with its defaults (on NVIDIA: the GPU, dynamic VRAM on where the host
 has it, the UNet in the precision ComfyUI picks), this pack in `custom_nodes/`, a random real-architecture
 SD 1.5 checkpoint (tests/real_checkpoints.py) in `models/checkpoints/`, `--front-end-root` pointing to an empty
-folder (no frontend package needed to measure). `--cpu` is passed only where torch sees no GPU, as the batch
-runner decides for its own local server. The batch runner (`python -m cross_init_core train --server URL`)
-then trains one person in `fast` mode and then in `full` mode, and one row per run is appended to `--rows`
-the moment it is measured:
+folder (no frontend package needed to measure). Without a GPU only `--smoke` runs (with `--cpu`, as the batch
+runner starts its own local server where torch sees no GPU); the full sizes write an error row and exit 2. The
+batch runner (`python -m cross_init_core train --server URL`) then trains one person in `fast` mode and then in
+`full` mode, and one row per run is appended to `--rows` the moment it is measured:
 
 - run_s: the runner's own seconds for the job (photo upload, queue, training, saving, file back); wall_s:
   the runner process from start to exit;
@@ -218,12 +218,17 @@ async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache:
     from cross_init_core.embedding_io import load_embedding
 
     version = host_version(comfyui)
-    comfyui = comfyui_folder(work, comfyui)
     row_base: dict[str, Any] = {"host": version, "path": "server", "model": MODEL_LABEL, "smoke": sizes.smoke, "device": "?",
                                 "torch": torch.__version__}
+    gpu = has_accelerator()
+    if not gpu and not sizes.smoke:  # full SD 1.5 at 512 px on the CPU would eat every later step's time
+        log.error("no GPU for ComfyUI %s (torch sees none): run on a GPU machine, or use --smoke", version)
+        append_row(rows_path, {**row_base, "device": "CPU", "kind": "train", "mode": "fast, full",
+                               "error": "no GPU (torch sees none); the full sizes run only on a GPU (--smoke: toy sizes)"})
+        return 2
+    comfyui = comfyui_folder(work, comfyui)
     base, front_end = make_base(work, comfyui, checkpoints_cache, small=sizes.smoke)
     photo = face_photo(work / "face.png", sizes.face_px)
-    gpu = has_accelerator()
     arguments = ["--base-directory", str(base), "--front-end-root", str(front_end), *([] if gpu else ["--cpu"])]
     server = LocalServer(comfyui, arguments, log_path=work / "server.log")
     uid = uuid.uuid4().hex[:6]

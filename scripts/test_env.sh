@@ -113,10 +113,12 @@ _unpacked_host() {
   printf '%s' "$inner"
 }
 
-# The newest host's source folder: a given checkout, or the tarball unpacked once into the cache.
+# The newest host's source folder into NEWEST_HOST: a given checkout, or the tarball unpacked once into the cache;
+# where there is neither, NEWEST_MISSING says why and it returns 3 (called in this shell, not in $(...), so that
+# the callers see NEWEST_MISSING).
 _newest_host() {
   if [ -n "${CROSS_INIT_NEWEST_COMFYUI:-}" ]; then
-    printf '%s' "$CROSS_INIT_NEWEST_COMFYUI"
+    NEWEST_HOST="$CROSS_INIT_NEWEST_COMFYUI"
     return 0
   fi
   local tarball
@@ -125,7 +127,7 @@ _newest_host() {
     NEWEST_MISSING="no newest ComfyUI host: $tarball does not exist (set CROSS_INIT_NEWEST_TARBALL to the tarball or CROSS_INIT_NEWEST_COMFYUI to a checkout)"
     return 3
   fi
-  _unpacked_host "$tarball"
+  NEWEST_HOST="$(_unpacked_host "$tarball")"
 }
 
 _build_newest() {
@@ -138,13 +140,13 @@ _build_newest() {
 
 _ensure_newest() {
   local host rc=0
-  host="$(_newest_host)" || rc=$?
+  _newest_host || rc=$?
   if [ "$rc" != 0 ]; then return "$rc"; fi
+  host="$NEWEST_HOST"
   if [ ! -f "$host/comfyui_version.py" ] || [ ! -f "$host/requirements.txt" ]; then
     log "not a ComfyUI checkout with a requirements.txt: $host"
     return 1
   fi
-  NEWEST_HOST="$host"
   local key
   key="$( (cat "$host/requirements.txt" requirements.txt tests/requirements-newest.txt; echo "${TORCH_PINS[*]} recipe $NEWEST_RECIPE"; python3 --version; date -u +%G-W%V) | _hash)"
   VENV="$(_cache_root)/venv-newest-$key"
@@ -186,6 +188,7 @@ ensure_rehearsal_env() {
   local python key
   python="$(_python312)" || {
     REHEARSAL_MISSING="no Python 3.12 here (the GPU machine's version): install it, e.g. pyenv install 3.12"
+    log "WARNING: no rehearsal environment: $REHEARSAL_MISSING"
     return 3
   }
   key="$( (cat bench/device/rehearsal.txt bench/device/gpu_image.txt; "$python" --version) | _hash)"

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
+import pytest
 import torch
 import workflow_runner as wr
 
@@ -187,3 +192,13 @@ def one_draw_step_loss(core, m, emb, cfg) -> Iterator[tuple[object, object]]:
     draw = run.sampler().draw(cfg.batch_size)
     with torch.inference_mode(), core.host.training_session(m.model, m.clip) as device:
         yield core.loss.StepLoss(run, device), draw
+
+
+def loud_skip(reason: str, require_env: str) -> NoReturn:
+    """Skips the calling test so that the run's summary says why: a warning (pytest hides a skipped test's stderr
+    but lists every warning), or a failure where `require_env` is 1 (a machine that must run the test)."""
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{reason} {require_env}=1 makes this a failure.", pytrace=False)
+    warnings.warn(reason, stacklevel=2)
+    sys.stderr.write(f"\n{'!' * 100}\n{reason}\n{'!' * 100}\n")
+    pytest.skip(reason)

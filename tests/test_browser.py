@@ -37,10 +37,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 
 import pytest
+from helpers import loud_skip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -107,11 +107,7 @@ def _chromium() -> str:
         "`chromium chromium-driver` (apt-get install -y --no-install-recommends chromium chromium-driver) "
         "and rerun `bash scripts/test.sh`."
     )
-    if os.environ.get("CROSS_INIT_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason + " CROSS_INIT_REQUIRE_BROWSER=1 makes this a failure.", pytrace=False)
-    warnings.warn(reason, stacklevel=2)
-    sys.stderr.write(f"\n{'!' * 100}\n{reason}\n{'!' * 100}\n")
-    pytest.skip(reason)
+    loud_skip(reason, "CROSS_INIT_REQUIRE_BROWSER")
 
 
 def _free_port() -> int:

@@ -14,24 +14,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from helpers import loud_skip
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = REPO / ".device"
 LIMIT_MIB = 60
 NEWEST, OLDEST = "0.33.0", "0.3.75"
+# what the probe prints when pypi.org is out of reach: no name resolution, or no route
+NO_NETWORK = re.compile(r"gaierror|Temporary failure in name resolution|Name or service not known|Network is unreachable")
 
 
-def _loud_skip(reason: str) -> None:
-    sys.stderr.write(f"\nWARNING: the offline GPU rehearsal is SKIPPED: {reason}\n")
-    if os.environ.get("CROSS_INIT_REQUIRE_REHEARSAL") == "1":
-        pytest.fail(f"the offline GPU rehearsal cannot run here: {reason}")
-    pytest.skip(reason)
+def _loud_skip(reason: str) -> NoReturn:
+    loud_skip(f"THE OFFLINE GPU REHEARSAL IS SKIPPED: {reason}", "CROSS_INIT_REQUIRE_REHEARSAL")
 
 
 def _no_network_command(command: str) -> list[str]:
@@ -48,8 +49,8 @@ def _rehearsal_python() -> Path:
     return Path(done.stdout.strip())
 
 
-@pytest.fixture(scope="module")
-def offline_run(tmp_path_factory) -> dict:
+def _can_rehearse_here() -> None:
+    """Skips (loudly where the machine, not the lane, is the reason) unless the rehearsal can run here."""
     if os.environ.get("LANE") != "oldest":
         pytest.skip("the offline GPU rehearsal needs no host lane: it runs once per suite, in the oldest lane's run")
     if shutil.which("unshare") is None or shutil.which("ip") is None:
@@ -57,6 +58,11 @@ def offline_run(tmp_path_factory) -> dict:
     probe = subprocess.run(_no_network_command("true"), capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         _loud_skip(f"no network namespace can be made here (unshare -n needs root): {probe.stderr.strip()[:200]}")
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory) -> dict:
+    _can_rehearse_here()
     python = _rehearsal_python()
     prepared = subprocess.run(["bash", "bench/device/prepare.sh"], cwd=REPO, capture_output=True, text=True, timeout=1800)
     if prepared.returncode == 3:  # the newest host's tarball is not on this machine
@@ -96,7 +102,8 @@ def test_the_rehearsal_python_is_the_gpu_image_and_has_no_network(offline_run):
     for module in ("av", "torchsde", "comfy_aimdo", "diffusers", "pydantic", "sqlalchemy"):  # from .device only
         found = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True)
         assert found.returncode != 0, f"{module} is importable without .device"
-    assert offline_run["network"].returncode != 0  # pypi.org is out of reach in the namespace
+    network = offline_run["network"]
+    assert network.returncode != 0 and NO_NETWORK.search(network.stderr), network.stderr[-2000:]  # pypi.org is out of reach
 
 
 def test_run_gives_rows_for_both_hosts_the_server_path_first(offline_run):
@@ -125,3 +132,27 @@ def test_run_gives_rows_for_both_hosts_the_server_path_first(offline_run):
     assert f"| {NEWEST} | CPU | fast |" in report and f"| {OLDEST} | CPU | full |" in report
     log = (out / "gpu_check.log").read_text(encoding="utf-8")
     assert "--no-index" in log and f"installing {len(list((DEVICE / 'wheels').glob('*.whl')))} wheels" in log
+
+
+# ---------------------------------------------------------------------------------------------
+# A skipped rehearsal says why (no machine needed)
+
+
+def test_a_skipped_rehearsal_is_listed_with_its_reason_in_the_summary(monkeypatch):
+    """pytest hides a skipped test's stderr: the reason must come as a warning, which the summary lists."""
+    monkeypatch.setenv("LANE", "oldest")
+    monkeypatch.delenv("CROSS_INIT_REQUIRE_REHEARSAL", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.warns(UserWarning, match="REHEARSAL IS SKIPPED: unshare or ip"), pytest.raises(pytest.skip.Exception):
+        _can_rehearse_here()
+    monkeypatch.setenv("CROSS_INIT_REQUIRE_REHEARSAL", "1")
+    with pytest.raises(pytest.fail.Exception, match="CROSS_INIT_REQUIRE_REHEARSAL=1 makes this a failure"):
+        _can_rehearse_here()
+
+
+def test_the_rehearsal_env_says_why_it_is_missing():
+    """scripts/test_env.sh without a Python 3.12: the reason is logged, and it becomes the skip's reason."""
+    done = subprocess.run(["bash", "-c", "source scripts/test_env.sh && _python312() { return 1; } && ensure_rehearsal_env"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert "no Python 3.12 here" in done.stderr.strip().splitlines()[-1], done.stderr

@@ -5,9 +5,11 @@ machine is rehearsed in test_device_rehearsal.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ sys.path[:0] = [str(REPO / "bench"), str(REPO / "bench" / "device")]
 
 import gpu_report  # noqa: E402
 import run_checks  # noqa: E402
+import server_path  # noqa: E402
 from rows import read_rows  # noqa: E402
 
 
@@ -93,6 +96,85 @@ def test_a_step_that_fails_without_a_row_gets_an_error_row(tmp_path):
         assert run_checks.run_steps([step], time.monotonic() + 120, rows_path, log_file) == []
     (row,) = read_rows(rows_path)
     assert row["host"] == "9.9.9" and row["path"] == "in_process" and row["error"].startswith("exited with code 3")
+
+
+def test_a_step_that_exits_non_zero_after_a_clean_row_gets_an_error_row(tmp_path):
+    """A step killed after its fast row (the full row never written) must not pass as a clean run; a step that
+    wrote its own error row gets no second one."""
+    rows_path = tmp_path / "rows.jsonl"
+    host = run_checks.Host("9.9.9", sys.executable, REPO)
+
+    def step(error: str | None) -> run_checks.Step:
+        row = {"host": "9.9.9", "path": "server", "model": "m", "device": "CPU", "mode": "fast"}
+        if error:
+            row["error"] = error
+        code = f"import json; open({str(rows_path)!r}, 'a').write(json.dumps({row!r}) + '\\n'); raise SystemExit(137)"
+        return run_checks.Step("server", host, "m", [sys.executable, "-c", code])
+
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log_file:
+        assert run_checks.run_steps([step(None), step("full run: boom")], time.monotonic() + 120, rows_path, log_file) == []
+    assert [r.get("error") for r in read_rows(rows_path)] == [
+        None, "exited with code 137 after writing 1 row(s) (see gpu_check.log)", "full run: boom"]
+
+
+def test_a_note_goes_into_the_report_and_fails_the_run(tmp_path):
+    out = tmp_path / "out"
+    comfyui = tmp_path / "ComfyUI"
+    comfyui.mkdir()
+    (comfyui / "comfyui_version.py").write_text('__version__ = "9.9.9"\n', encoding="utf-8")
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "device" / "run_checks.py"), "hosts", "--out", str(out),
+                           "--host", f"=/bin/true:{comfyui}", "--note", "Lane x was NOT MEASURED: why.", "--deadline", "60"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    section = (out / "benchmarks.md").read_text(encoding="utf-8").split(gpu_report.BEGIN)[1]
+    assert "\nLane x was NOT MEASURED: why.\n" in section
+
+
+def test_gpu_check_names_a_lane_it_cannot_set_up_in_the_report(tmp_path):
+    """bash bench/gpu_check.sh where one lane cannot be set up: the other is measured, the report's notes name the
+    missing one with its reason, and the check exits 1. In a copy of the scripts with a stand-in scripts/test_env.sh
+    (the newest lane absent, the oldest a host whose python exits at once)."""
+    tree = tmp_path / "tree"
+    for name in ("bench/gpu_check.sh", "bench/device/run_checks.py", "bench/gpu_report.py", "bench/rows.py"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tree / name)
+    (tree / "scripts").mkdir()
+    (tree / "scripts" / "test_env.sh").write_text(
+        'ensure_lane() {\n  NEWEST_MISSING=""\n'
+        '  if [ "$1" = newest ]; then NEWEST_MISSING="no newest ComfyUI host: none here"; return 3; fi\n'
+        f'  VENV={tmp_path}/venv; COMFYUI_PATH={tmp_path}/ComfyUI; export VENV COMFYUI_PATH\n}}\n', encoding="utf-8")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    (tmp_path / "venv" / "bin" / "python").chmod(0o755)
+    (tmp_path / "ComfyUI").mkdir()
+    (tmp_path / "ComfyUI" / "comfyui_version.py").write_text('__version__ = "9.9.9"\n', encoding="utf-8")
+    page = tmp_path / "page.md"
+    env = dict(os.environ, GPU_CHECK_OUT=str(tmp_path / "out"))
+    done = subprocess.run(["bash", str(tree / "bench" / "gpu_check.sh"), "--smoke", "--lane", "both", "--deadline", "60",
+                           "--output", str(page)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    section = page.read_text(encoding="utf-8").split(gpu_report.BEGIN)[1]
+    assert "Lane newest was NOT MEASURED: its test environment could not be set up here (no newest ComfyUI host: none " \
+           "here)." in section
+    assert "server rows of ComfyUI 9.9.9" in (tmp_path / "out" / "gpu_check.log").read_text(encoding="utf-8")
+
+
+def test_the_server_path_refuses_the_full_sizes_without_a_gpu(tmp_path, monkeypatch):
+    """Full SD 1.5 at 512 px on the CPU would run until the deadline and leave no time for the later steps: an error
+    row and exit 2 instead, before anything is set up (as the in-process rows do)."""
+    import cross_init_core.client.local_comfyui as local_comfyui
+
+    monkeypatch.setattr(local_comfyui, "has_accelerator", lambda: False)
+    comfyui = tmp_path / "ComfyUI"
+    comfyui.mkdir()
+    (comfyui / "comfyui_version.py").write_text('__version__ = "9.9.9"\n', encoding="utf-8")
+    rows_path, work = tmp_path / "rows.jsonl", tmp_path / "work"
+    work.mkdir()
+    assert asyncio.run(server_path.measure(comfyui, rows_path, work, tmp_path / "checkpoints", server_path.GPU)) == 2
+    (row,) = read_rows(rows_path)
+    assert row["host"] == "9.9.9" and row["path"] == "server" and row["device"] == "CPU"
+    assert row["error"].startswith("no GPU") and "--smoke" in row["error"]
+    assert list(work.iterdir()) == [] and not (tmp_path / "checkpoints").exists()
 
 
 def test_the_offline_run_writes_its_report_even_when_device_is_missing(tmp_path):

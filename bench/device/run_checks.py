@@ -13,8 +13,10 @@ The measurements, most important first: for each host (in the order given) the u
 server trained through the batch runner (bench/server_path.py); then for each host the in-process rows
 (bench/gpu_check.py measure), one model at a time. A step gets the time left before the deadline (less a
 reserve for the report); one that runs past it is stopped and recorded as an error row, and the steps after it
-are listed as not reached. Output in --out: gpu_rows.jsonl (the rows), gpu_check.log (everything the steps
-printed) and benchmarks.md (the report); --docs FILE also replaces the marked section of that page.
+are listed as not reached; one that exits non-zero without an error row of its own gets one too. Output in
+--out: gpu_rows.jsonl (the rows), gpu_check.log (everything the steps printed) and benchmarks.md (the report);
+--docs FILE also replaces the marked section of that page. --note TEXT (repeatable) adds a line to the report's
+notes, which mark the run failed (bench/gpu_check.sh names a lane it could not set up this way).
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def run_step(step: Step, budget: float, rows_path: Path, log_file: TextIO) -> None:
-    """Runs one measurement with `budget` seconds; a row with an error when it fails without writing one."""
+    """Runs one measurement with `budget` seconds; a row with an error when it fails and none of the rows it
+    wrote names an error (killed after its first row, say)."""
     before = len(read_rows(rows_path))
     env = {**os.environ, **step.host.env, "COMFYUI_PATH": str(step.host.comfyui), "PYTHONUNBUFFERED": "1"}
     log.info("%s: starting (%.0f s left)", step.label, budget)
@@ -123,8 +126,11 @@ def run_step(step: Step, budget: float, rows_path: Path, log_file: TextIO) -> No
     error = None
     try:
         code = process.wait(budget)
-        if code != 0 and len(read_rows(rows_path)) == before:
+        written = read_rows(rows_path)[before:]
+        if code != 0 and not written:
             error = f"exited with code {code} before writing a row (see gpu_check.log)"
+        elif code != 0 and not any(row.get("error") for row in written):
+            error = f"exited with code {code} after writing {len(written)} row(s) (see gpu_check.log)"
     except subprocess.TimeoutExpired:
         error = f"stopped at the deadline after {time.monotonic() - started:.0f} s"
     finally:
@@ -218,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "test-output" / "device"))
     parser.add_argument("--device-dir", type=Path, default=DEVICE_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--docs", type=Path, default=None, help="also replace the marked section of this page")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes (marks the run failed), "
+                        "e.g. a host that could not be set up")
     args = parser.parse_args(argv)
     started = time.monotonic()
     deadline_at = started + args.deadline
@@ -225,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "gpu_rows.jsonl"
     rows_path.unlink(missing_ok=True)
-    notes: list[str] = []
+    notes: list[str] = list(args.note)
     not_reached: list[str] = []
     prepared_at = None
     work = Path(tempfile.mkdtemp(prefix="cross_init_gpu_check_"))
