@@ -18,7 +18,7 @@ import torch
 
 from . import atomic_files
 from .embedding import CrossInitEmbedding
-from .embedding_names import checkpoint_name, trained_steps, validate_name
+from .embedding_names import CHECKPOINT_RE, checkpoint_name, trained_steps, validate_name
 from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from .families import KEY_WIDTHS, WIDTH_KEYS, WIDTHS_MESSAGE
 
@@ -107,6 +107,56 @@ def save_embeddings(named: list[tuple[CrossInitEmbedding, str]], directory: str 
     for _embedding, name in named:
         _check_existing(folder / f"{validate_name(name)}.safetensors", overwrite)
     return [save_embedding(embedding, folder, name, overwrite=overwrite) for embedding, name in named]
+
+
+def run_files(directory: str | os.PathLike[str], name: str) -> list[Path]:
+    """The files a save under `name` could replace in `directory`: NAME.safetensors and any NAME-stepNNNN.safetensors
+    (the checkpoints a run under that name writes), those that exist, NAME first."""
+    stem = validate_name(name)
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    found = [folder / f"{stem}.safetensors"] if (folder / f"{stem}.safetensors").exists() else []
+    for path in sorted(folder.iterdir()):
+        match = CHECKPOINT_RE.match(path.name[: -len(".safetensors")]) if path.name.endswith(".safetensors") else None
+        if match and match["name"] == stem:
+            found.append(path)
+    return found
+
+
+def taken_message(files: list[Path], name: str) -> str:
+    """The error for a save whose files are taken: which file, and the two ways out."""
+    stem = validate_name(name)
+    more = f" (and {len(files) - 1} more of this run's names)" if len(files) > 1 else ""
+    return (f"name: {files[0]} already exists{more}; a save under {stem} writes {stem} and, from a checkpoints list, "
+            f"{stem}-stepNNNN. Choose another name, or turn on overwrite to replace them.")
+
+
+# Files each Save node wrote in this process (node id -> path -> (mtime, size)). Running a graph again after its own
+# save is served from ComfyUI's cache, so such files must not make the queue check refuse the graph.
+_written: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def remember_written(saver: str, paths: list[Path]) -> None:
+    if not saver:  # not in a graph
+        return
+    _written.setdefault(saver, {}).update({str(p): _stamp(p) for p in paths})
+
+
+def written_by(saver: str, paths: list[Path]) -> bool:
+    """Whether `saver` wrote every one of `paths` in this process and none has changed since."""
+    record = _written.get(saver) if saver else None
+    if not record:
+        return False
+    try:
+        return all(record.get(str(p)) == _stamp(p) for p in paths)
+    except OSError:
+        return False
 
 
 def _taken_just_now(final: Path) -> EmbeddingExistsError:

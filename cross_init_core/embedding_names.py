@@ -52,6 +52,25 @@ def checkpoint_name(stem: str, steps: int) -> str:
     return f"{stem}-step{steps:04d}"
 
 
+# NAME-stepNNNN as written: four digits at least (CHECKPOINT_RE.match(stem) gives NAME and the count)
+CHECKPOINT_RE = re.compile(r"^(?P<name>.+)-step(?P<steps>\d{4,})$")
+
+
+def validate_run_name(name: str, max_steps: int) -> str:
+    """`validate_name`, and also for every NAME-stepNNNN a run of up to `max_steps` steps could write: a name too
+    long for its checkpoints is refused before the run rather than when the checkpoints are saved."""
+    stem = validate_name(name)
+    longest = checkpoint_name(stem, max_steps)
+    room = len(longest) - len(stem)
+    too_long = len(longest) > MAX_NAME_LENGTH or len(longest.encode("utf-8")) > MAX_NAME_BYTES
+    if too_long:
+        raise InvalidInputError(
+            f"name {name!r}: too long for its checkpoint files (up to {longest!r}, {len(longest)} characters; file names "
+            f"hold at most {MAX_NAME_LENGTH}). Use at most {MAX_NAME_LENGTH - room} characters."
+        )
+    return stem
+
+
 def trained_steps(metadata: dict[str, str]) -> int | None:
     """The step count a file's metadata records (`steps`), or None when it records none or it is not a whole number."""
     value = str(metadata.get("steps", "")).strip()

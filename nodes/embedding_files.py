@@ -5,11 +5,16 @@ import os
 
 from comfy_api.latest import io, ui
 
-from ..cross_init_core import embedding_io, host
-from ..cross_init_core.errors import EmbeddingFileError, InvalidInputError
+from ..cross_init_core import embedding_io, embedding_names, host
+from ..cross_init_core.continuation import MAX_PREVIOUS_STEPS
+from ..cross_init_core.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
+from ..cross_init_core.settings import STEPS
 from .common import CATEGORY, Embedding, single
 
 log = logging.getLogger(__name__)
+
+# the most steps a file can record: a continued run of STEPS.high steps on top of the most a run can go on from
+MAX_RUN_STEPS = MAX_PREVIOUS_STEPS + STEPS.high
 
 
 class CrossInitSaveEmbedding(io.ComfyNode):
@@ -24,38 +29,66 @@ class CrossInitSaveEmbedding(io.ComfyNode):
                 "the trainer's checkpoints (a list), saves each as NAME-stepNNNN.safetensors and the last also as NAME."
             ),
             inputs=[
-                Embedding.Input("embedding", tooltip="The trained embedding, or the trainer's checkpoints list."),
+                # lazy: the node checks its name before whatever computes the embedding (the training) runs
+                Embedding.Input("embedding", lazy=True, tooltip="The trained embedding, or the trainer's checkpoints list."),
                 io.String.Input("name", default="my_face",
                                 tooltip="File name without extension: letters, digits, _ - . (no spaces or folders). "
                                         "Prompts then use embedding:NAME (embedding:NAME-step0080 for a checkpoint)."),
                 io.Boolean.Input("overwrite", default=False,
-                                 tooltip="Replace existing files of those names. Off: an existing file is never touched, "
-                                         "and a taken name stops the save before anything is written."),
+                                 tooltip="On: replace existing files of this name. Off: a name already in use is refused "
+                                         "when you press Run, before any training, and no file is ever touched."),
                 io.Boolean.Input("copy_to_output", default=False, optional=True,
                                  tooltip="Also put a copy under output/cross_init_embeddings/, where ComfyUI's /view "
                                          "serves it: for scripts that fetch the file over the HTTP API (the batch runner)."),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Where the file was written (NAME.safetensors).")],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
             is_input_list=True,  # the whole checkpoints list at once: all names are checked before any is written
         )
 
     @classmethod
-    def validate_inputs(cls, name=None, overwrite=False) -> bool | str:  # type: ignore[override]
-        """Runs when the prompt is queued, so an unusable name is refused before any training starts.
+    def _saver(cls) -> str:
+        """This node's id in the graph ("" when called outside a graph, as tests do)."""
+        hidden = getattr(cls, "hidden", None)
+        return str(getattr(hidden, "unique_id", None) or "")
 
-        A name that is merely taken is refused when the node runs instead: every queue re-validates, and a
-        re-queued graph (new sample seeds) must not fail because its own earlier run saved the file. The
-        trainer's result stays cached, so renaming and queueing again does not retrain.
-        """
-        name = single(name)
+    @classmethod
+    def _taken(cls, name: str, overwrite: bool, allow_own: bool) -> str | None:
+        """Why `name` cannot be saved to (taken, and overwrite off), or None. `allow_own`: files this node wrote in
+        this session pass (the queue check: a graph run again after its own save is served from ComfyUI's cache)."""
+        folders = host.embedding_directories()
+        if overwrite or not folders:
+            return None
+        files = embedding_io.run_files(folders[0], name)
+        if not files or (allow_own and embedding_io.written_by(cls._saver(), files)):
+            return None
+        return embedding_io.taken_message(files, name)
+
+    @classmethod
+    def validate_inputs(cls, name=None, overwrite=False) -> bool | str:  # type: ignore[override]
+        """Runs when the graph is queued (Run), so an unusable or taken name is refused before any training starts:
+        a bad name, one too long for the checkpoints NAME-stepNNNN a run could write, or a taken NAME or
+        NAME-stepNNNN (overwrite off). A name linked from another node is checked when the node runs."""
+        name, overwrite = single(name), single(overwrite)
         if not isinstance(name, str):
-            return True  # linked from another node: checked when it runs
+            return True
         try:
-            embedding_io.validate_name(name)
+            embedding_names.validate_run_name(name, MAX_RUN_STEPS)
         except InvalidInputError as exc:
             return str(exc)
-        return True
+        return cls._taken(name, overwrite is True, allow_own=True) or True
+
+    @classmethod
+    def check_lazy_status(cls, name, overwrite, embedding=None, copy_to_output=None) -> list[str]:  # type: ignore[override]
+        """Runs before the embedding is computed: a taken name stops the graph here rather than after the training
+        (for example a graph run again after its own save, whose training changed)."""
+        name, overwrite = single(name), bool(single(overwrite))
+        embedding_names.validate_run_name(name, MAX_RUN_STEPS)
+        problem = cls._taken(name, overwrite, allow_own=False)
+        if problem:
+            raise EmbeddingExistsError(problem)
+        return ["embedding"]
 
     @classmethod
     def execute(cls, embedding, name, overwrite, copy_to_output=None) -> io.NodeOutput:  # type: ignore[override]
@@ -65,6 +98,7 @@ class CrossInitSaveEmbedding(io.ComfyNode):
             raise InvalidInputError("name: ComfyUI has no embeddings folder configured (models/embeddings).")
         named = embedding_io.checkpoint_names(embedding if isinstance(embedding, list) else [embedding], name)
         paths = embedding_io.save_embeddings(named, folders[0], overwrite=overwrite)
+        embedding_io.remember_written(cls._saver(), paths)
         stem = embedding_io.validate_name(name)
         message = "\n".join(f"Saved {path}." for path in paths) + f" Use it in any prompt as embedding:{stem}"
         log.info(message)

@@ -67,6 +67,11 @@ class CrossInitIdentityScore(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, backend: str) -> bool | str:
+        # at Run: a missing backend is refused before the images it would score are generated, with the install line
+        return scoring.backend_problem(backend) or True
+
+    @classmethod
     def execute(cls, reference: torch.Tensor, images: torch.Tensor, backend: str) -> io.NodeOutput:
         result = scoring.score_identity(reference, images, backend)
         return io.NodeOutput(result.mean, result.report_json(), result.annotated)

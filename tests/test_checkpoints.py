@@ -101,15 +101,67 @@ def test_the_checkpoints_list_is_saved_as_name_step_files_and_name(pack, tiny, e
     assert {"ckpt_list-step0002.safetensors", "ckpt_list.safetensors"} <= set(listed)  # Load Embedding lists them
 
 
-def test_a_taken_name_stops_the_list_save_before_anything_is_written(pack, tiny, embeddings_dir):
+def test_a_taken_name_is_refused_when_queued_naming_the_file_and_nothing_is_written(pack, tiny, embeddings_dir):
     wr.install_face_image("ckpt_face.png", 64)
     taken = embeddings_dir / "ckpt_clash-step0004.safetensors"
     taken.write_bytes(b"keep me")
     with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]):
-        executor = wr.execute(_training_prompt("ckpt_clash", steps=4, save_every=2))
-    assert not executor.success and "ckpt_clash-step0004.safetensors already exists" in wr.failure(executor)
+        ok, _error, _outputs, node_errors = wr.validate(_training_prompt("ckpt_clash", steps=4, save_every=2))
+        assert not ok and set(node_errors) == {"5"}
+        message = str(node_errors["5"])
+        assert f"{taken} already exists" in message and "Choose another name, or turn on overwrite" in message
+        assert wr.validate(_training_prompt("ckpt_clash", steps=4, save_every=2, overwrite=True))[0]  # the fix
+        assert wr.validate(_training_prompt("ckpt_clash_new", steps=4, save_every=2))[0]  # the other fix
     assert sorted(p.name for p in embeddings_dir.glob("ckpt_clash*")) == ["ckpt_clash-step0004.safetensors"]
     assert taken.read_bytes() == b"keep me"
+
+
+def test_a_name_too_long_for_its_checkpoints_is_refused_when_queued(pack, core):
+    save = pack.nodes.embedding_files.CrossInitSaveEmbedding
+    longest = len(core.embedding_names.checkpoint_name("", pack.nodes.embedding_files.MAX_RUN_STEPS))  # "-step200000"
+    assert longest == 11
+    fits = "n" * (core.embedding_names.MAX_NAME_LENGTH - longest)
+    assert save.validate_inputs(name=fits, overwrite=False) is True
+    refused = save.validate_inputs(name=fits + "n", overwrite=False)
+    assert isinstance(refused, str) and refused.startswith("name ") and "too long for its checkpoint files" in refused
+    assert f"Use at most {len(fits)} characters" in refused
+    ok, _error, _outputs, node_errors = wr.validate(_training_prompt(fits + "n", steps=4, save_every=2))
+    assert not ok and "too long for its checkpoint files" in str(node_errors["5"])
+
+
+def test_run_again_after_its_own_save_is_served_from_the_cache_and_a_changed_training_stops_before_training(
+        pack, core, tiny, embeddings_dir, monkeypatch):
+    """One executor, as one ComfyUI server: the graph's own saved files do not refuse it at Run; when its training
+    changed, the taken name stops the graph at the Save node before the trainer runs."""
+    import execution
+
+    trained = []
+    train = core.training.train
+    monkeypatch.setattr(core.training, "train", lambda *a, **kw: trained.append(1) or train(*a, **kw))
+    wr.install_face_image("ckpt_face.png", 64)
+    executor = execution.PromptExecutor(wr.ServerStub(), cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+
+    def run(prompt: dict) -> None:
+        ok, error, outputs, node_errors = wr.validate(prompt)
+        assert ok, (error, node_errors)
+        executor.execute(prompt, "p", {"client_id": None}, outputs)
+
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]):
+        run(_training_prompt("again_face", steps=3, save_every=2))
+        assert executor.success, wr.failure(executor)
+        files = {p.name: p.stat().st_mtime_ns for p in embeddings_dir.glob("again_face*")}
+        assert sorted(files) == ["again_face-step0002.safetensors", "again_face-step0003.safetensors", "again_face.safetensors"]
+        assert len(trained) == 1
+        run(_training_prompt("again_face", steps=3, save_every=2))  # Run again, nothing changed
+        assert executor.success, wr.failure(executor)
+        assert len(trained) == 1
+        run(_training_prompt("again_face", steps=4, save_every=2))  # the training changed: the name is taken
+        assert not executor.success and "again_face.safetensors already exists" in wr.failure(executor)
+        assert len(trained) == 1  # refused before any step
+    assert {p.name: p.stat().st_mtime_ns for p in embeddings_dir.glob("again_face*")} == files
+    # another Save node (another graph) gets no pass for these files
+    assert "already exists" in str(pack.nodes.embedding_files.CrossInitSaveEmbedding.validate_inputs(name="again_face", overwrite=False))
 
 
 def test_checkpoint_names(core):

@@ -40,7 +40,7 @@ def test_every_node_is_registered_with_description_category_and_tooltips(pack):
                 assert len(options.get("tooltip", "")) > 10, f"{name}.{input_name} has no tooltip"
 
 
-def test_save_node_refuses_bad_names_when_queued_and_taken_names_when_run(pack, core, embeddings_dir):
+def test_save_node_refuses_bad_and_taken_names_when_queued(pack, core, embeddings_dir):
     import asyncio
 
     import execution
@@ -54,10 +54,14 @@ def test_save_node_refuses_bad_names_when_queued_and_taken_names_when_run(pack, 
     }
     ok, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("p1", prompt, None))
     assert not ok and "plain file name" in str(node_errors["2"])
-    # a taken name queues: re-queueing a workflow after its own successful save must not be refused
+    # a taken name is refused at Run, before anything runs, naming the file and both fixes
     prompt["2"]["inputs"]["name"] = "taken_face"
     ok, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("p2", prompt, None))
-    assert ok, node_errors
+    assert not ok and f"{embeddings_dir / 'taken_face.safetensors'} already exists" in str(node_errors["2"])
+    assert "another name, or turn on overwrite" in str(node_errors["2"])
+    prompt["2"]["inputs"]["overwrite"] = True
+    assert asyncio.run(execution.validate_prompt("p3", prompt, None))[0]
+    # and again when the node runs (where a name linked from another node is first checked)
     with pytest.raises(core.errors.EmbeddingExistsError, match="already exists"):
         node_class("CrossInitSaveEmbedding").execute(embedding=emb, name="taken_face", overwrite=False)
     assert (embeddings_dir / "taken_face.safetensors").read_bytes() == b"keep me"

@@ -324,6 +324,29 @@ def test_auto_without_any_backend_says_what_to_install(core, scoring, tmp_path, 
     assert "No insightface antelopev2 model files found" in text
 
 
+def test_a_missing_identity_backend_is_refused_at_run_with_the_install_line(pack, scoring, tmp_path, monkeypatch):
+    """The identity node's queue-time check: nothing is generated before a missing backend is reported. Only the
+    pack's own availability probes are pointed at an empty folder / an absent dlib."""
+    arcface, dlib_backend = sub(scoring, "arcface_backend"), sub(scoring, "dlib_backend")
+    monkeypatch.setattr(arcface, "insightface_roots", lambda: [tmp_path])  # an empty models/insightface
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "CrossInitIdentityScore", "inputs": {"reference": ["1", 0], "images": ["1", 0], "backend": "insightface"}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+    }
+    ok, _error, _outputs, node_errors = wr.validate(prompt)
+    text = str(node_errors.get("2"))
+    assert not ok and "backend is insightface, but no usable insightface model pack" in text
+    assert "Or choose backend dlib (python -m pip install dlib-bin face-recognition-models)" in text
+    prompt["2"]["inputs"]["backend"] = "auto"
+    assert wr.validate(prompt)[0]  # dlib is installed here: auto falls back to it
+    monkeypatch.setattr(dlib_backend, "unavailable_reason", lambda: "the dlib package is not installed")
+    ok, _error, _outputs, node_errors = wr.validate(prompt)
+    text = str(node_errors.get("2"))
+    assert not ok and "no face recognition backend is installed" in text
+    assert "python -m pip install dlib-bin face-recognition-models" in text and "insightface" in text
+
+
 # ---- prompt score -----------------------------------------------------------------------------------------------
 
 IMAGE_SIZE = TINY_CLIP_IMAGE_SIZE

@@ -5,7 +5,7 @@ dlib, insightface, onnxruntime and transformers' CLIP are imported lazily, so th
 
 from __future__ import annotations
 
-from .identity import BACKENDS, IdentityResult, NoReferenceFaceError, choose_embedder, score_identity
+from .identity import BACKENDS, IdentityResult, NoReferenceFaceError, backend_problem, choose_embedder, score_identity
 from .metrics import FaceEmbedder, FoundFace, Metric
 from .prompt_score import (
     NO_MODEL,
@@ -25,6 +25,7 @@ __all__ = [
     "Metric",
     "NoReferenceFaceError",
     "PromptScoreResult",
+    "backend_problem",
     "choose_embedder",
     "list_models",
     "missing_model_problem",

@@ -82,6 +82,21 @@ def _providers() -> list[str]:
     return [cuda, "CPUExecutionProvider"] if cuda in available_providers() else ["CPUExecutionProvider"]
 
 
+def unavailable_reason(roots: list[Path] | None = None) -> str | None:
+    """Why the insightface backend cannot run here (what to install, or where the files go), or None when its
+    package and a model pack with its recognizer are there; quick: nothing is loaded."""
+    if not insightface_importable():
+        return f"the insightface package is not installed (install it with: {INSTALL_HINT})"
+    roots = insightface_roots() if roots is None else roots
+    problems = []
+    for pack in MODEL_PACKS:
+        search = search_model_pack(pack, roots)
+        if search.model_dir is not None and (search.model_dir / RECOGNIZER_FILES[pack]).is_file():
+            return None
+        problems.append(search.problem or f"no {pack} files")
+    return "no usable insightface model pack: " + " ".join(problems)
+
+
 def insightface_embedder(roots: list[Path] | None = None) -> ArcFaceEmbedder:
     """The ArcFace embedder of the first complete model pack (antelopev2, then buffalo_l); raises an
     error saying what to install or where to put the files when none can run."""

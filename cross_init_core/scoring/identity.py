@@ -25,6 +25,7 @@ from ..errors import CrossInitError
 from ..face.errors import FacePrepError, MissingDependencyError
 from ..face.images import split_batch, to_uint8
 from ..face.pixels import fit_in_square
+from . import arcface_backend, dlib_backend
 from .arcface_backend import insightface_embedder
 from .dlib_backend import INSTALL_HINT as DLIB_INSTALL_HINT
 from .dlib_backend import dlib_embedder
@@ -79,6 +80,25 @@ def choose_embedder(backend: str, insightface_roots: list[Path] | None = None) -
             ) from dlib_problem
         logger.info("Identity score: insightface unusable (%s); using dlib", insightface_problem)
         return embedder
+
+
+def backend_problem(backend: str, insightface_roots: list[Path] | None = None) -> str | None:
+    """Why the `backend` option cannot run here, with the install line, or None: the queue-time check of the
+    identity node (quick: no model is loaded; a broken model file is still found when the node runs)."""
+    if backend not in BACKENDS:
+        return f"backend: got {backend!r}; choose one of {', '.join(BACKENDS)}."
+    insightface = arcface_backend.unavailable_reason(insightface_roots) if backend != "dlib" else None
+    dlib = dlib_backend.unavailable_reason() if backend != "insightface" else None
+    if backend == "insightface" and insightface:
+        return f"backend is insightface, but {insightface}. Or choose backend dlib ({DLIB_INSTALL_HINT})."
+    if backend == "dlib" and dlib:
+        return f"backend is dlib, but {dlib}."
+    if backend == "auto" and insightface and dlib:
+        return (
+            "backend: no face recognition backend is installed for the identity score. For the numbers papers report, "
+            f"insightface with a model pack ({insightface}); for a quick check without model downloads: {DLIB_INSTALL_HINT}."
+        )
+    return None
 
 
 def score_identity(
