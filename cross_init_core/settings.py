@@ -122,12 +122,50 @@ def auto_resolution(resolution: int, sdxl: bool) -> int:
     return resolution
 
 
-def resolve(mode: str, steps: int, batch_size: int, learning_rate: float, seed: int, resolution: int = 512) -> TrainingSettings:
-    """`fast`/`full` take steps, batch and lr from the preset; `custom` takes every field as given."""
+# The trainer node's steps/batch_size/learning_rate: 0 = the preset's value (custom: the paper's, as `full`); any other
+# value overrides it. Before 0.2.1 the preset modes ignored these fields, and a new node showed 320 / 8 / 0.005: that
+# exact triple in `fast` mode is such an untouched 0.2 node (saved in a workflow) and still means the fast preset.
+USE_PRESET = 0
+LEGACY_NODE_DEFAULTS = (320, 8, 0.005)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a trainer node's mode and fields resolve to, and which fields override the preset (for the log)."""
+
+    settings: TrainingSettings
+    overrides: dict[str, int | float]
+    legacy: bool = False
+
+    def describe(self, mode: str) -> str:
+        s = self.settings
+        text = f"{mode}: {s.steps} steps, batch {s.batch_size}, lr {s.learning_rate:g}"
+        if self.overrides:
+            base = PRESETS["full" if mode == "custom" else mode]
+            changed = ", ".join(f"{k} {v:g} (preset {getattr(base, k):g})" for k, v in self.overrides.items())
+            text += f"; set on the node: {changed}"
+        if self.legacy:
+            text += ("; the node shows 320 / 8 / 0.005, the defaults of 0.2 that fast mode ignored, so the fast preset "
+                     "runs (set a field to 0 or another value, or choose full)")
+        return text
+
+
+def resolve_choice(mode: str, steps: int, batch_size: int, learning_rate: float, seed: int, resolution: int = 512) -> Choice:
+    """`fast`/`full`: the preset, with each field that is not 0 overriding it; `custom`: the fields, with 0 taking the
+    paper's value (the full preset's)."""
     if mode not in MODES:
         raise InvalidInputError(f"mode: got {mode!r}; use one of {', '.join(MODES)}.")
-    if mode == "custom":
-        chosen = TrainingSettings(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed, resolution=resolution)
-    else:
-        chosen = replace(PRESETS[mode], seed=seed, resolution=resolution)
-    return chosen.validated()
+    base = PRESETS["full" if mode == "custom" else mode]
+    legacy = mode == "fast" and (steps, batch_size, learning_rate) == LEGACY_NODE_DEFAULTS
+    given = {} if legacy else {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate}
+    overrides = {k: v for k, v in given.items() if v != USE_PRESET and (mode == "custom" or v != getattr(base, k))}
+    if any(not isinstance(v, (int, float)) or v < 0 for v in given.values()):
+        bad = next(k for k, v in given.items() if not isinstance(v, (int, float)) or v < 0)
+        raise InvalidInputError(f"{bad}: got {given[bad]}; use 0 for the preset's value, or a value above 0.")
+    chosen = replace(base, seed=seed, resolution=resolution, **{k: v for k, v in given.items() if v != USE_PRESET})
+    return Choice(chosen.validated(), overrides, legacy)
+
+
+def resolve(mode: str, steps: int, batch_size: int, learning_rate: float, seed: int, resolution: int = 512) -> TrainingSettings:
+    """The settings a trainer node runs with (`resolve_choice`)."""
+    return resolve_choice(mode, steps, batch_size, learning_rate, seed, resolution).settings

@@ -11,6 +11,7 @@ from ..cross_init_core.settings import PRESETS
 from .common import CATEGORY, Embedding, LossSettingsType
 
 log = logging.getLogger(__name__)
+FAST, FULL = PRESETS["fast"], PRESETS["full"]
 
 
 class CrossInitTrainer(io.ComfyNode):
@@ -32,16 +33,21 @@ class CrossInitTrainer(io.ComfyNode):
                 Embedding.Input("embedding", tooltip="The start vectors from Cross-Init Embedding Init."),
                 LossSettingsType.Input("loss", optional=True, tooltip="Optional loss settings (default reg_weight 1e-5)."),
                 io.Combo.Input("mode", options=list(settings.MODES), default="fast",
-                               tooltip=f"fast: {PRESETS['fast'].steps} steps, batch {PRESETS['fast'].batch_size}, lr "
-                                       f"{PRESETS['fast'].learning_rate}. full: {PRESETS['full'].steps} steps, batch "
-                                       f"{PRESETS['full'].batch_size}, lr {PRESETS['full'].learning_rate} (the paper). "
-                                       "custom: uses steps, batch_size and learning_rate below."),
-                io.Int.Input("steps", default=320, min=settings.STEPS.low, max=settings.STEPS.high,
-                             tooltip="Training steps (custom mode only; 25-1000 is typical)."),
-                io.Int.Input("batch_size", default=8, min=settings.BATCH_SIZE.low, max=settings.BATCH_SIZE.high,
-                             tooltip="Samples per step (custom mode only; 8 in the paper)."),
-                io.Float.Input("learning_rate", default=0.005, min=settings.LEARNING_RATE_WIDGET_MIN, max=settings.LEARNING_RATE_MAX,
-                               step=1e-4, tooltip="AdamW learning rate (custom mode only; 0.005 in the paper, 0.001-0.05 is sane)."),
+                               tooltip=f"How long and how hard to train. fast: {FAST.steps} steps, batch {FAST.batch_size}, "
+                                       f"learning rate {FAST.learning_rate:g}, a good token in seconds on a GPU. full: the "
+                                       f"paper's {FULL.steps} steps, batch {FULL.batch_size}, learning rate "
+                                       f"{FULL.learning_rate:g}, the best likeness. custom: the paper's values, changed by "
+                                       "the fields below. In every mode a field left at 0 keeps the mode's value."),
+                io.Int.Input("steps", default=settings.USE_PRESET, min=settings.USE_PRESET, max=settings.STEPS.high,
+                             tooltip=f"0 = the mode's ({FAST.steps} fast, {FULL.steps} full). More steps: a closer likeness, "
+                                     "but prompts change the face less. To go on from a loaded embedding, the steps to add."),
+                io.Int.Input("batch_size", default=settings.USE_PRESET, min=settings.USE_PRESET, max=settings.BATCH_SIZE.high,
+                             tooltip=f"0 = the mode's ({FULL.batch_size}). Photo variations per step: more gives steadier "
+                                     "training, and takes longer and more memory."),
+                io.Float.Input("learning_rate", default=float(settings.USE_PRESET), min=float(settings.USE_PRESET),
+                               max=settings.LEARNING_RATE_MAX, step=1e-4,
+                               tooltip=f"0 = the mode's ({FAST.learning_rate:g} fast, {FULL.learning_rate:g} full). How far "
+                                       "the token moves each step: higher learns faster but can drift from a natural face."),
                 io.Int.Input("seed", default=0, min=settings.SEED.low, max=settings.SEED.high, control_after_generate=True,
                              tooltip="Seed for faces, flips, timesteps, noise and captions; same seed = same result on CPU."),
                 io.Int.Input("resolution", default=settings.AUTO_RESOLUTION, min=settings.AUTO_RESOLUTION,
@@ -87,10 +93,10 @@ class CrossInitTrainer(io.ComfyNode):
                 memory: str = "auto", preview_every: int = -1, save_every: int = 0, preview_prompt: str = PREVIEW_PROMPT,
                 preview_steps: int = PREVIEW_STEPS) -> io.NodeOutput:
         resolution = settings.auto_resolution(resolution, host.is_sdxl_model(model))
-        chosen = settings.resolve(mode, steps, batch_size, learning_rate, seed, resolution)
+        choice = settings.resolve_choice(mode, steps, batch_size, learning_rate, seed, resolution)
+        chosen = choice.settings
         memory_settings = parse_memory(memory)
-        if mode != "custom":
-            log.info("Cross-Init %s preset: %d steps, batch %d, lr %g", mode, chosen.steps, chosen.batch_size, chosen.learning_rate)
+        log.info("Cross-Init %s", choice.describe(mode))
         every = preview.default_interval(chosen.steps) if preview_every < 0 else preview_every
         hook = preview.progress_preview(model, clip, vae, images, chosen.resolution, seed, preview_prompt,
                                         preview_steps) if every > 0 else None

@@ -193,25 +193,13 @@ def _output_slots(class_type: str, wanted: str) -> list[int]:
     return [i for i, t in enumerate(workflow_ui.node_info(class_type)["output"]) if workflow_ui.plain(t) == wanted]
 
 
-def _pack_presets() -> dict[str, Any]:
-    """cross_init_core.settings.PRESETS, imported from this repository (no ComfyUI needed for that)."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.append(str(REPO_ROOT))  # last: the repository root also holds folders named like host modules (nodes)
-    from cross_init_core.settings import PRESETS
-
-    return PRESETS
-
-
-# The trainer's steps/batch/lr widgets show the chosen preset's values (used as is once mode is `custom`),
-# so a `fast` workflow never displays the full schedule's numbers.
-PRESET_WIDGETS = {
-    mode: {"steps": preset.steps, "batch_size": preset.batch_size, "learning_rate": preset.learning_rate}
-    for mode, preset in _pack_presets().items()
-}
+# The trainer's steps/batch_size/learning_rate: 0 = the mode's preset value (the node's tooltip says so), so a
+# workflow never shows a number that does not run; a value typed there overrides the preset.
+PRESET_FIELDS = {"steps": 0, "batch_size": 0, "learning_rate": 0.0}
 
 
 def _preset_widgets(mode: str) -> dict[str, Any]:
-    return dict(PRESET_WIDGETS[mode])
+    return dict(PRESET_FIELDS)
 
 
 class Training(NamedTuple):

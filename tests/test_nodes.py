@@ -119,3 +119,51 @@ def test_load_node_without_a_name_or_file_says_to_choose_one(core):
         load.execute(name=None, file="")
     with pytest.raises(core.errors.EmbeddingFileError, match=r"^name: 'gone.safetensors' is not in the embeddings folders"):
         load.execute(name="gone.safetensors")
+
+
+# The trainer's preset fields: 0 = the mode's value, another value overrides it; what 0.2 saved still means the same.
+# (mode, steps, batch_size, learning_rate) as saved -> (steps, batch, lr) that run
+V0_2_SAVED = [
+    (("fast", 25, 8, 0.02), (25, 8, 0.02)),      # 0.2's cross_init_fast / sdxl_fast workflows
+    (("full", 320, 8, 0.005), (320, 8, 0.005)),  # 0.2's cross_init_full / paper / checkpoints workflows
+    (("fast", 320, 8, 0.005), (25, 8, 0.02)),    # a node added by hand in 0.2: its defaults, which fast ignored
+    (("custom", 40, 2, 0.01), (40, 2, 0.01)),    # custom: every field as given, as in 0.2
+]
+NEW_FIELDS = [
+    (("fast", 0, 0, 0.0), (25, 8, 0.02)),
+    (("full", 0, 0, 0.0), (320, 8, 0.005)),
+    (("full", 160, 0, 0.0), (160, 8, 0.005)),    # going on: the steps to add, the rest the paper's
+    (("fast", 40, 4, 0.0), (40, 4, 0.02)),
+    (("custom", 0, 0, 0.01), (320, 8, 0.01)),    # custom's 0 = the paper's value
+]
+
+
+@pytest.mark.parametrize(("saved", "runs"), V0_2_SAVED + NEW_FIELDS, ids=lambda v: "-".join(map(str, v)))
+def test_trainer_preset_fields_0_is_the_preset_and_0_2_workflows_keep_their_meaning(core, saved, runs):
+    chosen = core.settings.resolve(*saved, seed=3)
+    assert (chosen.steps, chosen.batch_size, chosen.learning_rate, chosen.seed) == (*runs, 3)
+
+
+def test_trainer_node_runs_and_logs_the_fields_that_override_the_preset(pack, core, tiny, caplog):
+    import logging
+
+    import workflow_runner as wr
+
+    wr.install_face_image("preset_face.png", 64)
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "preset_face.png"}},
+        "3": {"class_type": "CrossInitEmbeddingInit", "inputs": {"clip": ["1", 1], "num_tokens": 2, "names": "", "source": "names"}},
+        "4": {"class_type": "CrossInitTrainer", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "embedding": ["3", 0], "mode": "fast",
+            "steps": 2, "batch_size": 1, "learning_rate": 0.0, "seed": 0, "resolution": 64, "preview_every": 0}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}},
+    }
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]), caplog.at_level(logging.INFO):
+        executor = wr.execute(prompt)
+    assert executor.success, wr.failure(executor)
+    metadata = wr.node_output(executor, "4", 0).metadata
+    assert (metadata["steps"], metadata["batch_size"], float(metadata["learning_rate"])) == ("2", "1", 0.02)
+    assert "fast: 2 steps, batch 1, lr 0.02; set on the node: steps 2 (preset 25), batch_size 1 (preset 8)" in caplog.text
+    with pytest.raises(core.errors.InvalidInputError, match=r"^steps: got -1; use 0 for the preset's value"):
+        core.settings.resolve("fast", -1, 0, 0.0, 0)

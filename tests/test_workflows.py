@@ -147,10 +147,16 @@ def test_generated_files_are_up_to_date(generator):
     assert not (REPO / "example_workflows").exists()
 
 
-def test_trainer_widgets_show_the_preset_values(generator, core):
-    for mode, widgets in generator.PRESET_WIDGETS.items():
-        preset = core.settings.PRESETS[mode]
-        assert widgets == {"steps": preset.steps, "batch_size": preset.batch_size, "learning_rate": preset.learning_rate}
+@pytest.mark.parametrize("stem", [*STEMS, CHECKPOINTS_STEM])
+def test_trainer_fields_are_at_0_and_run_the_preset(core, stem):
+    """No number shown that does not run: the preset's fields stay at 0 (= the preset's value)."""
+    prompt = api_file(stem)
+    (trainer,) = wr.nodes_of(prompt, "CrossInitTrainer")
+    t = prompt[trainer]["inputs"]
+    assert (t["steps"], t["batch_size"], t["learning_rate"]) == (0, 0, 0.0)
+    preset = core.settings.PRESETS[t["mode"]]
+    chosen = core.settings.resolve(t["mode"], t["steps"], t["batch_size"], t["learning_rate"], 0)
+    assert (chosen.steps, chosen.batch_size, chosen.learning_rate) == (preset.steps, preset.batch_size, preset.learning_rate)
 
 
 def test_check_flag_detects_drift(generator, tmp_path, monkeypatch):
