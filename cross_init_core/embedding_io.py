@@ -109,6 +109,11 @@ def save_embeddings(named: list[tuple[CrossInitEmbedding, str]], directory: str 
     return [save_embedding(embedding, folder, name, overwrite=overwrite) for embedding, name in named]
 
 
+def best_name(name: str) -> str:
+    """The file stem of a run's best checkpoint (the checkpoint report's pick): NAME-best."""
+    return f"{validate_name(name)}-best"
+
+
 def run_files(directory: str | os.PathLike[str], name: str) -> list[Path]:
     """The files a save under `name` could replace in `directory`: NAME.safetensors and any NAME-stepNNNN.safetensors
     (the checkpoints a run under that name writes), those that exist, NAME first."""
@@ -116,7 +121,7 @@ def run_files(directory: str | os.PathLike[str], name: str) -> list[Path]:
     folder = Path(directory)
     if not folder.is_dir():
         return []
-    found = [folder / f"{stem}.safetensors"] if (folder / f"{stem}.safetensors").exists() else []
+    found = [folder / f"{n}.safetensors" for n in (stem, best_name(stem)) if (folder / f"{n}.safetensors").exists()]
     for path in sorted(folder.iterdir()):
         match = CHECKPOINT_RE.match(path.name[: -len(".safetensors")]) if path.name.endswith(".safetensors") else None
         if match and match["name"] == stem:
@@ -129,7 +134,7 @@ def taken_message(files: list[Path], name: str) -> str:
     stem = validate_name(name)
     more = f" (and {len(files) - 1} more of this run's names)" if len(files) > 1 else ""
     return (f"name: {files[0]} already exists{more}; a save under {stem} writes {stem} and, from a checkpoints list, "
-            f"{stem}-stepNNNN. Choose another name, or turn on overwrite to replace them.")
+            f"{stem}-stepNNNN and {stem}-best. Choose another name, or turn on overwrite to replace them.")
 
 
 # Files each Save node wrote in this process (node id -> path -> (mtime, size)). Running a graph again after its own

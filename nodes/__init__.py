@@ -9,6 +9,7 @@ from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
 from .loss_settings import CrossInitLossSettings
+from .samples import CrossInitSampleBatch
 from .scores import CrossInitIdentityScore, CrossInitPromptScore
 from .text_encode import CrossInitCLIPTextEncode
 from .trainer import CrossInitTrainer
@@ -23,5 +24,6 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     CrossInitLoadEmbedding,
     CrossInitIdentityScore,
     CrossInitPromptScore,
+    CrossInitSampleBatch,
     CrossInitCheckpointReport,
 ]

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # the most steps a file can record: a continued run of STEPS.high steps on top of the most a run can go on from
 MAX_RUN_STEPS = MAX_PREVIOUS_STEPS + STEPS.high
+_UNLINKED = object()  # an optional input with no link (ComfyUI leaves it out of the call)
 
 
 class CrossInitSaveEmbedding(io.ComfyNode):
@@ -40,6 +41,8 @@ class CrossInitSaveEmbedding(io.ComfyNode):
                 io.Boolean.Input("copy_to_output", default=False, optional=True,
                                  tooltip="Also put a copy under output/cross_init_embeddings/, where ComfyUI's /view "
                                          "serves it: for scripts that fetch the file over the HTTP API (the batch runner)."),
+                Embedding.Input("best", optional=True, lazy=True,
+                                tooltip="The best checkpoint from Cross-Init Checkpoint Report: also saved, as NAME-best."),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Where the file was written (NAME.safetensors).")],
             hidden=[io.Hidden.unique_id],
@@ -80,7 +83,8 @@ class CrossInitSaveEmbedding(io.ComfyNode):
         return cls._taken(name, overwrite is True, allow_own=True) or True
 
     @classmethod
-    def check_lazy_status(cls, name, overwrite, embedding=None, copy_to_output=None) -> list[str]:  # type: ignore[override]
+    def check_lazy_status(cls, name, overwrite, embedding=None, copy_to_output=None,  # type: ignore[override]
+                          best=_UNLINKED) -> list[str]:
         """Runs before the embedding is computed: a taken name stops the graph here rather than after the training
         (for example a graph run again after its own save, whose training changed)."""
         name, overwrite = single(name), bool(single(overwrite))
@@ -88,15 +92,17 @@ class CrossInitSaveEmbedding(io.ComfyNode):
         problem = cls._taken(name, overwrite, allow_own=False)
         if problem:
             raise EmbeddingExistsError(problem)
-        return ["embedding"]
+        return ["embedding"] if best is _UNLINKED else ["embedding", "best"]
 
     @classmethod
-    def execute(cls, embedding, name, overwrite, copy_to_output=None) -> io.NodeOutput:  # type: ignore[override]
+    def execute(cls, embedding, name, overwrite, copy_to_output=None, best=None) -> io.NodeOutput:  # type: ignore[override]
         name, overwrite, copy_to_output = single(name), bool(single(overwrite)), bool(single(copy_to_output or [False]))
         folders = host.embedding_directories()
         if not folders:
             raise InvalidInputError("name: ComfyUI has no embeddings folder configured (models/embeddings).")
         named = embedding_io.checkpoint_names(embedding if isinstance(embedding, list) else [embedding], name)
+        if best is not None:  # before NAME itself, which stays last (the batch runner reads the last entry as NAME)
+            named.insert(len(named) - 1, (single(best), embedding_io.best_name(name)))
         paths = embedding_io.save_embeddings(named, folders[0], overwrite=overwrite)
         embedding_io.remember_written(cls._saver(), paths)
         stem = embedding_io.validate_name(name)

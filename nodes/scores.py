@@ -92,7 +92,8 @@ class CrossInitPromptScore(io.ComfyNode):
                     "prompt",
                     multiline=True,
                     default="a photo of <face> person",
-                    tooltip="The prompt the images were generated from; <face> is removed and spaces collapsed before scoring.",
+                    tooltip="The prompt the images were generated from (one line per image for a batch of several "
+                            "prompts); <face> is removed before scoring.",
                 ),
                 io.Combo.Input(
                     "model",
@@ -101,6 +102,14 @@ class CrossInitPromptScore(io.ComfyNode):
                         "A full CLIP (text + vision) in transformers layout: a folder with config.json and model.safetensors in "
                         "ComfyUI/models/clip_scoring/. The paper used openai/clip-vit-base-patch32."
                     ),
+                ),
+                # newer and last, so saved workflows still load
+                io.String.Input(
+                    "prompts",
+                    optional=True,
+                    force_input=True,
+                    tooltip="The prompts from Cross-Init Sample Batch or a text node: used instead of prompt, so each "
+                            "prompt is typed once.",
                 ),
             ],
             outputs=[
@@ -119,6 +128,6 @@ class CrossInitPromptScore(io.ComfyNode):
         return scoring.missing_model_problem(model) or True
 
     @classmethod
-    def execute(cls, images: torch.Tensor, prompt: str, model: str) -> io.NodeOutput:
-        result = scoring.score_prompt(images, prompt, model)
+    def execute(cls, images: torch.Tensor, prompt: str, model: str, prompts: str | None = None) -> io.NodeOutput:
+        result = scoring.score_prompt(images, prompt if prompts is None else prompts, model)
         return io.NodeOutput(result.mean, result.report_json())

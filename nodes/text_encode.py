@@ -23,10 +23,16 @@ class CrossInitCLIPTextEncode(io.ComfyNode):
                                         "(<face>:1.2) work as in CLIPTextEncode."),
                 io.String.Input("placeholder", default=PLACEHOLDER, optional=True,
                                 tooltip="The marker in the text that stands for the learned tokens."),
+                # newer and last, so saved workflows still load: a prompt typed once in a text node reaches every node
+                # that needs it through this labelled socket (newer frontends hide a widget fed by a link)
+                io.String.Input("prompt", optional=True, force_input=True,
+                                tooltip="The prompt from a text node (String (Multiline)): used instead of text, so one "
+                                        "prompt can feed this node and Cross-Init Prompt Score."),
             ],
             outputs=[io.Conditioning.Output(tooltip="Conditioning with the learned face tokens, for any sampler.")],
         )
 
     @classmethod
-    def execute(cls, clip, embedding, text: str, placeholder: str = PLACEHOLDER) -> io.NodeOutput:  # type: ignore[override]
-        return io.NodeOutput(personalized_encode.encode_prompt(clip, embedding, text, placeholder))
+    def execute(cls, clip, embedding, text: str, placeholder: str = PLACEHOLDER,  # type: ignore[override]
+                prompt: str | None = None) -> io.NodeOutput:
+        return io.NodeOutput(personalized_encode.encode_prompt(clip, embedding, text if prompt is None else prompt, placeholder))

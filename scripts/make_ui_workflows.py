@@ -172,13 +172,40 @@ log = logging.getLogger("make_ui_workflows")
 # The graphs
 
 
+# The stages a workflow's groups name, left to right, and the stage of each node type (a node may say otherwise)
+STAGE_TITLES = {
+    "inputs": "1. Model and face photos",
+    "train": "2. Train the token",
+    "sample": "3. Sample with the token",
+    "score": "4. Score the samples",
+    "save": "5. Pick and save",
+}
+TRAIN_STAGE_TITLES = {"inputs": STAGE_TITLES["inputs"], "train": STAGE_TITLES["train"], "sample": STAGE_TITLES["sample"],
+                      "save": "4. Save the token"}
+EVAL_STAGE_TITLES = {"inputs": "1. Model, embedding and reference photo", "sample": "2. Sample with the embedding",
+                     "score": "3. Score the samples"}
+DEFAULT_STAGES = {
+    "CheckpointLoaderSimple": "inputs", "LoadImage": "inputs", "CrossInitFacePrep": "inputs", "CrossInitLoadEmbedding": "inputs",
+    "CrossInitEmbeddingInit": "train", "CrossInitLossSettings": "train", "CrossInitTrainer": "train",
+    "CLIPTextEncode": "sample", "CrossInitCLIPTextEncode": "sample", "EmptyLatentImage": "sample", "KSampler": "sample",
+    "VAEDecode": "sample", "SaveImage": "sample", "PreviewImage": "sample", "PrimitiveStringMultiline": "sample",
+    "CrossInitSampleBatch": "score", "CrossInitIdentityScore": "score", "CrossInitPromptScore": "score", "PreviewAny": "score",
+    "CrossInitCheckpointReport": "save", "CrossInitSaveEmbedding": "save",
+}
+# a stock text node on every supported host ("String (Multiline)" in 0.3.75, "Text (Multiline)" in 0.33)
+TEXT_NODE = "PrimitiveStringMultiline"
+
+
 class Graph:
     """An API-format prompt under construction; node ids are "1", "2", ... in the order of `add`."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage_titles: dict[str, str] = STAGE_TITLES) -> None:
         self.nodes: dict[str, dict[str, Any]] = {}
+        self.stages: dict[str, str] = {}
+        self.stage_titles = stage_titles
 
-    def add(self, class_type: str, inputs: dict[str, Any], title: str | None = None, defaults: bool = False) -> str:
+    def add(self, class_type: str, inputs: dict[str, Any], title: str | None = None, defaults: bool = False,
+            stage: str | None = None) -> str:
         info = workflow_ui.node_info(class_type)
         if defaults:  # widgets not given take the node's defaults (for nodes wired generically)
             for slot in workflow_ui.input_slots(info):
@@ -186,6 +213,7 @@ class Graph:
                     inputs[slot.name] = slot.default()
         node_id = str(len(self.nodes) + 1)
         self.nodes[node_id] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": title or info["display_name"]}}
+        self.stages[node_id] = stage or DEFAULT_STAGES[class_type]
         return node_id
 
 
@@ -231,13 +259,14 @@ def add_training(g: Graph, mode: str, face_prep: str | None, checkpoint: str, re
         masks = [prep, mask_outs[0]] if mask_outs else None
         prep_preview = [prep, image_outs[1]] if len(image_outs) > 1 else None
     init = g.add("CrossInitEmbeddingInit", {"clip": clip, "num_tokens": 2, "names": "", "source": "names", "name_list": "reference"})
-    loss = g.add("CrossInitLossSettings", {"reg_weight": 1e-05, "background_weight": 1.0})
+    loss_inputs = {"reg_weight": 1e-05, "background_weight": 1.0}
+    loss = g.add("CrossInitLossSettings", loss_inputs)
     trainer_inputs: dict[str, Any] = {
         "model": model, "clip": clip, "vae": vae, "images": images, "embedding": [init, 0], "loss": [loss, 0],
         "mode": mode, **_preset_widgets(mode), "seed": 0, "resolution": resolution, "memory": "auto",
         "preview_every": -1,
     }
-    if masks:
+    if masks and loss_inputs["background_weight"] < 1.0:  # at 1.0 the masks change nothing: no link that does nothing
         trainer_inputs["masks"] = masks
     if save_every:
         trainer_inputs["save_every"] = save_every
@@ -246,12 +275,12 @@ def add_training(g: Graph, mode: str, face_prep: str | None, checkpoint: str, re
 
 
 def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkpoint: str = CHECKPOINT,
-                       resolution: int = 512, sampling: Sampling = DEFAULT_SAMPLING) -> dict[str, dict[str, Any]]:
+                       resolution: int = 512, sampling: Sampling = DEFAULT_SAMPLING) -> Graph:
     """Checkpoint + face photo -> Cross-Init init -> trainer -> saved embedding, portrait and edit renders.
 
     `resolution` is the trainer's resolution, the face crop size and the render size (SDXL: 1024).
     """
-    g = Graph()
+    g = Graph(TRAIN_STAGE_TITLES)
     t = add_training(g, mode, face_prep, checkpoint, resolution)
     model, clip, vae, trainer, prep_preview = t.model, t.clip, t.vae, t.trainer, t.prep_preview
     embedding = [trainer, 0]
@@ -274,10 +303,10 @@ def build_api_workflow(mode: str, face_prep: str | None = FACE_PREP_NODE, checkp
     for image, what in zip(decoded, ("portrait", "edit"), strict=True):
         g.add("SaveImage", {"images": [image, 0], "filename_prefix": f"cross_init/{what}"}, title=f"Save {what}")
     g.add("CrossInitSaveEmbedding", {"embedding": embedding, "name": EMBEDDING_NAME, "overwrite": False, "copy_to_output": False})
-    g.add("PreviewImage", {"images": [trainer, 1]}, title="Training loss")
+    g.add("PreviewImage", {"images": [trainer, 1]}, title="Training loss", stage="train")
     if prep_preview:
-        g.add("PreviewImage", {"images": prep_preview}, title="Detected faces")
-    return g.nodes
+        g.add("PreviewImage", {"images": prep_preview}, title="Detected faces", stage="inputs")
+    return g
 
 
 def _sampler_widgets(sampling: Sampling) -> dict[str, Any]:
@@ -285,7 +314,7 @@ def _sampler_widgets(sampling: Sampling) -> dict[str, Any]:
 
 
 def build_checkpoints_workflow(mode: str = "full", checkpoint: str = CHECKPOINT, resolution: int = 512,
-                               sampling: Sampling = DEFAULT_SAMPLING) -> dict[str, dict[str, Any]]:
+                               sampling: Sampling = DEFAULT_SAMPLING) -> Graph:
     """Training with a checkpoint every SAVE_EVERY steps; each checkpoint sampled with CHECKPOINT_PROMPTS (the
     checkpoints output is a list: every node after it runs once per checkpoint), its samples batched and scored
     (identity against the photos trained on, prompt score with one prompt line per image), the report, and the
@@ -293,53 +322,53 @@ def build_checkpoints_workflow(mode: str = "full", checkpoint: str = CHECKPOINT,
     g = Graph()
     t = add_training(g, mode, FACE_PREP_NODE, checkpoint, resolution, save_every=SAVE_EVERY)
     checkpoints = [t.trainer, 2]
-    negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": t.clip}, title="Negative prompt")
-    latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": 1})
-    samples = []
+    negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": t.clip}, title="Negative prompt", stage="sample")
+    latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": 1}, stage="sample")
+    pairs: dict[str, Any] = {}
     for number, text in enumerate(CHECKPOINT_PROMPTS, start=1):
-        positive = g.add("CrossInitCLIPTextEncode", {"clip": t.clip, "embedding": checkpoints, "text": text, "placeholder": "<face>"},
-                         title=f"Prompt {number}, each checkpoint")
+        # typed once: the text node feeds the encoder and, through Sample Batch, the prompt score (labelled sockets)
+        typed = g.add(TEXT_NODE, {"value": text}, title=f"Prompt {number} (<face> = the person)", stage="sample")
+        positive = g.add("CrossInitCLIPTextEncode", {"clip": t.clip, "embedding": checkpoints, "text": "", "placeholder": "<face>",
+                                                     "prompt": [typed, 0]}, title=f"Encode prompt {number}", stage="sample")
         sampler = g.add("KSampler", {
             "model": t.model, "seed": SAMPLER_SEED, **_sampler_widgets(sampling),
             "positive": [positive, 0], "negative": [negative, 0], "latent_image": [latent, 0], "denoise": 1.0,
-        }, title=f"KSampler (prompt {number})")
-        samples.append([g.add("VAEDecode", {"samples": [sampler, 0], "vae": t.vae}, title=f"VAE Decode (prompt {number})"), 0])
-    batch = samples[0]
-    for more in samples[1:]:  # one batch per checkpoint: its sample of every prompt, in prompt order
-        batch = [g.add("ImageBatch", {"image1": batch, "image2": more}, title="Samples of one checkpoint"), 0]
-    g.add("PreviewImage", {"images": batch}, title="Samples (per checkpoint)")
-    identity = g.add("CrossInitIdentityScore", {"reference": t.images, "images": batch, "backend": "auto"})
-    # the prompts again, one line per image of a checkpoint's batch (typed, not linked: newer frontends hide a widget fed
-    # by a link and draw its socket without a label)
-    prompt_score = g.add("CrossInitPromptScore", {"images": batch, "prompt": "\n".join(CHECKPOINT_PROMPTS),
-                                                  "model": CLIP_SCORING_MODEL}, title="Prompt Score (the prompts, one per line)")
+        }, title=f"KSampler (prompt {number})", stage="sample")
+        decoded = g.add("VAEDecode", {"samples": [sampler, 0], "vae": t.vae}, title=f"VAE Decode (prompt {number})", stage="sample")
+        pairs.update({f"image_{number}": [decoded, 0], f"prompt_{number}": [typed, 0]})
+    # one batch per checkpoint: its sample of every prompt, in prompt order, and those prompts one per line
+    batch_node = g.add("CrossInitSampleBatch", pairs, stage="score")
+    batch = [batch_node, 0]
+    g.add("PreviewImage", {"images": batch}, title="Samples (per checkpoint)", stage="score")
+    identity = g.add("CrossInitIdentityScore", {"reference": t.images, "images": batch, "backend": "auto"}, stage="score")
+    prompt_score = g.add("CrossInitPromptScore", {"images": batch, "prompt": "", "model": CLIP_SCORING_MODEL,
+                                                  "prompts": [batch_node, 1]}, stage="score")
     report = g.add("CrossInitCheckpointReport", {"checkpoints": checkpoints, "identity": [identity, 1],
-                                                 "prompt": [prompt_score, 1]}, defaults=True)
-    g.add("PreviewImage", {"images": [report, 2]}, title="Identity, prompt score and loss per step")
-    g.add("CrossInitSaveEmbedding", {"embedding": checkpoints, "name": EMBEDDING_NAME, "overwrite": False, "copy_to_output": False},
-          title="Save checkpoints (NAME-stepNNNN, NAME)")
-    g.add("CrossInitSaveEmbedding", {"embedding": [report, 3], "name": f"{EMBEDDING_NAME}-best", "overwrite": False,
-                                     "copy_to_output": False}, title="Save the best checkpoint")
-    g.add("PreviewImage", {"images": [t.trainer, 1]}, title="Training loss")
+                                                 "prompt": [prompt_score, 1]}, defaults=True, stage="save")
+    g.add("PreviewImage", {"images": [report, 2]}, title="Scores per step", stage="save")
+    # one Save node: the name is typed once; NAME-stepNNNN, NAME and the best as NAME-best
+    g.add("CrossInitSaveEmbedding", {"embedding": checkpoints, "name": EMBEDDING_NAME, "overwrite": False, "copy_to_output": False,
+                                     "best": [report, 3]}, title="Save checkpoints and the best", stage="save")
+    g.add("PreviewImage", {"images": [t.trainer, 1]}, title="Training loss", stage="train")
     if t.prep_preview:
-        g.add("PreviewImage", {"images": t.prep_preview}, title="Detected faces")
-    return g.nodes
+        g.add("PreviewImage", {"images": t.prep_preview}, title="Detected faces", stage="inputs")
+    return g
 
 
 def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 512,
-                        sampling: Sampling = PAPER_SAMPLING) -> dict[str, dict[str, Any]]:
+                        sampling: Sampling = PAPER_SAMPLING) -> Graph:
     """Checkpoint + saved embedding -> a batch of renders of one prompt -> identity and prompt scores.
 
-    The encoder and the prompt score hold the same prompt, typed in both (a text node linked into both widgets
-    would be hidden by newer frontends); `python -m cross_init_core eval` sets both, once per prompt (nodes found
-    by type), so every node it reads is here exactly once.
+    The prompt is typed once, in a text node linked into the encoder's and the prompt score's labelled sockets
+    (`prompt`, `prompts`); `python -m cross_init_core eval` fills that node, once per prompt.
     """
-    g = Graph()
+    g = Graph(EVAL_STAGE_TITLES)
     ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": checkpoint})
     model, clip, vae = [ckpt, 0], [ckpt, 1], [ckpt, 2]
     embedding = g.add("CrossInitLoadEmbedding", {"name": f"{EMBEDDING_NAME}.safetensors"}, defaults=True)
-    positive = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": [embedding, 0], "text": EVAL_PROMPT,
-                                                 "placeholder": "<face>"}, title="Prompt with the embedding (<face> = the person)")
+    typed = g.add(TEXT_NODE, {"value": EVAL_PROMPT}, title="Prompt (<face> = the person)")
+    positive = g.add("CrossInitCLIPTextEncode", {"clip": clip, "embedding": [embedding, 0], "text": "", "placeholder": "<face>",
+                                                 "prompt": [typed, 0]}, title="Encode with the embedding")
     negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": clip},
                      title="Negative prompt" if sampling.negative else "No negative prompt (empty, as the paper)")
     latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": EVAL_BATCH},
@@ -350,14 +379,14 @@ def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 51
     })
     images = [g.add("VAEDecode", {"samples": [sampler, 0], "vae": vae}), 0]
     g.add("SaveImage", {"images": images, "filename_prefix": f"cross_init_eval/{EMBEDDING_NAME}"})
-    reference = g.add("LoadImage", {"image": FACE_IMAGE}, title="Reference face photo")
+    reference = g.add("LoadImage", {"image": FACE_IMAGE}, title="Reference face photos")
     identity = g.add("CrossInitIdentityScore", {"reference": [reference, 0], "images": images, "backend": "auto"})
-    prompt_score = g.add("CrossInitPromptScore", {"images": images, "prompt": EVAL_PROMPT, "model": CLIP_SCORING_MODEL},
-                         title="Prompt Score (the same prompt)")
+    prompt_score = g.add("CrossInitPromptScore", {"images": images, "prompt": "", "model": CLIP_SCORING_MODEL,
+                                                  "prompts": [typed, 0]})
     g.add("PreviewAny", {"source": [identity, 1]}, title="Identity report")
     g.add("PreviewAny", {"source": [prompt_score, 1]}, title="Prompt score report")
-    g.add("PreviewImage", {"images": [identity, 2]}, title="Identity (annotated)")
-    return g.nodes
+    g.add("PreviewImage", {"images": [identity, 2]}, title="Identity (annotated)", stage="score")
+    return g
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,16 +402,17 @@ def render_all() -> dict[Path, str]:
     files: dict[Path, str] = {}
     for stem, workflow in WORKFLOWS.items():
         if workflow.kind == "eval":
-            api = build_eval_workflow(workflow.checkpoint, workflow.resolution, workflow.sampling)
+            graph = build_eval_workflow(workflow.checkpoint, workflow.resolution, workflow.sampling)
         elif workflow.kind == "checkpoints":
-            api = build_checkpoints_workflow(workflow.mode, workflow.checkpoint, workflow.resolution, workflow.sampling)
+            graph = build_checkpoints_workflow(workflow.mode, workflow.checkpoint, workflow.resolution, workflow.sampling)
         else:
-            api = build_api_workflow(workflow.mode, checkpoint=workflow.checkpoint, resolution=workflow.resolution,
-                                     sampling=workflow.sampling)
-        api_text = dumps(api)
+            graph = build_api_workflow(workflow.mode, checkpoint=workflow.checkpoint, resolution=workflow.resolution,
+                                       sampling=workflow.sampling)
+        api_text = dumps(graph.nodes)
         files[API_DIR / f"{stem}.json"] = api_text
         note = NOTES[workflow.note].format(mode=MODE_TEXT[workflow.mode], name=EMBEDDING_NAME, every=SAVE_EVERY)
-        ui_text = dumps(workflow_ui.api_to_ui(json.loads(api_text), note=note))
+        ui_text = dumps(workflow_ui.api_to_ui(json.loads(api_text), note=note, stages=graph.stages,
+                                              stage_titles=graph.stage_titles))
         for folder in UI_DIRS:
             files[folder / f"{stem}.json"] = ui_text
     return files

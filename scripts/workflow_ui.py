@@ -96,7 +96,14 @@ TEXT_PREVIEW_NODES = {"PreviewAny"}
 # each editor shows the node as its own host defines it: frontend 1.49 adds a definition's outputs that a
 # file lacks, while 1.32 keeps every output a file lists (a dead socket where the host has none).
 HOST_DEPENDENT_OUTPUTS = {"PreviewAny", "PreviewImage", "SaveImage"}
-GAP_X, GAP_Y, ORIGIN = 70, 50, (40, 40)
+GAP_X, GAP_Y, ORIGIN = 70, 50, (40, 80)
+# groups: one per stage, left to right, none overlapping; the title bar above the stage's nodes
+GROUP_PAD, GROUP_TITLE, GROUP_GAP, GROUP_FONT = 20, 50, 60, 24
+GROUP_COLOR = "#3f789e"
+# a node's title must fit its width (LiteGraph cuts it off with an ellipsis): about this many pixels per character
+TITLE_CHAR_PX, TITLE_EXTRA_PX = 9, 60
+# the zoom a workflow opens at (the editor restores extra.ds): every title and widget label readable
+OPEN_SCALE = 0.8
 NOTE_WIDTH = 320  # the first column's width (the checkpoint loader), so the note does not reach the second
 
 
@@ -143,7 +150,7 @@ def _columns(api: dict[str, dict[str, Any]], order: list[str]) -> dict[str, int]
     return column
 
 
-def _size(class_type: str, slots: list[Slot], n_outputs: int) -> list[int]:
+def _size(class_type: str, slots: list[Slot], n_outputs: int, title: str = "") -> list[int]:
     sockets = sum(1 for s in slots if not s.is_widget)
     height = TITLE_PAD + SOCKET_ROW * max(sockets, n_outputs, 1)
     for slot in slots:
@@ -155,11 +162,13 @@ def _size(class_type: str, slots: list[Slot], n_outputs: int) -> list[int]:
         height += 280
     if class_type in TEXT_PREVIEW_NODES:  # room for the text the node shows after a run
         width, height = 400, height + 200
-    return [width, height]
+    return [max(width, TITLE_CHAR_PX * len(title) + TITLE_EXTRA_PX), height]
 
 
-def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None) -> dict[str, Any]:
-    """The editor's workflow JSON (schema version 0.4) for an API-format prompt."""
+def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None,
+              stages: dict[str, str] | None = None, stage_titles: dict[str, str] | None = None) -> dict[str, Any]:
+    """The editor's workflow JSON (schema version 0.4) for an API-format prompt. `stages` (node id -> stage, in
+    `stage_titles`' order) places each stage's nodes in a block of their own, left to right, framed by a group."""
     order = _topological_order(api)
     column = _columns(api, order)
     links: list[list[Any]] = []
@@ -182,7 +191,7 @@ def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None) -> dict[s
             "id": int(node_id),
             "type": class_type,
             "pos": [0, 0],
-            "size": _size(class_type, slots, len(outputs)),
+            "size": _size(class_type, slots, len(outputs), node["_meta"]["title"]),
             "flags": {},
             "order": order.index(node_id),
             "mode": 0,
@@ -227,7 +236,11 @@ def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None) -> dict[s
             value = node["inputs"].get(slot.name, slot.default())
             ui["widgets_values"].append(slot.default() if _is_link(value) else value)
             ui["widgets_values"].extend(slot.extra_widget_values(node["class_type"]))
-    _place(ui_nodes, column)
+    groups: list[dict[str, Any]] = []
+    if stages and stage_titles:
+        groups = _place_stages(api, ui_nodes, stages, stage_titles)
+    else:
+        _place(ui_nodes, column)
     nodes_out = [ui_nodes[n] for n in sorted(ui_nodes, key=int)]
     if note is not None:
         nodes_out.append(_note(len(nodes_out) + 1, note, nodes_out))
@@ -236,23 +249,46 @@ def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None) -> dict[s
         "last_link_id": len(links),
         "nodes": nodes_out,
         "links": links,
-        "groups": [],
+        "groups": groups,
         "config": {},
-        "extra": {},
+        "extra": {"ds": {"scale": OPEN_SCALE, "offset": [0, 0]}},
         "version": 0.4,
     }
 
 
-def _place(ui_nodes: dict[str, dict[str, Any]], column: dict[str, int]) -> None:
-    first = min(column.values())
-    x = ORIGIN[0]
-    for col in range(first, max(column.values()) + 1):
+def _place(ui_nodes: dict[str, dict[str, Any]], column: dict[str, int], x: int = ORIGIN[0]) -> None:
+    first = min(column[n] for n in ui_nodes)
+    for col in range(first, max(column[n] for n in ui_nodes) + 1):
         members = sorted((n for n in ui_nodes if column[n] == col), key=int)
         y = ORIGIN[1]
         for node_id in members:
             ui_nodes[node_id]["pos"] = [x, y]
             y += ui_nodes[node_id]["size"][1] + GAP_Y
         x += max((ui_nodes[n]["size"][0] for n in members), default=0) + GAP_X
+
+
+def _place_stages(api: dict[str, dict[str, Any]], ui_nodes: dict[str, dict[str, Any]], stages: dict[str, str],
+                  titles: dict[str, str]) -> list[dict[str, Any]]:
+    """Each stage in columns of its own (its internal links left to right), stages left to right, a group around each."""
+    groups = []
+    x = ORIGIN[0]
+    for stage, title in titles.items():
+        members = [n for n in sorted(api, key=int) if stages[n] == stage]
+        if not members:
+            continue
+        sub = {n: {**api[n], "inputs": {k: v for k, v in api[n]["inputs"].items() if not _is_link(v) or v[0] in members}}
+               for n in members}
+        column = _columns(sub, _topological_order(sub))
+        block = {n: ui_nodes[n] for n in members}
+        _place(block, column, x)
+        left = min(n["pos"][0] for n in block.values()) - GROUP_PAD
+        top = ORIGIN[1] - GROUP_TITLE
+        right = max(n["pos"][0] + n["size"][0] for n in block.values()) + GROUP_PAD
+        bottom = max(n["pos"][1] + n["size"][1] for n in block.values()) + GROUP_PAD
+        groups.append({"title": title, "bounding": [left, top, right - left, bottom - top], "color": GROUP_COLOR,
+                       "font_size": GROUP_FONT, "flags": {}})
+        x = right + GROUP_GAP + GROUP_PAD
+    return groups
 
 
 def _note(node_id: int, text: str, placed: list[dict[str, Any]]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ PACK_NODES = {
     "CrossInitIdentityScore",
     "CrossInitPromptScore",
     "CrossInitCheckpointReport",
+    "CrossInitSampleBatch",
 }
 
 

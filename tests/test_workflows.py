@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -66,11 +67,64 @@ def expected_pack_nodes(generator) -> set[str]:
 @pytest.mark.parametrize("stem", ALL_STEMS)
 def test_ui_file_converts_back_to_the_api_file(pack, stem):
     ui = ui_file(stem)
-    assert ui["version"] == 0.4 and ui["groups"] == [] and ui["extra"] == {}
+    assert ui["version"] == 0.4
     assert wr.link_problems(ui) == []
     assert ui["last_node_id"] == max(n["id"] for n in ui["nodes"]) and ui["last_link_id"] == len(ui["links"])
     # exactly the same graph: class types, links (source node and slot per input), widget values, titles
     assert wr.ui_to_api(ui) == api_file(stem)
+
+
+def _box(rect: list[float]) -> tuple[float, float, float, float]:
+    return rect[0], rect[1], rect[0] + rect[2], rect[1] + rect[3]
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("stem", ALL_STEMS)
+def test_workflow_reads_at_the_zoom_it_opens_at_with_a_group_per_stage(generator, stem):
+    """Groups name the stages, left to right, apart; every node sits in one group; no two nodes overlap; each node
+    is wide enough for its title; the editor opens it at a zoom where labels read (extra.ds)."""
+    ui, layout = ui_file(stem), generator.workflow_ui
+    assert ui["extra"]["ds"]["scale"] >= 0.75 and ui["extra"]["ds"]["offset"] == [0, 0]
+    groups = ui["groups"]
+    titles = [g["title"] for g in groups]
+    stages = generator.EVAL_STAGE_TITLES if stem == EVAL_STEM else \
+        generator.STAGE_TITLES if stem == CHECKPOINTS_STEM else generator.TRAIN_STAGE_TITLES
+    assert titles == list(stages.values())
+    boxes = [_box(g["bounding"]) for g in groups]
+    assert all(a[2] < b[0] for a, b in itertools.pairwise(boxes)), "groups overlap or are out of order"
+    nodes = [n for n in ui["nodes"] if n["type"] != "Note"]
+    for node in nodes:
+        rect = _box([*node["pos"], *node["size"]])
+        inside = [t for t, b in zip(titles, boxes, strict=True)
+                  if b[0] <= rect[0] and rect[2] <= b[2] and b[1] <= rect[1] and rect[3] <= b[3]]
+        assert len(inside) == 1, (node["id"], node["type"], inside)
+        title = node.get("title") or wr.display_name(node["type"])
+        assert node["size"][0] >= layout.TITLE_CHAR_PX * len(title) + layout.TITLE_EXTRA_PX, (node["id"], title)
+    rects = [_box([*n["pos"], *n["size"]]) for n in ui["nodes"]]
+    clashes = [(a, b) for i, a in enumerate(rects) for b in rects[i + 1:] if _overlap(a, b)]
+    assert clashes == []
+
+
+@pytest.mark.parametrize("stem", ALL_STEMS)
+def test_no_deprecated_node_and_no_input_its_defaults_switch_off(pack, stem):
+    """Every node exists on this host and is not deprecated here; a trainer gets masks only when the loss settings
+    let them count (background_weight below 1)."""
+    import nodes
+
+    api = api_file(stem)
+    for node in api.values():
+        info = wr.node_class(node["class_type"])
+        definition = info.GET_NODE_INFO_V1() if hasattr(info, "GET_NODE_INFO_V1") else {}
+        display = nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node["class_type"], definition.get("display_name", ""))
+        assert not definition.get("deprecated") and not getattr(info, "DEPRECATED", False), node["class_type"]
+        assert "DEPRECATED" not in str(display).upper(), node["class_type"]
+    for trainer in wr.nodes_of(api, "CrossInitTrainer"):
+        inputs = api[trainer]["inputs"]
+        if "masks" in inputs:
+            assert api[inputs["loss"][0]]["inputs"]["background_weight"] < 1.0
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -346,12 +400,14 @@ def test_eval_workflow_is_set_up_as_the_paper_evaluates():
     inputs = api[sampler]["inputs"]
     assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"]) == (50, 7.5, "dpmpp_2m", "sgm_uniform")
     assert api[inputs["negative"][0]]["inputs"]["text"] == ""
-    # the encoder and the prompt score hold the same prompt, typed in both (no widget fed by a link: newer
-    # frontends hide those), so the score sees what the images were made from
+    # the prompt is typed once, in a text node linked into the encoder's and the prompt score's labelled sockets (no
+    # widget fed by a link: newer frontends hide those), so the score sees what the images were made from
     (encoder,) = wr.nodes_of(api, "CrossInitCLIPTextEncode")
     (scorer,) = wr.nodes_of(api, "CrossInitPromptScore")
-    assert api[encoder]["inputs"]["text"] == api[scorer]["inputs"]["prompt"]
-    assert api[encoder]["inputs"]["text"] in paper_prompts()
+    (typed,) = wr.nodes_of(api, "PrimitiveStringMultiline")
+    assert api[encoder]["inputs"]["prompt"] == api[scorer]["inputs"]["prompts"] == [typed, 0]
+    assert api[encoder]["inputs"]["text"] == api[scorer]["inputs"]["prompt"] == ""  # no second copy shown
+    assert api[typed]["inputs"]["value"] in paper_prompts()
     (identity,) = wr.nodes_of(api, "CrossInitIdentityScore")
     decoded = api[identity]["inputs"]["images"]
     assert api[scorer]["inputs"]["images"] == decoded and api[decoded[0]]["class_type"] == "VAEDecode"
@@ -392,7 +448,8 @@ def test_eval_workflow_runs_end_to_end(pack, tiny, eval_setup, core):
     (decode,) = wr.nodes_of(prompt, "VAEDecode")
     images = wr.node_output(executor, decode, 0)
     assert tuple(images.shape) == (3, 64, 64, 3)
-    direct = core.scoring.score_prompt(images, prompt[scorer]["inputs"]["prompt"], "clip-vit-base-patch32")
+    (typed,) = wr.nodes_of(prompt, "PrimitiveStringMultiline")
+    direct = core.scoring.score_prompt(images, prompt[typed]["inputs"]["value"], "clip-vit-base-patch32")
     assert pr_report["prompt"] == "a photo of a person"
     expected = [e["score"] for e in json.loads(direct.report_json())["images"]]
     assert [e["score"] for e in pr_report["images"]] == pytest.approx(expected, abs=1e-6)
@@ -421,24 +478,30 @@ def test_checkpoints_workflow_is_set_up_to_pick_the_best_step(generator):
     checkpoints = [trainer, 2]
     encoders = wr.nodes_of(api, "CrossInitCLIPTextEncode")
     assert [api[n]["inputs"]["embedding"] for n in encoders] == [checkpoints] * 3  # each prompt, each checkpoint
-    texts = [api[n]["inputs"]["text"] for n in encoders]
+    # each prompt typed once: a text node into its encoder's socket and, through Sample Batch, the prompt score's
+    typed = [api[n]["inputs"]["prompt"] for n in encoders]
+    texts = [api[t[0]]["inputs"]["value"] for t in typed]
+    assert [api[t[0]]["class_type"] for t in typed] == ["PrimitiveStringMultiline"] * 3
+    assert all(api[n]["inputs"]["text"] == "" for n in encoders)
     assert texts == list(generator.CHECKPOINT_PROMPTS) and set(texts) <= set(paper_prompts())
     assert texts[0] == "a photo of a <face> person"  # a plain prompt, then two edited ones
     (identity,) = wr.nodes_of(api, "CrossInitIdentityScore")
     (scorer,) = wr.nodes_of(api, "CrossInitPromptScore")
-    assert api[scorer]["inputs"]["prompt"] == "\n".join(texts)  # one line per image of a checkpoint's batch, in order
-    batch = api[scorer]["inputs"]["images"]
-    chain = [api[batch[0]]["inputs"]["image2"], api[api[batch[0]]["inputs"]["image1"][0]]["inputs"]["image2"],
-             api[api[batch[0]]["inputs"]["image1"][0]]["inputs"]["image1"]]
-    samplers = [api[api[d[0]]["inputs"]["samples"][0]]["inputs"]["positive"][0] for d in reversed(chain)]
+    (batch_node,) = wr.nodes_of(api, "CrossInitSampleBatch")
+    batch = api[batch_node]["inputs"]
+    assert api[scorer]["inputs"]["prompts"] == [batch_node, 1] and api[scorer]["inputs"]["prompt"] == ""
+    assert [batch[f"prompt_{i}"] for i in (1, 2, 3)] == typed  # the batch's prompts, in order, one per image
+    samplers = [api[api[batch[f"image_{i}"][0]]["inputs"]["samples"][0]]["inputs"]["positive"][0] for i in (1, 2, 3)]
     assert samplers == encoders  # the batch holds prompt 1, 2, 3 in that order
+    assert not wr.nodes_of(api, "ImageBatch")  # deprecated in ComfyUI 0.33
     assert api[identity]["inputs"]["reference"] == api[trainer]["inputs"]["images"]  # the photos trained on
-    assert api[identity]["inputs"]["images"] == api[scorer]["inputs"]["images"]
+    assert api[identity]["inputs"]["images"] == api[scorer]["inputs"]["images"] == [batch_node, 0]
     (report,) = wr.nodes_of(api, "CrossInitCheckpointReport")
     assert api[report]["inputs"]["checkpoints"] == checkpoints
     assert (api[report]["inputs"]["identity"], api[report]["inputs"]["prompt"]) == ([identity, 1], [scorer, 1])
-    savers = {api[n]["inputs"]["name"]: api[n]["inputs"]["embedding"] for n in wr.nodes_of(api, "CrossInitSaveEmbedding")}
-    assert savers == {"my_face": checkpoints, "my_face-best": [report, 3]}
+    (saver,) = wr.nodes_of(api, "CrossInitSaveEmbedding")  # the name typed once; the best saved as NAME-best
+    saved = api[saver]["inputs"]
+    assert (saved["name"], saved["embedding"], saved["best"]) == ("my_face", checkpoints, [report, 3])
 
 
 def test_checkpoints_workflow_runs_end_to_end(pack, tiny, eval_setup, embeddings_dir, core):
@@ -453,8 +516,7 @@ def test_checkpoints_workflow_runs_end_to_end(pack, tiny, eval_setup, embeddings
     wr.override(prompt, "KSampler", steps=1)
     wr.override(prompt, "EmptyLatentImage", width=64, height=64)
     wr.override(prompt, "CrossInitIdentityScore", backend="dlib")
-    savers = wr.nodes_of(prompt, "CrossInitSaveEmbedding")
-    prompt[savers[0]]["inputs"]["name"], prompt[savers[1]]["inputs"]["name"] = "wf_ckpt", "wf_ckpt-best"
+    wr.override(prompt, "CrossInitSaveEmbedding", name="wf_ckpt")
     with wr.tiny_checkpoint_loader(tiny("sd1"), [prompt[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(prompt, "CheckpointLoaderSimple")]):
         executor = wr.execute(prompt)
     assert executor.success, wr.failure(executor)

@@ -13,6 +13,7 @@ from .prompt_score import (
     list_models,
     missing_model_problem,
     register_clip_scoring_folder,
+    sample_batch,
     score_prompt,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "list_models",
     "missing_model_problem",
     "register_clip_scoring_folder",
+    "sample_batch",
     "score_identity",
     "score_prompt",
 ]

@@ -225,6 +225,24 @@ def image_prompts(prompt: str, count: int) -> list[str]:
     return texts
 
 
+def sample_batch(images: Sequence[torch.Tensor], prompts: Sequence[str]) -> tuple[torch.Tensor, str]:
+    """Samples of several prompts as one batch for the scores: the images in order, and their prompts one line per
+    image (each prompt repeated for its images), which is what `image_prompts` reads back."""
+    first = images[0]
+    for number, batch in enumerate(images[1:], start=2):
+        if batch.shape[1:] != first.shape[1:]:
+            raise CrossInitError(
+                f"image_{number}: its images are {batch.shape[2]}x{batch.shape[1]} px but image_1's are "
+                f"{first.shape[2]}x{first.shape[1]}; render every prompt at the same size (one Empty Latent Image)."
+            )
+    lines = []
+    for number, (batch, text) in enumerate(zip(images, prompts, strict=True), start=1):
+        if not text.strip() or "\n" in text.strip():
+            raise CrossInitError(f"prompt_{number}: give the one prompt image_{number} was generated from, on one line.")
+        lines += [text.strip()] * batch.shape[0]
+    return torch.cat(list(images), dim=0), "\n".join(lines)
+
+
 def score_prompt(
     images: torch.Tensor | Sequence[torch.Tensor], prompt: str, model: str, roots: list[Path] | None = None
 ) -> PromptScoreResult:

@@ -35,13 +35,15 @@ def checkpoint_loader_type(workflow: dict[str, Any]) -> str | None:
     return str(workflow[loaders[0]].get("class_type")) if len(loaders) == 1 else None
 
 
-def _set_text(prompt: dict[str, Any], node_id: str, key: str, text: str) -> None:
-    """Sets a text input, or the text node it is linked to (the eval workflow's one prompt node)."""
-    value = prompt[node_id]["inputs"].get(key)
-    if is_link(value) and "value" in prompt[value[0]]["inputs"]:
-        prompt[value[0]]["inputs"]["value"] = text
-    else:
-        prompt[node_id]["inputs"][key] = text
+def _set_text(prompt: dict[str, Any], node_id: str, keys: tuple[str, ...], text: str) -> None:
+    """Sets a node's text: the text node linked into the first of `keys` that has one (the shipped eval workflow's
+    one prompt node, typed once), else the widget, the last of `keys`."""
+    for key in keys:
+        value = prompt[node_id]["inputs"].get(key)
+        if is_link(value) and "value" in prompt[value[0]]["inputs"]:
+            prompt[value[0]]["inputs"]["value"] = text
+            return
+    prompt[node_id]["inputs"][keys[-1]] = text
 
 
 @dataclass
@@ -61,7 +63,7 @@ def build_prompt(workflow: dict[str, Any], settings: EvalGraph, text: str, index
     prompt = start_prompt(workflow, settings)
     for loader in nodes_of(prompt, EMBEDDING_LOADER):  # (input_problems requires exactly one in a workflow file)
         prompt[loader]["inputs"]["name"] = settings.embedding
-    _set_text(prompt, only(prompt, ENCODER), "text", text)
+    _set_text(prompt, only(prompt, ENCODER), ("prompt", "text"), text)
     latent = prompt[only(prompt, "EmptyLatentImage")]["inputs"]
     latent["batch_size"] = settings.per_prompt
     if settings.resolution is not None:
@@ -81,7 +83,7 @@ def build_prompt(workflow: dict[str, Any], settings: EvalGraph, text: str, index
         if scorer is None:
             raise ValueError(f"the workflow has no {PROMPT_SCORE} node")
         prompt[scorer]["inputs"]["model"] = settings.clip_model
-        _set_text(prompt, scorer, "prompt", text)
+        _set_text(prompt, scorer, ("prompts", "prompt"), text)
     _reference_photos(prompt, settings.references)
     return prompt
 
