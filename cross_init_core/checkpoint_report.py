@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from .embedding import CrossInitEmbedding
 from .embedding_names import trained_steps
 from .errors import InvalidInputError
-from .loss_plot import moving_average, scale_to_pixels
+from .loss_plot import moving_average, plot_font, scale_to_pixels
 from .text_table import format_table
 
 DEFAULT_MARGIN = 0.01  # CLIP cosine: about a third of the prompt-score gap between the paper's methods
@@ -154,7 +154,7 @@ def choose_best(rows: Sequence[CheckpointRow], margin: float, higher_is_better: 
 # ---------------------------------------------------------------------------------------------
 # The plot
 
-WIDTH, PANEL, MARGIN_LEFT, MARGIN_RIGHT, TOP = 768, 150, 80, 30, 34
+WIDTH, PANEL, MARGIN_LEFT, MARGIN_RIGHT, TOP = 768, 150, 80, 30, 52
 IDENTITY_COLOR, PROMPT_COLOR, LOSS_COLOR, BEST_COLOR = (40, 150, 70), (40, 90, 200), (200, 90, 40), (230, 180, 0)
 
 
@@ -166,6 +166,7 @@ def render_plot(report: Report) -> torch.Tensor:
     height = TOP + 3 * PANEL + 40
     image = Image.new("RGB", (WIDTH, height), "white")
     draw = ImageDraw.Draw(image)
+    draw.font = plot_font()
     left, right = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
     draw.text((left, 8), f"Cross-Init checkpoints: best step {report.rows[report.best].step}", fill="black")
 
@@ -187,7 +188,7 @@ def render_plot(report: Report) -> torch.Tensor:
         top = TOP + index * PANEL
         bottom = top + PANEL - 22
         draw.rectangle([left, top, right, bottom], outline="black")
-        draw.text((6, top), label, fill=color)
+        draw.text((left, top - 17), label, fill=color)  # above its panel: clear of the border
         best_x = x_of(report.rows[report.best].step)
         draw.line([(best_x, top), (best_x, bottom)], fill=BEST_COLOR, width=2)
         points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]

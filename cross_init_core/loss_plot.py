@@ -6,11 +6,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 WIDTH, HEIGHT = 768, 432
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 70, 30, 50
 LOSS_COLOR, AVERAGE_COLOR, REG_COLOR = (120, 160, 230), (20, 60, 170), (210, 90, 40)
+
+
+FONT_SIZE = 13
+
+
+def plot_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's scalable default font (words spaced as written); older Pillow (before 10.1) has only its bitmap font."""
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:
@@ -33,6 +44,7 @@ def render_loss_curve(losses: Sequence[float], regs: Sequence[float]) -> torch.T
     """IMAGE [1, H, W, 3]: loss (light), moving average (dark) on the left axis, reg term on the right axis."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
+    draw.font = plot_font()
     left, right, top, bottom = MARGIN_LEFT, WIDTH - MARGIN_RIGHT, MARGIN_TOP, HEIGHT - MARGIN_BOTTOM
     draw.rectangle([left, top, right, bottom], outline="black")
     draw.text((left, 8), "Cross-Init training loss", fill="black")

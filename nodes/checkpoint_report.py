@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 from ..cross_init_core import checkpoint_report
 from .common import CATEGORY, Embedding, single
 
-_RULE = checkpoint_report.RULE.format(margin="margin", direction="highest ArcFace cosine, or lowest dlib distance")
+_RULE = checkpoint_report.RULE.format(margin="prompt_tolerance", direction="highest ArcFace cosine, or lowest dlib distance")
 
 
 class CrossInitCheckpointReport(io.ComfyNode):
@@ -29,9 +29,11 @@ class CrossInitCheckpointReport(io.ComfyNode):
                 io.String.Input("prompt", optional=True, force_input=True,
                                 tooltip="The report output of Cross-Init Prompt Score run on each checkpoint's samples "
                                         "(one report per checkpoint, in the same order)."),
-                io.Float.Input("margin", default=checkpoint_report.DEFAULT_MARGIN, min=0.0, max=1.0, step=0.001,
-                               tooltip=f"The rule: {_RULE}. A CLIP cosine difference; 0 = the best prompt score alone decides, "
-                                       "larger = identity counts more."),
+                # named apart from Face Prep's `margin` (room around the face), which means something else
+                io.Float.Input("prompt_tolerance", default=checkpoint_report.DEFAULT_MARGIN, min=0.0, max=1.0, step=0.001,
+                               tooltip="How much prompt score you give up for a closer likeness: the best step is the "
+                                       "best likeness among the steps whose prompt score is at most this far below the "
+                                       "best one. 0 = the step that follows prompts best; larger = likeness counts more."),
             ],
             outputs=[
                 io.String.Output(display_name="table", tooltip="One line per checkpoint: step, identity, faces found, "
@@ -46,8 +48,8 @@ class CrossInitCheckpointReport(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, checkpoints, identity=None, prompt=None, margin=None) -> io.NodeOutput:  # type: ignore[override]
-        margin_value = single(margin) if margin is not None else checkpoint_report.DEFAULT_MARGIN
+    def execute(cls, checkpoints, identity=None, prompt=None, prompt_tolerance=None) -> io.NodeOutput:  # type: ignore[override]
+        margin_value = single(prompt_tolerance) if prompt_tolerance is not None else checkpoint_report.DEFAULT_MARGIN
         report = checkpoint_report.build_report(list(checkpoints), list(identity or []), list(prompt or []), float(margin_value))
         text = report.as_text()
         plot = checkpoint_report.render_plot(report)

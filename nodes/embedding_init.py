@@ -26,8 +26,9 @@ class CrossInitEmbeddingInit(io.ComfyNode):
                                 tooltip="One name per line to average (duplicates count twice). Empty = the list "
                                         "chosen in name_list (recommended). Names written here take precedence."),
                 io.Combo.Input("source", options=["names", "words"], default="names",
-                               tooltip="names: column-wise mean of each name's BPE tokens (the method). words: the "
-                                       "text's first tokens, e.g. 'woman face', also passed through the encoder."),
+                               tooltip="Where the face token starts. names: the average of many well-known people's names "
+                                       "(the method; a start that already reads as a person). words: the words typed in "
+                                       "names, e.g. 'woman face', as the start."),
                 # optional, so API prompts saved before this input existed still run (with the default)
                 io.Combo.Input("name_list", options=list(name_lists.NAME_LIST_FILES), default=name_lists.DEFAULT_NAME_LIST,
                                optional=True,

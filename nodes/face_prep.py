@@ -72,9 +72,9 @@ class CrossInitFacePrep(io.ComfyNode):
                     max=face.MAX_MARGIN,
                     step=0.05,
                     tooltip=(
-                        f"Context around the face, 0-{face.MAX_MARGIN}: 0 = the tight ArcFace recognition crop; "
-                        f"{face.DEFAULT_MARGIN} (default) frames the whole head like aligned CelebA-HQ portraits; 1.0 = head "
-                        f"and shoulders."
+                        f"How much is kept around the face, 0-{face.MAX_MARGIN}: 0 = the face alone, from brows to chin; "
+                        f"{face.DEFAULT_MARGIN} (default) = the whole head with hair, as in portrait photos; 1.0 = head "
+                        "and shoulders. The token learns what the crops show."
                     ),
                 ),
                 io.Combo.Input(

@@ -16,11 +16,13 @@ class CrossInitLossSettings(io.ComfyNode):
             description="Weights of the training objective: the pull toward the Cross-Init start and the face mask.",
             inputs=[
                 io.Float.Input("reg_weight", default=DEFAULT_REG_WEIGHT, min=0.0, max=1.0, step=1e-6,
-                               tooltip="Weight of mean ||v - v_init|| (keeps tokens near their start; 0 = off, "
-                                       "method default 1e-5, 1e-3 and up holds them almost fixed)."),
+                               tooltip="How strongly the token is held near its start: higher keeps it easier to edit "
+                                       "with prompts, lower lets it match the face more closely. 0 = off; the method's "
+                                       "1e-5 is the default; 1e-3 and up holds it almost still."),
                 io.Float.Input("background_weight", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Loss weight outside the face when the trainer gets masks: 1 = whole image "
-                                       "(off), 0 = face only. Ignored without masks."),
+                               tooltip="How much the background counts when the trainer gets face masks: 1 = as much as "
+                                       "the face (masks change nothing), 0 = only the face is learned. Without masks it "
+                                       "changes nothing."),
             ],
             outputs=[LossSettingsType.Output(display_name="loss", tooltip="Connect to the trainer's loss input.")],
         )
