@@ -13,8 +13,11 @@ UI workflow (workflows/*.json), loads it through the frontend (app.loadGraphData
 * every node of the file is in the graph with its type and the outputs its host defines; every pack node
   has exactly the widgets its /object_info definition asks for, holding the file's widgets_values, socket
   inputs as defined, tooltips on every input, and is drawn on the canvas (multiline text as real textareas);
+* it opens at the file's zoom (readable), no node shows a deprecation badge (the definitions the server sends), the
+  groups are the file's and no two nodes overlap;
 * the API form the frontend builds (app.graphToPrompt) is what workflows/api/<name>.json ships, and
-  POST /prompt accepts it (validation passed: 200 with a prompt_id, no node_errors).
+  POST /prompt accepts it (validation passed: 200 with a prompt_id, no node_errors); with a save name taken,
+  it is refused at Run, naming the file.
 
 A screenshot of each loaded workflow goes to test-output/browser/<name>.png (with the server log and
 the browser console). A control test loads a graph with an unknown node type and checks that the
@@ -400,6 +403,21 @@ return app.graph._nodes.map(n => ({
 }));
 """
 
+# the view the workflow opened at (restored from the file's extra.ds), and what the frontend knows of each node's
+# definition (the server's /object_info, as the deprecation badge reads it) and of its place on the canvas
+VIEW_JS = """
+return {
+  scale: app.canvas.ds.scale,
+  offset: [app.canvas.ds.offset[0], app.canvas.ds.offset[1]],
+  titleHeight: LiteGraph.NODE_TITLE_HEIGHT,
+  nodes: app.graph._nodes.map(n => ({
+    id: String(n.id), type: n.type, pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]],
+    deprecated: !!n.constructor.nodeData?.deprecated,
+  })),
+  groups: (app.graph._groups || app.graph.groups || []).map(g => g.title),
+};
+"""
+
 FIT_JS = """
 try { await app.extensionManager.command.execute('Comfy.Canvas.FitView'); }
 catch (e) { app.canvas.ds.reset(); }
@@ -515,6 +533,31 @@ def _check_nodes(graph_nodes: list[dict], shipped: dict, object_info: dict, name
     return pack_nodes
 
 
+def _check_view(view: dict, shipped: dict, object_info: dict, name: str) -> None:
+    """The zoom the workflow opens at is the file's (labels readable), no node carries a deprecation badge, the
+    groups are the file's, and no two nodes overlap (title bar included)."""
+    opened = shipped["extra"]["ds"]
+    assert math.isclose(view["scale"], opened["scale"], rel_tol=1e-3) and view["scale"] >= 0.75, (name, view["scale"])
+    deprecated = sorted({n["type"] for n in view["nodes"]
+                         if n["deprecated"] or object_info.get(n["type"], {}).get("deprecated")})
+    assert not deprecated, f"{name}: deprecated nodes {deprecated}"
+    assert view["groups"] == [g["title"] for g in shipped["groups"]], (name, view["groups"])
+    title = view["titleHeight"]
+    boxes = [(n["id"], n["pos"][0], n["pos"][1] - title, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in view["nodes"]]
+    overlaps = [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+                if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]]
+    assert not overlaps, f"{name}: overlapping nodes {overlaps}"
+
+
+def _taken_names(base: Path, prompt: dict) -> list[Path]:
+    """Files of the embeddings folder that the prompt's Save nodes would write (NAME, NAME-best, NAME-stepNNNN)."""
+    folder = base / "models" / "embeddings"
+    names = [node["inputs"]["name"] for node in prompt.values() if node["class_type"] == "CrossInitSaveEmbedding"]
+    return [path for name in names for path in sorted(folder.glob(f"{name}*.safetensors"))
+            if re.fullmatch(re.escape(name) + r"(-best|-step\d{4,})?", path.stem)]
+
+
 def _api_inputs(prompt: dict, object_info: dict) -> dict:
     """Class and inputs per node, leaving out inputs the node does not define: display-only widgets the
     frontend adds and sends along (PreviewAny's `preview`), which the server ignores."""
@@ -557,6 +600,7 @@ def test_workflows_found():
 def test_workflow_in_real_frontend(workflow: Path, app: Page, server: Server, out_dir: Path):
     shipped = json.loads(workflow.read_text(encoding="utf-8"))
     app.js(LOAD_JS, {"graph": shipped, "name": workflow.stem})
+    _check_view(app.js(VIEW_JS), shipped, server.object_info, workflow.name)
     app.js(FIT_JS)
     shot = out_dir / f"{workflow.stem}.png"
     app.page.screenshot(path=str(shot), timeout=PAGE_TIMEOUT_MS)
@@ -581,7 +625,15 @@ def test_workflow_in_real_frontend(workflow: Path, app: Page, server: Server, ou
             f" (see {out_dir.relative_to(REPO_ROOT)}/{workflow.stem}.api.json)"
         )
 
+    # a taken save name is refused at Run, by name, before anything runs; then the names are freed for the real check
+    taken = _taken_names(server.base, prompt)
+    if taken:
+        status, body = _http(server.url + "/prompt", {"prompt": prompt, "client_id": "cross-init-browser-test"})
+        assert status == 400 and f"{taken[0].name} already exists" in body.decode("utf-8", "replace"), (status, body[:2000])
+    held = [path.rename(path.with_name(path.name + ".held")) for path in taken]
     status, body = _http(server.url + "/prompt", {"prompt": prompt, "client_id": "cross-init-browser-test"})
+    for path in held:
+        path.rename(path.with_name(path.name.removesuffix(".held")))
     answer = json.loads(body) if body.startswith(b"{") else {"raw": body.decode("utf-8", "replace")}
     try:
         assert status == 200, f"/prompt refused {workflow.name}: {status} {json.dumps(answer, indent=1)[:4000]}"

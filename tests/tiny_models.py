@@ -13,6 +13,9 @@ from typing import Any
 import torch
 
 CLIP_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 3, "projection_dim": 64}
+# "sd1_wide": the tiny SD1 with CLIP-L's real width, so its files load through Cross-Init Load Embedding (which checks
+# the real widths): for tests that go on from a saved file in the editor's graph
+WIDE_CLIP_CONFIG = dict(CLIP_CONFIG, hidden_size=768, projection_dim=768)
 CLIP_G_CONFIG = {"hidden_size": 96, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 3, "projection_dim": 96}
 
 
@@ -91,9 +94,9 @@ def build_clip(kind: str, embedding_directory: str | None = None, seed: int = 2)
     import comfy.supported_models_base
     from comfy.text_encoders import sd2_clip
 
-    if kind == "sd1":
+    if kind in ("sd1", "sd1_wide"):
         target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
-        options = {"clip_l_model_config": dict(CLIP_CONFIG)}
+        options = {"clip_l_model_config": dict(WIDE_CLIP_CONFIG if kind == "sd1_wide" else CLIP_CONFIG)}
     elif kind == "sd2":
         target = comfy.supported_models_base.ClipTarget(sd2_clip.SD2Tokenizer, sd2_clip.SD2ClipModel)
         options = {"clip_h_model_config": dict(CLIP_CONFIG, hidden_act="gelu")}
@@ -115,8 +118,9 @@ def build_model(kind: str, seed: int = 1, dtype: torch.dtype = torch.float32, ma
     import comfy.model_base
     import comfy.supported_models
 
-    if kind == "sd1":
-        config = comfy.supported_models.SD15(_unet_config(64, linear=False))
+    if kind in ("sd1", "sd1_wide"):
+        config = comfy.supported_models.SD15(_unet_config(WIDE_CLIP_CONFIG["hidden_size"] if kind == "sd1_wide" else 64,
+                                                          linear=False))
         model_type = comfy.model_base.ModelType.EPS
         cls = comfy.model_base.BaseModel
     elif kind == "sd2":
