@@ -105,6 +105,7 @@ TITLE_CHAR_PX, TITLE_EXTRA_PX = 9, 60
 # the zoom a workflow opens at (the editor restores extra.ds): every title and widget label readable
 OPEN_SCALE = 0.8
 NOTE_WIDTH = 320  # the first column's width (the checkpoint loader), so the note does not reach the second
+NOTE_LINE_PX, NOTE_LINE_CHARS = 18, 36
 
 
 def _is_link(value: Any) -> bool:
@@ -291,6 +292,11 @@ def _place_stages(api: dict[str, dict[str, Any]], ui_nodes: dict[str, dict[str, 
     return groups
 
 
+def _note_lines(text: str) -> int:
+    """Lines the note's text takes at NOTE_WIDTH (about NOTE_LINE_CHARS characters a line, wrapped at words)."""
+    return sum(max(1, -(-len(paragraph) // NOTE_LINE_CHARS)) for paragraph in text.split("\n"))
+
+
 def _note(node_id: int, text: str, placed: list[dict[str, Any]]) -> dict[str, Any]:
     """A Note under the first column (editor-only: it has no class in ComfyUI and is never executed)."""
     first_x = min(n["pos"][0] for n in placed)
@@ -299,7 +305,7 @@ def _note(node_id: int, text: str, placed: list[dict[str, Any]]) -> dict[str, An
         "id": node_id,
         "type": "Note",
         "pos": [first_x, bottom + GAP_Y],
-        "size": [NOTE_WIDTH, 360],
+        "size": [NOTE_WIDTH, max(360, NOTE_LINE_PX * _note_lines(text) + 40)],  # the whole text, no scrolling
         "flags": {},
         "order": len(placed),
         "mode": 0,

