@@ -137,6 +137,34 @@ def taken_message(files: list[Path], name: str) -> str:
             f"{stem}-stepNNNN and {stem}-best. Choose another name, or turn on overwrite to replace them.")
 
 
+SAVE_NODE = "CrossInitSaveEmbedding"
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def downstream_save_names(prompt: dict[str, Any], node_id: str) -> list[str]:
+    """The names typed into the Save nodes that save what `node_id` computes (directly or through other nodes) with
+    overwrite off, in an API-format prompt: the files a run of that node ends in. Names linked from other nodes are
+    left out (known only when they run)."""
+    below, todo = {node_id}, [node_id]
+    while todo:
+        source = todo.pop()
+        for other, node in prompt.items():
+            inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+            if other not in below and any(_is_link(v) and v[0] == source for v in inputs.values()):
+                below.add(other)
+                todo.append(other)
+    names = []
+    for other in sorted(below - {node_id}):
+        inputs = prompt[other].get("inputs", {})
+        if prompt[other].get("class_type") == SAVE_NODE and isinstance(inputs.get("name"), str) \
+                and inputs.get("overwrite") is not True:
+            names.append(inputs["name"])
+    return names
+
+
 # Files each Save node wrote in this process (node id -> path -> (mtime, size)). Running a graph again after its own
 # save is served from ComfyUI's cache, so such files must not make the queue check refuse the graph.
 _written: dict[str, dict[str, tuple[int, int]]] = {}

@@ -4,11 +4,13 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cross_init_core import host, loss_plot, preview, settings, training
+from ..cross_init_core import embedding_io, embedding_names, host, loss_plot, preview, settings, training
+from ..cross_init_core.errors import EmbeddingExistsError, InvalidInputError
 from ..cross_init_core.memory import MEMORY_CHOICES, parse_memory
 from ..cross_init_core.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
 from ..cross_init_core.settings import PRESETS
 from .common import CATEGORY, Embedding, LossSettingsType
+from .embedding_files import MAX_RUN_STEPS
 
 log = logging.getLogger(__name__)
 FAST, FULL = PRESETS["fast"], PRESETS["full"]
@@ -75,6 +77,7 @@ class CrossInitTrainer(io.ComfyNode):
                 io.Int.Input("preview_steps", default=PREVIEW_STEPS, min=1, max=MAX_PREVIEW_STEPS, optional=True,
                              tooltip="Sampler steps of each preview sample (more: a truer picture, slower previews)."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             outputs=[
                 Embedding.Output(display_name="embedding", tooltip="The learned tokens: save them or use them in prompts."),
                 io.Image.Output(display_name="loss_curve", tooltip="Loss per step (light), its moving average (dark) "
@@ -88,10 +91,30 @@ class CrossInitTrainer(io.ComfyNode):
         )
 
     @classmethod
+    def _refuse_taken_save_names(cls) -> None:
+        """Before any step: a Save node that would save this training under a taken name stops the run here. ComfyUI
+        runs a graph's other outputs even when the Save node failed its check at Run, so the training would otherwise
+        go ahead and its result not be saved."""
+        hidden = getattr(cls, "hidden", None)
+        prompt, node_id = getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None)
+        folders = host.embedding_directories()
+        if not isinstance(prompt, dict) or node_id is None or not folders:
+            return
+        for name in embedding_io.downstream_save_names(prompt, str(node_id)):
+            try:
+                embedding_names.validate_run_name(name, MAX_RUN_STEPS)
+                files = embedding_io.run_files(folders[0], name)
+            except InvalidInputError as exc:  # the Save node's own check names it; stop before the training too
+                raise InvalidInputError(f"{exc} (the Save Embedding node that saves this training)") from None
+            if files:
+                raise EmbeddingExistsError(embedding_io.taken_message(files, name))
+
+    @classmethod
     def execute(cls, model, clip, vae, images, embedding, mode: str, steps: int, batch_size: int,  # type: ignore[override]
                 learning_rate: float, seed: int, loss=None, resolution: int = settings.AUTO_RESOLUTION, masks=None,
                 memory: str = "auto", preview_every: int = -1, save_every: int = 0, preview_prompt: str = PREVIEW_PROMPT,
                 preview_steps: int = PREVIEW_STEPS) -> io.NodeOutput:
+        cls._refuse_taken_save_names()
         resolution = settings.auto_resolution(resolution, host.is_sdxl_model(model))
         choice = settings.resolve_choice(mode, steps, batch_size, learning_rate, seed, resolution)
         chosen = choice.settings

@@ -53,3 +53,28 @@ def test_going_on_in_the_editor_load_embedding_custom_steps_to_add_and_a_new_nam
         assert not torch.equal(continued.vectors[key], trained.vectors[key])  # it went on from the file's vectors
     saved = pack.cross_init_core.embedding_io.load_embedding(embeddings_dir / "recipe_face-more.safetensors")
     assert saved.metadata["steps"] == "5" and torch.equal(saved.vectors["clip_l"], continued.vectors["clip_l"])
+
+
+def test_a_taken_name_at_run_stops_the_whole_graph_before_the_training(pack, core, tiny, embeddings_dir, monkeypatch):
+    """ComfyUI runs a graph's other outputs when one output node fails its check at Run (the server answers 200 with
+    node_errors): the Save node is refused, and the trainer, run for the loss preview, stops before any step."""
+    trained_runs = []
+    train = core.training.train
+    monkeypatch.setattr(core.training, "train", lambda *a, **kw: trained_runs.append(1) or train(*a, **kw))
+    wr.install_face_image("recipe_face.png", 64)
+    taken = embeddings_dir / "partial_face.safetensors"
+    taken.write_bytes(b"keep me")
+    init = {"class_type": "CrossInitEmbeddingInit", "inputs": {"clip": ["1", 1], "num_tokens": 2, "names": "", "source": "names"}}
+    prompt = _graph(init, "partial_face", "custom", 2)
+    prompt["6"] = {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}}
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny_wide.safetensors"]):
+        ok, _error, outputs, node_errors = wr.validate(prompt)
+        assert ok and outputs == ["6"] and f"{taken} already exists" in str(node_errors["5"])  # the rest would run
+        import execution
+
+        executor = execution.PromptExecutor(wr.ServerStub(), cache_type=execution.CacheType.CLASSIC,
+                                            cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        executor.execute(prompt, "partial", {"client_id": None}, outputs)
+    assert not executor.success and "CrossInitTrainer" in wr.failure(executor)
+    assert f"{taken} already exists" in wr.failure(executor) and "turn on overwrite" in wr.failure(executor)
+    assert trained_runs == [] and taken.read_bytes() == b"keep me"
