@@ -32,7 +32,8 @@ class CrossInitTrainer(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The CLIP from the same checkpoint."),
                 io.Vae.Input("vae", tooltip="The VAE from the same checkpoint (encodes the faces once)."),
                 io.Image.Input("images", tooltip="1-5 photos of one person's face (aligned square crops work best)."),
-                Embedding.Input("embedding", tooltip="The start vectors from Cross-Init Embedding Init."),
+                Embedding.Input("embedding", tooltip="Where training starts: Cross-Init Embedding Init for a new face, or Cross-Init "
+                                "Load Embedding to go on from a saved file (its steps count on)."),
                 LossSettingsType.Input("loss", optional=True, tooltip="Optional loss settings (default reg_weight 1e-5)."),
                 io.Combo.Input("mode", options=list(settings.MODES), default="fast",
                                tooltip=f"How long and how hard to train. fast: {FAST.steps} steps, batch {FAST.batch_size}, "

@@ -184,7 +184,10 @@ def test_graph_per_prompt(graph):
     node = {n["class_type"]: n["inputs"] for n in prompt.values() if n["class_type"] not in ("LoadImage", "ImageBatch", "PreviewAny")}
     assert node["CheckpointLoaderSimple"]["ckpt_name"] == "sd21.safetensors"
     assert node["CrossInitLoadEmbedding"]["name"] == "me.safetensors"
-    assert node["CrossInitCLIPTextEncode"]["text"] == node["CrossInitPromptScore"]["prompt"] == "a <face> person on the beach"
+    # the prompt is typed once, in the text node both read through their sockets: the command fills that node
+    (typed,) = wr.nodes_of(prompt, "PrimitiveStringMultiline")
+    assert node["PrimitiveStringMultiline"]["value"] == "a <face> person on the beach"
+    assert node["CrossInitCLIPTextEncode"]["prompt"] == node["CrossInitPromptScore"]["prompts"] == [typed, 0]
     assert node["EmptyLatentImage"] == {**node["EmptyLatentImage"], "batch_size": 5, "width": 256, "height": 256}
     assert (node["KSampler"]["seed"], node["KSampler"]["steps"], node["KSampler"]["cfg"]) == (107, 3, 7.5)
     assert node["SaveImage"]["filename_prefix"] == "cross_init_eval/me_x/p07"
