@@ -116,10 +116,12 @@ class ComfyClient:
         info = await self._get_json(f"/object_info/{class_type}")
         return info.get(class_type) if isinstance(info, dict) else None
 
-    async def upload_image(self, path: Path, subfolder: str, filename: str) -> str:
-        """Uploads one photo into <input>/<subfolder>/; returns the name the graph uses ("subfolder/file")."""
+    async def upload_image(self, path: Path, subfolder: str, filename: str, data: bytes | None = None) -> str:
+        """Uploads one photo (or file: `data`, else the bytes of `path`) into <input>/<subfolder>/; returns the name the
+        graph uses ("subfolder/file")."""
         form = aiohttp.FormData()
-        form.add_field("image", path.read_bytes(), filename=filename, content_type="application/octet-stream")
+        form.add_field("image", path.read_bytes() if data is None else data, filename=filename,
+                       content_type="application/octet-stream")
         form.add_field("subfolder", subfolder)
         form.add_field("type", "input")
         form.add_field("overwrite", "true")

@@ -131,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = parser.add_argument_group("output")
     clash = out.add_mutually_exclusive_group()
-    clash.add_argument("--overwrite", action="store_true", help="replace existing embedding files of the same name.")
+    clash.add_argument("--overwrite", action="store_true", help="replace existing files of the names the run writes in --out "
+                                                                "(without it, a taken name stops the run before any work).")
     clash.add_argument("--skip-existing", action="store_true", help="do not train names whose file already exists (resume a batch).")
     clash.add_argument("--resume", action="store_true",
                        help="continue each NAME from its file in --out for --steps (or the preset's) more steps: the "
                             "regularizer still pulls toward its Cross-Init start, the step count goes on, the optimizer "
-                            "starts fresh. The continued file is kept as NAME-stepNNNN (its step count).")
+                            "goes on from the state the file carries (files from 0.2.1 on; else it starts fresh). NAME is "
+                            "replaced; the continued file is kept as NAME-stepNNNN (its step count), or as "
+                            "NAME-original-RUNID when another trainer wrote it. Any other file it would write must be new.")
     out.add_argument("--save-every", type=int_in(STEPS), metavar="N",
                      help="also keep the tokens every N steps: NAME-stepNNNN.safetensors beside NAME in --out (e.g. 80 with "
                           "the full preset gives 4), to pick the best step with `eval`.")
@@ -252,16 +255,9 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             problems += resume_sources(jobs, out_dir)
         steps = args.steps or PRESETS[args.mode].steps
         outputs = Outputs(steps, args.save_every or 0, args.resume)
+        # every name the run writes into --out is known now (the servers save under new run-unique names only)
         problems += clash_problems(jobs, out_dir, outputs, args.overwrite, args.skip_existing)
-        problems += long_name_problems(jobs, outputs, remote=bool(urls))
-        # the local server's save node writes into its own embeddings folder too: --resume may replace NAME there only
-        # when that folder is --out (the file being continued); anything else of the same name is never replaced
-        local_is_out = local_embeddings is not None and local_embeddings.resolve() == out_dir.resolve()
-        args.replace_local = args.overwrite or (args.resume and local_is_out)
-        if local is not None and local_embeddings is not None and not local_is_out:
-            problems += clash_problems([j for j in jobs if j.status == "pending"], local_embeddings,
-                                       Outputs(steps, args.save_every or 0), args.overwrite, False,
-                                       where=" in the local ComfyUI's embeddings folder")
+        problems += long_name_problems(jobs, outputs)
         if problems:
             raise UsageError("\n".join(problems))
         try:
@@ -269,6 +265,10 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         finally:
             if local is not None:
                 local.stop()
+                if local_embeddings is not None:
+                    from .farm import remove_run_files
+
+                    remove_run_files(jobs, local_embeddings, local_embeddings.parents[1] / "output")
 
 
 async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, Any], ckpt_name: str, urls: list[str],
@@ -298,11 +298,10 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
 
         def make_prompt(job: Job, images: list[str], folder: str, server: Server, save_as: str,
                         resume_file: str | None) -> dict[str, Any]:
-            # the user's own local ComfyUI: its embeddings folder follows --overwrite (--resume replaces NAME there);
-            # a remote server: new names only
+            # every server saves under a new run-unique name: never replaced, --out gets the files (farm.py)
             settings = TrainGraph(
                 ckpt_name=ckpt_name, seed=args.seed, steps=args.steps, resolution=args.resolution, name=save_as, mode=args.mode,
-                overwrite=args.replace_local and server.local is not None, use_folder_loader=server.folder_loader,
+                overwrite=False, use_folder_loader=server.folder_loader,
                 batch_size=args.batch_size, learning_rate=args.learning_rate, samples=args.samples, face_prep=face_prep,
                 save_every=args.save_every or 0, resume_file=resume_file,
             )
@@ -315,7 +314,7 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
             return ProgressBar(stderr, label, enabled=enabled, redraw=len(servers) == 1)
 
         if pending:
-            await farm.run_jobs(servers, pending, make_prompt, out_dir, progress)
+            await farm.run_jobs(servers, pending, make_prompt, out_dir, progress, args.overwrite)
 
     stdout.write(format_summary(jobs))
     stdout.flush()
