@@ -896,6 +896,18 @@ def test_resume_continues_the_file_in_out_on_the_local_comfyui(pack, comfyui, st
     assert code == 2 and "--resume needs" in err and "cli_nothing_yet.safetensors" in err
 
 
+def _mirror(comfyui: Path, folder: Path) -> Path:
+    """A ComfyUI folder at `folder` that main.py runs from: main.py copied (its folder is where it imports from), every
+    other entry linked."""
+    folder.mkdir(parents=True)
+    for entry in comfyui.iterdir():
+        if entry.name == "main.py":
+            (folder / entry.name).write_bytes(entry.read_bytes())
+        elif entry.name != "extra_model_paths.yaml":
+            (folder / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    return folder
+
+
 def _foreign_file(path: Path, metadata: dict[str, str], seed: int) -> bytes:
     from safetensors.torch import save_file
 
@@ -912,8 +924,11 @@ def test_resume_writes_exactly_the_files_it_planned_and_never_replaces_one(pack,
     from comfy_servers import checkpoint_cache, small_checkpoint
 
     _atomic, _farm, jobs = _client_modules()
-    base = make_base(tmp_path / "base", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
-    out, faces = tmp_path / "out", tmp_path / "faces"
+    # folders with spaces and non-ASCII letters, as a Windows user's "C:\Users\Zoë\ComfyUI portable" has them
+    spaced = tmp_path / "Zoë's Cömfy UI"
+    comfyui = _mirror(comfyui, spaced / "ComfyUI")
+    base = make_base(spaced / "bäse dir", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
+    out, faces = spaced / "out folder", spaced / "faces"
     originals = {
         "trusted": _foreign_file(out / "trusted.safetensors", {"method": "cross_initialization", "steps": "2"}, 1),
         "untrusted": _foreign_file(out / "untrusted.safetensors", {"steps": "2", "format": "another trainer"}, 2),
