@@ -350,6 +350,10 @@ class LocalServer:
     async def connect(self, session: aiohttp.ClientSession) -> ComfyClient:
         """Starts the server and returns a client once it answers; ServerGone (with the end of its log) if it never does."""
         self.start()
+        return await self.wait_up(session)
+
+    async def wait_up(self, session: aiohttp.ClientSession) -> ComfyClient:
+        """A client of the started server once it answers; ServerGone (with the end of its log) if it never does."""
         client = ComfyClient(self.url, session)
         try:
             await client.wait_until_up(600.0, is_alive=self.alive)

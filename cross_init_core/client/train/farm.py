@@ -209,23 +209,30 @@ def saved_name(job: Job, run_id: str) -> str:
     return f"{job.name}-{run_id}"
 
 
-async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: Path, bar: ProgressBar,
-                   overwrite: bool) -> None:
+@dataclass
+class Trained:
+    """What one run of a job brought back: its files for --out (checkpoints, then NAME) as the save node wrote them."""
+
+    files: list[tuple[str, bytes]]  # (file stem in --out, data)
+    final_loss: float | None
+
+
+async def train_on(server: Server, job: Job, make_prompt: PromptMaker, run_id: str,
+                   on_progress: Callable[..., None] | None = None, photos: list[bytes] | None = None) -> Trained:
+    """One run of `job` on `server`: uploads the photos (`photos`, else read from the job's paths) and the file a
+    --resume continues, runs the graph, and fetches every file the save node wrote, each checked against the size
+    and sha256 it reports. Writes nothing locally."""
     client = server.client
     # a fresh folder and name per run: re-runs and retries never mix photos or meet an earlier run's files
-    run_id = new_run_id()
-    job.run_ids.append(run_id)
     folder = f"{INPUT_SUBFOLDER}/{run_id}_{job.name}"
-    names = [await client.upload_image(photo, folder, f"{index:02d}_{photo.name}") for index, photo in enumerate(job.images)]
+    names = [await client.upload_image(photo, folder, f"{index:02d}_{photo.name}", data=None if photos is None else photos[index])
+             for index, photo in enumerate(job.images)]
     resume_file = None
     if job.resume_data is not None:  # --resume: the file it continues goes up with the photos, as it was read
-        resume_file = await client.upload_image(out_dir / f"{job.name}.safetensors", folder, f"{job.name}.safetensors",
+        resume_file = await client.upload_image(Path(f"{job.name}.safetensors"), folder, f"{job.name}.safetensors",
                                                 data=job.resume_data)
     prompt = make_prompt(job, names, folder, server, saved_name(job, run_id), resume_file)
-    try:
-        outcome = await client.run(prompt, on_progress=bar.hook)
-    finally:
-        bar.finish()
+    outcome = await client.run(prompt, on_progress=on_progress)
     saver_ids = [k for k, v in prompt.items() if v.get("class_type") == SAVER]
     entries = (outcome.outputs.get(saver_ids[0], {}) if saver_ids else {}).get("cross_init_embedding") or []
     if not entries:
@@ -241,12 +248,28 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
             # another run replaced the copy in between, or the transfer broke: fetch nothing rather than a wrong file
             raise ServerGone(f"{client.url}: the downloaded {entry['filename']} does not match what the save node wrote")
         fetched.append((name, data))
-    path = _write_out(job, out_dir, fetched, overwrite)
-    job.status, job.message, job.path, job.server = "ok", "", str(path), server.label
-    job.final_loss = entries[-1].get("final_loss")
-    metadata = file_metadata(fetched[-1][1])
+    return Trained(fetched, entries[-1].get("final_loss"))
+
+
+def finish_job(job: Job, label: str, trained: Trained, out_dir: Path, overwrite: bool) -> None:
+    """Writes a run's files into --out (all or none) and records the job's result."""
+    path = _write_out(job, out_dir, trained.files, overwrite)
+    job.status, job.message, job.path, job.server = "ok", "", str(path), label
+    job.final_loss = trained.final_loss
+    metadata = file_metadata(trained.files[-1][1])
     job.steps = trained_steps(metadata)
     job.peak_vram_mib = metadata_int(metadata, "peak_vram_mib")
+
+
+async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: Path, bar: ProgressBar,
+                   overwrite: bool) -> None:
+    run_id = new_run_id()
+    job.run_ids.append(run_id)
+    try:
+        trained = await train_on(server, job, make_prompt, run_id, bar.hook)
+    finally:
+        bar.finish()
+    finish_job(job, server.label, trained, out_dir, overwrite)
 
 
 def _write_out(job: Job, out_dir: Path, fetched: list[tuple[str, bytes]], overwrite: bool) -> Path:
