@@ -136,3 +136,39 @@ def test_four_people_on_two_actors_one_killed_mid_job_every_file_arrives_once(ra
             assert list(handle.get_tensor("clip_l").shape) == [2, 64] and handle.metadata()["steps"] == "30"
     # the actors removed their runs' files from the node's ComfyUI once fetched
     assert not list((base / "models" / "embeddings").glob("ray_*.safetensors"))
+
+
+def test_a_job_past_its_time_limit_has_its_actor_restarted_and_runs_again(ray_installed, tmp_path):
+    """--job-timeout: the actor running a job too long is killed and restarted by Ray, the job runs again as attempt 2;
+    Ctrl-C then stops the runner (exit 130) with nothing written."""
+    comfyui = comfyui_folder(tmp_path)
+    base = make_base(tmp_path / "base", {TINY_CKPT: None})
+    faces, out = _photos(tmp_path / "faces"), tmp_path / "out"
+    workflow = _tiny_workflow_with_face_prep(tmp_path / "tiny_face_prep.json")
+    argv = ["--checkpoint", TINY_CKPT, "--workflow", str(workflow), "--images", str(faces / "ray_ann" / "face.png"),
+            "--name", "ray_slow", "--out", str(out), "--comfyui", str(comfyui), "--base-directory", str(base), "--ray", "local",
+            "--ray-gpus-per-job", "0", "--steps", "5000", "--batch-size", "1", "--resolution", "64", "--job-timeout", "5",
+            "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(_runner(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "(attempt 2)" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        _stdout, rest = process.communicate(timeout=120)
+        seen.append(rest)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    err = "".join(seen)
+    assert "ray_slow: past --job-timeout (5 s) on ray actor 0; the actor is killed and Ray restarts it" in err, err
+    assert "ray actor 0 is back (restarted by Ray)" in err and "(attempt 2)" in err, err
+    assert process.returncode == 130, err
+    assert not out.exists() or not list(out.iterdir())
