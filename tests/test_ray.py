@@ -72,6 +72,19 @@ def test_ray_missing_exits_2_with_the_install_line(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
+def _read_until(process: subprocess.Popen, pattern: str, seen: list[str], timeout: float = 600) -> bool:
+    """Reads the runner's stderr (into `seen`) until a line matches `pattern`; False when it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            return False
+        seen.append(line)
+        if re.search(pattern, line):
+            return True
+    return False
+
+
 def _actor_processes() -> list[int]:
     import psutil
 
@@ -100,20 +113,14 @@ def test_four_people_on_two_actors_one_killed_mid_job_every_file_arrives_once(ra
     seen: list[str] = []
     killed: int | None = None
     try:
-        deadline = time.monotonic() + 600
-        while killed is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-            if re.search(r"ray_(ann|bob|cyd): 1 photo\(s\) on ray actor", line):
-                for _ in range(100):  # the task's worker names itself once it runs the call
-                    actors = _actor_processes()
-                    if actors:
-                        killed = actors[0]
-                        os.kill(killed, signal.SIGKILL)
-                        break
-                    time.sleep(0.05)
+        if _read_until(process, r"ray_(ann|bob|cyd): 1 photo\(s\) on ray actor", seen):
+            for _ in range(100):  # the task's worker names itself once it runs the call
+                actors = _actor_processes()
+                if actors:
+                    killed = actors[0]
+                    os.kill(killed, signal.SIGKILL)
+                    break
+                time.sleep(0.05)
         stdout, rest = process.communicate(timeout=900)
         seen.append(rest)
     finally:
@@ -153,14 +160,7 @@ def test_a_job_past_its_time_limit_has_its_actor_restarted_and_runs_again(ray_in
     process = subprocess.Popen(_runner(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen: list[str] = []
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-            if "(attempt 2)" in line:
-                break
+        _read_until(process, r"\(attempt 2\)", seen)
         process.send_signal(signal.SIGINT)
         _stdout, rest = process.communicate(timeout=120)
         seen.append(rest)
