@@ -84,3 +84,39 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
                 name = f"{stem}-{secrets.token_hex(4)}{suffix}"
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_all(folder: Path, files: list[tuple[str, bytes, bool]]) -> list[Path]:
+    """Writes each (file name, data, may replace) into `folder`, all or none: every file is first written to a temp
+    file, then each takes its name (a name that may not be replaced only while it is free: FileExistsError
+    otherwise). On any error the files already placed are removed, and those already replaced get their old bytes
+    back, so the folder is as it was. Returns the paths, in the order given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+    backups: list[Path] = []
+    placed: list[tuple[Path, Path | None]] = []  # (file, the temp copy of what it replaced, or None: it was new)
+    try:
+        for name, data, _may_replace in files:
+            temps.append(tmp := create_temp(folder, Path(name).stem))
+            write_synced(tmp, data)
+        for (name, _data, may_replace), tmp in zip(files, temps, strict=True):
+            final = folder / name
+            if may_replace and final.exists():
+                backups.append(backup := create_temp(folder, Path(name).stem))
+                write_synced(backup, final.read_bytes())  # a copy: the name keeps a whole file at every moment
+                os.replace(tmp, final)
+                placed.append((final, backup))
+            else:
+                link_new(tmp, final)
+                placed.append((final, None))
+    except BaseException:
+        for final, backup in reversed(placed):
+            if backup is None:
+                final.unlink(missing_ok=True)
+            else:
+                os.replace(backup, final)
+        raise
+    finally:
+        for leftover in (*temps, *backups):
+            leftover.unlink(missing_ok=True)
+    return [final for final, _backup in placed]

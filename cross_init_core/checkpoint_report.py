@@ -1,10 +1,11 @@
 """Picking the best step: the checkpoints of one run with the identity and prompt scores of their samples, as a table
 (JSON and text), a plot (identity, prompt score and loss against step) and the best checkpoint.
 
-The rule (also in the report node's tooltip and docs/evaluation.md): among the checkpoints whose prompt score is
-within `margin` of the best prompt score, the one with the best identity (the highest ArcFace cosine, or the lowest
-dlib distance); ties go to the earlier step. A checkpoint whose samples show no face has no identity and is passed
-over; without any identity the best prompt score decides, and without any score the last checkpoint.
+The rule (also in the report node's tooltip and docs/evaluation.md): a checkpoint whose samples show no face has no
+identity and is passed over whenever any checkpoint has one; among those with a face whose prompt score is within
+`margin` of the best prompt score among them, the one with the best identity (the highest ArcFace cosine, or the
+lowest dlib distance); ties go to the earlier step. Without any identity the best prompt score decides, and without
+any score the last checkpoint.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from .loss_plot import moving_average, plot_font, scale_to_pixels
 from .text_table import format_table
 
 DEFAULT_MARGIN = 0.01  # CLIP cosine: about a third of the prompt-score gap between the paper's methods
-RULE = ("among the checkpoints whose prompt score is within {margin} of the best prompt score, the best identity "
-        "({direction}); ties go to the earlier step")
+RULE = ("checkpoints whose samples show no face are passed over; among the others whose prompt score is within {margin} "
+        "of their best prompt score, the best identity ({direction}); ties go to the earlier step")
 LOSS_WINDOW = 10  # a checkpoint's loss: the mean of the last steps before it
 
 
@@ -48,7 +49,8 @@ class Report:
     margin: float
     identity: dict[str, Any]  # backend, metric, higher_is_better, threshold
     prompt_model: str | None
-    losses: list[float]  # every step's loss, from the last checkpoint's history
+    losses: list[float]  # every applied step's loss, from the last checkpoint's history
+    loss_steps: list[int] | None = None  # the step each loss belongs to (fp16 skipped steps leave gaps)
 
     @property
     def higher_is_better(self) -> bool:
@@ -128,7 +130,9 @@ def build_report(checkpoints: Sequence[CrossInitEmbedding], identity_reports: Se
             faces=f"{identity.get('faces_found', sum(bool(i.get('face')) for i in images))}/{len(images)}" if identity else "-",
             prompt=_finite(prompt.get("mean")), loss=float(np.mean(losses[-LOSS_WINDOW:])) if losses else None))
     identity_info = described[0] if identity_reports else {}
-    report = Report(rows, 0, margin, identity_info, prompts[0].get("model"), [loss for loss, _ in checkpoints[-1].loss_history])
+    last = checkpoints[-1]
+    loss_steps = list(last.loss_steps) if len(last.loss_steps) == len(last.loss_history) else None
+    report = Report(rows, 0, margin, identity_info, prompts[0].get("model"), [loss for loss, _ in last.loss_history], loss_steps)
     report.best = choose_best(rows, margin, report.higher_is_better)
     rows[report.best].best = True
     return report
@@ -136,18 +140,17 @@ def build_report(checkpoints: Sequence[CrossInitEmbedding], identity_reports: Se
 
 def choose_best(rows: Sequence[CheckpointRow], margin: float, higher_is_better: bool = True) -> int:
     """The index of the best checkpoint by the rule in the module docstring."""
-    scored = [i for i, r in enumerate(rows) if r.prompt is not None]
+    with_face = [i for i, r in enumerate(rows) if r.identity is not None]
+    candidates = with_face or list(range(len(rows)))  # no face anywhere: the prompt score alone decides
+    scored = [i for i in candidates if rows[i].prompt is not None]
     if scored:
         top = max(rows[i].prompt for i in scored)  # type: ignore[type-var]
-        eligible = [i for i in scored if rows[i].prompt >= top - margin]  # type: ignore[operator]
-    else:
-        eligible = list(range(len(rows)))
-    with_face = [i for i in eligible if rows[i].identity is not None]
+        candidates = [i for i in scored if rows[i].prompt >= top - margin]  # type: ignore[operator]
     if with_face:
         sign = 1.0 if higher_is_better else -1.0
-        return max(with_face, key=lambda i: (sign * rows[i].identity, -rows[i].step))  # type: ignore[operator]
+        return max(candidates, key=lambda i: (sign * rows[i].identity, -rows[i].step))  # type: ignore[operator]
     if scored:
-        return max(eligible, key=lambda i: (rows[i].prompt, -rows[i].step))  # type: ignore[arg-type]
+        return max(candidates, key=lambda i: (rows[i].prompt, -rows[i].step))  # type: ignore[arg-type]
     return len(rows) - 1
 
 
@@ -173,9 +176,10 @@ def render_plot(report: Report) -> torch.Tensor:
     def x_of(step: float) -> float:
         return left + (step / last) * (right - left)
 
-    # the losses are this run's steps: a continued run's count goes on from its file's (the last checkpoint's steps)
+    # each loss at its own step (fp16 skipped steps leave gaps; a continued run's count goes on from its file's); a
+    # history without steps is taken as the last steps up to the last checkpoint
     offset = max(report.rows[-1].step - len(report.losses), 0)
-    loss_steps = list(range(offset + 1, offset + len(report.losses) + 1))
+    loss_steps = report.loss_steps or list(range(offset + 1, offset + len(report.losses) + 1))
     loss_curve = moving_average(report.losses, max(1, len(report.losses) // 20)) if report.losses else []
     no_face = "no face in any sample" if report.identity else "not scored"
     panels = (

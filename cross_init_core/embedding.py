@@ -16,13 +16,15 @@ class CrossInitEmbedding:
     """`vectors[key]` is float32 [n, width] on the CPU, one entry per text encoder ('clip_l', 'clip_h', 'clip_g').
 
     `init_vectors` are the Cross Initialization start (the regularizer's target); `metadata` is what
-    goes into the file's `__metadata__`; `loss_history` is filled by training.
+    goes into the file's `__metadata__`; `loss_history` (and the step of each entry, `loss_steps`) is filled by
+    training.
     """
 
     vectors: dict[str, torch.Tensor]
     init_vectors: dict[str, torch.Tensor] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     loss_history: list[tuple[float, float]] = field(default_factory=list)
+    loss_steps: list[int] = field(default_factory=list)  # the step of each loss_history entry (fp16 skips leave gaps)
 
     def __post_init__(self) -> None:
         if not self.vectors:
@@ -48,6 +50,7 @@ class CrossInitEmbedding:
             init_vectors=self.init_vectors,
             metadata={**self.metadata, **metadata},
             loss_history=list(self.loss_history),
+            loss_steps=list(self.loss_steps),
         )
 
 

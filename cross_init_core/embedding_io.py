@@ -18,7 +18,7 @@ import torch
 
 from . import atomic_files
 from .embedding import CrossInitEmbedding
-from .embedding_names import CHECKPOINT_RE, checkpoint_name, trained_steps, validate_name
+from .embedding_names import CHECKPOINT_RE, DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps, validate_name
 from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from .families import KEY_WIDTHS, WIDTH_KEYS, WIDTHS_MESSAGE
 
@@ -288,9 +288,6 @@ def load_embedding(path: str | os.PathLike[str]) -> CrossInitEmbedding:
     embedding = _from_tensor_dict(data, p, metadata)
     embedding.metadata.setdefault("source_file", p.name)
     return embedding
-
-
-DOWNLOAD_SUBFOLDER = "cross_init_embeddings"  # under ComfyUI's output folder
 
 
 def copy_for_download(saved: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -12,6 +12,10 @@ import unicodedata
 from .errors import InvalidInputError
 
 MAX_NAME_LENGTH = 100
+DOWNLOAD_SUBFOLDER = "cross_init_embeddings"  # the save node's copies for HTTP clients, under ComfyUI's output folder
+TRAINED_METHOD = "cross_initialization"  # the `method` metadata of the files a Cross-Init run writes
+# a continued run replays the earlier run's draws one by one; no real run comes near this
+MAX_CONTINUED_STEPS = 100_000
 # file systems limit a file name to 255 bytes; leave room for ".safetensors" and the temp file's affixes
 MAX_NAME_BYTES = 200
 _PORT_SUFFIXES = (*"0123456789", "\u00b9", "\u00b2", "\u00b3")  # Windows also reserves COM0, COM¹, LPT² ...
@@ -75,3 +79,18 @@ def trained_steps(metadata: dict[str, str]) -> int | None:
     """The step count a file's metadata records (`steps`), or None when it records none or it is not a whole number."""
     value = str(metadata.get("steps", "")).strip()
     return int(value) if value.isascii() and value.isdecimal() else None
+
+
+def continued_steps(metadata: dict[str, str], source: str = "the embedding") -> int:
+    """The step count a run going on from a file with this metadata counts on from: its `steps` when a Cross-Init run
+    wrote it (metadata `method`), else 0 (another trainer's `steps` counts other steps, with other draws).
+
+    The one rule for the trainer (server) and the batch runner (client), so both plan the same file names.
+    InvalidInputError when the count is more than a run can go on from."""
+    steps = (trained_steps(metadata) or 0) if metadata.get("method") == TRAINED_METHOD else 0
+    if steps > MAX_CONTINUED_STEPS:
+        raise InvalidInputError(
+            f"embedding: {source} says it was trained for {steps} steps (metadata steps), more than the "
+            f"{MAX_CONTINUED_STEPS} a run can go on from; train from Cross-Init Embedding Init instead."
+        )
+    return steps

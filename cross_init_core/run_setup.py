@@ -17,6 +17,7 @@ from .continuation import continue_from
 from .embedding import CrossInitEmbedding, check_matches_slots
 from .errors import InvalidInputError
 from .families import EncoderSlot
+from .optimizer_state import SavedOptimizerState
 from .prompt_tokens import PromptLayout, layout_prompt
 from .settings import LossSettings, TrainingSettings
 from .templates import CAPTION_TEMPLATES
@@ -142,6 +143,7 @@ class PreparedRun:
     num_images: int
     embedding: CrossInitEmbedding  # what is trained: the vectors it starts from (see `continuation`)
     previous_steps: int = 0  # a trained embedding going on: the steps it was already trained for
+    optimizer_state: SavedOptimizerState | None = None  # where its optimizer goes on from (None: fresh)
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -179,5 +181,5 @@ def prepare_run(
         layouts=_caption_layouts(clip, slots, embedding.num_tokens), latents=latents, weights=weights,
         sigmas=host.sigmas_for_timesteps(model, timesteps),
         init={k: v.detach().float().cpu().clone() for k, v in init.items()}, num_images=pixels.shape[0],
-        embedding=embedding, previous_steps=continued.previous_steps,
+        embedding=embedding, previous_steps=continued.previous_steps, optimizer_state=continued.optimizer,
     )

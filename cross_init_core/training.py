@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__, families, host
+from . import __version__, families, host, optimizer_state
 from .embedding import CrossInitEmbedding
 from .errors import InvalidInputError, TrainingDivergedError
 from .loss import StepLoss
@@ -122,6 +122,7 @@ class Trainer:
         self.pending: list[_Pending] = []
         self.losses: list[float] = []
         self.regs: list[float] = []
+        self.loss_steps: list[int] = []  # the step (1-based, counting a continued file's) each loss belongs to
         self.skipped: list[int] = []
         self.checkpoints: list[CrossInitEmbedding] = []
         self.shared_metadata: dict[str, str] | None = None  # made at the first checkpoint, with the models set up
@@ -152,6 +153,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=run.settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
         )
+        if run.optimizer_state is not None:  # a continued file: its moments and step count, so N + M steps equal N + M
+            optimizer_state.restore(run.optimizer_state, self.optimizer, self.params, self.scaler)
         self.setup_seconds = time.perf_counter() - self.started
 
     def _segment(self, first_step: int, end_step: int) -> None:
@@ -249,6 +252,7 @@ class Trainer:
                 )
             self.losses.append(loss_value)
             self.regs.append(reg_value)
+            self.loss_steps.append(self.previous_steps + step + 1)
             self.calls.console.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if self.calls.on_step is not None:
                 self.calls.on_step(step + 1, total, loss_value)
@@ -290,12 +294,15 @@ class Trainer:
             metadata["continued_from_steps"] = str(self.previous_steps)
         if self.scaler.enabled:
             metadata["fp16_skipped_steps"] = str(sum(1 for s in self.skipped if s < steps_done))
+        if self.optimizer is not None and (state := optimizer_state.pack(self.optimizer, self.params, self.scaler)):
+            metadata[optimizer_state.METADATA_KEY] = state  # a run going on from this file continues exactly
         return metadata
 
     def _embedding_at(self, steps_done: int, **extra: str) -> CrossInitEmbedding:
         """The learned vectors now, as the embedding a run of `steps_done` steps gives (metadata, loss history)."""
         embedding = self.embedding.with_vectors(self.vectors(), **self._metadata(steps_done), **extra)
         embedding.loss_history = list(zip(self.losses, self.regs, strict=True))
+        embedding.loss_steps = list(self.loss_steps)
         embedding.init_vectors = {k: v.clone() for k, v in self.run.init.items()}
         return embedding
 

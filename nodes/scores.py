@@ -6,7 +6,8 @@ import torch
 from comfy_api.latest import io
 
 from ..cross_init_core import scoring
-from .common import CATEGORY
+from ..cross_init_core.errors import InvalidInputError
+from .common import CATEGORY, single
 
 _IDENTITY_DESCRIPTION = (
     "How much the generated images look like the person in the reference photos. Each image's largest face is "
@@ -33,9 +34,11 @@ class CrossInitIdentityScore(io.ComfyNode):
             inputs=[
                 io.Image.Input(
                     "reference",
-                    tooltip="One or more photos of the person (a batch). Each must show a face; scores are averaged over the photos.",
+                    tooltip="One or more photos of the person (one batch, the same for every set of images scored). Each "
+                            "must show a face; scores are averaged over the photos.",
                 ),
-                io.Image.Input("images", tooltip="The generated images to score (a batch)."),
+                io.Image.Input("images", tooltip="The generated images to score (a batch; a list of batches, e.g. one per "
+                                                 "checkpoint, gives one score each)."),
                 io.Combo.Input(
                     "backend",
                     options=list(scoring.BACKENDS),
@@ -52,29 +55,41 @@ class CrossInitIdentityScore(io.ComfyNode):
                     "mean",
                     display_name="mean",
                     tooltip="Mean score over the images with a face, in the backend's metric; NaN when no image has a face.",
+                    is_output_list=True,
                 ),
                 io.String.Output(
                     "report",
                     display_name="report",
                     tooltip="JSON: backend, metric, higher_is_better, threshold, mean, faces_found and per-image index/face/score/match.",
+                    is_output_list=True,
                 ),
                 io.Image.Output(
                     "annotated",
                     display_name="annotated",
                     tooltip="The generated images in a grid: face box and score (green match, orange no match, red frame no face).",
+                    is_output_list=True,
                 ),
             ],
+            # the images may come as a list (one batch per checkpoint), each scored against the one reference: a
+            # reference that is itself a list would be paired with them index by index, which the report could not tell
+            is_input_list=True,
         )
 
     @classmethod
-    def validate_inputs(cls, backend: str) -> bool | str:
+    def validate_inputs(cls, backend: str | list[str]) -> bool | str:  # type: ignore[override]
         # at Run: a missing backend is refused before the images it would score are generated, with the install line
-        return scoring.backend_problem(backend) or True
+        return scoring.backend_problem(single(backend)) or True
 
     @classmethod
-    def execute(cls, reference: torch.Tensor, images: torch.Tensor, backend: str) -> io.NodeOutput:
-        result = scoring.score_identity(reference, images, backend)
-        return io.NodeOutput(result.mean, result.report_json(), result.annotated)
+    def execute(cls, reference: list[torch.Tensor], images: list[torch.Tensor], backend: list[str]) -> io.NodeOutput:  # type: ignore[override]
+        if len(reference) > 1:
+            raise InvalidInputError(
+                f"reference: it is a list of {len(reference)} separate image batches (e.g. one per checkpoint); every set "
+                "of images is scored against the same reference photos. Connect one batch of reference photos (one Load "
+                "Image, or your photos batched together)."
+            )
+        results = [scoring.score_identity(reference[0], batch, single(backend)) for batch in images]
+        return io.NodeOutput([r.mean for r in results], [r.report_json() for r in results], [r.annotated for r in results])
 
 
 class CrossInitPromptScore(io.ComfyNode):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -227,7 +228,7 @@ def test_the_report_picks_the_best_identity_within_the_prompt_margin(core):
     assert core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.0).rows[0].best  # prompt alone decides
     assert core.checkpoint_report.build_report(ckpts, identity, prompt, margin=1.0).rows[3].best  # identity alone
     data = json.loads(report.as_json())
-    assert data["best_step"] == 240 and data["margin"] == 0.01 and "within 0.01 of the best prompt score" in data["rule"]
+    assert data["best_step"] == 240 and data["margin"] == 0.01 and "within 0.01 of their best prompt score" in data["rule"]
     assert [c["step"] for c in data["checkpoints"]] == [80, 160, 240, 320]
     assert data["checkpoints"][0]["loss"] == pytest.approx(sum(losses[70:80]) / 10)
     text = report.as_text()
@@ -247,6 +248,39 @@ def test_the_report_follows_the_backends_direction_and_passes_over_faceless_chec
         core.checkpoint_report.build_report(ckpts, [_identity(0.3), *dlib[1:]], [])
 
 
+def test_a_checkpoint_with_no_face_is_passed_over_whenever_another_has_one(core):
+    """Identities 0.55 / 0.50 / no face at steps 80 / 160 / 240, prompt scores 0.280 / 0.285 / 0.300, margin 0.01:
+    240 has the best prompt score but no face; among the two with a face the margin is measured from 0.285, so both
+    count, and 80 has the better identity."""
+    ckpts = [_ckpt(core, s, [1.0] * s) for s in (80, 160, 240)]
+    identity = [_identity(v) for v in (0.55, 0.50, None)]
+    prompt = [_prompt(v) for v in (0.280, 0.285, 0.300)]
+    report = core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.01)
+    assert report.rows[report.best].step == 80 and report.rows[2].faces == "0/1"
+    assert core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.0).rows[1].best  # 0.285 alone: 160
+    no_face = core.checkpoint_report.build_report(ckpts, [_identity(None)] * 3, prompt, margin=0.01)
+    assert no_face.rows[no_face.best].step == 240  # no face anywhere: the prompt score decides
+    assert "show no face are passed over" in report.rule() and "show no face are passed over" in json.loads(report.as_json())["rule"]
+
+
+def test_the_identity_node_scores_each_checkpoints_samples_against_one_reference_and_refuses_a_list_of_references(pack, core):
+    """The checkpoints workflow maps Identity Score over a list of sample batches (one per checkpoint), each against
+    the same reference: one report each. A reference that is a list too would be paired index by index, silently:
+    refused, naming the input."""
+    from face_photos import as_image, astronaut
+    from skimage import data
+
+    import nodes
+
+    node = nodes.NODE_CLASS_MAPPINGS["CrossInitIdentityScore"]
+    face, cup = as_image(astronaut()), as_image(data.coffee())
+    means, reports, grids = node.execute(reference=[face], images=[face, cup], backend=["dlib"]).result
+    assert len(means) == len(reports) == len(grids) == 2
+    assert [json.loads(r)["faces_found"] for r in reports] == [1, 0] and means[0] < 0.6 and math.isnan(means[1])
+    with pytest.raises(core.errors.InvalidInputError, match=r"^reference: it is a list of 2 separate image batches"):
+        node.execute(reference=[face, face], images=[face, face], backend=["dlib"])
+
+
 def test_a_report_that_is_json_but_not_a_score_report_is_refused_by_name(core):
     ckpts = [_ckpt(core, s, [1.0] * s) for s in (2, 4)]
     for bad in ("[1, 2]", "3", json.dumps({"mean": 0.3, "images": [1]}), json.dumps({"mean": 0.3, "images": "x"})):
@@ -262,6 +296,26 @@ def test_a_continued_runs_losses_are_drawn_at_their_steps(core):
     columns = loss[core.checkpoint_report.TOP + 2 * core.checkpoint_report.PANEL:].any(0).nonzero().flatten()
     left, right = core.checkpoint_report.MARGIN_LEFT, core.checkpoint_report.WIDTH - core.checkpoint_report.MARGIN_RIGHT
     assert int(columns.min()) >= left + 5 / 8 * (right - left) - 3  # its first loss is step 5 of 8, not step 1
+
+
+def test_losses_are_drawn_at_their_own_steps_when_fp16_skipped_some(core):
+    """Steps 2-5 of 10 were skipped (fp16 overflow: no loss): the 6 losses belong to steps 1 and 6-10, so the loss
+    curve has nothing over steps 2-5 and ends at step 10, not at step 6."""
+    losses = [3.0, 1.0, 1.2, 1.1, 1.3, 1.0]
+    last = _ckpt(core, 10, losses)
+    last.loss_steps = [1, 6, 7, 8, 9, 10]
+    report = core.checkpoint_report.build_report([_ckpt(core, 5, losses[:1]), last], [], [])
+    assert report.loss_steps == [1, 6, 7, 8, 9, 10]
+    plot = (core.checkpoint_report.render_plot(report)[0] * 255).round().to(torch.int16)
+    loss = ((plot - torch.tensor(core.checkpoint_report.LOSS_COLOR, dtype=torch.int16)).abs().sum(-1) == 0)
+    top = core.checkpoint_report.TOP + 2 * core.checkpoint_report.PANEL
+    panel = loss[top:top + core.checkpoint_report.PANEL - 22]
+    left, right = core.checkpoint_report.MARGIN_LEFT, core.checkpoint_report.WIDTH - core.checkpoint_report.MARGIN_RIGHT
+    columns = panel[:, left + 2:].any(0).nonzero().flatten() + left + 2
+    x_of = lambda step: left + step / 10 * (right - left)  # noqa: E731
+    assert abs(int(columns.min()) - x_of(1)) <= 3 and abs(int(columns.max()) - x_of(10)) <= 3
+    # the line from step 1 to step 6 is one straight segment: no point drawn in between but on it
+    assert int(columns.max()) > x_of(9)
 
 
 def test_the_report_plot_marks_the_best_step(core):
@@ -295,7 +349,7 @@ def test_a_saved_run_goes_on_toward_its_original_start_and_counts_every_step(cor
     assert "source_file" not in more.embedding.metadata  # only how the start was made is carried over
     for key in emb.vectors:  # the regularizer's target is the original start, recomputed from the recorded names
         assert torch.equal(more.embedding.init_vectors[key], emb.vectors[key])
-    assert any("optimizer state starts fresh" in r.getMessage() for r in caplog.records)
+    assert any("the optimizer goes on from its state at step 3" in r.getMessage() for r in caplog.records)
     # training started from the file's vectors: the first step's regularizer is their distance from the start
     distance = float(torch.stack([(first.embedding.vectors[k] - emb.vectors[k]).norm(dim=1).mean() for k in emb.vectors]).mean())
     assert more.regs[0] == pytest.approx(distance, rel=1e-5)
@@ -362,3 +416,77 @@ def test_only_a_cross_init_runs_step_count_is_trusted_and_the_checks_come_before
             pytest.raises(core.errors.InvalidInputError, match=r"^steps: "):
         _train(core, m, loaded, 0)
     assert not [r for r in caplog.records if r.name == core.continuation.log.name]  # refused before the CLIP ran
+
+
+def _with_clip_layer(clip, layer):
+    skip = clip.clone()
+    skip.clip_layer(layer)  # what CLIP Set Last Layer does
+    return skip
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_six_steps_and_six_more_from_the_file_equal_twelve_bit_for_bit(core, tiny, kind, tmp_path, caplog):
+    """The optimizer's state travels in the file's metadata (compact, versioned): 6 + 6 steps through a saved file equal
+    12 steps exactly; the same file without that state goes on with a fresh optimizer (logged) and ends elsewhere."""
+    m = tiny(kind)
+    emb = init_embedding(core, m.clip)
+    twelve = _train(core, m, emb, 12).embedding
+    six = _train(core, m, emb, 6).embedding
+    state = json.loads(six.metadata[core.optimizer_state.METADATA_KEY])
+    assert state["version"] == core.optimizer_state.VERSION and state["step"] == 6 and set(state["moments"]) == set(emb.vectors)
+    path = core.embedding_io.save_embedding(six, tmp_path, f"six_{kind}")
+    more = _train(core, m, _load(core, path), 6).embedding
+    assert more.metadata["steps"] == "12" and json.loads(more.metadata[core.optimizer_state.METADATA_KEY])["step"] == 12
+    for key in emb.vectors:
+        assert torch.equal(more.vectors[key], twelve.vectors[key]), key
+    from safetensors.torch import load_file, save_file
+
+    stateless = tmp_path / f"stateless_{kind}.safetensors"
+    metadata = {k: v for k, v in _load(core, path).metadata.items() if k not in (core.optimizer_state.METADATA_KEY, "source_file")}
+    save_file(load_file(str(path)), str(stateless), metadata=metadata)
+    with caplog.at_level(logging.INFO, logger=core.continuation.log.name):
+        fresh = _train(core, m, _load(core, stateless), 6).embedding
+    assert any("optimizer state starts fresh (the file carries none)" in r.getMessage() for r in caplog.records)
+    assert fresh.metadata["steps"] == "12"
+    assert not all(torch.equal(fresh.vectors[k], twelve.vectors[k]) for k in emb.vectors)
+
+
+def test_six_and_six_steps_through_the_trainer_node_equal_twelve(pack, tiny, embeddings_dir):
+    """Trainer -> Trainer in one graph, as the editor runs it: the first trainer's output carries its optimizer state."""
+    wr.install_face_image("ckpt_face.png", 64)
+    prompt = _training_prompt("exact_six_and_six", steps=6, save_every=0, overwrite=True)
+    prompt["6"] = {"class_type": "CrossInitTrainer", "inputs": {**prompt["4"]["inputs"], "embedding": ["4", 0]}}
+    prompt["7"] = {"class_type": "CrossInitTrainer", "inputs": {**prompt["4"]["inputs"], "steps": 12}}
+    prompt["5"]["inputs"]["embedding"] = ["6", 0]
+    prompt["8"] = {"class_type": "CrossInitSaveEmbedding", "inputs": {"embedding": ["7", 0], "name": "exact_twelve", "overwrite": True}}
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]):
+        executor = wr.execute(prompt)
+    assert executor.success, wr.failure(executor)
+    going_on, twelve = wr.node_output(executor, "6", 0), wr.node_output(executor, "7", 0)
+    assert going_on.metadata["steps"] == "12" and going_on.metadata["continued_from_steps"] == "6"
+    assert torch.equal(going_on.vectors["clip_l"], twelve.vectors["clip_l"])
+
+
+def test_a_continuation_with_another_clip_layer_is_refused_naming_both(core, tiny, tmp_path, caplog):
+    """Trained with the default layer (last), continued behind CLIP Set Last Layer -2: refused before any work, naming
+    both layers (the regularizer's start would move). -1 is the last layer too, and goes on."""
+    m = tiny("sd1")
+    first = _train(core, m, init_embedding(core, m.clip), 2).embedding
+    assert first.metadata["clip_layer"] == "last"
+    loaded = _load(core, core.embedding_io.save_embedding(first, tmp_path, "layered"))
+    with pytest.raises(core.errors.InvalidInputError, match=r"^clip: layered.safetensors was trained on the text encoder's layer "
+                                                             r"last .* the connected CLIP uses layer -2"):
+        with torch.inference_mode():
+            core.training.train(m.model, _with_clip_layer(m.clip, -2), m.vae, face_images(2, 64), loaded,
+                                settings(core, steps=1, seed=4))
+    with pytest.raises(core.errors.InvalidInputError, match=r"layer last .* layer -2"):  # in one graph too
+        with torch.inference_mode():
+            core.training.train(m.model, _with_clip_layer(m.clip, -2), m.vae, face_images(2, 64), first,
+                                settings(core, steps=1, seed=4))
+    with torch.inference_mode():
+        same = core.training.train(m.model, _with_clip_layer(m.clip, -1), m.vae, face_images(2, 64), loaded,
+                                   settings(core, steps=1, seed=4)).embedding
+    assert same.metadata["steps"] == "3"
+    other_family = core.embedding.CrossInitEmbedding(loaded.vectors, metadata={**loaded.metadata, "base_model": "sd2-v"})
+    with pytest.raises(core.errors.InvalidInputError, match=r"^clip: layered.safetensors was trained for SD 2.x .* is SD 1.x"):
+        _train(core, m, other_family, 1)

@@ -389,18 +389,25 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     assert jobs.Outputs(25, 80).names(job) == ["anna"] and jobs.Outputs(25).names(job) == ["anna"]
     (tmp_path / "anna.safetensors").write_bytes(b"x")
     assert jobs.resume_sources([job], tmp_path) == [] and job.resume_steps == 0  # no count: from 0
-    job.resume_steps = 320
-    assert jobs.Outputs(160, 80, resume=True).names(job) == ["anna-step0400", "anna-step0480", "anna"]
+    assert re.fullmatch(r"anna-original-[0-9a-f]{8}", job.keep_as)  # kept under a name of this run's
+    job.resume_steps, job.keep_as, job.resume_data = 320, "anna-step0320", b"x"
+    assert jobs.Outputs(160, 80, resume=True).names(job) == ["anna-step0320", "anna-step0400", "anna-step0480", "anna"]
     assert jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80, resume=True), False, False) == []  # NAME: continued
     problems = jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80), False, False)
     assert len(problems) == 1 and "anna.safetensors already exists" in problems[0]  # elsewhere NAME is never replaced
     (tmp_path / "anna-step0480.safetensors").write_bytes(b"x")
     assert "anna-step0480.safetensors already exists" in jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80, True), False,
                                                                                False)[0]
+    (tmp_path / "anna-step0480.safetensors").unlink()
+    (tmp_path / "anna-step0320.safetensors").write_bytes(b"x")  # the continued file, kept there already: no clash
+    assert jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80, resume=True), False, False) == []
+    (tmp_path / "anna-step0320.safetensors").write_bytes(b"another file")
+    assert "anna-step0320.safetensors already exists" in jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80, True), False,
+                                                                               False)[0]
     long = jobs.Job(name="n" * 95, images=[], source="--images")
-    assert jobs.long_name_problems([long], jobs.Outputs(25), remote=False) == []
-    assert "too long" in jobs.long_name_problems([long], jobs.Outputs(25), remote=True)[0]
-    assert "too long" in jobs.long_name_problems([long], jobs.Outputs(320, 80), remote=False)[0]
+    assert "too long" in jobs.long_name_problems([long], jobs.Outputs(25))[0]  # NAME-RUNID on the server
+    assert jobs.long_name_problems([jobs.Job(name="n" * 86, images=[], source="x")], jobs.Outputs(25)) == []
+    assert "too long" in jobs.long_name_problems([jobs.Job(name="n" * 86, images=[], source="x")], jobs.Outputs(320, 80))[0]
     workflow = load_workflow(REPO / "workflows" / "api" / "cross_init_fast.json")
     settings = graph.TrainGraph(ckpt_name="x.safetensors", name="anna")
     with_folder = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.jpg"], "f")
@@ -408,6 +415,57 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     assert [n for n in with_folder.values() if n["class_type"] == FOLDER_LOADER]
     assert not [n for n in with_bmp.values() if n["class_type"] == FOLDER_LOADER]  # its loader skips .bmp: LoadImage each
     assert sorted(n["inputs"]["image"] for n in with_bmp.values() if n["class_type"] == "LoadImage") == ["f/a.png", "f/b.bmp"]
+
+
+def _client_modules():
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
+    from cross_init_core import atomic_files
+    from cross_init_core.client.train import farm, jobs
+
+    return atomic_files, farm, jobs
+
+
+def test_files_reach_a_folder_all_or_none_and_a_failed_replacement_puts_back_what_was_replaced(tmp_path):
+    """write_all: two files replaced, then the third cannot be (a folder squats on its name): the first two get their
+    old bytes back, a new file written before is removed, and no temp file is left."""
+    atomic_files, _farm, _jobs = _client_modules()
+    (tmp_path / "a.safetensors").write_bytes(b"old a")
+    (tmp_path / "b.safetensors").write_bytes(b"old b")
+    (tmp_path / "c.safetensors").mkdir()
+    files = [("new.safetensors", b"new", False), ("a.safetensors", b"A", True), ("b.safetensors", b"B", True),
+             ("c.safetensors", b"C", True)]
+    with pytest.raises(OSError):
+        atomic_files.write_all(tmp_path, files)
+    assert (tmp_path / "a.safetensors").read_bytes() == b"old a" and (tmp_path / "b.safetensors").read_bytes() == b"old b"
+    assert files_in(tmp_path) == ["a.safetensors", "b.safetensors", "c.safetensors"]
+    with pytest.raises(FileExistsError):  # a name that may not be replaced, taken meanwhile: nothing changes either
+        atomic_files.write_all(tmp_path, [("b.safetensors", b"B", True), ("a.safetensors", b"A", False)])
+    assert (tmp_path / "b.safetensors").read_bytes() == b"old b" and files_in(tmp_path) == ["a.safetensors", "b.safetensors",
+                                                                                             "c.safetensors"]
+    written = atomic_files.write_all(tmp_path, [("a.safetensors", b"A", True), ("d.safetensors", b"D", False)])
+    assert [p.name for p in written] == ["a.safetensors", "d.safetensors"] and (tmp_path / "a.safetensors").read_bytes() == b"A"
+
+
+def test_a_late_save_of_a_dead_attempt_never_becomes_name_and_is_removed_from_the_local_comfyui(tmp_path):
+    """Every server saves under NAME-RUNID (never NAME): an attempt given up for dead that still finishes writes only its
+    own run's names, and once the local ComfyUI has stopped the runner removes every run's files there, the late
+    ones too; the user's own files stay."""
+    _atomic, farm, jobs = _client_modules()
+    job = jobs.Job(name="anna", images=[], source="--images")
+    job.run_ids = ["0badc0de", "00c0ffee"]  # attempt 1 given up for dead, attempt 2 done
+    assert {farm.saved_name(job, run_id) for run_id in job.run_ids} == {"anna-0badc0de", "anna-00c0ffee"}
+    embeddings, output = tmp_path / "models" / "embeddings", tmp_path / "output"
+    copies = output / "cross_init_embeddings"
+    ours = [embeddings / "anna-0badc0de.safetensors", embeddings / "anna-0badc0de-step0001.safetensors",  # the late save
+            embeddings / "anna-00c0ffee.safetensors", copies / "anna-0badc0de.safetensors", copies / "anna-00c0ffee.safetensors"]
+    theirs = [embeddings / "anna.safetensors", embeddings / "anna-deadbeef.safetensors", embeddings / "anna-0badc0de-x.pt",
+              copies / "anna.safetensors"]
+    for path in ours + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(path.name.encode())
+    farm.remove_run_files([job], embeddings, output)
+    assert not [p for p in ours if p.exists()] and all(p.read_bytes() == p.name.encode() for p in theirs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -804,7 +862,7 @@ def test_a_download_that_breaks_leaves_every_file_in_out_as_it_was(servers, tiny
     assert {name: (out / name).read_bytes() for name in files_in(out)} == before  # no temp file left either
 
 
-def test_resume_continues_the_file_in_out_on_the_local_comfyui(comfyui, stock_workflow, tmp_path):
+def test_resume_continues_the_file_in_out_on_the_local_comfyui(pack, comfyui, stock_workflow, tmp_path):
     """--resume with the stock loader and the small real-architecture SD 1.5 (real 768-wide CLIP-L, which the
     loaded file must match): two more steps of the file in --out, the count goes on, the continued file is kept."""
     from comfy_servers import checkpoint_cache, small_checkpoint
@@ -825,6 +883,109 @@ def test_resume_continues_the_file_in_out_on_the_local_comfyui(comfyui, stock_wo
     assert not torch.equal(tensors["clip_l"], read_embedding(out / "cli_resume-step0002.safetensors")[0]["clip_l"])
     assert summary(stdout)["cli_resume"][2] == "4"
     assert files_in(out) == ["cli_resume-step0002.safetensors", "cli_resume.safetensors"]
+    # the optimizer went on from the state the file carries: 2 + 2 steps equal 4 steps, bit for bit
+    code, _stdout, err = run_cli([*argv[:argv.index("--name") + 1], "cli_four", *argv[argv.index("--name") + 2:argv.index("2")],
+                                  "4", *argv[argv.index("2") + 1:]], timeout=600)
+    assert code == 0, err
+    assert torch.equal(tensors["clip_l"], read_embedding(out / "cli_four.safetensors")[0]["clip_l"])
+    # every run saved under its own NAME-RUNID on the server; those copies were removed when it stopped
+    assert files_in(out) == ["cli_four.safetensors", "cli_resume-step0002.safetensors", "cli_resume.safetensors"]
+    assert not [p for p in (base / "output").rglob("*.safetensors")]
     code, _stdout, err = run_cli([*argv[:argv.index("--name") + 1], "cli_nothing_yet", *argv[argv.index("--name") + 2:],
                                   "--resume"], timeout=600)
     assert code == 2 and "--resume needs" in err and "cli_nothing_yet.safetensors" in err
+
+
+def _mirror(comfyui: Path, folder: Path) -> Path:
+    """A ComfyUI folder at `folder` that main.py runs from: main.py copied (its folder is where it imports from), every
+    other entry linked."""
+    folder.mkdir(parents=True)
+    for entry in comfyui.iterdir():
+        if entry.name == "main.py":
+            (folder / entry.name).write_bytes(entry.read_bytes())
+        elif entry.name != "extra_model_paths.yaml":
+            (folder / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    return folder
+
+
+def _foreign_file(path: Path, metadata: dict[str, str], seed: int) -> bytes:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"clip_l": torch.randn(2, 768, generator=torch.Generator().manual_seed(seed)) * 0.02}, str(path), metadata=metadata)
+    return path.read_bytes()
+
+
+def test_resume_writes_exactly_the_files_it_planned_and_never_replaces_one(pack, comfyui, stock_workflow, tmp_path):
+    """Three files to continue: a Cross-Init run's (its count trusted: kept as NAME-step0002, checkpoints 3 and 4),
+    another trainer's claiming steps=2 (not trusted: kept as NAME-original-RUNID, checkpoints 1 and 2) and one with
+    no count. What the runner plans before any work is exactly what the server's trainer writes. The review's case
+    (another trainer's file, NAME-step0001 already there) is refused before any work, naming the file."""
+    from comfy_servers import checkpoint_cache, small_checkpoint
+
+    _atomic, _farm, jobs = _client_modules()
+    # folders with spaces and non-ASCII letters, as a Windows user's "C:\Users\Zoë\ComfyUI portable" has them
+    spaced = tmp_path / "Zoë's Cömfy UI"
+    comfyui = _mirror(comfyui, spaced / "ComfyUI")
+    base = make_base(spaced / "bäse dir", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
+    out, faces = spaced / "out folder", spaced / "faces"
+    originals = {
+        "trusted": _foreign_file(out / "trusted.safetensors", {"method": "cross_initialization", "steps": "2"}, 1),
+        "untrusted": _foreign_file(out / "untrusted.safetensors", {"steps": "2", "format": "another trainer"}, 2),
+        "nocount": _foreign_file(out / "nocount.safetensors", {"method": "cross_initialization"}, 3),
+    }
+    for name in originals:
+        face_photo(faces / name / "me.png", 96)
+    common = ["--comfyui", str(comfyui), "--base-directory", str(base), "--cpu", "--checkpoint", REAL_CKPT, "--workflow",
+              str(stock_workflow), "--out", str(out), *FAST, "--save-every", "1", "--resume", "--no-progress"]
+
+    victim = tmp_path / "victim"
+    original = _foreign_file(victim / "victim.safetensors", {"steps": "2"}, 4)
+    (victim / "victim-step0001.safetensors").write_bytes(b"precious")
+    code, _stdout, err = run_cli([*common[:common.index("--out") + 1], str(victim), *common[common.index("--out") + 2:],
+                                  "--images", str(faces / "trusted" / "me.png"), "--name", "victim"])
+    assert code == 2 and "victim-step0001.safetensors already exists" in err, err
+    assert (victim / "victim-step0001.safetensors").read_bytes() == b"precious" and files_in(victim) == [
+        "victim-step0001.safetensors", "victim.safetensors"]
+    assert (victim / "victim.safetensors").read_bytes() == original
+
+    plan = {}
+    for name in originals:
+        job = jobs.Job(name=name, images=[], source=name)
+        assert jobs.resume_sources([job], out) == []
+        plan[name] = jobs.Outputs(2, 1, resume=True).names(job)
+    code, _stdout, err = run_cli([*common, "--folder", str(faces)])
+    assert code == 0, err
+    written = files_in(out)
+    anonymous = [re.sub(r"-original-[0-9a-f]{8}", "-original-RUNID", n) for n in written]
+    planned = sorted(f"{re.sub(r'-original-[0-9a-f]{8}', '-original-RUNID', n)}.safetensors" for names in plan.values() for n in names)
+    assert sorted(anonymous) == planned
+    assert plan["trusted"] == ["trusted-step0002", "trusted-step0003", "trusted-step0004", "trusted"]
+    assert plan["untrusted"][1:] == ["untrusted-step0001", "untrusted-step0002", "untrusted"]
+    assert plan["nocount"][1:] == ["nocount-step0001", "nocount-step0002", "nocount"]
+    for name, data in originals.items():  # each continued file kept, byte for byte
+        (kept,) = [n for n in written if n.startswith(f"{name}-") and (out / n).read_bytes() == data]
+        expected = r"trusted-step0002" if name == "trusted" else rf"{name}-original-[0-9a-f]{{8}}"
+        assert re.fullmatch(rf"{expected}\.safetensors", kept), kept
+        assert read_embedding(out / f"{name}.safetensors")[1]["steps"] == ("4" if name == "trusted" else "2")
+    assert not [p for p in (base / "models" / "embeddings").glob("*.safetensors")]  # the server's run files, removed
+
+
+def test_an_error_between_two_replacements_puts_back_the_files_already_replaced(servers, tiny_workflow, tmp_path):
+    """--overwrite with NAME's place in --out taken by a folder: the checkpoints are replaced first, then NAME cannot be,
+    so the checkpoints get their old bytes back and the job fails (exit 1), naming the problem."""
+    a = servers["a"]
+    photo = face_photo(tmp_path / "me.png", 96)
+    out = tmp_path / "out"
+    out.mkdir()
+    before = {"cli_undo-step0001.safetensors": b"an earlier run, step 1", "cli_undo-step0002.safetensors": b"an earlier run, step 2"}
+    for name, data in before.items():
+        (out / name).write_bytes(data)
+    (out / "cli_undo.safetensors").mkdir()
+    code, stdout, err = run_cli([*farm_args(tiny_workflow, out, a.url), "--images", str(photo), "--name", "cli_undo",
+                                 "--steps", "2", "--save-every", "1", "--batch-size", "1", "--resolution", "64",
+                                 "--overwrite", "--no-progress"])
+    assert code == 1, err
+    assert "0 written, 1 failed, 0 skipped" in stdout and "cli_undo.safetensors" in err
+    assert {name: (out / name).read_bytes() for name in files_in(out) if (out / name).is_file()} == before
+    assert files_in(out) == [*before, "cli_undo.safetensors"]  # no temp file left

@@ -157,6 +157,14 @@ def test_an_overflowing_fp16_step_is_skipped_and_training_continues(core, precis
     assert len(out.losses) == 4 and all(loss < 10 for loss in out.losses)
     assert torch.equal(out.embedding.vectors["clip_l"], snapshots[5])
     assert out.embedding.metadata["fp16_skipped_steps"] == "1"
+    assert out.embedding.loss_steps == [1, 2, 4, 5]  # the step each loss belongs to: the report draws them there
+    # the lowered loss scale travels with the optimizer state: a run going on starts from it, not from the initial one
+    saved = core.optimizer_state.unpack(out.embedding.metadata, out.embedding.vectors, "fp16 run")
+    assert saved is not None and saved.step == 4 and saved.loss_scale == out.loss_scale
+    monkeypatch.setattr(core.loss, "diffusion_mse", real_mse)
+    with torch.inference_mode():
+        more = core.training.train(m.model, m.clip, m.vae, face_images(), out.embedding, settings(core, steps=1))
+    assert more.loss_scale == out.loss_scale and more.embedding.loss_steps == [6]
     assert_host_unchanged(before, m)
 
 

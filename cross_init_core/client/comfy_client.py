@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from .child_process import Child, spawn
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,12 @@ class ComfyClient:
         info = await self._get_json(f"/object_info/{class_type}")
         return info.get(class_type) if isinstance(info, dict) else None
 
-    async def upload_image(self, path: Path, subfolder: str, filename: str) -> str:
-        """Uploads one photo into <input>/<subfolder>/; returns the name the graph uses ("subfolder/file")."""
+    async def upload_image(self, path: Path, subfolder: str, filename: str, data: bytes | None = None) -> str:
+        """Uploads one photo (or file: `data`, else the bytes of `path`) into <input>/<subfolder>/; returns the name the
+        graph uses ("subfolder/file")."""
         form = aiohttp.FormData()
-        form.add_field("image", path.read_bytes(), filename=filename, content_type="application/octet-stream")
+        form.add_field("image", path.read_bytes() if data is None else data, filename=filename,
+                       content_type="application/octet-stream")
         form.add_field("subfolder", subfolder)
         form.add_field("type", "input")
         form.add_field("overwrite", "true")
@@ -308,17 +310,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: its own process group (so stopping it stops its helpers too), and on
-    Linux a SIGTERM when the runner dies without cleaning up (SIGKILL), so no server is left behind."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class LocalServer:
     """`python main.py --listen 127.0.0.1 --port P ...` of a ComfyUI folder, as a child process.
 
@@ -332,33 +323,26 @@ class LocalServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, str(comfyui / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port), *extra_args]
         self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self._log_file: Any = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.child.process if self.child is not None else None
 
     def start(self) -> None:
         log.debug("starting %s", " ".join(self.command))
         self._log_file = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command, cwd=str(self.comfyui), stdin=subprocess.DEVNULL,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.child = spawn(self.command, self.comfyui, self._log_file)
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.alive()
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the child's whole process group, SIGKILL after `grace` s; idempotent."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # helpers the server left behind in its group
+        """Stops the child and everything it started (child_process.Child.stop); idempotent."""
+        child, self.child = self.child, None
+        if child is not None:
+            child.stop(grace)
         if self._log_file not in (None, subprocess.DEVNULL):
             self._log_file.close()
         self._log_file = None
@@ -366,6 +350,10 @@ class LocalServer:
     async def connect(self, session: aiohttp.ClientSession) -> ComfyClient:
         """Starts the server and returns a client once it answers; ServerGone (with the end of its log) if it never does."""
         self.start()
+        return await self.wait_up(session)
+
+    async def wait_up(self, session: aiohttp.ClientSession) -> ComfyClient:
+        """A client of the started server once it answers; ServerGone (with the end of its log) if it never does."""
         client = ComfyClient(self.url, session)
         try:
             await client.wait_until_up(600.0, is_alive=self.alive)

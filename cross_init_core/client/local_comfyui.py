@@ -86,7 +86,7 @@ async def connect_local(local: LocalServer, session: Any) -> ComfyClient:
 
 
 def local_server_setup(comfyui: Path, base_directory: Path | None, checkpoint: str, scratch: Path,
-                       cpu: bool) -> tuple[list[str], str, Path]:
+                       cpu: bool, link_pack: bool = True) -> tuple[list[str], str, Path]:
     """(main.py arguments, checkpoint name, embeddings folder) for the local child ComfyUI.
 
     main.py itself reads the ComfyUI folder's extra_model_paths.yaml, as when the user starts it. Two things
@@ -101,7 +101,8 @@ def local_server_setup(comfyui: Path, base_directory: Path | None, checkpoint: s
     if cpu:
         args.append("--cpu")
     sections: dict[str, dict[str, Any]] = {}
-    if not _pack_is_installed([root / "custom_nodes", comfyui / "custom_nodes"]):
+    # (a Ray actor runs a copy of the client, not the pack: there the ComfyUI must have the pack installed)
+    if link_pack and not _pack_is_installed([root / "custom_nodes", comfyui / "custom_nodes"]):
         nodes_dir = scratch / "custom_nodes"
         nodes_dir.mkdir(parents=True, exist_ok=True)
         (nodes_dir / PACK_DIR.name).symlink_to(PACK_DIR, target_is_directory=True)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ... import __version__
 from ...atomic_files import replace_atomically
-from ...settings import BATCH_SIZE, DETECTORS, LEGACY_DETECTORS, MODES, PRESETS, RESOLUTION, SEED, STEPS
+from ...settings import BATCH_SIZE, DETECTORS, MODES, PRESETS, RESOLUTION, SEED, STEPS, IntRange
 from ..common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -42,8 +42,8 @@ from ..common import (
     run_command,
 )
 from ..progress import ProgressBar
-from ..prompt_graph import EMBEDDING_LOADER, FACE_PREP, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
-from .graph import TrainGraph, build_prompt
+from ..prompt_graph import EMBEDDING_LOADER, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
+from .graph import PromptBuilder, face_prep_settings, graph_settings
 from .jobs import (
     Job,
     Outputs,
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRESET_MODES = tuple(m for m in MODES if m != "custom")
+ADDRESSES = "auto (the cluster this machine belongs to), ray://HOST:PORT (a remote one) or local (a cluster for this run)"
+DEFAULT_JOB_TIMEOUT = 6 * 3600.0  # generous: a full SDXL run with samples on a slow card stays well inside it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,12 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = parser.add_argument_group("output")
     clash = out.add_mutually_exclusive_group()
-    clash.add_argument("--overwrite", action="store_true", help="replace existing embedding files of the same name.")
+    clash.add_argument("--overwrite", action="store_true", help="replace existing files of the names the run writes in --out "
+                                                                "(without it, a taken name stops the run before any work).")
     clash.add_argument("--skip-existing", action="store_true", help="do not train names whose file already exists (resume a batch).")
     clash.add_argument("--resume", action="store_true",
                        help="continue each NAME from its file in --out for --steps (or the preset's) more steps: the "
                             "regularizer still pulls toward its Cross-Init start, the step count goes on, the optimizer "
-                            "starts fresh. The continued file is kept as NAME-stepNNNN (its step count).")
+                            "goes on from the state the file carries (files from 0.2.1 on; else it starts fresh). NAME is "
+                            "replaced; the continued file is kept as NAME-stepNNNN (its step count), or as "
+                            "NAME-original-RUNID when another trainer wrote it. Any other file it would write must be new.")
     out.add_argument("--save-every", type=int_in(STEPS), metavar="N",
                      help="also keep the tokens every N steps: NAME-stepNNNN.safetensors beside NAME in --out (e.g. 80 with "
                           "the full preset gives 4), to pick the best step with `eval`.")
@@ -158,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
                            "starts the local ComfyUI on 127.0.0.1 for the run and stops it afterwards.")
     add_local_comfyui_options(host, "an API-format workflow to run instead of the shipped one (same node types; nodes are "
                                     "found by type).")
+    cluster = parser.add_argument_group("Ray cluster (instead of --server; needs `pip install ray`)")
+    cluster.add_argument("--ray", metavar="ADDRESS",
+                         help=f"run the jobs on a Ray cluster: {ADDRESSES}. One actor per GPU starts the ComfyUI at --comfyui "
+                              "(the same path on every node, with this pack installed) on its node and trains one person at "
+                              "a time; photos and files travel through Ray's object store.")
+    cluster.add_argument("--ray-gpus-per-job", type=float, default=1.0, metavar="G",
+                         help="GPUs per actor (default 1; 0 for CPU-only clusters).")
+    cluster.add_argument("--ray-actors", type=int_in(IntRange(1, 4096)), metavar="N",
+                         help="how many actors (default: one per --ray-gpus-per-job GPUs of the cluster, at most one per "
+                              "person; 1 on a CPU-only cluster).")
+    cluster.add_argument("--job-timeout", type=float, default=DEFAULT_JOB_TIMEOUT, metavar="SECONDS",
+                         help=f"a job running longer has its actor killed and restarted, and runs again as a further "
+                              f"attempt (default {DEFAULT_JOB_TIMEOUT:.0f} s).")
     return parser
 
 
@@ -177,6 +195,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--images needs --name NAME (the embedding's file name)")
     if args.folder is not None and args.name:
         parser.error("--name is for --images; with --folder the names come from the sub-folders and files")
+    if args.ray is not None:
+        if args.server:
+            parser.error("--ray and --server exclude each other: the jobs go to a Ray cluster or to servers")
+        if args.ray != "local" and args.ray != "auto" and not args.ray.startswith("ray://"):
+            parser.error(f"--ray {args.ray}: use {ADDRESSES}")
+        if args.ray_gpus_per_job < 0 or args.job_timeout <= 0:
+            parser.error("--ray-gpus-per-job must be 0 or more and --job-timeout more than 0")
     return args
 
 
@@ -238,7 +263,7 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         local = None
         local_embeddings: Path | None = None
         ckpt_name = args.checkpoint
-        if not urls:
+        if not urls and not args.ray:
             local, ckpt_name, local_embeddings = local_comfyui.local_comfyui(args.comfyui, args.base_directory, args.checkpoint,
                                                                              Path(scratch), args.cpu)
         elif args.out is None:
@@ -252,23 +277,22 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             problems += resume_sources(jobs, out_dir)
         steps = args.steps or PRESETS[args.mode].steps
         outputs = Outputs(steps, args.save_every or 0, args.resume)
+        # every name the run writes into --out is known now (the servers save under new run-unique names only)
         problems += clash_problems(jobs, out_dir, outputs, args.overwrite, args.skip_existing)
-        problems += long_name_problems(jobs, outputs, remote=bool(urls))
-        # the local server's save node writes into its own embeddings folder too: --resume may replace NAME there only
-        # when that folder is --out (the file being continued); anything else of the same name is never replaced
-        local_is_out = local_embeddings is not None and local_embeddings.resolve() == out_dir.resolve()
-        args.replace_local = args.overwrite or (args.resume and local_is_out)
-        if local is not None and local_embeddings is not None and not local_is_out:
-            problems += clash_problems([j for j in jobs if j.status == "pending"], local_embeddings,
-                                       Outputs(steps, args.save_every or 0), args.overwrite, False,
-                                       where=" in the local ComfyUI's embeddings folder")
+        problems += long_name_problems(jobs, outputs)
         if problems:
             raise UsageError("\n".join(problems))
+        if args.ray:
+            return _serve_on_ray(args, jobs, workflow, out_dir, stdout)
         try:
             return asyncio.run(_serve(args, jobs, workflow, ckpt_name, urls, local, out_dir, stdout, stderr))
         finally:
             if local is not None:
                 local.stop()
+                if local_embeddings is not None:
+                    from .farm import remove_run_files
+
+                    remove_run_files(jobs, local_embeddings, local_embeddings.parents[1] / "output")
 
 
 async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, Any], ckpt_name: str, urls: list[str],
@@ -285,28 +309,16 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
         else:
             servers = [farm.Server(ComfyClient(url, session)) for url in urls]
 
-        node_types = {node["class_type"] for node in workflow.values()} | ({EMBEDDING_LOADER} if args.resume else set())
-        # inputs this run needs that older packs lack: refused before any work, naming the server
-        needs = {TRAINER: {"save_every"} if args.save_every else set(), EMBEDDING_LOADER: {"file"} if args.resume else set()}
+        node_types, needs = _node_needs(args, workflow)
         problems = await farm.check_servers(servers, ckpt_name, node_types, needs)
-        face_prep = _face_prep_settings(args, workflow, servers, problems)
+        face_prep = face_prep_settings(args, workflow, servers[0].face_prep if servers else None, problems)
         if problems:
             raise UsageError("\n".join(problems))
         pending = [j for j in jobs if j.status == "pending"]
         log.info("checkpoint: %s; output folder: %s; %d embedding(s) to train on %d server(s)", ckpt_name, out_dir,
                  len(pending), len(servers))
 
-        def make_prompt(job: Job, images: list[str], folder: str, server: Server, save_as: str,
-                        resume_file: str | None) -> dict[str, Any]:
-            # the user's own local ComfyUI: its embeddings folder follows --overwrite (--resume replaces NAME there);
-            # a remote server: new names only
-            settings = TrainGraph(
-                ckpt_name=ckpt_name, seed=args.seed, steps=args.steps, resolution=args.resolution, name=save_as, mode=args.mode,
-                overwrite=args.replace_local and server.local is not None, use_folder_loader=server.folder_loader,
-                batch_size=args.batch_size, learning_rate=args.learning_rate, samples=args.samples, face_prep=face_prep,
-                save_every=args.save_every or 0, resume_file=resume_file,
-            )
-            return build_prompt(workflow, settings, images, folder)
+        make_prompt = PromptBuilder(workflow, graph_settings(args, ckpt_name, face_prep))
 
         enabled = not args.no_progress and not args.quiet
 
@@ -315,38 +327,41 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
             return ProgressBar(stderr, label, enabled=enabled, redraw=len(servers) == 1)
 
         if pending:
-            await farm.run_jobs(servers, pending, make_prompt, out_dir, progress)
+            await farm.run_jobs(servers, pending, make_prompt, out_dir, progress, args.overwrite)
 
+    return _summary(args, jobs, stdout)
+
+
+def _node_needs(args: argparse.Namespace, workflow: dict[str, Any]) -> tuple[set[str], dict[str, set[str]]]:
+    """The node types this run's graph uses and the inputs it needs that older packs lack (refused before any work,
+    naming the server)."""
+    node_types = {node["class_type"] for node in workflow.values()} | ({EMBEDDING_LOADER} if args.resume else set())
+    needs = {TRAINER: {"save_every"} if args.save_every else set(), EMBEDDING_LOADER: {"file"} if args.resume else set()}
+    return node_types, needs
+
+
+def _serve_on_ray(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, Any], out_dir: Path, stdout: TextIO) -> int:
+    from .. import local_comfyui
+    from . import ray_farm
+
+    comfyui = args.comfyui or local_comfyui.default_comfyui_path()[0]
+    if comfyui is None:
+        raise UsageError("--ray: give --comfyui PATH, the ComfyUI (with this pack in its custom_nodes) at the same path on "
+                         "every node")
+    setup = ray_farm.WorkerSetup(str(Path(comfyui).expanduser().resolve()),
+                                 str(args.base_directory.expanduser().resolve()) if args.base_directory else None,
+                                 args.checkpoint, args.cpu or args.ray_gpus_per_job == 0)
+    settings = ray_farm.RaySettings(args.ray, args.ray_gpus_per_job, args.ray_actors, args.job_timeout, setup, args.overwrite)
+    pending = [j for j in jobs if j.status == "pending"]
+    if pending:
+        node_types, needs = _node_needs(args, workflow)
+        ray_farm.run_on_ray(args, pending, workflow, out_dir, settings, node_types, needs)
+    return _summary(args, jobs, stdout)
+
+
+def _summary(args: argparse.Namespace, jobs: list[Job], stdout: TextIO) -> int:
     stdout.write(format_summary(jobs))
     stdout.flush()
     if args.summary_json:
         replace_atomically(args.summary_json, (json.dumps(summary_rows(jobs), indent=2) + "\n").encode("utf-8"))
     return EXIT_OK if all(j.status in ("ok", "skipped") for j in jobs) else EXIT_FAILED
-
-
-def _face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], servers: list[Server],
-                        problems: list[str]) -> dict[str, Any]:
-    """--detector/--on-no-face/--resolution for the face-prep node, checked against the first server's node."""
-    from ..comfy_client import combo_options
-
-    wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
-    info = servers[0].face_prep if servers else None
-    if not workflow or not nodes_of(workflow, FACE_PREP) or info is None:
-        for key, value in wanted.items():
-            if value is not None:
-                log.warning("--%s ignored: the workflow has no %s node", key.replace("_", "-"), FACE_PREP)
-        return {}
-    values: dict[str, Any] = {}
-    for key, value in wanted.items():
-        if value is None:
-            continue
-        options, _extra = combo_options(info, key)
-        if key == "detector" and value in LEGACY_DETECTORS:
-            value = LEGACY_DETECTORS[value]  # a name from an earlier version, still accepted
-        if options is not None and value not in options:
-            problems.append(f"--{key.replace('_', '-')} {value}: use one of {', '.join(map(str, options))}")
-        values[key] = value
-    if args.resolution is not None:
-        _options, extra = combo_options(info, "crop_size")
-        values["crop_size"] = min(max(args.resolution, int(extra.get("min", 64))), int(extra.get("max", 2048)))
-    return values

@@ -5,17 +5,20 @@ answering mid-run, or whose prompt vanishes from the server (in neither its queu
 to the queue and runs again, on another server when there is one (at most MAX_ATTEMPTS runs in all); a job the
 server refused or that failed inside a node is not retried: the same graph fails the same way. The trained
 files are fetched from the server (the save node's copies under output/, each checked against the size and sha256
-the node reports) and only when every one has come back whole are they written into the output folder, each
-atomically.
+the node reports) and only when every one has come back whole are they written into the output folder, all or
+none (atomic_files.write_all: an error part-way puts back what was already replaced).
 
-A remote server's files are never replaced or deleted: each run writes only new files there, named after the
-job and the run (`NAME-RUNID.safetensors` in its embeddings folder and under output/cross_init_embeddings/, the
-photos under input/cross_init_cli/RUNID_NAME/); docs/batch_runner.md says how to clean them up.
+A server's files are never replaced: each run writes only new files there, named after the job and the run
+(`NAME-RUNID.safetensors` in its embeddings folder and under output/cross_init_embeddings/, the photos under
+input/cross_init_cli/RUNID_NAME/), so an attempt given up for dead that still finishes can never write NAME. On a
+remote server they stay (docs/batch_runner.md says how to clean them up); the local ComfyUI's are removed once it
+has stopped (`remove_run_files`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import hashlib
 import logging
 import time
@@ -24,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...atomic_files import replace_atomically, write_new
-from ...embedding_names import checkpoint_name, trained_steps
+from ...atomic_files import write_all
+from ...embedding_names import DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
 from ..preflight import preflight
 from ..progress import ProgressBar
@@ -129,8 +132,9 @@ class _Queue:
 
 
 async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMaker, out_dir: Path,
-                   progress: Callable[[Job, Server, int], ProgressBar]) -> None:
-    """Runs every job on the servers; sets each job's status, message, path, server, seconds, loss, steps."""
+                   progress: Callable[[Job, Server, int], ProgressBar], overwrite: bool = False) -> None:
+    """Runs every job on the servers; sets each job's status, message, path, server, seconds, loss, steps. Files in
+    `out_dir` are replaced only with `overwrite` (and NAME by a --resume job, which keeps the file it continues)."""
     queue = _Queue(servers, pending=list(jobs))
     numbers = {job.name: i for i, job in enumerate(jobs, start=1)}
 
@@ -146,7 +150,7 @@ async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMa
             started = time.perf_counter()
             try:
                 try:
-                    await _run_one(server, job, make_prompt, out_dir, progress(job, server, numbers[job.name]))
+                    await _run_one(server, job, make_prompt, out_dir, progress(job, server, numbers[job.name]), overwrite)
                 except asyncio.CancelledError:
                     if server.local is None:  # stopped (Ctrl-C): the remote server should not train on for nobody
                         await server.client.interrupt()
@@ -199,29 +203,36 @@ def _fail(job: Job, server: Server, started: float, message: str) -> None:
         log.error("%s: photo order in the run: %s", job.name, ", ".join(f"{i}={p}" for i, p in enumerate(job.images)))
 
 
-def saved_name(job: Job, server: Server, run_id: str) -> str:
-    """The name the save node writes on `server`: the job's own name on the local ComfyUI (its embeddings folder is
-    the user's, where --overwrite/--skip-existing apply), a new job-unique one on a remote server (never replaces
-    a file that is already there)."""
-    return job.name if server.local is not None else f"{job.name}-{run_id}"
+def saved_name(job: Job, run_id: str) -> str:
+    """The name the save node writes on a server: new and unique to the run (the local ComfyUI's embeddings folder is
+    the user's; a remote one is someone's), so a save never replaces a file and a dead attempt never writes NAME."""
+    return f"{job.name}-{run_id}"
 
 
-async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: Path, bar: ProgressBar) -> None:
+@dataclass
+class Trained:
+    """What one run of a job brought back: its files for --out (checkpoints, then NAME) as the save node wrote them."""
+
+    files: list[tuple[str, bytes]]  # (file stem in --out, data)
+    final_loss: float | None
+
+
+async def train_on(server: Server, job: Job, make_prompt: PromptMaker, run_id: str,
+                   on_progress: Callable[..., None] | None = None, photos: list[bytes] | None = None) -> Trained:
+    """One run of `job` on `server`: uploads the photos (`photos`, else read from the job's paths) and the file a
+    --resume continues, runs the graph, and fetches every file the save node wrote, each checked against the size
+    and sha256 it reports. Writes nothing locally."""
     client = server.client
     # a fresh folder and name per run: re-runs and retries never mix photos or meet an earlier run's files
-    run_id = new_run_id()
     folder = f"{INPUT_SUBFOLDER}/{run_id}_{job.name}"
-    names = [await client.upload_image(photo, folder, f"{index:02d}_{photo.name}") for index, photo in enumerate(job.images)]
+    names = [await client.upload_image(photo, folder, f"{index:02d}_{photo.name}", data=None if photos is None else photos[index])
+             for index, photo in enumerate(job.images)]
     resume_file = None
-    if job.resume_steps is not None:  # --resume: the file it continues goes up with the photos, and stays in --out
-        source = out_dir / f"{job.name}.safetensors"
-        _keep_continued(source, out_dir / f"{checkpoint_name(job.name, job.resume_steps)}.safetensors")
-        resume_file = await client.upload_image(source, folder, source.name)
-    prompt = make_prompt(job, names, folder, server, saved_name(job, server, run_id), resume_file)
-    try:
-        outcome = await client.run(prompt, on_progress=bar.hook)
-    finally:
-        bar.finish()
+    if job.resume_data is not None:  # --resume: the file it continues goes up with the photos, as it was read
+        resume_file = await client.upload_image(Path(f"{job.name}.safetensors"), folder, f"{job.name}.safetensors",
+                                                data=job.resume_data)
+    prompt = make_prompt(job, names, folder, server, saved_name(job, run_id), resume_file)
+    outcome = await client.run(prompt, on_progress=on_progress)
     saver_ids = [k for k, v in prompt.items() if v.get("class_type") == SAVER]
     entries = (outcome.outputs.get(saver_ids[0], {}) if saver_ids else {}).get("cross_init_embedding") or []
     if not entries:
@@ -237,18 +248,58 @@ async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: 
             # another run replaced the copy in between, or the transfer broke: fetch nothing rather than a wrong file
             raise ServerGone(f"{client.url}: the downloaded {entry['filename']} does not match what the save node wrote")
         fetched.append((name, data))
-    for name, data in fetched:  # NAME last: once it is there, its checkpoints are too
-        path = replace_atomically(out_dir / f"{name}.safetensors", data)
-    job.status, job.message, job.path, job.server = "ok", "", str(path), server.label
-    job.final_loss = entries[-1].get("final_loss")
-    metadata = file_metadata(data)
+    return Trained(fetched, entries[-1].get("final_loss"))
+
+
+def finish_job(job: Job, label: str, trained: Trained, out_dir: Path, overwrite: bool) -> None:
+    """Writes a run's files into --out (all or none) and records the job's result."""
+    path = _write_out(job, out_dir, trained.files, overwrite)
+    job.status, job.message, job.path, job.server = "ok", "", str(path), label
+    job.final_loss = trained.final_loss
+    metadata = file_metadata(trained.files[-1][1])
     job.steps = trained_steps(metadata)
     job.peak_vram_mib = metadata_int(metadata, "peak_vram_mib")
 
 
-def _keep_continued(source: Path, keep: Path) -> None:
-    """--resume replaces NAME in --out with the continued run: the file it continues stays as NAME-stepNNNN (or
-    NAME-stepNNNN-xxxxxxxx when another file has that name; nothing when it holds these very bytes)."""
-    data = source.read_bytes()
-    if not (keep.is_file() and keep.read_bytes() == data):
-        write_new(keep.parent, keep.stem, keep.suffix, data)
+async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: Path, bar: ProgressBar,
+                   overwrite: bool) -> None:
+    run_id = new_run_id()
+    job.run_ids.append(run_id)
+    try:
+        trained = await train_on(server, job, make_prompt, run_id, bar.hook)
+    finally:
+        bar.finish()
+    finish_job(job, server.label, trained, out_dir, overwrite)
+
+
+def _write_out(job: Job, out_dir: Path, fetched: list[tuple[str, bytes]], overwrite: bool) -> Path:
+    """Writes a job's files into --out, all or none; returns NAME's path. --resume first keeps the file it continued
+    (byte-identical, under `job.keep_as`; nothing when that file holds these bytes already) and replaces NAME."""
+    writes: list[tuple[str, bytes, bool]] = []
+    if job.resume_data is not None and job.keep_as is not None:
+        kept = out_dir / f"{job.keep_as}.safetensors"
+        if not (kept.is_file() and kept.read_bytes() == job.resume_data):
+            writes.append((kept.name, job.resume_data, False))
+    # NAME last: once it is there, its checkpoints are too
+    writes += [(f"{name}.safetensors", data, overwrite or (job.resume_data is not None and name == job.name))
+               for name, data in fetched]
+    try:
+        return write_all(out_dir, writes)[-1]
+    except FileExistsError as exc:
+        raise OSError(f"{exc.filename} appeared in --out during the run; nothing in --out was changed. Run again with "
+                      "another name, or with --overwrite to replace it") from None
+
+
+def remove_run_files(jobs: list[Job], embeddings: Path, output: Path) -> None:
+    """Removes what the jobs' runs saved on the local ComfyUI (NAME-RUNID and its checkpoints, in its embeddings folder
+    and the copies under output/cross_init_embeddings/): --out holds the results. Call it once that server has stopped,
+    so that no attempt still running can save after it."""
+    for job in jobs:
+        for run_id in job.run_ids:
+            stem = saved_name(job, run_id)
+            for folder in (embeddings, output / DOWNLOAD_SUBFOLDER):
+                for path in (*folder.glob(f"{glob.escape(stem)}.safetensors"), *folder.glob(f"{glob.escape(stem)}-step*.safetensors")):
+                    try:
+                        path.unlink()
+                    except OSError as exc:
+                        log.warning("could not remove %s, a file this run saved on the local ComfyUI: %s", path, exc)

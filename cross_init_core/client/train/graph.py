@@ -3,11 +3,13 @@ with the same node types) with the job's photos, checkpoint, name and settings."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ...settings import PRESETS
+from ...settings import LEGACY_DETECTORS, PRESETS
 from ..prompt_graph import (
     EMBEDDING_LOADER,
     FACE_PREP,
@@ -21,6 +23,8 @@ from ..prompt_graph import (
     start_prompt,
     upstream,
 )
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS_OUTPUT = 2  # the trainer's checkpoints output (a list)
 FOLDER_LOADER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what the stock folder loader reads
@@ -106,3 +110,53 @@ def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[st
         keep = upstream(prompt, [saver])
         prompt = {k: v for k, v in prompt.items() if k in keep}
     return prompt
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """The farm's prompt maker (farm.PromptMaker): the graph and the run's settings, filled per job and run. Plain data,
+    so it also travels to a Ray actor."""
+
+    workflow: dict[str, Any]
+    settings: TrainGraph  # the run's settings; name, folder loader and resume file are set per job and server
+
+    def __call__(self, job: Any, images: list[str], folder: str, server: Any, save_as: str,
+                 resume_file: str | None) -> dict[str, Any]:
+        settings = replace(self.settings, name=save_as, use_folder_loader=server.folder_loader, resume_file=resume_file)
+        return build_prompt(self.workflow, settings, images, folder)
+
+
+def graph_settings(args: argparse.Namespace, ckpt_name: str, face_prep: dict[str, Any]) -> TrainGraph:
+    """The run's settings in every job's graph (the name, folder loader and resume file are set per job and server);
+    every server saves under a new run-unique name: never replaced, --out gets the files (farm.py)."""
+    return TrainGraph(ckpt_name=ckpt_name, seed=args.seed, steps=args.steps, resolution=args.resolution, mode=args.mode,
+                      overwrite=False, batch_size=args.batch_size, learning_rate=args.learning_rate, samples=args.samples,
+                      face_prep=face_prep, save_every=args.save_every or 0)
+
+
+def face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], info: dict[str, Any] | None,
+                       problems: list[str]) -> dict[str, Any]:
+    """--detector/--on-no-face/--resolution for the face-prep node, checked against a server's node (`info`, its
+    /object_info entry)."""
+    from ..comfy_client import combo_options
+
+    wanted = {"detector": args.detector, "on_no_face": args.on_no_face}
+    if not workflow or not nodes_of(workflow, FACE_PREP) or info is None:
+        for key, value in wanted.items():
+            if value is not None:
+                log.warning("--%s ignored: the workflow has no %s node", key.replace("_", "-"), FACE_PREP)
+        return {}
+    values: dict[str, Any] = {}
+    for key, value in wanted.items():
+        if value is None:
+            continue
+        options, _extra = combo_options(info, key)
+        if key == "detector" and value in LEGACY_DETECTORS:
+            value = LEGACY_DETECTORS[value]  # a name from an earlier version, still accepted
+        if options is not None and value not in options:
+            problems.append(f"--{key.replace('_', '-')} {value}: use one of {', '.join(map(str, options))}")
+        values[key] = value
+    if args.resolution is not None:
+        _options, extra = combo_options(info, "crop_size")
+        values["crop_size"] = min(max(args.resolution, int(extra.get("min", 64))), int(extra.get("max", 2048)))
+    return values

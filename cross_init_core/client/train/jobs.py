@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...embedding_names import checkpoint_name, validate_name
+from ...embedding_names import checkpoint_name, continued_steps, validate_name
 from ...errors import CrossInitError
 from ...settings import checkpoint_steps
 from ...text_table import format_table
 from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem
-from .files import RUN_ID_SUFFIX, file_steps
+from .files import RUN_ID_SUFFIX, file_metadata, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,10 @@ class Job:
     seconds: float | None = None
     final_loss: float | None = None
     steps: int | None = None
-    resume_steps: int | None = None  # --resume: the steps of the file in --out that this job continues
+    resume_steps: int | None = None  # --resume: the steps the continued file counts on from (as the trainer counts them)
+    resume_data: bytes | None = None  # --resume: the file in --out that this job continues, as it was read
+    keep_as: str | None = None  # --resume: the name the continued file is kept under in --out
+    run_ids: list[str] = field(default_factory=list)  # the id of every run (attempt) of this job, in order
     peak_vram_mib: int | None = None  # the training's peak GPU memory (from the file; None on the CPU)
     server: str | None = None  # the server that trained it (or failed it last)
 
@@ -82,65 +85,83 @@ def input_problems(jobs: list[Job]) -> list[str]:
 
 @dataclass(frozen=True)
 class Outputs:
-    """What every job writes into a folder: NAME.safetensors and, with --save-every, its checkpoints."""
+    """What every job writes into a folder: NAME.safetensors and, with --save-every, its checkpoints; with --resume
+    also the continued file, kept."""
 
     steps: int  # training steps of this run
     save_every: int = 0
     resume: bool = False
 
-    def names(self, job: Job) -> list[str]:
-        """The file stems: NAME-stepNNNN for every checkpoint and NAME, or just NAME when there is one checkpoint
-        (the step counts go on from the continued file's with --resume)."""
+    def trained(self, job: Job) -> list[str]:
+        """The file stems the trainer's save writes: NAME-stepNNNN for every checkpoint and NAME, or just NAME when
+        there is one checkpoint (the step counts go on from the continued file's with --resume)."""
         steps = checkpoint_steps(self.steps, self.save_every, job.resume_steps or 0)
         return [*(checkpoint_name(job.name, k) for k in steps), job.name] if len(steps) > 1 else [job.name]
 
+    def names(self, job: Job) -> list[str]:
+        """Every file stem the job writes into the folder: the continued file kept (--resume), then `trained`."""
+        return [*([job.keep_as] if self.resume and job.keep_as else []), *self.trained(job)]
+
+
+def kept_name(name: str, steps: int | None, run_id: str) -> str:
+    """Where --resume keeps the file it continues: NAME-stepNNNN (its step count) when the count is the trainer's own,
+    else a name unique to this run, NAME-original-RUNID (another trainer's file, whose count says nothing here)."""
+    return checkpoint_name(name, steps) if steps else f"{name}-original-{run_id}"
+
 
 def resume_sources(jobs: list[Job], folder: Path) -> list[str]:
-    """--resume: each job continues NAME.safetensors in `folder` (from the step count it records); a problem for
-    each job without one."""
+    """--resume: each job continues NAME.safetensors in `folder`, counting on from the steps the trainer will count on
+    from (embedding_names.continued_steps, the server's own rule), and keeps it under `kept_name`; a problem for each
+    job without one."""
     problems = []
     for job in jobs:
         source = folder / f"{job.name}.safetensors"
         if not source.is_file():
             problems.append(f"{job.name}: --resume needs {source} (the file to continue); train it first, or leave out --resume")
             continue
-        job.resume_steps = file_steps(source) or 0  # a file without a step count (another trainer's) starts the count at 0
+        job.resume_data = source.read_bytes()
+        try:
+            job.resume_steps = continued_steps(file_metadata(job.resume_data), str(source))
+        except CrossInitError as exc:
+            problems.append(f"{job.name}: {exc}")
+            continue
+        job.keep_as = kept_name(job.name, job.resume_steps, new_run_id())
     return problems
 
 
-def long_name_problems(jobs: list[Job], outputs: Outputs, remote: bool) -> list[str]:
-    """Names whose derived file names (checkpoints; on a remote server the run's id too) would be too long, found
-    before any work rather than after the training."""
+def long_name_problems(jobs: list[Job], outputs: Outputs) -> list[str]:
+    """Names whose derived file names would be too long, found before any work rather than after the training: the
+    files in --out (checkpoints, the kept file) and those the save node writes on the server (with the run's id)."""
     problems = []
     for job in jobs:
-        longest = max(outputs.names(job), key=len)
+        on_server = [name.replace(job.name, job.name + RUN_ID_SUFFIX, 1) for name in outputs.trained(job)]
         try:
-            validate_name(longest.replace(job.name, job.name + RUN_ID_SUFFIX, 1) if remote else longest)
+            for name in (*outputs.names(job), *on_server):
+                validate_name(name)
         except CrossInitError as exc:
             problems.append(f"{job.source}: the name {job.name!r} is too long for the files this run writes ({exc}); "
                             "choose a shorter name")
     return problems
 
 
-def clash_problems(jobs: list[Job], folder: Path, outputs: Outputs, overwrite: bool, skip_existing: bool,
-                   where: str = "") -> list[str]:
-    """A problem for every file a job would write that exists in `folder` (`where` says which folder, in the
-    message), unless --overwrite; with --skip-existing a job whose NAME exists is marked skipped instead. With
-    --resume NAME itself is the file being continued: it is replaced, the others must be new."""
+def clash_problems(jobs: list[Job], folder: Path, outputs: Outputs, overwrite: bool, skip_existing: bool) -> list[str]:
+    """A problem for every file a job would write that exists in `folder`, unless --overwrite; with --skip-existing a
+    job whose NAME exists is marked skipped instead. With --resume NAME itself is the file being continued: it is
+    replaced (and kept under another name, which must be free or hold the same bytes already)."""
     problems: list[str] = []
     for job in jobs:
-        names = outputs.names(job)
-        if outputs.resume:
-            names = [n for n in names if n != job.name]
         target = folder / f"{job.name}.safetensors"
         if skip_existing and target.exists():
             job.status, job.path, job.message = "skipped", str(target), "file exists (--skip-existing)"
             continue
-        for name in names:
+        for name in outputs.names(job):
             path = folder / f"{name}.safetensors"
-            if path.exists() and not overwrite:
-                problems.append(f"{job.name}: {path} already exists{where}; choose another name, or pass --overwrite to "
-                                "replace it (or --skip-existing to keep it)")
+            if not path.exists() or overwrite or (outputs.resume and name == job.name):
+                continue
+            if name == job.keep_as and path.is_file() and path.read_bytes() == job.resume_data:
+                continue  # the continued file is kept there already, byte for byte: nothing is written
+            problems.append(f"{job.name}: {path} already exists; choose another name, or pass --overwrite to replace it "
+                            "(or --skip-existing to keep it)")
     return problems
 
 
