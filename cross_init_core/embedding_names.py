@@ -10,12 +10,15 @@ import re
 import unicodedata
 
 from .errors import InvalidInputError
+from .settings import STEPS
 
 MAX_NAME_LENGTH = 100
 DOWNLOAD_SUBFOLDER = "cross_init_embeddings"  # the save node's copies for HTTP clients, under ComfyUI's output folder
 TRAINED_METHOD = "cross_initialization"  # the `method` metadata of the files a Cross-Init run writes
 # a continued run replays the earlier run's draws one by one; no real run comes near this
 MAX_CONTINUED_STEPS = 100_000
+# the most steps a file can record: a continued run of STEPS.high steps on top of the most a run can go on from
+MAX_RUN_STEPS = MAX_CONTINUED_STEPS + STEPS.high
 # file systems limit a file name to 255 bytes; leave room for ".safetensors" and the temp file's affixes
 MAX_NAME_BYTES = 200
 _PORT_SUFFIXES = (*"0123456789", "\u00b9", "\u00b2", "\u00b3")  # Windows also reserves COM0, COM¹, LPT² ...

@@ -6,15 +6,12 @@ import os
 from comfy_api.latest import io, ui
 
 from ..cross_init_core import embedding_io, embedding_names, host
-from ..cross_init_core.embedding_names import MAX_CONTINUED_STEPS
+from ..cross_init_core.embedding_names import MAX_RUN_STEPS
 from ..cross_init_core.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
-from ..cross_init_core.settings import STEPS
 from .common import CATEGORY, Embedding, single
 
 log = logging.getLogger(__name__)
 
-# the most steps a file can record: a continued run of STEPS.high steps on top of the most a run can go on from
-MAX_RUN_STEPS = MAX_CONTINUED_STEPS + STEPS.high
 _UNLINKED = object()  # an optional input with no link (ComfyUI leaves it out of the call)
 
 

@@ -5,12 +5,12 @@ import logging
 from comfy_api.latest import io
 
 from ..cross_init_core import embedding_io, embedding_names, host, loss_plot, preview, settings, training
+from ..cross_init_core.embedding_names import MAX_RUN_STEPS
 from ..cross_init_core.errors import EmbeddingExistsError, InvalidInputError
 from ..cross_init_core.memory import MEMORY_CHOICES, parse_memory
 from ..cross_init_core.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
 from ..cross_init_core.settings import PRESETS
 from .common import CATEGORY, Embedding, LossSettingsType
-from .embedding_files import MAX_RUN_STEPS
 
 log = logging.getLogger(__name__)
 FAST, FULL = PRESETS["fast"], PRESETS["full"]

@@ -404,10 +404,9 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     (tmp_path / "anna-step0320.safetensors").write_bytes(b"another file")
     assert "anna-step0320.safetensors already exists" in jobs.clash_problems([job], tmp_path, jobs.Outputs(160, 80, True), False,
                                                                                False)[0]
-    long = jobs.Job(name="n" * 95, images=[], source="--images")
-    assert "too long" in jobs.long_name_problems([long], jobs.Outputs(25))[0]  # NAME-RUNID on the server
-    assert jobs.long_name_problems([jobs.Job(name="n" * 86, images=[], source="x")], jobs.Outputs(25)) == []
-    assert "too long" in jobs.long_name_problems([jobs.Job(name="n" * 86, images=[], source="x")], jobs.Outputs(320, 80))[0]
+    # the server's save node gets NAME-RUNID and refuses a name with no room for any checkpoint (-step200000): 80 fit
+    assert jobs.long_name_problems([jobs.Job(name="n" * 80, images=[], source="x")], jobs.Outputs(320, 80)) == []
+    assert "too long" in jobs.long_name_problems([jobs.Job(name="n" * 81, images=[], source="x")], jobs.Outputs(25))[0]
     workflow = load_workflow(REPO / "workflows" / "api" / "cross_init_fast.json")
     settings = graph.TrainGraph(ckpt_name="x.safetensors", name="anna")
     with_folder = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.jpg"], "f")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...embedding_names import checkpoint_name, continued_steps, validate_name
+from ...embedding_names import MAX_RUN_STEPS, checkpoint_name, continued_steps, validate_name, validate_run_name
 from ...errors import CrossInitError
 from ...settings import checkpoint_steps
 from ...text_table import format_table
@@ -131,13 +131,14 @@ def resume_sources(jobs: list[Job], folder: Path) -> list[str]:
 
 def long_name_problems(jobs: list[Job], outputs: Outputs) -> list[str]:
     """Names whose derived file names would be too long, found before any work rather than after the training: the
-    files in --out (checkpoints, the kept file) and those the save node writes on the server (with the run's id)."""
+    files in --out (checkpoints, the kept file) and the name the save node gets on the server (NAME-RUNID), by the
+    node's own rule (room for any checkpoint a run could write)."""
     problems = []
     for job in jobs:
-        on_server = [name.replace(job.name, job.name + RUN_ID_SUFFIX, 1) for name in outputs.trained(job)]
         try:
-            for name in (*outputs.names(job), *on_server):
+            for name in outputs.names(job):
                 validate_name(name)
+            validate_run_name(job.name + RUN_ID_SUFFIX, MAX_RUN_STEPS)
         except CrossInitError as exc:
             problems.append(f"{job.source}: the name {job.name!r} is too long for the files this run writes ({exc}); "
                             "choose a shorter name")
