@@ -26,6 +26,7 @@ SUBMODULES = (
     "families",
     "host",
     "initialization",
+    "lora",
     "loss",
     "loss_plot",
     "loss_scaling",

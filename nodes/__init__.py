@@ -9,6 +9,7 @@ from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
 from .loss_settings import CrossInitLossSettings
+from .pivotal import CrossInitLoadLoraToken, CrossInitPivotalLora, CrossInitSaveLora
 from .scores import CrossInitIdentityScore, CrossInitPromptScore
 from .text_encode import CrossInitCLIPTextEncode
 from .trainer import CrossInitTrainer
@@ -24,4 +25,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     CrossInitIdentityScore,
     CrossInitPromptScore,
     CrossInitCheckpointReport,
+    CrossInitPivotalLora,
+    CrossInitSaveLora,
+    CrossInitLoadLoraToken,
 ]
