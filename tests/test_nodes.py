@@ -16,6 +16,9 @@ PACK_NODES = {
     "CrossInitIdentityScore",
     "CrossInitPromptScore",
     "CrossInitCheckpointReport",
+    "CrossInitPivotalLora",
+    "CrossInitSaveLora",
+    "CrossInitLoadLoraToken",
 }
 
 

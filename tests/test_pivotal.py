@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -144,73 +145,95 @@ def test_lora_gradient_matches_finite_differences_and_never_reaches_host_weights
 # The stage
 
 
+@dataclass
+class Run:
+    """One LoRA run on a family's tiny models (4 steps, checkpoints at 2 and 4), shared by the tests that read it."""
+
+    emb: object
+    before: dict  # the host fingerprint before the run
+    after: dict  # ... right after it
+    result: object
+    storage_before: dict[str, int]  # the UNet weights' memory before the run
+    storage_during: dict[str, int]  # ... inside the training session
+    hooks_during: int
+
+
+@pytest.fixture(scope="module")
+def trained(core, tiny):
+    cache: dict[str, Run] = {}
+
+    def get(kind: str) -> Run:
+        if kind not in cache:
+            m = tiny(kind)
+            emb = init_embedding(core, m.clip)
+            before = host_fingerprint(core, m)
+            storage = {n: p.untyped_storage().data_ptr() for n, p in m.model.model.diffusion_model.named_parameters()}
+            seen: dict[str, int] = {}
+
+            def during(step: int) -> None:
+                if step == 1:  # inside the session
+                    seen.update({n: p.untyped_storage().data_ptr() for n, p in m.model.model.diffusion_model.named_parameters()})
+                    seen["hooks"] = hooks_left(core, m)
+
+            result = train(core, m, emb, steps=4, save_every=2, fault_hook=during)
+            hooks = seen.pop("hooks")
+            cache[kind] = Run(emb, before, host_fingerprint(core, m), result, storage, seen, hooks)
+        return cache[kind]
+
+    return get
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_stage_trains_the_lora_only_and_leaves_the_host_bit_identical(core, tiny, kind):
-    m = tiny(kind)
-    emb = init_embedding(core, m.clip)
-    before = host_fingerprint(core, m)
-    host_storage = {n: p.untyped_storage().data_ptr() for n, p in m.model.model.diffusion_model.named_parameters()}
-    seen: dict[str, int] = {}
-
-    def during(step: int) -> None:
-        if step == 1:  # inside the session: the UNet's weights are the host's memory (aliases, no copies)
-            seen.update({n: p.untyped_storage().data_ptr() for n, p in m.model.model.diffusion_model.named_parameters()})
-            seen["hooks"] = hooks_left(core, m)
-
-    result = train(core, m, emb, fault_hook=during)
-    assert seen.pop("hooks") == 56
-    assert seen == host_storage
-    assert_host_unchanged(core, before, m)
-    assert hooks_left(core, m) == 0
-    assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
-    assert result.embedding is emb  # the token stays at its pivot
+def test_stage_trains_the_lora_only_and_leaves_the_host_bit_identical(core, tiny, trained, kind):
+    m, run = tiny(kind), trained(kind)
+    assert run.hooks_during == 56 and hooks_left(core, m) == 0
+    assert run.storage_during == run.storage_before  # the session trains on the host's own weight memory: no copies
+    assert_same_fingerprint(run.before, run.after)  # outputs, weight objects and flags as they were
+    result = run.result
+    assert len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.embedding is run.emb  # the token stays at its pivot
     lora = result.lora
-    assert len(lora) == 3 * 56 and result.checkpoints == [lora]
+    assert len(lora) == 3 * 56 and [c.metadata["steps"] for c in result.checkpoints] == ["2", "4"]
+    assert result.checkpoints[-1] is lora
     ups = [v for k, v in lora.items() if k.endswith("lora_up.weight")]
     assert min(float(u.abs().max()) for u in ups) > 1e-4  # every module moved from its zero start
     assert {float(v) for k, v in lora.items() if k.endswith(".alpha")} == {4.0}
-    assert lora.metadata["steps"] == "3" and lora.metadata["method"] == "cross_init_pivotal"
+    assert lora.metadata["steps"] == "4" and lora.metadata["method"] == "cross_init_pivotal"
     assert lora.metadata["base_model"] == {"sd1": "sd1-eps", "sd2": "sd2-v", "sdxl": "sdxl-eps"}[kind]
-    # the patched model differs from the host's and is the host's own loader's clone (the host is untouched)
+    # the patched model is the host's own loader's clone; sampling with it leaves the host's values as they were
     assert result.model is not m.model and len(result.model.patches) == 56
     assert not torch.equal(unet_output(core, m, result.model), unet_output(core, m, m.model))
-    assert_host_values_unchanged(core, before, m)
+    assert_host_values_unchanged(core, run.before, m)
 
 
-def test_first_step_loss_equals_the_token_trainers_on_the_same_draw(core, tiny):
+def test_first_step_loss_equals_the_token_trainers_on_the_same_draw(core, tiny, trained):
     """The LoRA starts as the identity edit (up = 0), so step 1's loss is the trainer's diffusion MSE exactly."""
-    m = tiny("sd2")
-    emb = init_embedding(core, m.clip)
-    result = train(core, m, emb, steps=1)
+    m, run = tiny("sd2"), trained("sd2")
     with torch.inference_mode():
-        token = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=1))
-    assert result.losses[0] == pytest.approx(token.losses[0], rel=1e-5)
-    assert result.losses[0] > 0
+        token = core.training.train(m.model, m.clip, m.vae, face_images(), run.emb, settings(core, steps=1))
+    assert run.result.losses[0] == pytest.approx(token.losses[0], rel=1e-5)
+    assert run.result.losses[0] > 0
 
 
-def test_token_learning_rate_trains_the_token_toward_its_cross_init_start(core, tiny):
-    m = tiny("sd1")
-    emb = init_embedding(core, m.clip)
-    frozen = train(core, m, emb)
-    trained = train(core, m, emb, token_learning_rate=1e-2)
-    assert frozen.regs == [0.0, 0.0, 0.0] and frozen.embedding is emb
-    moved = float((trained.embedding.vectors["clip_l"] - emb.vectors["clip_l"]).norm())
+def test_token_learning_rate_trains_the_token_toward_its_cross_init_start(core, tiny, trained):
+    m, frozen = tiny("sd1"), trained("sd1")
+    emb = frozen.emb
+    result = train(core, m, emb, token_learning_rate=1e-2)
+    assert frozen.result.regs == [0.0] * 4 and frozen.result.embedding is emb
+    moved = float((result.embedding.vectors["clip_l"] - emb.vectors["clip_l"]).norm())
     assert moved > 1e-3
-    assert trained.regs[0] == 0.0 and trained.regs[-1] > 0  # distance from the start, after the token moved
-    assert torch.equal(trained.embedding.init_vectors["clip_l"], emb.vectors["clip_l"])  # the start is kept
-    assert trained.embedding.metadata["method"] == "cross_init_pivotal"
-    assert "optimizer_state" not in trained.embedding.metadata
-    assert trained.lora.embedding is trained.embedding
+    assert result.regs[0] == 0.0 and result.regs[-1] > 0  # distance from the start, after the token moved
+    assert torch.equal(result.embedding.init_vectors["clip_l"], emb.vectors["clip_l"])  # the start is kept
+    assert result.embedding.metadata["method"] == "cross_init_pivotal"
+    assert "optimizer_state" not in result.embedding.metadata
+    assert result.lora.embedding is result.embedding
     assert emb.vectors["clip_l"].equal(init_embedding(core, m.clip).vectors["clip_l"])  # the input is not changed
 
 
-def test_checkpoints_every_save_every_steps_equal_a_shorter_run(core, tiny):
-    m = tiny("sd1")
-    emb = init_embedding(core, m.clip)
-    result = train(core, m, emb, steps=4, save_every=2)
-    short = train(core, m, emb, steps=2)
-    assert [c.metadata["steps"] for c in result.checkpoints] == ["2", "4"]
-    first = result.checkpoints[0]
+def test_checkpoints_every_save_every_steps_equal_a_shorter_run(core, tiny, trained):
+    m, run = tiny("sd1"), trained("sd1")
+    short = train(core, m, run.emb, steps=2)
+    first = run.result.checkpoints[0]
     assert first.keys() == short.lora.keys()
     for key in first:
         torch.testing.assert_close(first[key], short.lora[key], rtol=1e-5, atol=1e-7)
@@ -268,15 +291,14 @@ def _read(path):
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sdxl"])
-def test_saved_file_loads_in_the_stock_lora_loader_exactly_as_the_stage_model(core, tiny, kind, loras_dir, embeddings_dir):
+def test_saved_file_loads_in_the_stock_lora_loader_exactly_as_the_stage_model(core, tiny, trained, kind, loras_dir,
+                                                                             embeddings_dir):
     from comfy_extras.nodes_train import LoraModelLoader
 
     import nodes
 
-    m = tiny(kind)
-    emb = init_embedding(core, m.clip)
-    before = host_fingerprint(core, m)
-    result = train(core, m, emb)
+    m, run = tiny(kind), trained(kind)
+    emb, before, result = run.emb, run.before, run.result
     name = f"pivotal_{kind}"
     for folder in (loras_dir, embeddings_dir):
         (folder / f"{name}.safetensors").unlink(missing_ok=True)
@@ -294,7 +316,7 @@ def test_saved_file_loads_in_the_stock_lora_loader_exactly_as_the_stage_model(co
         assert torch.equal(bundle[f"bundle_emb.{name}.string_to_param.*"], emb.vectors["clip_l"])
     assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "4"
     assert metadata["ss_base_model_version"] == {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}[kind]
-    assert metadata["ss_steps"] == "3" and metadata["ss_output_name"] == name and metadata["ss_network_module"] == "networks.lora"
+    assert metadata["ss_steps"] == "4" and metadata["ss_output_name"] == name and metadata["ss_network_module"] == "networks.lora"
     assert metadata["method"] == "cross_init_pivotal" and metadata["cross_init_bundled_token"] == name
     token_file, token_meta = _read(embeddings_dir / f"{name}.safetensors")
     assert token_file.keys() == emb.vectors.keys() and all(torch.equal(token_file[k], emb.vectors[k]) for k in token_file)
@@ -310,12 +332,11 @@ def test_saved_file_loads_in_the_stock_lora_loader_exactly_as_the_stage_model(co
     assert_host_values_unchanged(core, before, m)
 
 
-def test_save_checks_every_name_first_and_writes_a_list_as_steps(core, tiny, loras_dir, embeddings_dir):
+def test_save_checks_every_name_first_and_writes_a_list_as_steps(core, trained, loras_dir, embeddings_dir):
     import nodes
 
     node = nodes.NODE_CLASS_MAPPINGS["CrossInitSaveLora"]
-    m = tiny("sd1")
-    result = train(core, m, init_embedding(core, m.clip), steps=4, save_every=2)
+    result = trained("sd1").result
     (embeddings_dir / "listed_face.safetensors").write_bytes(b"keep me")  # the last name is taken in one folder
     with pytest.raises(core.errors.EmbeddingExistsError, match="already exists"):
         node.execute(lora=result.checkpoints, name=["listed_face"], overwrite=[False])
@@ -347,12 +368,11 @@ def _write(path, tensors, metadata=None):
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def test_load_node_applies_our_file_and_returns_its_token(core, tiny, loras_dir):
+def test_load_node_applies_our_file_and_returns_its_token(core, tiny, trained, loras_dir):
     import nodes
 
-    m = tiny("sdxl")
-    emb = init_embedding(core, m.clip)
-    result = train(core, m, emb)
+    m, run = tiny("sdxl"), trained("sdxl")
+    emb, result = run.emb, run.result
     (loras_dir / "ours_sdxl.safetensors").unlink(missing_ok=True)
     nodes.NODE_CLASS_MAPPINGS["CrossInitSaveLora"].execute(lora=[result.lora], name=["ours_sdxl"], overwrite=[True])
     load = nodes.NODE_CLASS_MAPPINGS["CrossInitLoadLoraToken"]
@@ -449,3 +469,84 @@ def test_load_node_refuses_pickles_foreign_layers_and_files_without_a_token(core
     _write(loras_dir / "sdxl_layers.safetensors", {**core.lora.weights.to_state_dict(down, up, 2.0), **token})
     with pytest.raises(core.errors.InvalidInputError, match=r"do not fit this model's layers .*file \[32, 160\], layer \[32, 64\]"):
         load.execute(m.model, m.clip, "sdxl_layers.safetensors", 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers reads the file into a UNet of the real SD 1.5 and SDXL block layouts (small widths)
+
+# ComfyUI's own configs of the two layouts (comfy/model_detection.py) at 32 channels, and diffusers' matching UNet
+LAYOUTS = {
+    "sd15": ({"num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+              "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
+              "use_linear_in_transformer": False, "context_dim": 64},
+             {"block_out_channels": (32, 64, 128, 128), "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+              "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "cross_attention_dim": 64}),
+    "sdxl": ({"num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10],
+              "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10,
+              "use_linear_in_transformer": True, "context_dim": 160, "num_classes": "sequential",
+              "adm_in_channels": 96 + 6 * 256},
+             {"block_out_channels": (32, 64, 128), "down_block_types": ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+              "up_block_types": ("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",), "cross_attention_dim": 160,
+              "transformer_layers_per_block": (1, 2, 10), "use_linear_projection": True}),
+}
+
+
+def _comfy_layout_model(layout: str):
+    import comfy.model_base
+    import comfy.supported_models
+    import tiny_models
+
+    config, _diffusers = LAYOUTS[layout]
+    unet = {"model_channels": 32, "in_channels": 4, "out_channels": 4, "num_heads": 2, "num_head_channels": -1,
+            "adm_in_channels": None, "use_spatial_transformer": True, "legacy": False, "use_temporal_attention": False,
+            "use_temporal_resblock": False, "image_size": 32, "dtype": torch.float32, **config}
+    family = comfy.supported_models.SDXL(unet) if layout == "sdxl" else comfy.supported_models.SD15(unet)
+    family.unet_config.update({"num_heads": 2, "num_head_channels": -1})
+    family.set_inference_dtype(torch.float32, None)
+    cls = comfy.model_base.SDXL if layout == "sdxl" else comfy.model_base.BaseModel
+    with torch.inference_mode():
+        return tiny_models._patcher(cls(family, model_type=comfy.model_base.ModelType.EPS))
+
+
+@pytest.mark.parametrize("layout", ["sd15", "sdxl"])
+def test_diffusers_reads_the_file_into_the_real_block_layout_with_no_key_left_unused(core, layout, tmp_path):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+    from safetensors.torch import load_file
+
+    model = _comfy_layout_model(layout)
+    targets = core.host.lora_targets(model)
+    assert len(targets) == {"sd15": 16, "sdxl": 70}[layout] * 8  # transformer blocks x (attn1 + attn2) x 4
+    down, up = core.lora.weights.initial_weights(targets, 4, seed=2)
+    lora = core.lora.weights.LoraModel(core.lora.weights.to_state_dict(down, {k: v + 1.0 for k, v in up.items()}, 2.0),
+                                       {"steps": "1", "base_model": f"{'sdxl' if layout == 'sdxl' else 'sd1'}-eps"})
+    keys = ("clip_l", "clip_g") if layout == "sdxl" else ("clip_l",)
+    token = core.embedding.CrossInitEmbedding(vectors={k: torch.zeros(2, 8) for k in keys})
+    core.lora.files.save_pivotal([(lora, token, "plain")], tmp_path, None, bundle=False)
+    core.lora.files.save_pivotal([(lora, token, "bundled")], tmp_path, None, bundle=True)
+    pipeline = StableDiffusionXLPipeline if layout == "sdxl" else StableDiffusionPipeline
+    _comfy, config = LAYOUTS[layout]
+    unet = UNet2DConditionModel(sample_size=8, layers_per_block=2, attention_head_dim=2, norm_num_groups=32, **config)
+    layers = dict(unet.named_modules())
+
+    def check(state: dict, alphas: dict) -> None:
+        assert all(k.startswith("unet.") for k in state)  # every key converted, none for text encoders
+        peft = convert_unet_state_dict_to_peft({k[len("unet."):]: v for k, v in state.items()})
+        used = set()
+        for key, tensor in peft.items():
+            path, part = key.rsplit(".lora_", 1)
+            layer = layers[path]
+            assert isinstance(layer, torch.nn.Linear), key
+            want = (4, layer.in_features) if part == "A.weight" else (layer.out_features, 4)
+            assert part in ("A.weight", "B.weight") and tuple(tensor.shape) == want, key
+            used.add(path)
+        assert len(peft) == 2 * len(targets) and len(used) == len(targets)
+        assert len(alphas) == len(targets) and set(alphas.values()) == {2.0}
+
+    check(*pipeline.lora_state_dict(str(tmp_path), weight_name="plain.safetensors"))
+    # diffusers converts a kohya file only when every key is a LoRA key: a bundled file converts once its token is
+    # dropped (what bundle_token off writes), and is left as it is otherwise
+    bundled = load_file(str(tmp_path / "bundled.safetensors"))
+    kept, _alphas = pipeline.lora_state_dict(bundled)
+    assert any(k.startswith("lora_unet_") for k in kept)
+    check(*pipeline.lora_state_dict({k: v for k, v in bundled.items() if not k.startswith("bundle_emb.")}))
