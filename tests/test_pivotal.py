@@ -19,7 +19,7 @@ def lora_settings(core, **kw):
 
 
 def train(core, m, emb, **kw):
-    extra = {k: kw.pop(k) for k in ("save_every", "fault_hook", "masks", "loss_settings") if k in kw}
+    extra = {k: kw.pop(k) for k in ("save_every", "fault_hook", "on_step", "masks", "loss_settings") if k in kw}
     with torch.inference_mode():  # as ComfyUI runs nodes
         return core.lora.stage.train_lora(m.model, m.clip, m.vae, face_images(), emb, lora_settings(core, **kw), **extra)
 
@@ -251,6 +251,55 @@ def test_an_error_mid_run_leaves_the_host_bit_identical_and_no_hook_behind(core,
     with pytest.raises(RuntimeError, match="boom"):
         train(core, m, emb, fault_hook=fail)
     assert hooks_left(core, m) == 0
+    assert_host_unchanged(core, before, m)
+
+
+def test_cancel_stops_within_one_step_and_leaves_the_host_bit_identical(core, tiny):
+    import comfy.model_management as mm
+
+    m = tiny("sd2")
+    emb = init_embedding(core, m.clip)
+    before = host_fingerprint(core, m)
+    done: list[int] = []
+
+    def press_cancel(step: int) -> None:
+        if step == 1:
+            mm.interrupt_current_processing(True)
+
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            train(core, m, emb, steps=10, fault_hook=press_cancel, on_step=lambda s, _t, _l: done.append(s))
+    finally:
+        mm.interrupt_current_processing(False)
+    assert done == [1, 2]  # the step that saw Cancel finished; the next one did not start
+    assert hooks_left(core, m) == 0
+    assert_host_unchanged(core, before, m)
+
+
+def test_fp16_unet_uses_loss_scaling_and_an_overflowing_step_leaves_the_lora_as_it_was(core, tiny, monkeypatch):
+    import tiny_models
+
+    base = tiny("sd1")
+    with torch.inference_mode():
+        m = tiny_models.TinyModels(tiny_models.build_model("sd1", dtype=torch.float16), base.clip, base.vae, "sd1")
+    emb = init_embedding(core, m.clip)
+    before = host_fingerprint(core, m)
+    real_mse = core.loss.diffusion_mse
+    calls = {"n": 0}
+
+    def overflow_at_second_step(*args, **kwargs):
+        calls["n"] += 1  # 1e30 is finite in float32 (the loss) but its gradient overflows the fp16 backward
+        value = real_mse(*args, **kwargs)
+        return value * 1e30 if calls["n"] == 2 else value
+
+    monkeypatch.setattr(core.loss, "diffusion_mse", overflow_at_second_step)
+    result = train(core, m, emb, save_every=1)
+    assert result.skipped_steps == [1] and len(result.losses) == 2
+    first, second, final = result.checkpoints
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the skipped step did not move the LoRA
+    assert any(not torch.equal(second[k], final[k]) for k in final)  # the next one did
+    assert final.metadata["fp16_skipped_steps"] == "1" and final.metadata["unet_dtype"] == "float16"
+    assert all(v.dtype == torch.float32 for v in final.values())  # float32 LoRA whatever the UNet computes in
     assert_host_unchanged(core, before, m)
 
 
