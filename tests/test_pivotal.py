@@ -271,7 +271,7 @@ def test_cancel_stops_within_one_step_and_leaves_the_host_bit_identical(core, ti
             train(core, m, emb, steps=10, fault_hook=press_cancel, on_step=lambda s, _t, _l: done.append(s))
     finally:
         mm.interrupt_current_processing(False)
-    assert done == [1, 2]  # the step that saw Cancel finished; the next one did not start
+    assert done in ([1], [1, 2])  # the step that saw Cancel is the last one at most (the host may stop it inside)
     assert hooks_left(core, m) == 0
     assert_host_unchanged(core, before, m)
 
