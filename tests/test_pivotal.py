@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -599,3 +600,38 @@ def test_diffusers_reads_the_file_into_the_real_block_layout_with_no_key_left_un
     kept, _alphas = pipeline.lora_state_dict(bundled)
     assert any(k.startswith("lora_unet_") for k in kept)
     check(*pipeline.lora_state_dict({k: v for k, v in bundled.items() if not k.startswith("bundle_emb.")}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The nodes in a graph, as ComfyUI runs them
+
+
+def test_graph_trains_saves_the_checkpoints_and_feeds_core_save_lora_weights(pack, tiny, loras_dir, embeddings_dir):
+    import folder_paths
+    import workflow_runner as wr
+
+    wr.install_face_image("pivotal_face.png", 64)
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "pivotal_face.png"}},
+        "3": {"class_type": "CrossInitEmbeddingInit", "inputs": {"clip": ["1", 1], "num_tokens": 2, "names": "", "source": "names"}},
+        "4": {"class_type": "CrossInitPivotalLora", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "embedding": ["3", 0], "mode": "custom",
+            "rank": 2, "alpha": 2.0, "learning_rate": 0.01, "steps": 3, "batch_size": 1, "token_learning_rate": 0.0,
+            "seed": 0, "resolution": 64, "save_every": 2}},
+        "5": {"class_type": "CrossInitSaveLora", "inputs": {"lora": ["4", 4], "name": "graph_face", "overwrite": False}},
+        "7": {"class_type": "SaveLoRA", "inputs": {"lora": ["4", 0], "prefix": "loras/graph_core"}},
+    }
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]):
+        executor = wr.execute(prompt)
+    assert executor.success, wr.failure(executor)
+    names = ["graph_face-step0002.safetensors", "graph_face-step0003.safetensors", "graph_face.safetensors"]
+    assert sorted(p.name for p in loras_dir.glob("graph_face*")) == names
+    assert sorted(p.name for p in embeddings_dir.glob("graph_face*")) == names
+    lora = wr.node_output(executor, "4", 0)
+    assert len(lora) == 3 * 56 and lora.metadata["lora_rank"] == "2"
+    ours, _meta = _read(loras_dir / "graph_face.safetensors")
+    assert all(torch.equal(ours[k], v) for k, v in lora.items())
+    (core_file,) = Path(folder_paths.get_output_directory(), "loras").glob("graph_core*.safetensors")
+    saved, _ = _read(core_file)  # core Save LoRA Weights wrote the same tensors
+    assert saved.keys() == lora.keys() and all(torch.equal(saved[k], v) for k, v in lora.items())
