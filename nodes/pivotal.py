@@ -8,7 +8,7 @@ import os
 
 from comfy_api.latest import io, ui
 
-from ..cross_init_core import host, loss_plot
+from ..cross_init_core import host, loss_plot, preview
 from ..cross_init_core import settings as token_settings
 from ..cross_init_core.embedding_names import validate_name
 from ..cross_init_core.errors import EmbeddingFileError, InvalidInputError
@@ -16,6 +16,7 @@ from ..cross_init_core.lora import files, stage
 from ..cross_init_core.lora import settings as lora_settings
 from ..cross_init_core.lora.weights import LoraModel
 from ..cross_init_core.memory import MEMORY_CHOICES, parse_memory
+from ..cross_init_core.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
 from .common import CATEGORY, Embedding, LossSettingsType, single
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,13 @@ class CrossInitPivotalLora(io.ComfyNode):
                 io.Int.Input("save_every", default=0, min=0, max=token_settings.STEPS.high, optional=True,
                              tooltip="Every N steps (and at the end) keep the LoRA as a checkpoint (checkpoints output). "
                                      "0 = off."),
+                io.Int.Input("preview_every", default=-1, min=-1, max=token_settings.STEPS.high, optional=True,
+                             tooltip="Every N steps, show a quick sample of preview_prompt with the token and the LoRA so "
+                                     "far beside your face. -1 = auto (about 5 previews), 0 = off (fastest)."),
+                io.String.Input("preview_prompt", default=PREVIEW_PROMPT, optional=True,
+                                tooltip="The prompt of the preview samples; write <face> where the person goes."),
+                io.Int.Input("preview_steps", default=PREVIEW_STEPS, min=1, max=MAX_PREVIEW_STEPS, optional=True,
+                             tooltip="Sampler steps of each preview sample."),
             ],
             outputs=[
                 LoraModelType.Output(display_name="lora", tooltip="The LoRA (ComfyUI's LORA_MODEL): Cross-Init Save LoRA "
@@ -97,7 +105,8 @@ class CrossInitPivotalLora(io.ComfyNode):
     def execute(cls, model, clip, vae, images, embedding, mode: str, rank: int, alpha: float,  # type: ignore[override]
                 learning_rate: float, steps: int, batch_size: int, token_learning_rate: float, seed: int, loss=None,
                 masks=None, resolution: int = token_settings.AUTO_RESOLUTION, memory: str = "auto",
-                save_every: int = 0) -> io.NodeOutput:
+                save_every: int = 0, preview_every: int = -1, preview_prompt: str = PREVIEW_PROMPT,
+                preview_steps: int = PREVIEW_STEPS) -> io.NodeOutput:
         resolution = token_settings.auto_resolution(resolution, host.is_sdxl_model(model))
         custom = lora_settings.LoraSettings(rank=rank, alpha=alpha, learning_rate=learning_rate,
                                             token_learning_rate=token_learning_rate, steps=steps, batch_size=batch_size,
@@ -105,8 +114,11 @@ class CrossInitPivotalLora(io.ComfyNode):
         chosen = lora_settings.resolve(mode, custom)
         if mode != "custom":
             log.info("Cross-Init LoRA %s preset: %s", mode, _preset_text(chosen))
+        every = preview.default_interval(chosen.steps) if preview_every < 0 else preview_every
+        hook = stage.progress_preview(model, clip, vae, images, chosen.resolution, chosen.seed, preview_prompt,
+                                      preview_steps) if every > 0 else None
         result = stage.train_lora(model, clip, vae, images, embedding, chosen, loss, masks=masks,
-                                  memory=parse_memory(memory), save_every=save_every)
+                                  memory=parse_memory(memory), save_every=save_every, preview=hook, preview_every=every)
         curve = loss_plot.render_loss_curve(result.losses, result.regs)
         return io.NodeOutput(result.lora, result.model, result.embedding, curve, result.checkpoints)
 

@@ -20,7 +20,7 @@ def lora_settings(core, **kw):
 
 
 def train(core, m, emb, **kw):
-    extra = {k: kw.pop(k) for k in ("save_every", "fault_hook", "on_step", "masks", "loss_settings") if k in kw}
+    extra = {k: kw.pop(k) for k in ("save_every", "fault_hook", "on_step", "masks", "loss_settings", "preview", "preview_every") if k in kw}
     with torch.inference_mode():  # as ComfyUI runs nodes
         return core.lora.stage.train_lora(m.model, m.clip, m.vae, face_images(), emb, lora_settings(core, **kw), **extra)
 
@@ -273,6 +273,30 @@ def test_cancel_stops_within_one_step_and_leaves_the_host_bit_identical(core, ti
     finally:
         mm.interrupt_current_processing(False)
     assert done in ([1], [1, 2])  # the step that saw Cancel is the last one at most (the host may stop it inside)
+    assert hooks_left(core, m) == 0
+    assert_host_unchanged(core, before, m)
+
+
+def test_previews_sample_with_the_lora_so_far_and_leave_the_host_bit_identical(core, tiny):
+    m = tiny("sd1")
+    emb = init_embedding(core, m.clip)
+    before = host_fingerprint(core, m)
+    render = core.lora.stage.progress_preview(m.model, m.clip, m.vae, face_images(), 64, 0, steps=1)
+    shown: dict[int, object] = {}
+
+    def keep(step, token, targets, down, up, scale):
+        assert token is emb and scale == 1.0 and hooks_left(core, m) == 0  # the session is closed while sampling
+        shown[step] = (render(step, token, targets, down, up, scale), {k: v.clone() for k, v in up.items()})
+        return shown[step][0]
+
+    result = train(core, m, emb, steps=4, preview=keep, preview_every=2)
+    assert sorted(shown) == [2, 4]
+    (kind, image, size), ups = shown[4]
+    assert (kind, size) == ("JPEG", 512) and image.size == (512, 256)  # the face beside the sample
+    assert all(torch.equal(ups[k], result.lora[k + ".lora_up.weight"]) for k in ups)  # the LoRA at that step
+    # the same preview without the LoRA differs: the sample went through the LoRA's layers
+    plain = core.preview.progress_preview(m.model, m.clip, m.vae, face_images(), 64, 0, steps=1)(4, emb)[1]
+    assert image.tobytes() != plain.tobytes()
     assert hooks_left(core, m) == 0
     assert_host_unchanged(core, before, m)
 
@@ -618,7 +642,7 @@ def test_graph_trains_saves_the_checkpoints_and_feeds_core_save_lora_weights(pac
         "4": {"class_type": "CrossInitPivotalLora", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "embedding": ["3", 0], "mode": "custom",
             "rank": 2, "alpha": 2.0, "learning_rate": 0.01, "steps": 3, "batch_size": 1, "token_learning_rate": 0.0,
-            "seed": 0, "resolution": 64, "save_every": 2}},
+            "seed": 0, "resolution": 64, "save_every": 2, "preview_every": 2, "preview_steps": 1}},
         "5": {"class_type": "CrossInitSaveLora", "inputs": {"lora": ["4", 4], "name": "graph_face", "overwrite": False}},
         "7": {"class_type": "SaveLoRA", "inputs": {"lora": ["4", 0], "prefix": "loras/graph_core"}},
     }

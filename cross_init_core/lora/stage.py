@@ -28,8 +28,11 @@ from ..loss import StepLoss
 from ..loss_scaling import LossScaler
 from ..memory import DevicePeak, MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
 from ..optimizer_state import METADATA_KEY as OPTIMIZER_STATE_KEY
+from ..preview import PREVIEW_PROMPT, PREVIEW_STEPS
+from ..preview import progress_preview as token_preview
 from ..run_setup import PreparedRun, StepDraw, prepare_run
 from ..settings import LossSettings, checkpoint_steps
+from ..training import preview_segments
 from .settings import LoraSettings
 from .weights import LoraModel, initial_weights, to_state_dict
 
@@ -38,6 +41,24 @@ log = logging.getLogger(__name__)
 METHOD = "cross_init_pivotal"  # the `method` metadata of a LoRA (and of a token trained on) from this stage
 LORA_WEIGHT_DECAY = 1e-4  # diffusers' LoRA scripts' AdamW default (--adam_weight_decay)
 TOKEN_WEIGHT_DECAY = 1e-2  # the Cross-Init trainer's
+
+# (step, token, targets, down, up, scale) -> what the progress bar shows
+LoraPreviewHook = Callable[[int, CrossInitEmbedding, list[Any], dict[str, torch.Tensor], dict[str, torch.Tensor], float], Any]
+
+
+def progress_preview(model: Any, clip: Any, vae: Any, images: torch.Tensor, resolution: int, seed: int,
+                     prompt: str = PREVIEW_PROMPT, steps: int = PREVIEW_STEPS) -> LoraPreviewHook:
+    """The trainer's progress preview (a sample of `prompt` beside the first face), sampled with the LoRA so far: its
+    layers join the host model's forward for the sample only (hooks, removed after; no weight patched)."""
+    render_token = token_preview(model, clip, vae, images, resolution, seed, prompt, steps)
+    targets = host.lora_targets(model)
+
+    def render(step: int, token: CrossInitEmbedding, _targets: list[Any], down: dict[str, torch.Tensor],
+               up: dict[str, torch.Tensor], scale: float) -> Any:
+        with host.lora_layers(model, targets, down, up, scale):
+            return render_token(step, token)
+
+    return render
 
 
 @dataclass
@@ -76,44 +97,73 @@ class LoraStage:
         self.checkpoints: list[LoraModel] = []
         self.seconds = 0.0
         self.shared_metadata: dict[str, str] = {}
+        self.params: dict[str, dict[str, torch.Tensor]] = {}  # down, up, token: made in the first session
+        self.optimizer: torch.optim.Optimizer | None = None
 
     # -----------------------------------------------------------------------------------------
-    def train(self, reporter: Callable[[int, Any], None], console: tqdm) -> None:
+    def train(self, reporter: Callable[[int, Any], None], console: tqdm, preview: LoraPreviewHook | None = None,
+              preview_every: int = 0) -> None:
+        """Every step, one host session per preview interval (previews sample with the host models restored)."""
+        settings = self.settings
+        for first_step, end_step in preview_segments(settings.steps, preview_every if preview is not None else 0):
+            self._segment(first_step, end_step, reporter, console)
+            if preview is not None and preview_every > 0 and end_step % preview_every == 0:
+                down = {k: p.detach() for k, p in self.params["down"].items()}
+                up = {k: p.detach() for k, p in self.params["up"].items()}
+                token = self.token_at({k: p.detach() for k, p in self.params["token"].items()}, end_step)
+                reporter(end_step, preview(end_step, token, self.targets, down, up, settings.scale))
+        if self.scaler.enabled and len(self.skipped) == settings.steps:
+            raise TrainingDivergedError(
+                f"the LoRA made no progress: all {settings.steps} steps overflowed in the float16 UNet, so every step was "
+                "skipped. Start ComfyUI with --bf16-unet or --fp32-unet, or lower learning_rate.",
+                embedding=self.run.embedding, step=0)
+
+    def _start(self, device: torch.device) -> None:
+        """The plan for the device (auto budget), the parameters and the optimizer, in the first host session."""
+        run, settings = self.run, self.settings
+        if self.memory.budget_gb is None:
+            self.plan, _ = plan_for_run(run.model, run.clip, settings.batch_size, run.latent_hw, self.memory, device)
+        log.info("Cross-Init LoRA memory: micro-batch %d of %d, UNet checkpointing %s (%s)", self.plan.micro_batch,
+                 settings.batch_size, "on" if self.plan.checkpointing else "off", self.plan.reason)
+        self.shared_metadata = self._run_metadata()
+        # clones made here, outside inference mode: the node runs under it, and autograd needs normal tensors
+        down = {k: torch.nn.Parameter(v.clone().to(device)) for k, v in self.down.items()}
+        up = {k: torch.nn.Parameter(v.clone().to(device)) for k, v in self.up.items()}
+        groups: list[dict[str, Any]] = [{"params": [*down.values(), *up.values()], "lr": settings.learning_rate,
+                                         "weight_decay": LORA_WEIGHT_DECAY}]
+        if settings.trains_token:
+            token: dict[str, torch.Tensor] = {k: torch.nn.Parameter(v.clone().to(device)) for k, v in self.vectors.items()}
+            groups.append({"params": list(token.values()), "lr": settings.token_learning_rate,
+                           "weight_decay": TOKEN_WEIGHT_DECAY})
+        else:
+            token = {k: v.clone().to(device) for k, v in self.vectors.items()}  # the pivot, fixed
+        self.params = {"down": down, "up": up, "token": token}
+        self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+    def _segment(self, first_step: int, end_step: int, reporter: Callable[[int, Any], None], console: tqdm) -> None:
+        """Steps [first_step, end_step) in one host session; the parameters and optimizer outlive it."""
         run, settings = self.run, self.settings
         out_of_memory_at: int | None = None
         with host.training_session(run.model, run.clip, memory_required=self.request) as device:
-            if self.memory.budget_gb is None:
-                self.plan, _ = plan_for_run(run.model, run.clip, settings.batch_size, run.latent_hw, self.memory, device)
-            log.info("Cross-Init LoRA memory: micro-batch %d of %d, UNet checkpointing %s (%s)", self.plan.micro_batch,
-                     settings.batch_size, "on" if self.plan.checkpointing else "off", self.plan.reason)
-            self.shared_metadata = self._run_metadata()
-            # clones made here, outside inference mode: the node runs under it, and autograd needs normal tensors
-            down = {k: torch.nn.Parameter(v.clone().to(device)) for k, v in self.down.items()}
-            up = {k: torch.nn.Parameter(v.clone().to(device)) for k, v in self.up.items()}
-            groups: list[dict[str, Any]] = [{"params": [*down.values(), *up.values()], "lr": settings.learning_rate,
-                                             "weight_decay": LORA_WEIGHT_DECAY}]
-            if settings.trains_token:
-                token: dict[str, torch.Tensor] = {k: torch.nn.Parameter(v.clone().to(device)) for k, v in self.vectors.items()}
-                groups.append({"params": list(token.values()), "lr": settings.token_learning_rate,
-                               "weight_decay": TOKEN_WEIGHT_DECAY})
-            else:
-                token = {k: v.clone().to(device) for k, v in self.vectors.items()}  # the pivot, fixed
-            optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+            if self.optimizer is None:
+                self._start(device)
+            assert self.optimizer is not None
+            down, up, token = self.params["down"], self.params["up"], self.params["token"]
             params = {**{f"down.{k}": p for k, p in down.items()}, **{f"up.{k}": p for k, p in up.items()},
                       **({f"token.{k}": p for k, p in token.items()} if settings.trains_token else {})}
             step_loss = StepLoss(run, device)
             started = time.perf_counter()
-            step = 0
+            step = first_step
             try:
                 with host.lora_layers(run.model, self.targets, down, up, settings.scale), \
                         host.unet_checkpointing(run.model, self.plan.checkpointing):
-                    for step in range(settings.steps):
+                    for step in range(first_step, end_step):
                         host.check_interrupted()
                         draw = self.sampler.draw(settings.batch_size)
                         if self.fault_hook is not None:
                             self.fault_hook(step)
                         before = {k: p.detach().clone() for k, p in params.items()}
-                        loss, reg, skipped = self._step(step_loss, draw, token, params, optimizer)
+                        loss, reg, skipped = self._step(step_loss, draw, token, params, self.optimizer)
                         self._record(step, loss, reg, skipped, before)
                         if step + 1 in self.checkpoint_at:
                             self.checkpoints.append(self._lora_at(step + 1, down, up, token))
@@ -121,20 +171,17 @@ class LoraStage:
                         console.update(1)
             except host.out_of_memory_errors():
                 out_of_memory_at = step + 1
-            self.seconds = time.perf_counter() - started
-            del step_loss
-            if out_of_memory_at is None:
+            self.seconds += time.perf_counter() - started
+            del step_loss, params
+            if out_of_memory_at is None and end_step == settings.steps:
                 self.down = {k: p.detach().float().cpu() for k, p in down.items()}
                 self.up = {k: p.detach().float().cpu() for k, p in up.items()}
                 self.vectors = {k: p.detach().float().cpu() for k, p in token.items()}
-            del down, up, token, params, optimizer
+            if out_of_memory_at is not None:  # drop device tensors before the cache is emptied
+                self.params, self.optimizer = {}, None
+            del down, up, token
         if out_of_memory_at is not None:
             raise out_of_memory_error(out_of_memory_at, settings.steps, self.plan)
-        if self.scaler.enabled and len(self.skipped) == settings.steps:
-            raise TrainingDivergedError(
-                f"the LoRA made no progress: all {settings.steps} steps overflowed in the float16 UNet, so every step was "
-                "skipped. Start ComfyUI with --bf16-unet or --fp32-unet, or lower learning_rate.",
-                embedding=run.embedding, step=0)
 
     def _step(self, step_loss: StepLoss, draw: StepDraw, token: dict[str, torch.Tensor], params: dict[str, torch.Tensor],
               optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -249,9 +296,12 @@ def train_lora(
     save_every: int = 0,
     on_step: Callable[[int, int, float], None] | None = None,
     fault_hook: Callable[[int], None] | None = None,
+    preview: LoraPreviewHook | None = None,
+    preview_every: int = 0,
 ) -> LoraResult:
     """Trains a UNet LoRA around `embedding` (frozen unless settings.token_learning_rate > 0) on the host models,
-    which are left exactly as they were. Every input is checked before any step runs."""
+    which are left exactly as they were. Every input is checked before any step runs. Every `preview_every` steps,
+    `preview(...)` (see `progress_preview`) runs with the host models restored and its result goes to the progress bar."""
     settings = settings.validated()
     memory = (memory or MemorySettings()).validated()
     if not isinstance(save_every, int) or isinstance(save_every, bool) or save_every < 0:
@@ -265,7 +315,7 @@ def train_lora(
     console = tqdm(total=settings.steps, desc="Cross-Init LoRA", unit="step", dynamic_ncols=True,
                    disable=not host.console_progress_enabled())
     try:
-        stage.train(host.progress_reporter(settings.steps), console)
+        stage.train(host.progress_reporter(settings.steps), console, preview, preview_every)
     finally:
         console.close()
     return stage.result(peak.mib())
