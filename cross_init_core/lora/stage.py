@@ -270,11 +270,13 @@ class LoraStage:
             metadata["fp16_skipped_steps"] = str(sum(1 for s in self.skipped if s < steps_done))
         return LoraModel(tensors, metadata, self.token_at(token, steps_done))
 
-    def result(self, peak_vram_mib: float | None) -> LoraResult:
+    def result(self, model: Any, peak_vram_mib: float | None) -> LoraResult:
+        """The run's LoRA, token and history; `model` (the caller's MODEL, which may stream its weights where the run
+        trained on the host's static copy) patched with the LoRA by the host's own loader."""
         final = self._lora_at(self.settings.steps, self.down, self.up, self.vectors)
         if peak_vram_mib is not None:
             final.metadata["peak_vram_mib"] = str(round(peak_vram_mib))
-        applied = host.apply_lora(self.run.model, None, final, 1.0, 0.0)
+        applied = host.apply_lora(model, None, final, 1.0, 0.0)
         log.info("Cross-Init LoRA: %d modules, rank %d, %d steps in %.1f s, final loss %.4f%s", len(self.targets),
                  self.settings.rank, self.settings.steps, self.seconds, self.losses[-1] if self.losses else float("nan"),
                  "" if peak_vram_mib is None else f", peak VRAM {peak_vram_mib:.0f} MiB")
@@ -318,4 +320,4 @@ def train_lora(
         stage.train(host.progress_reporter(settings.steps), console, preview, preview_every)
     finally:
         console.close()
-    return stage.result(peak.mib())
+    return stage.result(model, peak.mib())
