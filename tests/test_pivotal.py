@@ -370,6 +370,37 @@ def test_bad_settings_are_refused_before_any_step(core, tiny, change, message):
     assert steps == []
 
 
+def test_presets_keep_the_users_seed_resolution_and_token_rate_and_custom_is_checked(core):
+    lora_settings_mod = core.lora.settings
+    custom = lora_settings_mod.LoraSettings(rank=8, seed=7, resolution=768, token_learning_rate=1e-4)
+    full = lora_settings_mod.resolve("full", custom)
+    fast = lora_settings_mod.resolve("fast", custom)
+    assert (full.rank, full.alpha, full.learning_rate, full.steps, full.batch_size) == (32, 16.0, 1e-4, 1000, 4)
+    assert (fast.rank, fast.alpha, fast.learning_rate, fast.steps, fast.batch_size) == (16, 16.0, 1e-4, 300, 4)
+    assert (full.seed, full.resolution, full.token_learning_rate) == (7, 768, 1e-4) and full.scale == 0.5
+    # the update budget steps x lr x alpha/rank that docs/pivotal.md justifies the presets by
+    assert fast.steps * fast.learning_rate * fast.scale == pytest.approx(0.6 * full.steps * full.learning_rate * full.scale)
+    assert lora_settings_mod.resolve("custom", custom) == custom
+    with pytest.raises(core.errors.InvalidInputError, match="mode: got 'turbo'"):
+        lora_settings_mod.resolve("turbo", custom)
+    with pytest.raises(core.errors.InvalidInputError, match="rank: got 0"):
+        lora_settings_mod.resolve("custom", lora_settings_mod.LoraSettings(rank=0))
+
+
+def test_save_node_needs_a_token_to_bundle(core, trained, loras_dir):
+    import nodes
+
+    node = nodes.NODE_CLASS_MAPPINGS["CrossInitSaveLora"]
+    plain = dict(trained("sd1").result.lora)  # a LORA_MODEL from elsewhere (e.g. core Train LoRA): no token with it
+    with pytest.raises(core.errors.InvalidInputError, match=r"carries no token .* connect the embedding to bundle, or turn "
+                                                            r"bundle_token off"):
+        node.execute(lora=[plain], name=["tokenless"], overwrite=[True])
+    assert not (loras_dir / "tokenless.safetensors").exists()
+    node.execute(lora=[plain], name=["tokenless"], overwrite=[True], embedding=[trained("sd1").emb])
+    tensors, metadata = _read(loras_dir / "tokenless.safetensors")
+    assert "bundle_emb.tokenless.string_to_param.*" in tensors and metadata["ss_network_dim"] == "4"
+
+
 def test_an_embedding_of_another_clip_is_refused_with_the_family_message(core, tiny):
     m = tiny("sd1")
     sdxl_token = init_embedding(core, tiny("sdxl").clip)
