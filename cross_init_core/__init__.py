@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 SUBMODULES = (
     "atomic_files",
@@ -26,6 +26,7 @@ SUBMODULES = (
     "families",
     "host",
     "initialization",
+    "lora",
     "loss",
     "loss_plot",
     "loss_scaling",

@@ -3,7 +3,7 @@ training starts again, the regularizer still pulls toward the run's original Cro
 output; for a file, recomputed from the names it records, with the same CLIP layer, or refused), `steps` in the
 metadata counts every step, the draws go on where the earlier run's would have (same seed and batch size), and the
 optimizer goes on from the state the file carries (`optimizer_state`), so 6 + 6 steps equal 12. A file without that
-state (written before 0.2.1, or by another tool) goes on with a fresh optimizer, which is logged."""
+state (written before 0.3.0, or by another tool) goes on with a fresh optimizer, which is logged."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def auto_resolution(resolution: int, sdxl: bool) -> int:
 
 
 # The trainer node's steps/batch_size/learning_rate: 0 = the preset's value (custom: the paper's, as `full`); any other
-# value overrides it. Before 0.2.1 the preset modes ignored these fields, and a new node showed 320 / 8 / 0.005: that
+# value overrides it. Before 0.3.0 the preset modes ignored these fields, and a new node showed 320 / 8 / 0.005: that
 # exact triple in `fast` mode is such an untouched 0.2 node (saved in a workflow) and still means the fast preset.
 USE_PRESET = 0
 LEGACY_NODE_DEFAULTS = (320, 8, 0.005)

@@ -72,7 +72,7 @@ class Callbacks:
     preview_every: int = 0
 
 
-def _segments(steps: int, preview_every: int) -> list[tuple[int, int]]:
+def preview_segments(steps: int, preview_every: int) -> list[tuple[int, int]]:
     """[start, end) step ranges; a preview is rendered after each one that ends on a multiple of preview_every."""
     if preview_every <= 0:
         return [(0, steps)]
@@ -131,7 +131,7 @@ class Trainer:
 
     def train(self) -> None:
         calls = self.calls
-        for first_step, end_step in _segments(self.run.settings.steps, calls.preview_every if calls.preview is not None else 0):
+        for first_step, end_step in preview_segments(self.run.settings.steps, calls.preview_every if calls.preview is not None else 0):
             self._segment(first_step, end_step)
             if calls.preview is not None and calls.preview_every > 0 and end_step % calls.preview_every == 0:
                 snapshot = self.embedding.with_vectors(self.vectors())

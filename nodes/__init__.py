@@ -10,6 +10,7 @@ from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
 from .loss_settings import CrossInitLossSettings
 from .samples import CrossInitSampleBatch
+from .pivotal import CrossInitLoadLoraToken, CrossInitPivotalLora, CrossInitSaveLora
 from .scores import CrossInitIdentityScore, CrossInitPromptScore
 from .text_encode import CrossInitCLIPTextEncode
 from .trainer import CrossInitTrainer
@@ -26,4 +27,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     CrossInitPromptScore,
     CrossInitSampleBatch,
     CrossInitCheckpointReport,
+    CrossInitPivotalLora,
+    CrossInitSaveLora,
+    CrossInitLoadLoraToken,
 ]

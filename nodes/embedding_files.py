@@ -128,7 +128,7 @@ class CrossInitLoadEmbedding(io.ComfyNode):
             description=(
                 "Loads an embedding file (ours, A1111 .pt/.safetensors, or the reference learned_embeds.bin). Into the "
                 "trainer it continues that run: the regularizer still pulls toward its Cross-Init start, the steps count "
-                "on, and the optimizer goes on where it stopped (files from 0.2.1 on), with the same CLIP layer."
+                "on, and the optimizer goes on where it stopped (files from 0.3.0 on), with the same CLIP layer."
             ),
             inputs=[
                 io.Combo.Input("name", options=host.list_embedding_files(), optional=True,

@@ -17,6 +17,9 @@ PACK_NODES = {
     "CrossInitPromptScore",
     "CrossInitCheckpointReport",
     "CrossInitSampleBatch",
+    "CrossInitPivotalLora",
+    "CrossInitSaveLora",
+    "CrossInitLoadLoraToken",
 }
 
 

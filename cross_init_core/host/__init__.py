@@ -12,7 +12,9 @@ Every other module of the pack calls ComfyUI through the functions re-exported h
 - `sampling`: the host sampler and VAE (previews, face latents);
 - `progress`: the progress bar, its console switch and Cancel;
 - `folders`: model folders, embeddings folders, the output folder and the BPE files;
-- `forwards`: the instance-forward patching that the CLIP's out-of-place layers and UNet checkpointing share.
+- `forwards`: the instance-forward patching that the CLIP's out-of-place layers and UNet checkpointing share;
+- `lora`: the LoRA stage's layers (attention projections, kohya names), its training forward hooks, and the host's
+  own LoRA loader for patched clones (the only module that touches ComfyUI's weight patching).
 
 ComfyUI modules are imported inside the functions that use them, so the pack imports without a host.
 """
@@ -27,9 +29,13 @@ from .folders import (
     embedding_file_path,
     input_file_path,
     list_embedding_files,
+    list_lora_files,
+    lora_directories,
+    lora_file_path,
     output_directory,
     register_model_folder,
 )
+from .lora import AppliedLora, LoraTarget, apply_lora, lora_layers, lora_modules, lora_targets
 from .models import (
     check_model_matches_clip,
     encoder_slots,
@@ -59,13 +65,14 @@ from .unet import (
 )
 
 __all__ = [
-    "check_interrupted", "check_model_matches_clip", "clip_layer", "clip_tokenizer_folder", "compute_device",
-    "compute_dtype_size",
-    "console_progress_enabled", "denoised", "dtype_name", "embedding_directories", "embedding_file_path",
-    "encode_batch_for_training", "encode_conditioning", "encoder_slots", "evaluation_devices", "free_device_bytes",
-    "hf_tokenizer", "inner_encoders", "input_file_path", "is_sdxl_model", "list_embedding_files", "model_context_width",
-    "num_train_timesteps", "out_of_memory_errors", "output_directory", "prediction_type", "process_latent_in",
-    "progress_reporter", "register_model_folder", "sample", "sdxl_adm", "sigmas_for_timesteps", "static_models",
-    "token_table", "tokenize", "training_session", "unet_blocks", "unet_checkpointing", "unet_compute_dtype",
-    "unet_model_channels", "vae_decode", "vae_encode", "weights_bytes",
+    "AppliedLora", "LoraTarget", "apply_lora", "check_interrupted", "check_model_matches_clip", "clip_layer",
+    "clip_tokenizer_folder", "compute_device", "compute_dtype_size", "console_progress_enabled", "denoised",
+    "dtype_name", "embedding_directories", "embedding_file_path", "encode_batch_for_training", "encode_conditioning",
+    "encoder_slots", "evaluation_devices", "free_device_bytes", "hf_tokenizer", "inner_encoders", "input_file_path",
+    "is_sdxl_model", "list_embedding_files", "list_lora_files", "lora_directories", "lora_file_path", "lora_layers",
+    "lora_modules", "lora_targets", "model_context_width", "num_train_timesteps", "out_of_memory_errors",
+    "output_directory", "prediction_type", "process_latent_in", "progress_reporter", "register_model_folder",
+    "sample", "sdxl_adm", "sigmas_for_timesteps", "static_models", "token_table", "tokenize", "training_session",
+    "unet_blocks", "unet_checkpointing", "unet_compute_dtype", "unet_model_channels", "vae_decode", "vae_encode",
+    "weights_bytes",
 ]

@@ -38,6 +38,24 @@ def embedding_file_path(name: str) -> str | None:
     return folder_paths.get_full_path("embeddings", name)
 
 
+def lora_directories() -> list[str]:
+    import folder_paths
+
+    return list(folder_paths.get_folder_paths("loras"))
+
+
+def list_lora_files() -> list[str]:
+    import folder_paths
+
+    return sorted(folder_paths.get_filename_list("loras"))
+
+
+def lora_file_path(name: str) -> str | None:
+    import folder_paths
+
+    return folder_paths.get_full_path("loras", name)
+
+
 def output_directory() -> str:
     """ComfyUI's output folder: the one place besides input/temp that the server's /view serves files from."""
     import folder_paths

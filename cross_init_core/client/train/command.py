@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     clash.add_argument("--resume", action="store_true",
                        help="continue each NAME from its file in --out for --steps (or the preset's) more steps: the "
                             "regularizer still pulls toward its Cross-Init start, the step count goes on, the optimizer "
-                            "goes on from the state the file carries (files from 0.2.1 on; else it starts fresh). NAME is "
+                            "goes on from the state the file carries (files from 0.3.0 on; else it starts fresh). NAME is "
                             "replaced; the continued file is kept as NAME-stepNNNN (its step count), or as "
                             "NAME-original-RUNID when another trainer wrote it. Any other file it would write must be new.")
     out.add_argument("--save-every", type=int_in(STEPS), metavar="N",
