@@ -9,8 +9,8 @@ from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
 from .loss_settings import CrossInitLossSettings
-from .samples import CrossInitSampleBatch
 from .pivotal import CrossInitLoadLoraToken, CrossInitPivotalLora, CrossInitSaveLora
+from .samples import CrossInitSampleBatch
 from .scores import CrossInitIdentityScore, CrossInitPromptScore
 from .text_encode import CrossInitCLIPTextEncode
 from .trainer import CrossInitTrainer
