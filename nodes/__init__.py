@@ -8,12 +8,14 @@ from .checkpoint_report import CrossInitCheckpointReport
 from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
+from .load_photos import CrossInitLoadPhotos
 from .loss_settings import CrossInitLossSettings
 from .scores import CrossInitIdentityScore, CrossInitPromptScore
 from .text_encode import CrossInitCLIPTextEncode
 from .trainer import CrossInitTrainer
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
+    CrossInitLoadPhotos,
     CrossInitFacePrep,
     CrossInitEmbeddingInit,
     CrossInitLossSettings,

@@ -6,11 +6,12 @@ import torch
 from comfy_api.latest import io
 
 from ..cross_init_core import scoring
-from .common import CATEGORY
+from .common import CATEGORY, single
 
 _IDENTITY_DESCRIPTION = (
-    "How much the generated images look like the person in the reference photos. Each image's largest face is "
-    "compared with every reference photo and the pairwise scores are averaged; images without a face are counted "
+    "How much the generated images look like the person in the reference photos. Every face of each image is "
+    "compared with every reference photo (the pairwise scores averaged) and the best-matching face counts, so a "
+    "person beside others is found; the report says how many faces there were and which was used. Images without a face are counted "
     "and left out of the mean. insightface ArcFace gives cosine similarity (higher is better, the number papers "
     "report); dlib gives Euclidean distance (lower is better, same person below 0.6), a quick check that installs "
     "with pip. See docs/evaluation.md."
@@ -30,10 +31,13 @@ class CrossInitIdentityScore(io.ComfyNode):
             display_name="Cross-Init Identity Score",
             category=CATEGORY,
             description=_IDENTITY_DESCRIPTION,
+            # Lists let reference photos of different sizes in (Cross-Init Load Photos), each scored whole.
+            is_input_list=True,
             inputs=[
                 io.Image.Input(
                     "reference",
-                    tooltip="One or more photos of the person (a batch). Each must show a face; scores are averaged over the photos.",
+                    tooltip="One or more photos of the person (a batch, or an image list of any sizes). Each must show a face; "
+                    "scores are averaged over the photos.",
                 ),
                 io.Image.Input("images", tooltip="The generated images to score (a batch)."),
                 io.Combo.Input(
@@ -67,8 +71,8 @@ class CrossInitIdentityScore(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, reference: torch.Tensor, images: torch.Tensor, backend: str) -> io.NodeOutput:
-        result = scoring.score_identity(reference, images, backend)
+    def execute(cls, reference: list[torch.Tensor], images: list[torch.Tensor], backend: list[str]) -> io.NodeOutput:  # type: ignore[override]
+        result = scoring.score_identity(reference, images, single(backend))
         return io.NodeOutput(result.mean, result.report_json(), result.annotated)
 
 

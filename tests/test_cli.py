@@ -10,6 +10,7 @@ checkpoint through the stock CheckpointLoaderSimple.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import os
@@ -378,10 +379,13 @@ def test_an_out_or_summary_path_that_cannot_be_written_exits_2_before_any_work(t
 
 def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     """Which files a job writes (NAME, its checkpoints; --resume's count going on), which are taken, which names
-    would be too long once a remote run adds its id, and photos the folder loader cannot read."""
+    would be too long once a remote run adds its id, and how the photos reach the graph: whole, as one image list
+    for face prep; as a batch of one size where a workflow has no face prep (photos of two shapes refused first)."""
     if str(REPO) not in sys.path:
         sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
-    from cross_init_core.client.prompt_graph import FOLDER_LOADER, load_workflow
+    from PIL import Image
+
+    from cross_init_core.client.prompt_graph import PHOTO_LOADER, load_workflow
     from cross_init_core.client.train import graph, jobs
 
     job = jobs.Job(name="anna", images=[], source="--images")
@@ -403,11 +407,29 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     assert "too long" in jobs.long_name_problems([long], jobs.Outputs(320, 80), remote=False)[0]
     workflow = load_workflow(REPO / "workflows" / "api" / "cross_init_fast.json")
     settings = graph.TrainGraph(ckpt_name="x.safetensors", name="anna")
-    with_folder = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.jpg"], "f")
-    with_bmp = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.bmp"], "f")
-    assert [n for n in with_folder.values() if n["class_type"] == FOLDER_LOADER]
-    assert not [n for n in with_bmp.values() if n["class_type"] == FOLDER_LOADER]  # its loader skips .bmp: LoadImage each
-    assert sorted(n["inputs"]["image"] for n in with_bmp.values() if n["class_type"] == "LoadImage") == ["f/a.png", "f/b.bmp"]
+    prompt = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.bmp"])
+    (photos,) = [k for k, n in prompt.items() if n["class_type"] == PHOTO_LOADER]
+    assert prompt[photos]["inputs"]["files"] == "f/a.png\nf/b.bmp"  # every suffix, each photo whole
+    (prep,) = [n for n in prompt.values() if n["class_type"] == "CrossInitFacePrep"]
+    assert prep["inputs"]["image"] == [photos, 0]
+    assert not [n for n in prompt.values() if n["class_type"] in ("ImageBatch", "LoadImage")]
+    # a workflow whose trainer reads the photos directly: a batch, which needs one size
+    bare = {k: copy.deepcopy(v) for k, v in workflow.items() if v["class_type"] != "CrossInitFacePrep"}
+    trainer = next(v for v in bare.values() if v["class_type"] == "CrossInitTrainer")
+    loader = next(k for k, v in bare.items() if v["class_type"] == "LoadImage")
+    trainer["inputs"]["images"] = [loader, 0]
+    del trainer["inputs"]["masks"]
+    bare = {k: v for k, v in bare.items() if not any(isinstance(x, list) and x[0] == "3" for x in v["inputs"].values())}
+    assert not graph.photos_stay_whole(bare) and graph.photos_stay_whole(workflow)
+    batched = graph.build_prompt(bare, settings, ["f/a.png", "f/b.png"])
+    assert [n["class_type"] for n in batched.values()].count("ImageBatch") == 1
+    Image.new("RGB", (640, 480)).save(tmp_path / "wide.png")
+    Image.new("RGB", (480, 640)).save(tmp_path / "tall.png")
+    Image.new("RGB", (640, 480)).save(tmp_path / "wide2.png")
+    mixed = jobs.Job(name="mixed", images=[tmp_path / "wide.png", tmp_path / "tall.png"], source="--images")
+    same = jobs.Job(name="same", images=[tmp_path / "wide.png", tmp_path / "wide2.png"], source="faces/same")
+    (problem,) = jobs.same_size_problems([mixed, same], "bare.json")
+    assert problem.startswith("--images: photos of different sizes (wide.png 640x480, tall.png 480x640)") and "bare.json" in problem
 
 
 # ---------------------------------------------------------------------------------------------

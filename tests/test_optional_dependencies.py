@@ -72,7 +72,8 @@ def run_child(blocked: list[str]) -> dict:
 
 ALL_NODES = [
     "CrossInitCLIPTextEncode", "CrossInitCheckpointReport", "CrossInitEmbeddingInit", "CrossInitFacePrep", "CrossInitIdentityScore",
-    "CrossInitLoadEmbedding", "CrossInitLossSettings", "CrossInitPromptScore", "CrossInitSaveEmbedding", "CrossInitTrainer",
+    "CrossInitLoadEmbedding", "CrossInitLoadPhotos", "CrossInitLossSettings", "CrossInitPromptScore", "CrossInitSaveEmbedding",
+    "CrossInitTrainer",
 ]
 
 

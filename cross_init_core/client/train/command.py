@@ -42,8 +42,8 @@ from ..common import (
     run_command,
 )
 from ..progress import ProgressBar
-from ..prompt_graph import EMBEDDING_LOADER, FACE_PREP, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
-from .graph import TrainGraph, build_prompt
+from ..prompt_graph import EMBEDDING_LOADER, FACE_PREP, PHOTO_LOADER, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
+from .graph import TrainGraph, build_prompt, photos_stay_whole
 from .jobs import (
     Job,
     Outputs,
@@ -53,6 +53,7 @@ from .jobs import (
     input_problems,
     long_name_problems,
     resume_sources,
+    same_size_problems,
     summary_rows,
 )
 
@@ -225,6 +226,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     for class_type in (TRAINER, SAVER, "LoadImage"):
         if workflow and not nodes_of(workflow, class_type):
             problems.append(f"workflow {workflow_path}: it has no {class_type} node")
+    if workflow and len(nodes_of(workflow, "LoadImage")) == 1 and not photos_stay_whole(workflow):
+        problems += same_size_problems(jobs, workflow_path)
     # where the results go: refused now rather than after the training
     if args.out is not None and (problem := folder_problem("--out", args.out.expanduser())):
         problems.append(problem)
@@ -286,6 +289,8 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
             servers = [farm.Server(ComfyClient(url, session)) for url in urls]
 
         node_types = {node["class_type"] for node in workflow.values()} | ({EMBEDDING_LOADER} if args.resume else set())
+        if photos_stay_whole(workflow):
+            node_types.add(PHOTO_LOADER)
         # inputs this run needs that older packs lack: refused before any work, naming the server
         needs = {TRAINER: {"save_every"} if args.save_every else set(), EMBEDDING_LOADER: {"file"} if args.resume else set()}
         problems = await farm.check_servers(servers, ckpt_name, node_types, needs)
@@ -302,11 +307,11 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
             # a remote server: new names only
             settings = TrainGraph(
                 ckpt_name=ckpt_name, seed=args.seed, steps=args.steps, resolution=args.resolution, name=save_as, mode=args.mode,
-                overwrite=args.replace_local and server.local is not None, use_folder_loader=server.folder_loader,
-                batch_size=args.batch_size, learning_rate=args.learning_rate, samples=args.samples, face_prep=face_prep,
+                overwrite=args.replace_local and server.local is not None, batch_size=args.batch_size,
+                learning_rate=args.learning_rate, samples=args.samples, face_prep=face_prep,
                 save_every=args.save_every or 0, resume_file=resume_file,
             )
-            return build_prompt(workflow, settings, images, folder)
+            return build_prompt(workflow, settings, images)
 
         enabled = not args.no_progress and not args.quiet
 

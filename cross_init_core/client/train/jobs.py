@@ -13,7 +13,7 @@ from ...embedding_names import checkpoint_name, validate_name
 from ...errors import CrossInitError
 from ...settings import checkpoint_steps
 from ...text_table import format_table
-from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem
+from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem, photo_size
 from .files import RUN_ID_SUFFIX, file_steps
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,21 @@ def input_problems(jobs: list[Job]) -> list[str]:
             problem = photo_problem(photo)
             if problem:
                 problems.append(f"photo {photo}: {problem}")
+    return problems
+
+
+def same_size_problems(jobs: list[Job], workflow_path: object) -> list[str]:
+    """Where a workflow batches the photos (no Cross-Init Face Prep takes them as a list), each job's photos must share
+    one size: the stock ImageBatch would crop and stretch the later ones to the first one's shape."""
+    problems = []
+    for job in jobs:
+        sizes = {photo: photo_size(photo) for photo in job.images}
+        known = {size for size in sizes.values() if size is not None}
+        if len(known) > 1:
+            listed = ", ".join(f"{photo.name} {size[0]}x{size[1]}" for photo, size in sizes.items() if size is not None)
+            problems.append(f"{job.source}: photos of different sizes ({listed}), and workflow {workflow_path} batches them "
+                            "without a Cross-Init Face Prep, which would crop them to the first one's shape; crop them to one "
+                            "size, or use a workflow whose face prep reads the photos (the shipped ones do)")
     return problems
 
 
