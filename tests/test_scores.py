@@ -352,6 +352,35 @@ def test_arcface_scores_equal_an_independent_computation(core, scoring, tmp_path
     assert result.mean == pytest.approx(np.mean([e["score"] for e in report["images"][:2]]))
 
 
+def test_arcface_two_person_image_scores_the_best_matching_face(core, scoring, tmp_path):
+    """The insightface backend on a two-person image (hand-marked boxes standing in for SCRFD): every face is embedded,
+    and against each person's photo the image scores that person's face, also where the other face is larger."""
+    import dataclasses
+
+    arcface = sub(scoring, "arcface_backend")
+    build_linear_recognizer(tmp_path / "rec.onnx", seed=2)
+    tom = insightface_image("Tom_Hanks_54745.png")
+    assert tom is not None
+    person, big_tom = astronaut(), np.ascontiguousarray(np.repeat(np.repeat(tom, 4, axis=0), 4, axis=1))  # his face: 4x hers
+    tom_box = tuple(4 * v for v in TOM_FACE)
+    pair = side_by_side(person, big_tom)
+    detector = HandMarkedDetector(core, [(person, ASTRONAUT_FACE, False), (big_tom, tom_box, False)])
+    hers, his = detector.known[person.tobytes()], detector.known[big_tom.tobytes()]
+    width = person.shape[1]
+    moved = dataclasses.replace(his, box=(his.box[0] + width, his.box[1], his.box[2] + width, his.box[3]),
+                                landmarks=np.asarray(his.landmarks) + np.array([width, 0]))
+    detector.known[pair.tobytes()] = [hers, moved]
+    plain_detect = detector.detect
+    detector.detect = lambda rgb, attempt: (lambda found: found if isinstance(found, list) else plain_detect(rgb, attempt))(
+        detector.known.get(np.ascontiguousarray(rgb).tobytes()))
+    embedder = arcface.ArcFaceEmbedder(detector, arcface.load_recognizer(tmp_path / "rec.onnx", ["CPUExecutionProvider"]), "test")
+    for reference, used in ((person, 0), (big_tom, 1)):
+        (entry,) = scoring.score_identity(batch(reference), batch(pair), embedder=embedder).report["images"]
+        assert entry["faces"] == 2 and entry["face_used"] == used, entry
+        assert entry["score"] > 0.8 and entry["match"] is True, entry  # the same face (his crop meets the frame: not 1)
+    assert (moved.box[2] - moved.box[0]) > (hers.box[2] - hers.box[0])  # the largest face is his
+
+
 def _fake_detector(folder: Path, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(b"not a real onnx model")
