@@ -380,7 +380,7 @@ def test_an_out_or_summary_path_that_cannot_be_written_exits_2_before_any_work(t
 def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     """Which files a job writes (NAME, its checkpoints; --resume's count going on), which are taken, which names
     would be too long once a remote run adds its id, and how the photos reach the graph: whole, as one image list
-    for face prep; as a batch of one size where a workflow has no face prep (photos of two shapes refused first)."""
+    for face prep; as a batch of one shape where a workflow has no face prep (photos of two shapes refused first)."""
     if str(REPO) not in sys.path:
         sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
     from PIL import Image
@@ -413,7 +413,7 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     (prep,) = [n for n in prompt.values() if n["class_type"] == "CrossInitFacePrep"]
     assert prep["inputs"]["image"] == [photos, 0]
     assert not [n for n in prompt.values() if n["class_type"] in ("ImageBatch", "LoadImage")]
-    # a workflow whose trainer reads the photos directly: a batch, which needs one size
+    # a workflow whose trainer reads the photos directly: a batch, which needs one shape
     bare = {k: copy.deepcopy(v) for k, v in workflow.items() if v["class_type"] != "CrossInitFacePrep"}
     trainer = next(v for v in bare.values() if v["class_type"] == "CrossInitTrainer")
     loader = next(k for k, v in bare.items() if v["class_type"] == "LoadImage")
@@ -425,11 +425,11 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     assert [n["class_type"] for n in batched.values()].count("ImageBatch") == 1
     Image.new("RGB", (640, 480)).save(tmp_path / "wide.png")
     Image.new("RGB", (480, 640)).save(tmp_path / "tall.png")
-    Image.new("RGB", (640, 480)).save(tmp_path / "wide2.png")
+    Image.new("RGB", (320, 240)).save(tmp_path / "wide2.png")  # another size, the same shape: ImageBatch only resizes
     mixed = jobs.Job(name="mixed", images=[tmp_path / "wide.png", tmp_path / "tall.png"], source="--images")
     same = jobs.Job(name="same", images=[tmp_path / "wide.png", tmp_path / "wide2.png"], source="faces/same")
-    (problem,) = jobs.same_size_problems([mixed, same], "bare.json")
-    assert problem.startswith("--images: photos of different sizes (wide.png 640x480, tall.png 480x640)") and "bare.json" in problem
+    (problem,) = jobs.same_shape_problems([mixed, same], "bare.json")
+    assert problem.startswith("--images: photos of different shapes (wide.png 640x480, tall.png 480x640)") and "bare.json" in problem
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from .jobs import (
     input_problems,
     long_name_problems,
     resume_sources,
-    same_size_problems,
+    same_shape_problems,
     summary_rows,
 )
 
@@ -227,7 +227,7 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         if workflow and not nodes_of(workflow, class_type):
             problems.append(f"workflow {workflow_path}: it has no {class_type} node")
     if workflow and len(nodes_of(workflow, "LoadImage")) == 1 and not photos_stay_whole(workflow):
-        problems += same_size_problems(jobs, workflow_path)
+        problems += same_shape_problems(jobs, workflow_path)
     # where the results go: refused now rather than after the training
     if args.out is not None and (problem := folder_problem("--out", args.out.expanduser())):
         problems.append(problem)

@@ -49,7 +49,7 @@ def photo_loader(workflow: dict[str, Any]) -> str:
 
 def photos_stay_whole(workflow: dict[str, Any]) -> bool:
     """Whether the photos reach a Cross-Init Face Prep as an image list (each whole, at its own size): a face prep reads
-    the LoadImage and nothing reads its mask. Otherwise they are batched, and a batch needs one size."""
+    the LoadImage and nothing reads its mask. Otherwise they are batched, and ImageBatch crops photos of another shape."""
     loader = photo_loader(workflow)
     prep_reads = any(workflow[p]["inputs"].get("image") == [loader, 0] for p in nodes_of(workflow, FACE_PREP))
     return prep_reads and not reads_mask(workflow, loader)
@@ -57,7 +57,7 @@ def photos_stay_whole(workflow: dict[str, Any]) -> bool:
 
 def _batch_photos(prompt: dict[str, Any], loader: str, photos: list[str]) -> tuple[list[Any], set[str]]:
     """The LoadImage `loader` loads the first photo, each further one a LoadImage batched onto it with the stock
-    ImageBatch (the photos share one size: same_size_problem refuses others before any work)."""
+    ImageBatch (the photos share one shape: same_shape_problems refuses others before any work)."""
     prompt[loader]["inputs"]["image"] = photos[0]
     last: list[Any] = [loader, 0]
     added: set[str] = set()
@@ -112,7 +112,7 @@ def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[st
         # face prep takes an image list: every photo reaches it whole, at its own size and upright
         load_photo_list(prompt, loader, images, "Face photos (CLI)")
     else:
-        # the photos go to the trainer as one batch (checked to share one size before any work: same_size_problem)
+        # the photos go to the trainer as one batch (checked to share one shape before any work: same_shape_problems)
         last, added = _batch_photos(prompt, loader, images)
         if last != [loader, 0]:
             for node_id, node in prompt.items():  # the graph's readers of the photos now read the batch
