@@ -31,7 +31,9 @@ class CrossInitIdentityScore(io.ComfyNode):
             display_name="Cross-Init Identity Score",
             category=CATEGORY,
             description=_IDENTITY_DESCRIPTION,
-            # Lists let reference photos of different sizes in (Cross-Init Load Photos), each scored whole.
+            # A list input lets reference photos of different sizes in (Cross-Init Load Photos), each scored whole: all
+            # of `reference` is one set of photos. `images` keeps ComfyUI's usual mapping: one score per item of a list
+            # (the checkpoints workflow scores each checkpoint's samples), so the outputs are lists of the same length.
             is_input_list=True,
             inputs=[
                 io.Image.Input(
@@ -55,16 +57,19 @@ class CrossInitIdentityScore(io.ComfyNode):
                 io.Float.Output(
                     "mean",
                     display_name="mean",
+                    is_output_list=True,
                     tooltip="Mean score over the images with a face, in the backend's metric; NaN when no image has a face.",
                 ),
                 io.String.Output(
                     "report",
                     display_name="report",
+                    is_output_list=True,
                     tooltip="JSON: backend, metric, higher_is_better, threshold, mean, faces_found and per-image index/face/score/match.",
                 ),
                 io.Image.Output(
                     "annotated",
                     display_name="annotated",
+                    is_output_list=True,
                     tooltip="The generated images in a grid: face box and score (green match, orange no match, red frame no face).",
                 ),
             ],
@@ -72,8 +77,9 @@ class CrossInitIdentityScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, reference: list[torch.Tensor], images: list[torch.Tensor], backend: list[str]) -> io.NodeOutput:  # type: ignore[override]
-        result = scoring.score_identity(reference, images, single(backend))
-        return io.NodeOutput(result.mean, result.report_json(), result.annotated)
+        embedder = scoring.choose_embedder(single(backend))
+        results = [scoring.score_identity(reference, batch, embedder=embedder) for batch in images]
+        return io.NodeOutput([r.mean for r in results], [r.report_json() for r in results], [r.annotated for r in results])
 
 
 class CrossInitPromptScore(io.ComfyNode):

@@ -114,7 +114,8 @@ def family_prompt(workflow: dict[str, Any], settings: EvalGraph, text: str) -> d
 
 def probe_prompt(workflow: dict[str, Any], references: list[str], backend: str) -> dict[str, Any]:
     """The reference photos scored against themselves: checks the identity backend runs and every reference
-    photo shows a face, in seconds and before any image is generated."""
+    photo shows a face, in seconds and before any image is generated (one report per photo: the score node maps
+    its `images` list item by item)."""
     prompt = build_prompt(workflow, EvalGraph(ckpt_name="", references=references, backend=backend), "", 0)
     identity = only(prompt, IDENTITY)
     reference = prompt[identity]["inputs"]["reference"]
