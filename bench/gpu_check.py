@@ -304,7 +304,7 @@ def _guarded(row: dict[str, Any], what: str, fn: Callable[[], dict[str, Any]]) -
         row.update(fn())
     except Exception as exc:  # a failed configuration is a result to report, not a crash
         log.exception("%s failed", what)
-        add_error(row, f"{what}: {error_text(exc, 200)}")
+        add_error(row, f"{what}: {error_text(exc)}")
 
 
 def measure_model(core: Any, kind: str, plan: Plan, base: dict[str, Any], device: Any) -> Iterator[dict[str, Any]]:

@@ -27,10 +27,17 @@ def add_error(row: dict[str, Any], message: str) -> None:
     row["error"] = f"{row['error']}; {message}" if row.get("error") else message
 
 
-def error_text(exc: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, short enough for a table cell."""
-    first = (str(exc).splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first[:limit]}"
+ERROR_LIMIT = 4000  # characters of an error kept in a row: a server's message with the end of its log fits
+
+
+def error_text(exc: BaseException, limit: int = ERROR_LIMIT) -> str:
+    """`Type: the whole message` (every line: "the end of its log" is often what says why), cut in the middle only
+    beyond `limit` characters, keeping its start and its end."""
+    text = f"{type(exc).__name__}: {str(exc).strip()}"
+    if len(text) <= limit:
+        return text
+    half = (limit - 40) // 2  # room for the marker
+    return f"{text[:half]} [... {len(text) - 2 * half} characters ...] {text[-half:]}"
 
 
 def host_version(comfyui: Path) -> str:

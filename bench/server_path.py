@@ -1,6 +1,7 @@
 """The user's path, measured: a real `main.py` ComfyUI server with this pack, trained through the batch runner.
 
     python bench/server_path.py --comfyui DIR --rows FILE [--work DIR] [--checkpoints DIR] [--smoke]
+                                [--server-start-timeout S]
 
 What users run: ComfyUI's own `main.py` with its defaults (on NVIDIA: the GPU, dynamic VRAM on where the host
 has it, the UNet in the precision ComfyUI picks), this pack in `custom_nodes/`, a random real-architecture
@@ -59,6 +60,9 @@ MODEL_LABEL = "SD 1.5"
 HOST_PROMPT = "a photo of a person"
 SAMPLE_SEED = 7
 DYNAMIC_VRAM_LINE = "DynamicVRAM support detected and enabled"
+# How long the server may take to answer: a server that hangs without dying must not eat the run's deadline (the
+# runner's own limit is 600 s, beyond the whole GPU check's default 480 s). 0.33 on an H200 answers in well under this.
+SERVER_START_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -207,7 +211,8 @@ def run_runner(url: str, mode: str, photo: Path, work: Path, sizes: Sizes, name:
     return row, wall, done.stderr
 
 
-async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache: Path, sizes: Sizes) -> int:
+async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache: Path, sizes: Sizes,
+                  start_timeout: float = SERVER_START_S) -> int:
     import aiohttp
     import numpy as np
     import torch
@@ -237,7 +242,7 @@ async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache:
         started = time.perf_counter()
         log.info("starting ComfyUI %s: main.py %s", version, " ".join(arguments))
         try:
-            client: ComfyClient = await server.connect(session)
+            client: ComfyClient = await server.connect(session, start_timeout)
             stats = await client.system_stats()
             devices = stats.get("devices") or [{}]
             row_base["device"] = _device_label(devices[0])
@@ -297,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=None,
                         help="where the random checkpoint is written once and reused (default: inside --work)")
     parser.add_argument("--smoke", action="store_true", help="toy sizes (the CPU rehearsal)")
+    parser.add_argument("--server-start-timeout", type=float, default=SERVER_START_S, metavar="S",
+                        help=f"seconds the server may take to answer before the path is given up (default {SERVER_START_S:.0f})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     work = (args.work or Path(tempfile.mkdtemp(prefix="cross_init_server_path_"))).resolve()
@@ -304,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = (args.checkpoints or work / "checkpoints").resolve()
     # stopped at the deadline (SIGTERM): unwind, so the ComfyUI server it started is stopped before the next step
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
-    return asyncio.run(measure(args.comfyui.resolve(), args.rows, work, checkpoints, SMOKE if args.smoke else GPU))
+    return asyncio.run(measure(args.comfyui.resolve(), args.rows, work, checkpoints, SMOKE if args.smoke else GPU,
+                               args.server_start_timeout))
 
 
 if __name__ == "__main__":

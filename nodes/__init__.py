@@ -8,6 +8,7 @@ from .checkpoint_report import CrossInitCheckpointReport
 from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
+from .load_photos import CrossInitLoadPhotos
 from .loss_settings import CrossInitLossSettings
 from .pivotal import CrossInitLoadLoraToken, CrossInitPivotalLora, CrossInitSaveLora
 from .samples import CrossInitSampleBatch
@@ -16,6 +17,7 @@ from .text_encode import CrossInitCLIPTextEncode
 from .trainer import CrossInitTrainer
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
+    CrossInitLoadPhotos,
     CrossInitFacePrep,
     CrossInitEmbeddingInit,
     CrossInitLossSettings,

@@ -6,12 +6,12 @@ import torch
 from comfy_api.latest import io
 
 from ..cross_init_core import scoring
-from ..cross_init_core.errors import InvalidInputError
 from .common import CATEGORY, single
 
 _IDENTITY_DESCRIPTION = (
-    "How much the generated images look like the person in the reference photos. Each image's largest face is "
-    "compared with every reference photo and the pairwise scores are averaged; images without a face are counted "
+    "How much the generated images look like the person in the reference photos. Every face of each image is "
+    "compared with every reference photo (the pairwise scores averaged) and the best-matching face counts, so a "
+    "person beside others is found; the report says how many faces there were and which was used. Images without a face are counted "
     "and left out of the mean. insightface ArcFace gives cosine similarity (higher is better, the number papers "
     "report); dlib gives Euclidean distance (lower is better, same person below 0.6), a quick check that installs "
     "with pip. See docs/evaluation.md."
@@ -31,11 +31,16 @@ class CrossInitIdentityScore(io.ComfyNode):
             display_name="Cross-Init Identity Score",
             category=CATEGORY,
             description=_IDENTITY_DESCRIPTION,
+            # A list input lets reference photos of different sizes in (Cross-Init Load Photos), each scored whole: all
+            # of `reference` is one set of photos. `images` keeps ComfyUI's usual mapping: one score per item of a list
+            # (the checkpoints workflow scores each checkpoint's samples), so the outputs are lists of the same length.
+            is_input_list=True,
             inputs=[
                 io.Image.Input(
                     "reference",
-                    tooltip="One or more photos of the person (one batch, the same for every set of images scored). Each "
-                            "must show a face; scores are averaged over the photos.",
+                    tooltip="One or more photos of the person (a batch, or an image list of any sizes): one set for every "
+                            "batch of images scored, never paired with them one by one. Each must show a face; scores are "
+                            "averaged over the photos.",
                 ),
                 io.Image.Input("images", tooltip="The generated images to score (a batch; a list of batches, e.g. one per "
                                                  "checkpoint, gives one score each)."),
@@ -54,25 +59,22 @@ class CrossInitIdentityScore(io.ComfyNode):
                 io.Float.Output(
                     "mean",
                     display_name="mean",
-                    tooltip="Mean score over the images with a face, in the backend's metric; NaN when no image has a face.",
                     is_output_list=True,
+                    tooltip="Mean score over the images with a face, in the backend's metric; NaN when no image has a face.",
                 ),
                 io.String.Output(
                     "report",
                     display_name="report",
-                    tooltip="JSON: backend, metric, higher_is_better, threshold, mean, faces_found and per-image index/face/score/match.",
                     is_output_list=True,
+                    tooltip="JSON: backend, metric, higher_is_better, threshold, mean, faces_found and per-image index/face/score/match.",
                 ),
                 io.Image.Output(
                     "annotated",
                     display_name="annotated",
-                    tooltip="The generated images in a grid: face box and score (green match, orange no match, red frame no face).",
                     is_output_list=True,
+                    tooltip="The generated images in a grid: face box and score (green match, orange no match, red frame no face).",
                 ),
             ],
-            # the images may come as a list (one batch per checkpoint), each scored against the one reference: a
-            # reference that is itself a list would be paired with them index by index, which the report could not tell
-            is_input_list=True,
         )
 
     @classmethod
@@ -82,13 +84,8 @@ class CrossInitIdentityScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, reference: list[torch.Tensor], images: list[torch.Tensor], backend: list[str]) -> io.NodeOutput:  # type: ignore[override]
-        if len(reference) > 1:
-            raise InvalidInputError(
-                f"reference: it is a list of {len(reference)} separate image batches (e.g. one per checkpoint); every set "
-                "of images is scored against the same reference photos. Connect one batch of reference photos (one Load "
-                "Image, or your photos batched together)."
-            )
-        results = [scoring.score_identity(reference[0], batch, single(backend)) for batch in images]
+        embedder = scoring.choose_embedder(single(backend))
+        results = [scoring.score_identity(reference, batch, embedder=embedder) for batch in images]
         return io.NodeOutput([r.mean for r in results], [r.report_json() for r in results], [r.annotated for r in results])
 
 

@@ -263,10 +263,11 @@ def test_a_checkpoint_with_no_face_is_passed_over_whenever_another_has_one(core)
     assert "show no face are passed over" in report.rule() and "show no face are passed over" in json.loads(report.as_json())["rule"]
 
 
-def test_the_identity_node_scores_each_checkpoints_samples_against_one_reference_and_refuses_a_list_of_references(pack, core):
-    """The checkpoints workflow maps Identity Score over a list of sample batches (one per checkpoint), each against
-    the same reference: one report each. A reference that is a list too would be paired index by index, silently:
-    refused, naming the input."""
+def test_the_identity_node_scores_each_checkpoints_samples_against_one_reference_set_never_paired_one_by_one(pack, core):
+    """The checkpoints workflow maps Identity Score over a list of sample batches (one per checkpoint), each scored
+    against the same reference: one report each. A reference that is a list too (photos of any sizes) is one set of
+    photos for every batch, never paired with the batches index by index: the first batch's score is the one against
+    both reference photos, not against the first alone."""
     from face_photos import as_image, astronaut
     from skimage import data
 
@@ -274,11 +275,13 @@ def test_the_identity_node_scores_each_checkpoints_samples_against_one_reference
 
     node = nodes.NODE_CLASS_MAPPINGS["CrossInitIdentityScore"]
     face, cup = as_image(astronaut()), as_image(data.coffee())
-    means, reports, grids = node.execute(reference=[face], images=[face, cup], backend=["dlib"]).result
+    mirrored = as_image(astronaut()[:, ::-1].copy())
+    means, reports, grids = node.execute(reference=[face, mirrored], images=[face, cup], backend=["dlib"]).result
     assert len(means) == len(reports) == len(grids) == 2
     assert [json.loads(r)["faces_found"] for r in reports] == [1, 0] and means[0] < 0.6 and math.isnan(means[1])
-    with pytest.raises(core.errors.InvalidInputError, match=r"^reference: it is a list of 2 separate image batches"):
-        node.execute(reference=[face, face], images=[face, face], backend=["dlib"])
+    both = core.scoring.score_identity(torch.cat([face, mirrored]), face, "dlib").mean
+    first_only = core.scoring.score_identity(face, face, "dlib").mean
+    assert means[0] == pytest.approx(both, abs=1e-6) and abs(both - first_only) > 1e-4
 
 
 def test_a_report_that_is_json_but_not_a_score_report_is_refused_by_name(core):

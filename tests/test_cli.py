@@ -10,6 +10,7 @@ checkpoint through the stock CheckpointLoaderSimple.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import os
@@ -378,10 +379,13 @@ def test_an_out_or_summary_path_that_cannot_be_written_exits_2_before_any_work(t
 
 def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     """Which files a job writes (NAME, its checkpoints; --resume's count going on), which are taken, which names
-    would be too long once a remote run adds its id, and photos the folder loader cannot read."""
+    would be too long once a remote run adds its id, and how the photos reach the graph: whole, as one image list
+    for face prep; as a batch of one shape where a workflow has no face prep (photos of two shapes refused first)."""
     if str(REPO) not in sys.path:
         sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
-    from cross_init_core.client.prompt_graph import FOLDER_LOADER, load_workflow
+    from PIL import Image
+
+    from cross_init_core.client.prompt_graph import PHOTO_LOADER, load_workflow
     from cross_init_core.client.train import graph, jobs
 
     job = jobs.Job(name="anna", images=[], source="--images")
@@ -409,11 +413,29 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     assert "too long" in jobs.long_name_problems([jobs.Job(name="n" * 81, images=[], source="x")], jobs.Outputs(25))[0]
     workflow = load_workflow(REPO / "workflows" / "api" / "cross_init_fast.json")
     settings = graph.TrainGraph(ckpt_name="x.safetensors", name="anna")
-    with_folder = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.jpg"], "f")
-    with_bmp = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.bmp"], "f")
-    assert [n for n in with_folder.values() if n["class_type"] == FOLDER_LOADER]
-    assert not [n for n in with_bmp.values() if n["class_type"] == FOLDER_LOADER]  # its loader skips .bmp: LoadImage each
-    assert sorted(n["inputs"]["image"] for n in with_bmp.values() if n["class_type"] == "LoadImage") == ["f/a.png", "f/b.bmp"]
+    prompt = graph.build_prompt(workflow, settings, ["f/a.png", "f/b.bmp"])
+    (photos,) = [k for k, n in prompt.items() if n["class_type"] == PHOTO_LOADER]
+    assert prompt[photos]["inputs"]["files"] == "f/a.png\nf/b.bmp"  # every suffix, each photo whole
+    (prep,) = [n for n in prompt.values() if n["class_type"] == "CrossInitFacePrep"]
+    assert prep["inputs"]["image"] == [photos, 0]
+    assert not [n for n in prompt.values() if n["class_type"] in ("ImageBatch", "LoadImage")]
+    # a workflow whose trainer reads the photos directly: a batch, which needs one shape
+    bare = {k: copy.deepcopy(v) for k, v in workflow.items() if v["class_type"] != "CrossInitFacePrep"}
+    trainer = next(v for v in bare.values() if v["class_type"] == "CrossInitTrainer")
+    loader = next(k for k, v in bare.items() if v["class_type"] == "LoadImage")
+    trainer["inputs"]["images"] = [loader, 0]
+    del trainer["inputs"]["masks"]
+    bare = {k: v for k, v in bare.items() if not any(isinstance(x, list) and x[0] == "3" for x in v["inputs"].values())}
+    assert not graph.photos_stay_whole(bare) and graph.photos_stay_whole(workflow)
+    batched = graph.build_prompt(bare, settings, ["f/a.png", "f/b.png"])
+    assert [n["class_type"] for n in batched.values()].count("ImageBatch") == 1
+    Image.new("RGB", (640, 480)).save(tmp_path / "wide.png")
+    Image.new("RGB", (480, 640)).save(tmp_path / "tall.png")
+    Image.new("RGB", (320, 240)).save(tmp_path / "wide2.png")  # another size, the same shape: ImageBatch only resizes
+    mixed = jobs.Job(name="mixed", images=[tmp_path / "wide.png", tmp_path / "tall.png"], source="--images")
+    same = jobs.Job(name="same", images=[tmp_path / "wide.png", tmp_path / "wide2.png"], source="faces/same")
+    (problem,) = jobs.same_shape_problems([mixed, same], "bare.json")
+    assert problem.startswith("--images: photos of different shapes (wide.png 640x480, tall.png 480x640)") and "bare.json" in problem
 
 
 def _client_modules():
@@ -706,8 +728,10 @@ def test_eval_command_generates_scores_and_writes_its_tables(core, comfyui, tmp_
                                                       "comparison.json"]
     with open(both / "comparison.csv", newline="", encoding="utf-8") as handle:
         table = list(csv.reader(handle))
-    assert table[0][2:] == ["cli_eval_face-step0002.safetensors:identity_mean", "cli_eval_face-step0002.safetensors:prompt_mean",
-                            "cli_eval_face.safetensors:identity_mean", "cli_eval_face.safetensors:prompt_mean"]
+    assert table[0][2:] == [f"{name}.safetensors:{what}" for name in ("cli_eval_face-step0002", "cli_eval_face")
+                            for what in ("faces_found", "identity_mean", "prompt_mean", "error")] + [
+        "identity_backend", "identity_metric", "identity_better", "identity_threshold", "prompt_model"]
+    assert all(row[-5:-1] == ["dlib", "euclidean", "lower", "0.600000"] for row in table[1:])
     assert [row[0] for row in table[1:]] == ["0", "1", "overall"]
     for folder in ("cli_eval_face", "cli_eval_face-step0002"):
         assert len(list((both / folder / "images").iterdir())) == 4 and (both / folder / "scores.json").is_file()
@@ -716,14 +740,23 @@ def test_eval_command_generates_scores_and_writes_its_tables(core, comfyui, tmp_
     bad = subprocess.run([sys.executable, "-m", "cross_init_core", *bad_argv], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--embedding no_such_face" in bad.stderr, bad.stderr
     assert sorted(p.name for p in (out / "images").iterdir())[-1] == "p01_i01.png"  # nothing generated by the refused run
+    # --overwrite with fewer images per prompt: the old ones are gone, not left beside the new ones
+    fewer = [("1" if v == "2" and argv[i - 1] == "--per-prompt" else v) for i, v in enumerate(argv)] + ["--overwrite"]
+    result = subprocess.run([sys.executable, "-m", "cross_init_core", *fewer], cwd=REPO, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["p00_i00.png", "p01_i00.png"]
+    assert "identity (lower is better)" in result.stdout
 
 
-def test_eval_that_stops_part_way_names_each_folder_and_writes_no_empty_scores(comfyui, tmp_path):
-    """A comparison that stops at a broken embedding: comparison.json and the terminal table name each embedding by
-    the folder its results are in (cli_cmp.pt shares its stem with cli_cmp.safetensors, which the run never reached,
-    so its folder is its whole name); the broken one, with no prompt finished, gets no folder and no scores file. A
-    single embedding with no prompt finished leaves no scores.json either, which would refuse a rerun without
-    --overwrite."""
+def test_eval_checks_every_embedding_first_then_runs_on_past_a_failed_one(comfyui, tmp_path):
+    """Before any prompt, every embedding is checked against the checkpoint (an SDXL file for an SD 1.5 checkpoint, a
+    file that is no embedding): exit 2 naming each, nothing written. An embedding that passes but fails while its
+    prompts run (vectors so large the images come out NaN, which the identity score refuses) is reported in its row,
+    and the embeddings after it still run; the comparison names each embedding by the folder its results are in
+    (cli_cmp.pt and cli_cmp.safetensors share a stem, so their folders are their whole names) and the failed one, with
+    no prompt finished, gets no folder. A single embedding with no prompt finished leaves no scores.json either,
+    which would refuse a rerun without --overwrite."""
     from comfy_servers import checkpoint_cache, small_checkpoint
     from safetensors.torch import save_file
 
@@ -733,7 +766,9 @@ def test_eval_that_stops_part_way_names_each_folder_and_writes_no_empty_scores(c
     vectors = {"clip_l": torch.randn(2, 768, generator=torch.Generator().manual_seed(5))}
     torch.save(vectors, embeddings / "cli_cmp.pt")
     save_file(vectors, str(embeddings / "cli_cmp.safetensors"))
+    save_file({"clip_l": vectors["clip_l"], "clip_g": torch.randn(2, 1280)}, str(embeddings / "cli_cmp_sdxl.safetensors"))
     (embeddings / "cli_cmp_broken.pt").write_bytes(b"not an embedding")
+    save_file({"clip_l": vectors["clip_l"] * 1e30}, str(embeddings / "cli_cmp_huge.safetensors"))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a {} person\n", encoding="utf-8")
     photo = face_photo(tmp_path / "me.png", 160)
@@ -741,22 +776,31 @@ def test_eval_that_stops_part_way_names_each_folder_and_writes_no_empty_scores(c
             "--checkpoint", REAL_CKPT, "--faces", str(photo), "--prompts", str(prompts), "--per-prompt", "1", "--steps", "1",
             "--resolution", "64", "--identity-backend", "dlib", "--no-prompt-score"]
     both = tmp_path / "both"
-    result = subprocess.run([*argv, "--embedding", "cli_cmp.pt", "cli_cmp_broken.pt", "cli_cmp.safetensors", "--output",
+    result = subprocess.run([*argv, "--embedding", "cli_cmp.pt", "cli_cmp_sdxl.safetensors", "cli_cmp_broken.pt", "--output",
+                             str(both)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "--embedding cli_cmp_sdxl.safetensors: does not fit checkpoint" in result.stderr, result.stderr
+    assert "--embedding cli_cmp_broken.pt: does not fit checkpoint" in result.stderr
+    assert "--embedding cli_cmp.pt:" not in result.stderr and not both.exists()
+
+    result = subprocess.run([*argv, "--embedding", "cli_cmp.pt", "cli_cmp_huge.safetensors", "cli_cmp.safetensors", "--output",
                              str(both)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr + result.stdout
-    assert files_in(both) == ["cli_cmp.pt", "comparison.csv", "comparison.json"]
-    assert (both / "cli_cmp.pt" / "scores.json").is_file()
+    assert files_in(both) == ["cli_cmp.pt", "cli_cmp.safetensors", "comparison.csv", "comparison.json"]
+    assert (both / "cli_cmp.pt" / "scores.json").is_file() and (both / "cli_cmp.safetensors" / "scores.json").is_file()
     data = json.loads((both / "comparison.json").read_text(encoding="utf-8"))
     assert {name: entry["folder"] for name, entry in data["embeddings"].items()} == {
-        "cli_cmp.pt": "cli_cmp.pt", "cli_cmp_broken.pt": "cli_cmp_broken"}
-    assert data["run"]["complete"] is False
-    assert "cli_cmp.pt id" in result.stdout and "no prompt finished" in result.stderr
+        "cli_cmp.pt": "cli_cmp.pt", "cli_cmp_huge.safetensors": "cli_cmp_huge", "cli_cmp.safetensors": "cli_cmp.safetensors"}
+    assert data["embeddings"]["cli_cmp_huge.safetensors"]["error"].startswith("prompt 0 (a photo of a <face> person)")
+    assert data["embeddings"]["cli_cmp.pt"]["error"] is None and data["run"]["complete"] is False
+    assert data["meaning"]["identity_backend"] == "dlib" and data["meaning"]["identity_better"] == "lower"
+    assert "cli_cmp.pt id (lower better)" in result.stdout and "cli_cmp_huge: prompt 0" in result.stdout
 
     single = tmp_path / "single"
-    result = subprocess.run([*argv, "--embedding", "cli_cmp_broken.pt", "--output", str(single)], cwd=REPO,
+    result = subprocess.run([*argv, "--embedding", "cli_cmp_huge.safetensors", "--output", str(single)], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr + result.stdout
-    assert "cli_cmp_broken.pt" in result.stderr and files_in(single) == []
+    assert "cli_cmp_huge.safetensors" in result.stderr and files_in(single) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def test_graph_per_prompt(graph):
                                 prefix="cross_init_eval/me_x")
     prompt = graph.build_prompt(workflow, settings, "a <face> person on the beach", 7)
     assert workflow == shipped_workflow()  # not edited in place
-    node = {n["class_type"]: n["inputs"] for n in prompt.values() if n["class_type"] not in ("LoadImage", "ImageBatch", "PreviewAny")}
+    node = {n["class_type"]: n["inputs"] for n in prompt.values() if n["class_type"] != "PreviewAny"}
     assert node["CheckpointLoaderSimple"]["ckpt_name"] == "sd21.safetensors"
     assert node["CrossInitLoadEmbedding"]["name"] == "me.safetensors"
     # the prompt is typed once, in the text node both read through their sockets: the command fills that node
@@ -192,11 +192,12 @@ def test_graph_per_prompt(graph):
     assert (node["KSampler"]["seed"], node["KSampler"]["steps"], node["KSampler"]["cfg"]) == (107, 3, 7.5)
     assert node["SaveImage"]["filename_prefix"] == "cross_init_eval/me_x/p07"
     assert node["CrossInitIdentityScore"]["backend"] == "dlib" and node["CrossInitPromptScore"]["model"] == "tiny-clip"
-    # two reference photos: batched onto the LoadImage the identity score reads
-    (batch,) = wr.nodes_of(prompt, "ImageBatch")
-    assert node["CrossInitIdentityScore"]["reference"] == [batch, 0]
-    loads = {prompt[n]["inputs"]["image"] for n in wr.nodes_of(prompt, "LoadImage")}
-    assert loads == {"cli/a.png", "cli/b.png"}
+    # two reference photos: one image list from the pack's Load Photos, in place of the LoadImage the identity score
+    # reads (no ImageBatch, which would crop the second to the first one's shape)
+    (photos,) = wr.nodes_of(prompt, "CrossInitLoadPhotos")
+    assert node["CrossInitIdentityScore"]["reference"] == [photos, 0]
+    assert prompt[photos]["inputs"]["files"] == "cli/a.png\ncli/b.png"
+    assert not wr.nodes_of(prompt, "ImageBatch") and not wr.nodes_of(prompt, "LoadImage")
     # without the prompt score its node and its report preview are gone, the rest is unchanged
     settings.clip_model = None
     bare = graph.build_prompt(workflow, settings, "a <face> person", 0)
@@ -204,7 +205,13 @@ def test_graph_per_prompt(graph):
     assert len(bare) == len(prompt) - 2
     # the probe scores the reference photos against themselves and nothing else
     probe = graph.probe_prompt(workflow, ["cli/a.png"], "auto")
-    assert {n["class_type"] for n in probe.values()} == {"LoadImage", "CrossInitIdentityScore", "PreviewAny"}
+    assert {n["class_type"] for n in probe.values()} == {"CrossInitLoadPhotos", "CrossInitIdentityScore", "PreviewAny"}
+    # the family check: the checkpoint's CLIP encodes the first prompt with the embedding, and nothing is sampled
+    family = graph.family_prompt(workflow, settings, "a <face> person")
+    assert {n["class_type"] for n in family.values()} == {"CheckpointLoaderSimple", "CrossInitLoadEmbedding",
+                                                          "CrossInitCLIPTextEncode", "PreviewAny"}
+    (encoder,) = wr.nodes_of(family, "CrossInitCLIPTextEncode")
+    assert family[graph.FAMILY_PROBE]["inputs"]["source"] == [encoder, 0]
 
 
 def test_table_and_contact_sheet_from_real_reports(graph, evaluation, pack, tiny, tmp_path):
@@ -244,12 +251,18 @@ def test_table_and_contact_sheet_from_real_reports(graph, evaluation, pack, tiny
     assert {csv_path.stat().st_mode & 0o777, json_path.stat().st_mode & 0o777} == {plain.stat().st_mode & 0o777}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
     lines = list(csv.reader(csv_path.read_text(encoding="utf-8").splitlines()))
-    assert lines[0] == list(evaluation.CSV_COLUMNS) and [r[0] for r in lines[1:]] == ["0", "1", "overall"]
+    assert lines[0] == [*evaluation.CSV_COLUMNS, *evaluation.MEANING_COLUMNS] and [r[0] for r in lines[1:]] == ["0", "1", "overall"]
+    # every row says what its numbers are: dlib distances (lower is better, same person at 0.6), CLIP's model
+    assert all(r[6:] == ["dlib", "euclidean", "lower", "0.600000", "clip-vit-base-patch32"] for r in lines[1:]), lines
     all_scores = [e["score"] for o in reports for e in o.prompt["images"]]
     assert float(lines[-1][5]) == pytest.approx(sum(all_scores) / 4, abs=1e-6)
     assert lines[-1][3] == "0" and lines[-1][4] == ""  # no face anywhere: counted, no identity mean
     data = json.loads(json_path.read_text(encoding="utf-8"))
     assert data["identity"]["backend"] == "dlib" and data["identity"]["higher_is_better"] is False
+    assert data["identity"]["better"] == "lower" and data["identity"]["face_choice"] == "best match"
+    assert data["meaning"] == {"identity_backend": "dlib", "identity_metric": "euclidean", "identity_better": "lower",
+                               "identity_threshold": 0.6, "prompt_model": "clip-vit-base-patch32", "prompt_metric": "cosine",
+                               "prompt_better": "higher"}
     assert data["overall"]["images"] == 4 and data["overall"]["identity_mean"] is None
     assert [i["prompt_score"] for i in data["images"]] == pytest.approx(all_scores, abs=1e-9)
     assert data["prompts"][1]["scored_prompt"] == "cubism painting of a person"
@@ -261,6 +274,7 @@ def test_table_and_contact_sheet_from_real_reports(graph, evaluation, pack, tiny
     assert sheet.getpixel((left - 1, top + evaluation.CELL // 2)) == (220, 40, 40)
     text = evaluation.format_table(table)
     assert "0/2" in text and "dlib" in text and f"{sum(all_scores) / 4:.4f}" in text
+    assert "identity (lower is better)" in text and "clip-vit-base-patch32 (higher is better)" in text
 
 
 def test_table_pools_identity_over_images_with_a_face(evaluation):
@@ -283,3 +297,51 @@ def test_table_pools_identity_over_images_with_a_face(evaluation):
         evaluation.add_prompt_result(table, 2, "c <face>", ["e", "f"], other, None)
     with pytest.raises(ValueError, match="covers 2 images, 3 were made"):
         evaluation.add_prompt_result(table, 2, "c <face>", ["e", "f", "g"], second, None)
+
+
+def test_comparison_tables_carry_meaning_faces_and_errors(evaluation, tmp_path):
+    """comparison.csv/json and the terminal table: per embedding its faces found, means and error; every row says
+    which backend, metric, direction and threshold the identity is in and which CLIP scored the prompt."""
+    meta = {"backend": "dlib", "metric": "euclidean", "higher_is_better": False, "threshold": 0.6, "face_choice": "best match"}
+    good = evaluation.EvalTable(identity={}, prompt_model="clip-vit-base-patch32")
+    for index, scores in enumerate(([0.35, None], [0.7, 0.4])):
+        report = {**meta, "images": [{"index": i, "face": s is not None, "score": s, "match": s is not None and s < 0.6,
+                                      "faces": 0 if s is None else 2, "face_used": None if s is None else 1}
+                                     for i, s in enumerate(scores)]}
+        prompt = {"images": [{"index": 0, "score": 0.3}, {"index": 1, "score": 0.2}]}
+        evaluation.add_prompt_result(good, index, f"p{index} <face>", ["a", "b"], report, prompt)
+    broken = evaluation.EvalTable(identity={}, prompt_model="clip-vit-base-patch32", error="prompt 0 (p0 <face>): boom")
+    tables = {"good.safetensors": good, "broken.safetensors": broken}
+    folders = evaluation.name_folders(list(tables))
+    csv_path, json_path = evaluation.write_comparison(tmp_path, tables, folders, {"complete": False})
+    lines = list(csv.reader(csv_path.read_text(encoding="utf-8").splitlines()))
+    assert lines[0] == ["prompt_index", "prompt",
+                        "good.safetensors:faces_found", "good.safetensors:identity_mean", "good.safetensors:prompt_mean",
+                        "good.safetensors:error",
+                        "broken.safetensors:faces_found", "broken.safetensors:identity_mean", "broken.safetensors:prompt_mean",
+                        "broken.safetensors:error", *evaluation.MEANING_COLUMNS]
+    assert lines[1][2:6] == ["1", "0.350000", "0.250000", ""] and lines[2][2:4] == ["2", "0.550000"]
+    assert lines[3][0] == "overall" and lines[3][2:4] == ["3", f"{(0.35 + 0.7 + 0.4) / 3:.6f}"]
+    assert lines[3][9] == "prompt 0 (p0 <face>): boom"
+    assert all(row[10:] == ["dlib", "euclidean", "lower", "0.600000", "clip-vit-base-patch32"] for row in lines[1:])
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    assert data["meaning"]["identity_better"] == "lower" and data["meaning"]["prompt_model"] == "clip-vit-base-patch32"
+    assert data["embeddings"]["broken.safetensors"]["error"].endswith("boom")
+    assert data["embeddings"]["good.safetensors"]["overall"]["faces_found"] == 3
+    image = good.images[2]
+    assert (image.faces, image.face_used) == (2, 1)
+    text = evaluation.format_comparison(tables, folders)
+    assert "good id (lower better)" in text and "good faces" in text
+    assert "euclidean (lower is better, same person at threshold 0.6" in text and "broken: prompt 0 (p0 <face>): boom" in text
+
+
+def test_scored_prompt_leaves_no_fragments(evaluation):
+    cases = {
+        "a photo of <face> person": "a photo of person",  # the paper's protocol, unchanged
+        "<face>'s portrait": "the person's portrait",
+        "a close-up of <face>\u2019s face, smiling": "a close-up of the person's face, smiling",
+        "<face>, smiling on the beach": "smiling on the beach",
+        "a painting (<face>) in oil": "a painting in oil",
+        "a photo of <face> person as an astronaut <face> ": "a photo of person as an astronaut",
+    }
+    assert {prompt: evaluation.scored_prompt(prompt) for prompt in cases} == cases

@@ -22,6 +22,7 @@ BENCHMARKS = REPO / "docs" / "benchmarks.md"
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "bench" / "device")]
 
 import gpu_report  # noqa: E402
+import rows as rows_module  # noqa: E402
 import run_checks  # noqa: E402
 import server_path  # noqa: E402
 from rows import read_rows  # noqa: E402
@@ -175,6 +176,59 @@ def test_the_server_path_refuses_the_full_sizes_without_a_gpu(tmp_path, monkeypa
     assert row["host"] == "9.9.9" and row["path"] == "server" and row["device"] == "CPU"
     assert row["error"].startswith("no GPU") and "--smoke" in row["error"]
     assert list(work.iterdir()) == [] and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_step_that_hangs_leaves_room_for_the_steps_after_it(tmp_path, monkeypatch):
+    """A step that never ends (a server that hangs without dying) gets the time left less room for each later step
+    (MIN_STEP_S and the stop's grace), so the step after it still runs before the deadline instead of being "not reached"."""
+    monkeypatch.setattr(run_checks, "REPORT_RESERVE_S", 1.0)
+    monkeypatch.setattr(run_checks, "MIN_STEP_S", 3.0)
+    monkeypatch.setattr(run_checks, "STOP_GRACE_S", 2.0)
+    assert run_checks.step_budget(100.0, 2) == 100.0 - 1.0 - 2 * (3.0 + 2.0)
+    rows_path = tmp_path / "rows.jsonl"
+    steps = [_step("server", 600, rows_path, False), _step("in_process", 0, rows_path, True)]
+    started = time.monotonic()
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log_file:
+        not_reached = run_checks.run_steps(steps, started + 12.0, rows_path, log_file)
+    assert not_reached == []
+    rows = read_rows(rows_path)
+    assert [row["path"] for row in rows] == ["server", "in_process"]
+    stopped = float(rows[0]["error"].split("after ")[1].split(" s")[0])
+    assert stopped <= 12.0 - 1.0 - 5.0 + 1.0, rows[0]  # its budget kept room for the next step
+    assert "error" not in rows[1]
+
+
+def test_error_rows_keep_the_whole_message_with_the_log_tail():
+    message = "the local ComfyUI did not start; the end of its log:\nline one\nTraceback ...\nOSError: disk full"
+    text = rows_module.error_text(RuntimeError(message))
+    assert text == f"RuntimeError: {message}"
+    long = rows_module.error_text(RuntimeError("start " + "x" * 10_000 + " the last log line"))
+    assert len(long) <= rows_module.ERROR_LIMIT and long.startswith("RuntimeError: start") and long.endswith("the last log line")
+    assert "|" not in gpu_report._cell("a | b\nc") and "\n" not in gpu_report._cell("a | b\nc")
+
+
+def test_rehearsal_a_server_that_hangs_is_given_up_at_its_own_limit(tmp_path, monkeypatch):
+    """The server path against a ComfyUI whose main.py starts, logs and then hangs without dying (never answers): it
+    gives the server up after --server-start-timeout, not the runner's 600 s, and its error row carries the whole
+    message with the end of the server's log."""
+    comfyui = tmp_path / "ComfyUI"
+    comfyui.mkdir()
+    (comfyui / "comfyui_version.py").write_text('__version__ = "9.9.9"\n', encoding="utf-8")
+    (comfyui / "main.py").write_text("import time\nprint('fake ComfyUI: loading a custom node that never returns', flush=True)\n"
+                                     "time.sleep(3600)\n", encoding="utf-8")
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / f"small_{server_path.CHECKPOINT}").write_bytes(b"")  # the checkpoint is not what this checks
+    rows_path, work = tmp_path / "rows.jsonl", tmp_path / "work"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "server_path.py"), "--comfyui", str(comfyui), "--rows",
+                           str(rows_path), "--work", str(work), "--checkpoints", str(checkpoints), "--smoke",
+                           "--server-start-timeout", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert time.monotonic() - started < 120
+    (row,) = read_rows(rows_path)
+    assert row["host"] == "9.9.9" and row["path"] == "server"
+    assert "did not answer within 4 s" in row["error"] and "never returns" in row["error"], row["error"]
 
 
 def test_the_offline_run_writes_its_report_even_when_device_is_missing(tmp_path):

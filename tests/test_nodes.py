@@ -6,6 +6,7 @@ import pytest
 import torch
 
 PACK_NODES = {
+    "CrossInitLoadPhotos",
     "CrossInitFacePrep",
     "CrossInitEmbeddingInit",
     "CrossInitLossSettings",

@@ -71,8 +71,20 @@ def run_child(blocked: list[str]) -> dict:
 
 
 ALL_NODES = [
-    "CrossInitCLIPTextEncode", "CrossInitCheckpointReport", "CrossInitEmbeddingInit", "CrossInitFacePrep", "CrossInitIdentityScore",
-    "CrossInitLoadEmbedding", "CrossInitLossSettings", "CrossInitPromptScore", "CrossInitSampleBatch", "CrossInitSaveEmbedding",
+    "CrossInitCLIPTextEncode",
+    "CrossInitCheckpointReport",
+    "CrossInitEmbeddingInit",
+    "CrossInitFacePrep",
+    "CrossInitIdentityScore",
+    "CrossInitLoadEmbedding",
+    "CrossInitLoadLoraToken",
+    "CrossInitLoadPhotos",
+    "CrossInitLossSettings",
+    "CrossInitPivotalLora",
+    "CrossInitPromptScore",
+    "CrossInitSampleBatch",
+    "CrossInitSaveEmbedding",
+    "CrossInitSaveLora",
     "CrossInitTrainer",
 ]
 

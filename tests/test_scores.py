@@ -147,7 +147,7 @@ def test_dlib_photo_without_face_is_counted_not_averaged(scoring, dlib_embedder)
     result = scoring.score_identity(batch(face), batch(flipped(face), no_face_photo(), jpeg(face, 50)), embedder=dlib_embedder)
     report = strict_json(result.report_json())
     assert report["faces_found"] == 2
-    assert report["images"][1] == {"index": 1, "face": False, "score": None, "match": None}
+    assert report["images"][1] == {"index": 1, "face": False, "faces": 0, "face_used": None, "box": None, "score": None, "match": None}
     with_face = [report["images"][0]["score"], report["images"][2]["score"]]
     assert result.mean == pytest.approx(sum(with_face) / 2)
     # annotated grid: 2x2 tiles under the caption, the no-face tile framed in red
@@ -157,6 +157,67 @@ def test_dlib_photo_without_face_is_counted_not_averaged(scoring, dlib_embedder)
     tile = grid[0, identity.CAPTION_HEIGHT : identity.CAPTION_HEIGHT + identity.TILE, identity.TILE : 2 * identity.TILE]
     red = torch.tensor(identity.NO_FACE, dtype=torch.float32) / 255
     assert torch.allclose(tile[identity.TILE // 2, 1], red, atol=1e-6)  # left edge of the frame
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Two photos on one canvas (left one first), each at its own size, padded with grey below the shorter one."""
+    height = max(left.shape[0], right.shape[0])
+    canvas = np.full((height, left.shape[1] + right.shape[1], 3), 128, np.uint8)
+    canvas[: left.shape[0], : left.shape[1]] = left
+    canvas[: right.shape[0], left.shape[1] :] = right
+    return canvas
+
+
+def test_dlib_two_person_image_scores_the_best_matching_face_against_each_person(scoring, dlib_embedder):
+    """The reference person beside a LARGER face of someone else (the paper's "beside Anne Hathaway" prompts): the
+    image scores the person's own face, not the largest one, and the report says there were two and which was used."""
+    group = insightface_image("t1.jpg")
+    assert group is not None
+    person = around(astronaut(), ASTRONAUT_FACE, grow=0.6)  # her face ~84 px wide
+    other = rescaled(around(group, T1_DAVID, grow=0.6), 1.6)  # his face ~180 px wide: the largest
+    pair = side_by_side(person, other)
+    alone = scoring.score_identity(batch(astronaut()), batch(person), embedder=dlib_embedder).report["images"][0]
+    # the larger face scores as someone else (what the 0.2.0 score, which took the largest face, reported)
+    theirs = scoring.score_identity(batch(astronaut()), batch(other), embedder=dlib_embedder).report["images"][0]
+    assert theirs["match"] is False and theirs["score"] > 0.6
+    result = scoring.score_identity(batch(astronaut()), batch(pair), embedder=dlib_embedder)
+    entry = strict_json(result.report_json())["images"][0]
+    assert result.report["face_choice"] == "best match"
+    assert entry["faces"] == 2 and entry["face_used"] == 0, entry  # left to right: hers is the first
+    assert entry["match"] is True and entry["score"] < 0.3 and alone["score"] < 0.3, (entry, alone)  # hers: close to 0
+    assert entry["box"][2] <= person.shape[1] + 5  # her box, inside the left photo
+    # the largest face alone is someone else: what the 0.2.0 score used
+    largest = sub(scoring, "metrics").largest(dlib_embedder.faces(pair / 255.0))
+    assert largest.box[0] >= person.shape[1] - 5
+    his = scoring.score_identity(batch(around(group, T1_DAVID)), batch(pair), embedder=dlib_embedder).report["images"][0]
+    assert his["faces"] == 2 and his["face_used"] == 1 and his["match"] is True, his
+    assert his["box"][0] >= person.shape[1] - 5
+    # the annotated tile shows both faces: the scored one in the match colour, the other in grey
+    identity = sub(scoring, "identity")
+    tile = (result.annotated[0, identity.CAPTION_HEIGHT :, : identity.TILE] * 255).round().to(torch.uint8).numpy()
+    colours = {tuple(int(c) for c in px) for px in tile.reshape(-1, 3)}
+    assert identity.MATCH in colours and identity.OTHER_FACE in colours
+
+
+def test_dlib_downscales_large_photos_with_the_same_result(scoring, dlib_embedder, monkeypatch):
+    """A 16 MP photo (the astronaut enlarged 8x) is detected on a copy no larger than DETECT_MAX_SIDE, scores as the
+    original does, and its face box comes back in the large photo's pixels."""
+    dlib_backend = sub(scoring, "dlib_backend")
+    generated = jpeg(flipped(astronaut()), 60)
+    small = scoring.score_identity(batch(astronaut()), batch(generated), embedder=dlib_embedder).report["images"][0]
+    large = np.ascontiguousarray(np.repeat(np.repeat(astronaut(), 8, axis=0), 8, axis=1))  # 4096 x 4096
+    seen: list[tuple[int, ...]] = []
+    detector = dlib_embedder._detector
+    monkeypatch.setattr(dlib_embedder, "_detector", lambda pixels, upsample: seen.append(pixels.shape) or detector(pixels, upsample))
+    faces = dlib_embedder.faces(large.astype(np.float32) / 255.0)
+    assert seen and max(max(shape[:2]) for shape in seen) <= dlib_backend.DETECT_MAX_SIDE
+    (face,) = faces
+    from face_photos import iou
+
+    assert iou(face.box, tuple(8 * v for v in ASTRONAUT_FACE)) > 0.5, face.box
+    as_reference = scoring.score_identity(batch(large), batch(generated), embedder=dlib_embedder).report["images"][0]
+    assert as_reference["score"] == pytest.approx(small["score"], abs=0.03), (as_reference, small)
+    assert as_reference["match"] is True
 
 
 def test_dlib_several_references_average_the_pairwise_scores(scoring, dlib_embedder):
@@ -289,6 +350,35 @@ def test_arcface_scores_equal_an_independent_computation(core, scoring, tmp_path
         assert entry["match"] is (expected[-1] >= 0.28)
     assert expected[0] != pytest.approx(expected[1], abs=1e-3)
     assert result.mean == pytest.approx(np.mean([e["score"] for e in report["images"][:2]]))
+
+
+def test_arcface_two_person_image_scores_the_best_matching_face(core, scoring, tmp_path):
+    """The insightface backend on a two-person image (hand-marked boxes standing in for SCRFD): every face is embedded,
+    and against each person's photo the image scores that person's face, also where the other face is larger."""
+    import dataclasses
+
+    arcface = sub(scoring, "arcface_backend")
+    build_linear_recognizer(tmp_path / "rec.onnx", seed=2)
+    tom = insightface_image("Tom_Hanks_54745.png")
+    assert tom is not None
+    person, big_tom = astronaut(), np.ascontiguousarray(np.repeat(np.repeat(tom, 4, axis=0), 4, axis=1))  # his face: 4x hers
+    tom_box = tuple(4 * v for v in TOM_FACE)
+    pair = side_by_side(person, big_tom)
+    detector = HandMarkedDetector(core, [(person, ASTRONAUT_FACE, False), (big_tom, tom_box, False)])
+    hers, his = detector.known[person.tobytes()], detector.known[big_tom.tobytes()]
+    width = person.shape[1]
+    moved = dataclasses.replace(his, box=(his.box[0] + width, his.box[1], his.box[2] + width, his.box[3]),
+                                landmarks=np.asarray(his.landmarks) + np.array([width, 0]))
+    detector.known[pair.tobytes()] = [hers, moved]
+    plain_detect = detector.detect
+    detector.detect = lambda rgb, attempt: (lambda found: found if isinstance(found, list) else plain_detect(rgb, attempt))(
+        detector.known.get(np.ascontiguousarray(rgb).tobytes()))
+    embedder = arcface.ArcFaceEmbedder(detector, arcface.load_recognizer(tmp_path / "rec.onnx", ["CPUExecutionProvider"]), "test")
+    for reference, used in ((person, 0), (big_tom, 1)):
+        (entry,) = scoring.score_identity(batch(reference), batch(pair), embedder=embedder).report["images"]
+        assert entry["faces"] == 2 and entry["face_used"] == used, entry
+        assert entry["score"] > 0.8 and entry["match"] is True, entry  # the same face (his crop meets the frame: not 1)
+    assert (moved.box[2] - moved.box[0]) > (hers.box[2] - hers.box[0])  # the largest face is his
 
 
 def _fake_detector(folder: Path, name: str) -> None:

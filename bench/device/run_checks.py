@@ -1,7 +1,7 @@
 """The GPU check's driver: its measurements in priority order under one deadline, each row written the moment it
 is measured, and a report written whatever happens (a timeout, an error in one measurement, SIGTERM).
 
-    python3 bench/device/run_checks.py offline [--smoke] [--deadline S] [--out DIR]
+    python3 bench/device/run_checks.py offline [--smoke] [--deadline S] [--server-start-timeout S] [--out DIR]
         what `bash bench/device/run.sh` runs on the GPU machine, which has no network: the python running this
         script is the one used (`python3` there, with torch); .device/wheels/ is installed into a temp folder
         with `pip --no-index --no-deps` and put on PYTHONPATH, .device/hosts/ are unpacked, then the hosts are
@@ -10,13 +10,14 @@ is measured, and a report written whatever happens (a timeout, an error in one m
         hosts that are already installed (`bash bench/gpu_check.sh`: the test lanes' venvs on a CUDA machine).
 
 The measurements, most important first: for each host (in the order given) the user's path, a real main.py
-server trained through the batch runner (bench/server_path.py); then for each host the in-process rows
-(bench/gpu_check.py measure), one model at a time. A step gets the time left before the deadline (less a
-reserve for the report); one that runs past it is stopped and recorded as an error row, and the steps after it
-are listed as not reached; one that exits non-zero without an error row of its own gets one too. Output in
---out: gpu_rows.jsonl (the rows), gpu_check.log (everything the steps printed) and benchmarks.md (the report);
---docs FILE also replaces the marked section of that page. --note TEXT (repeatable) adds a line to the report's
-notes, which mark the run failed (bench/gpu_check.sh names a lane it could not set up this way).
+server trained through the batch runner (bench/server_path.py, its server given --server-start-timeout seconds to
+answer); then for each host the in-process rows (bench/gpu_check.py measure), one model at a time. A step gets the
+time left before the deadline, less a reserve for the report and room for each step after it (step_budget); one
+that runs past that is stopped and recorded as an error row, and steps with no time left are listed as not
+reached; one that exits non-zero without an error row of its own gets one too. Output in --out: gpu_rows.jsonl
+(the rows), gpu_check.log (everything the steps printed) and benchmarks.md (the report); --docs FILE also replaces
+the marked section of that page. --note TEXT (repeatable) adds a line to the report's notes, which mark the run
+failed (bench/gpu_check.sh names a lane it could not set up this way).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ log = logging.getLogger("gpu_check")
 REPORT_RESERVE_S = 15.0  # kept back from the last step for writing the report
 MIN_STEP_S = 30.0  # a step that would get less than this is not started
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
+SERVER_START_S = 180.0  # the server path's limit for its server to answer (server_path.py --server-start-timeout)
 GPU_MODELS = ("sd15", "sd21")
 SMOKE_MODELS = ("sd15",)
 
@@ -84,11 +86,12 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
-def plan_steps(hosts: list[Host], smoke: bool, work: Path, rows_path: Path) -> list[Step]:
+def plan_steps(hosts: list[Host], smoke: bool, work: Path, rows_path: Path, server_start_s: float = SERVER_START_S) -> list[Step]:
     """Every measurement, most important first: the user's path on each host, then the in-process rows."""
     steps = [Step("server", host, "SD 1.5", [host.python, str(BENCH / "server_path.py"), "--comfyui", str(host.comfyui),
                                              "--rows", str(rows_path), "--work", str(work / f"server-{host.version}"),
-                                             "--checkpoints", str(work / "checkpoints"), *(["--smoke"] if smoke else [])])
+                                             "--checkpoints", str(work / "checkpoints"),
+                                             "--server-start-timeout", f"{server_start_s:g}", *(["--smoke"] if smoke else [])])
              for host in hosts]
     for host in hosts:
         for model in SMOKE_MODELS if smoke else GPU_MODELS:
@@ -143,10 +146,20 @@ def run_step(step: Step, budget: float, rows_path: Path, log_file: TextIO) -> No
     log.info("%s: done in %.0f s%s", step.label, seconds, f" ({error})" if error else "")
 
 
+def step_budget(left: float, later_steps: int) -> float:
+    """A step's seconds: what is left before the deadline, less the report's reserve and, for each step after it, the
+    least a step is started with and the time stopping this one may take, so one step that hangs (a server that never
+    answers) cannot leave the later ones nothing."""
+    return left - REPORT_RESERVE_S - (MIN_STEP_S + STOP_GRACE_S) * later_steps
+
+
 def run_steps(steps: list[Step], deadline_at: float, rows_path: Path, log_file: TextIO) -> list[str]:
     """Runs the steps in order while time is left; returns the labels of those not reached."""
     for index, step in enumerate(steps):
-        budget = deadline_at - time.monotonic() - REPORT_RESERVE_S
+        left = deadline_at - time.monotonic()
+        budget = step_budget(left, len(steps) - index - 1)
+        if budget < MIN_STEP_S:  # too little for this step with room kept for the later ones: give it what is left
+            budget = left - REPORT_RESERVE_S
         if budget < MIN_STEP_S:
             return [s.label for s in steps[index:]]
         run_step(step, budget, rows_path, log_file)
@@ -221,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", type=parse_host, action="append", default=[], help="hosts: VERSION=PYTHON:COMFYUI")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: the rehearsal of the GPU run")
     parser.add_argument("--deadline", type=float, default=480.0, help="seconds for everything, report included")
+    parser.add_argument("--server-start-timeout", type=float, default=SERVER_START_S, metavar="S",
+                        help=f"seconds a ComfyUI server may take to answer before its path is given up (default {SERVER_START_S:.0f})")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "test-output" / "device"))
     parser.add_argument("--device-dir", type=Path, default=DEVICE_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--docs", type=Path, default=None, help="also replace the marked section of this page")
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError("no host to measure (give --host VERSION=PYTHON:COMFYUI)")
                 log.info("hosts: %s; deadline %.0f s; %s", ", ".join(f"{h.version} ({h.comfyui})" for h in hosts),
                          args.deadline, "CPU smoke run" if args.smoke else "GPU run")
-                steps = plan_steps(hosts, args.smoke, work, rows_path)
+                steps = plan_steps(hosts, args.smoke, work, rows_path, args.server_start_timeout)
                 not_reached = run_steps(steps, deadline_at, rows_path, log_file)
         except (Stopped, RuntimeError) as exc:  # a stop, or a missing piece named in the message
             log.error("the check stopped early: %s", exc)

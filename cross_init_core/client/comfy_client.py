@@ -117,8 +117,8 @@ class ComfyClient:
         return info.get(class_type) if isinstance(info, dict) else None
 
     async def upload_image(self, path: Path, subfolder: str, filename: str, data: bytes | None = None) -> str:
-        """Uploads one photo (or file: `data`, else the bytes of `path`) into <input>/<subfolder>/; returns the name the
-        graph uses ("subfolder/file")."""
+        """Uploads one file into <input>/<subfolder>/ (`data`, or the file's bytes); returns the name the graph uses
+        ("subfolder/file")."""
         form = aiohttp.FormData()
         form.add_field("image", path.read_bytes() if data is None else data, filename=filename,
                        content_type="application/octet-stream")
@@ -310,6 +310,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+START_TIMEOUT_S = 600.0  # a first start may install or compile; the GPU check passes its own, shorter limit
+
+
 class LocalServer:
     """`python main.py --listen 127.0.0.1 --port P ...` of a ComfyUI folder, as a child process.
 
@@ -347,20 +350,23 @@ class LocalServer:
             self._log_file.close()
         self._log_file = None
 
-    async def connect(self, session: aiohttp.ClientSession) -> ComfyClient:
-        """Starts the server and returns a client once it answers; ServerGone (with the end of its log) if it never does."""
+    async def connect(self, session: aiohttp.ClientSession, start_timeout: float = START_TIMEOUT_S) -> ComfyClient:
+        """Starts the server and returns a client once it answers; ServerGone (with the end of its log) if it does not
+        within `start_timeout` seconds, also when it hangs without dying."""
         self.start()
-        return await self.wait_up(session)
+        return await self.wait_up(session, start_timeout)
 
-    async def wait_up(self, session: aiohttp.ClientSession) -> ComfyClient:
-        """A client of the started server once it answers; ServerGone (with the end of its log) if it never does."""
+    async def wait_up(self, session: aiohttp.ClientSession, start_timeout: float = START_TIMEOUT_S) -> ComfyClient:
+        """A client of the started server once it answers; ServerGone (with the end of its log) if it does not within
+        `start_timeout` seconds."""
         client = ComfyClient(self.url, session)
         try:
-            await client.wait_until_up(600.0, is_alive=self.alive)
-        except ServerGone:
+            await client.wait_until_up(start_timeout, is_alive=self.alive)
+        except ServerGone as exc:
             tail = self.log_tail()
             ending = f"; the end of its log:\n{tail}" if tail else ""
-            raise ServerGone(f"the local ComfyUI ({self.comfyui}) did not start{ending}") from None
+            why = "it exited" if not self.alive() else str(exc)
+            raise ServerGone(f"the local ComfyUI ({self.comfyui}) did not start ({why}){ending}") from None
         return client
 
     def log_tail(self, lines: int = 20) -> str:

@@ -4,6 +4,7 @@ and the run of one command (argument errors, logging to stderr, usage errors and
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ PROG = "python -m cross_init_core"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # photos the commands read (what ComfyUI's LoadImage and the upload route take)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how the stored pixels are turned
 # every module of the client logs under this logger; a command shows it on stderr (all loggers with --verbose)
 CLIENT_LOGGER = __name__.rsplit(".", 1)[0]
 
@@ -118,6 +120,43 @@ def photo_problem(photo: Path) -> str | None:
     except Exception as exc:  # PIL raises many types for broken files
         return f"not a readable image ({exc})"
     return None
+
+
+def photo_size(photo: Path) -> tuple[int, int] | None:
+    """(width, height) of a photo as it shows upright (its EXIF orientation applied); None when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(photo) as image:
+            width, height = image.size
+            if _orientation(image) in (5, 6, 7, 8):  # a quarter turn: the photo shows with its sides swapped
+                width, height = height, width
+            return width, height
+    except Exception:  # PIL raises many types for broken files; photo_problem names them
+        return None
+
+
+def _orientation(image: object) -> int:
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)  # type: ignore[attr-defined]
+    except Exception:  # a broken EXIF block: the photo is used as stored
+        return 1
+
+
+def upright_photo(photo: Path) -> tuple[bytes, str]:
+    """(the bytes to upload, their suffix): the file as it is, or, when its EXIF orientation turns or mirrors it (a
+    phone's sideways JPEG with Orientation=6), the upright pixels as a PNG, so every loader on the server (the stock
+    ones ignore the tag in places) sees the photo the way it shows."""
+    from PIL import Image, ImageOps
+
+    data = photo.read_bytes()
+    with Image.open(photo) as image:
+        if _orientation(image) in (1, 0):
+            return data, photo.suffix.lower()
+        upright = ImageOps.exif_transpose(image)
+        buffer = io.BytesIO()
+        upright.save(buffer, format="PNG")
+    return buffer.getvalue(), ".png"
 
 
 def folder_problem(option: str, path: Path) -> str | None:

@@ -20,7 +20,7 @@ WORKFLOW_DIR = PACK_DIR / "workflows" / "api"  # the shipped API-format workflow
 
 # the node types the commands look for
 CKPT_LOADER = "CheckpointLoaderSimple"
-FOLDER_LOADER = "LoadImageDataSetFromFolder"  # stock (comfy_extras/nodes_dataset.py): a folder -> IMAGE list
+PHOTO_LOADER = "CrossInitLoadPhotos"  # photo files -> an IMAGE list, each whole and upright
 FACE_PREP = "CrossInitFacePrep"
 TRAINER = "CrossInitTrainer"
 SAVER = "CrossInitSaveEmbedding"
@@ -113,22 +113,13 @@ def load_workflow(path: Path) -> Prompt:
     return workflow
 
 
-def load_photos(prompt: Prompt, loader: str, photos: list[str], photo_title: str, batch_title: str) -> tuple[list[Any], set[str]]:
-    """The LoadImage `loader` loads the first photo; each further one gets a LoadImage batched onto it with the
-    stock ImageBatch (which resizes it to the first photo's size). New nodes take the next free numeric ids.
+def load_photo_list(prompt: Prompt, loader: str, photos: list[str], title: str) -> None:
+    """The LoadImage `loader` becomes the pack's Load Photos with every photo: an image list, each photo whole at its own
+    size and upright, where the stock ImageBatch would crop later photos to the first one's shape. Links to the
+    loader's image output stay valid (same id, same slot); its mask output is gone, so callers check nobody reads it."""
+    prompt[loader] = {"class_type": PHOTO_LOADER, "inputs": {"files": "\n".join(photos)}, "_meta": {"title": title}}
 
-    Returns the link to the whole batch and the ids of the added nodes.
-    """
-    prompt[loader]["inputs"]["image"] = photos[0]
-    last: list[Any] = [loader, 0]
-    added: set[str] = set()
-    next_id = max((int(k) for k in prompt if k.isdigit()), default=0) + 1
-    for photo in photos[1:]:
-        load_id, batch_id = str(next_id), str(next_id + 1)
-        next_id += 2
-        prompt[load_id] = {"class_type": "LoadImage", "inputs": {"image": photo}, "_meta": {"title": photo_title}}
-        prompt[batch_id] = {"class_type": "ImageBatch", "inputs": {"image1": last, "image2": [load_id, 0]},
-                            "_meta": {"title": batch_title}}
-        added |= {load_id, batch_id}
-        last = [batch_id, 0]
-    return last, added
+
+def reads_mask(prompt: Prompt, loader: str) -> bool:
+    """Whether any node reads the mask output of the LoadImage `loader`."""
+    return any(value == [loader, 1] for node in prompt.values() for value in node["inputs"].values())

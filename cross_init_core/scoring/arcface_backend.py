@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..face.detection import FaceDetector, select_face
+from ..face.detection import FaceDetector
 from ..face.errors import MissingDependencyError, ModelFilesError
 from ..face.images import to_uint8
 from ..face.insightface_backend import InsightFaceDetector, available_providers, insightface_importable
@@ -63,17 +63,20 @@ class ArcFaceEmbedder:
         self.recognizer = recognizer
         self.model = model
 
-    def largest_face(self, rgb: np.ndarray) -> FoundFace | None:
+    def faces(self, rgb: np.ndarray) -> list[FoundFace]:
         from insightface.utils.face_align import norm_crop
 
-        faces = find_faces(self.detector, rgb)
-        if not faces:
-            return None
-        face = select_face(faces, "largest", rgb.shape[1], rgb.shape[0])
+        detections = sorted(find_faces(self.detector, rgb), key=lambda f: f.box[0])
+        if not detections:
+            return []
         bgr = np.ascontiguousarray(to_uint8(rgb)[..., ::-1])  # insightface works in OpenCV's BGR order
-        crop = norm_crop(bgr, landmark=np.asarray(face.landmarks, dtype=np.float32), image_size=int(self.recognizer.input_size[0]))
-        embedding = np.asarray(self.recognizer.get_feat(crop), dtype=np.float64).ravel()
-        return FoundFace(box=face.box, embedding=embedding)
+        found = []
+        for face in detections:  # every face: a group picture may show the person beside someone larger
+            landmarks = np.asarray(face.landmarks, dtype=np.float32)
+            crop = norm_crop(bgr, landmark=landmarks, image_size=int(self.recognizer.input_size[0]))
+            embedding = np.asarray(self.recognizer.get_feat(crop), dtype=np.float64).ravel()
+            found.append(FoundFace(box=face.box, embedding=embedding))
+        return found
 
 
 def _providers() -> list[str]:

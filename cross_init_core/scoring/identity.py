@@ -1,10 +1,12 @@
 """Identity score: does each generated image show the person of the reference photos?
 
-For every generated image the largest face is embedded and compared with the largest face of every
-reference photo; the image's score is the average of those pairwise scores, and `mean` averages the
-images that have a face. Images without a face are counted (`faces_found`) and left out of the mean;
-when no generated image has a face, `mean` is NaN (null in the JSON report). A reference photo without
-a face is an error naming its index. Each backend reports only its own metric and threshold.
+Every face of a generated image is embedded and compared with the largest face of every reference photo
+(a face's score is the average of those pairwise scores); the image's score is its best-matching face's (the
+highest cosine, the lowest distance), because prompts may show the person beside others (five of the
+paper's twenty put them beside Anne Hathaway), and `mean` averages the images that have a face. Images without
+a face are counted (`faces_found`) and left out of the mean; when no generated image has a face, `mean` is NaN
+(null in the JSON report). A reference photo without a face is an error naming its index. Each backend reports
+only its own metric and threshold.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from . import arcface_backend, dlib_backend
 from .arcface_backend import insightface_embedder
 from .dlib_backend import INSTALL_HINT as DLIB_INSTALL_HINT
 from .dlib_backend import dlib_embedder
-from .metrics import FaceEmbedder, FoundFace
+from .metrics import FaceEmbedder, FoundFace, Metric, largest
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ CAPTION_HEIGHT = 46  # two caption lines
 MATCH = (0, 200, 0)
 NO_MATCH = (255, 140, 0)
 NO_FACE = (230, 0, 0)
+OTHER_FACE = (150, 150, 150)  # a face that was not the image's best match
+FACE_CHOICE = "best match"  # the report's `face_choice`: which face of an image is scored
 
 
 class NoReferenceFaceError(CrossInitError):
@@ -115,7 +119,7 @@ def score_identity(
 
     references: list[np.ndarray] = []
     for index, photo in enumerate(reference_photos):
-        found = embedder.largest_face(photo)
+        found = largest(embedder.faces(photo))
         if found is None:
             raise NoReferenceFaceError(
                 f"Input `reference`, image index {index} (of {len(reference_photos)}): the {embedder.backend} backend finds no face "
@@ -125,16 +129,11 @@ def score_identity(
         references.append(found.embedding)
 
     entries: list[dict[str, Any]] = []
-    faces: list[FoundFace | None] = []
+    faces: list[list[FoundFace]] = []
     for index, photo in enumerate(generated):
-        found = embedder.largest_face(photo)
-        faces.append(found)
-        if found is None:
-            entries.append({"index": index, "face": False, "score": None, "match": None})
-            continue
-        # Several reference photos: the image's score is the average of its pairwise scores.
-        score = float(np.mean([metric.score(ref, found.embedding) for ref in references]))
-        entries.append({"index": index, "face": True, "score": score, "match": metric.matches(score)})
+        found_faces = embedder.faces(photo)
+        faces.append(found_faces)
+        entries.append(_entry(index, found_faces, references, metric))
 
     scores = [e["score"] for e in entries if e["face"]]
     mean = float(np.mean(scores)) if scores else math.nan
@@ -145,38 +144,59 @@ def score_identity(
         "metric": metric.name,
         "higher_is_better": metric.higher_is_better,
         "threshold": metric.threshold,
+        "face_choice": FACE_CHOICE,
         "mean": None if math.isnan(mean) else mean,
         "faces_found": len(scores),
         "images": entries,
     }
     logger.info(
-        "Identity score (%s, %s %s): mean %s over %d of %d images with a face, %d reference photos",
+        "Identity score (%s, %s %s): mean %s over %d of %d images with a face (%d faces in all), %d reference photos",
         embedder.backend,
         embedder.model,
         metric.name,
         f"{mean:.4f}",
         len(scores),
         len(generated),
+        sum(len(f) for f in faces),
         len(references),
     )
     caption = (
-        f"{embedder.backend} {metric.name} ({'higher' if metric.higher_is_better else 'lower'} is better), threshold {metric.threshold:g}",
+        f"{embedder.backend} {metric.name} ({metric.direction} is better), threshold {metric.threshold:g}, best-matching face",
         f"mean {mean:.3f}, faces {len(scores)}/{len(generated)}, references {len(references)}",
     )
     return IdentityResult(mean=mean, report=report, annotated=draw_grid(generated, faces, entries, caption))
 
 
-def _tile(rgb: np.ndarray, found: FoundFace | None, entry: dict[str, Any]) -> Image.Image:
+def _entry(index: int, faces: list[FoundFace], references: list[np.ndarray], metric: Metric) -> dict[str, Any]:
+    """One generated image's report entry: its best-matching face (`face_used`, counting left to right) of `faces`."""
+    if not faces:
+        return {"index": index, "face": False, "faces": 0, "face_used": None, "box": None, "score": None, "match": None}
+    # Several reference photos: a face's score is the average of its pairwise scores.
+    scores = [float(np.mean([metric.score(ref, face.embedding) for ref in references])) for face in faces]
+    best = 0
+    for k in range(1, len(scores)):
+        if metric.better(scores[k], scores[best]):
+            best = k
+    box = [round(v, 1) for v in faces[best].box]
+    return {"index": index, "face": True, "faces": len(faces), "face_used": best, "box": box, "score": scores[best],
+            "match": metric.matches(scores[best])}
+
+
+def _tile(rgb: np.ndarray, faces: list[FoundFace], entry: dict[str, Any]) -> Image.Image:
     canvas, scale, ox, oy, new_w, new_h = fit_in_square(to_uint8(rgb), TILE)
     draw = ImageDraw.Draw(canvas)
-    if found is None:
+    if not faces:
         draw.rectangle((ox, oy, ox + new_w - 1, oy + new_h - 1), outline=NO_FACE, width=5)
         label, color = f"#{entry['index']} no face", NO_FACE
     else:
         color = MATCH if entry["match"] else NO_MATCH
-        x0, y0, x1, y1 = (round(v * scale) for v in found.box)
+        for k, face in enumerate(faces):  # the scored face last, so its box is on top
+            if k != entry["face_used"]:
+                x0, y0, x1, y1 = (round(v * scale) for v in face.box)
+                draw.rectangle((x0 + ox, y0 + oy, x1 + ox, y1 + oy), outline=OTHER_FACE, width=1)
+        x0, y0, x1, y1 = (round(v * scale) for v in faces[entry["face_used"]].box)
         draw.rectangle((x0 + ox, y0 + oy, x1 + ox, y1 + oy), outline=color, width=2)
-        label = f"#{entry['index']} {entry['score']:.3f}"
+        label = f"#{entry['index']} {entry['score']:.3f}" + (f" ({len(faces)} faces)" if len(faces) > 1 else "")
     font = ImageFont.load_default()
     draw.rectangle((0, 0, len(label) * 7 + 10, 20), fill=(0, 0, 0))
     draw.text((5, 4), label, fill=color, font=font)
@@ -184,9 +204,10 @@ def _tile(rgb: np.ndarray, found: FoundFace | None, entry: dict[str, Any]) -> Im
 
 
 def draw_grid(
-    generated: list[np.ndarray], faces: list[FoundFace | None], entries: list[dict[str, Any]], caption: tuple[str, str]
+    generated: list[np.ndarray], faces: list[list[FoundFace]], entries: list[dict[str, Any]], caption: tuple[str, str]
 ) -> torch.Tensor:
-    """The generated images as TILE px tiles (face box and score, red frame when no face) under a caption line."""
+    """The generated images as TILE px tiles (the scored face's box and score, other faces in grey, red frame when no
+    face) under a caption line."""
     columns = math.ceil(math.sqrt(len(generated)))
     rows = math.ceil(len(generated) / columns)
     sheet = Image.new("RGB", (max(columns * TILE, 2 * TILE), CAPTION_HEIGHT + rows * TILE))

@@ -25,11 +25,28 @@ class Metric:
     def matches(self, score: float) -> bool:
         return score >= self.threshold if self.higher_is_better else score <= self.threshold
 
+    def better(self, a: float, b: float) -> bool:
+        """Whether score `a` is a better match than `b` (higher cosine, lower distance)."""
+        return a > b if self.higher_is_better else a < b
+
+    @property
+    def direction(self) -> str:
+        """How the tables say which way is better: "higher" or "lower"."""
+        return "higher" if self.higher_is_better else "lower"
+
 
 @dataclass(frozen=True)
 class FoundFace:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
     embedding: np.ndarray
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+
+def largest(faces: list[FoundFace]) -> FoundFace | None:
+    return max(faces, key=lambda f: f.area) if faces else None
 
 
 class FaceEmbedder(Protocol):
@@ -37,6 +54,6 @@ class FaceEmbedder(Protocol):
     model: str  # which weights, for logs and the annotated image
     metric: Metric
 
-    def largest_face(self, rgb: np.ndarray) -> FoundFace | None:
-        """The largest face of an HxWx3 float32 RGB image in [0, 1] with its embedding, None when there is none."""
+    def faces(self, rgb: np.ndarray) -> list[FoundFace]:
+        """Every face of an HxWx3 float32 RGB image in [0, 1] with its embedding, left to right (empty: no face)."""
         ...

@@ -6,8 +6,9 @@ process unless --server is given): N images with the embedding, the
 identity score against the reference photos and the CLIP prompt score. The images, a table per prompt and
 overall (scores.csv, scores.json) and a contact sheet (contact_sheet.jpg) land in one output folder.
 
-Exit codes: 0 done; 1 a run failed on the server (the table holds the prompts finished before it);
-2 bad arguments or inputs, found before any image is generated; 130 stopped with Ctrl-C.
+Exit codes: 0 done; 1 a run failed on the server (that embedding's table holds the prompts finished before it and
+the error; in a comparison the other embeddings still run); 2 bad arguments or inputs (an embedding that does not fit
+the checkpoint included), found before any image is generated; 130 stopped with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
             "output (in --output, default ./cross_init_eval/EMBEDDING/): images/pPP_iII.png, scores.csv and scores.json\n"
             "(one row per prompt and an overall row), contact_sheet.jpg. Several embeddings (default ./cross_init_eval/\n"
             "comparison/): that in one folder per embedding, and comparison.csv/json side by side. See docs/evaluation.md.\n\n"
-            "exit codes: 0 done; 1 a run failed on the server (the table holds the prompts finished before it);\n"
-            "            2 bad arguments or inputs (missing checkpoint, embedding, photo or scoring model, bad prompts\n"
-            "            file, N < 1): nothing was generated; 130 stopped with Ctrl-C."
+            "exit codes: 0 done; 1 a run failed on the server (that embedding's table holds the prompts finished\n"
+            "            before it and the error; a comparison runs the other embeddings); 2 bad arguments or inputs\n"
+            "            (missing checkpoint, embedding, photo or scoring model, an embedding for another model family,\n"
+            "            bad prompts file, N < 1): nothing was generated; 130 stopped with Ctrl-C."
         ),
     )
     parser.add_argument("--version", action="version", version=f"Cross-Init {__version__}")
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--output", type=Path, metavar="DIR", help="folder for images, tables and the contact sheet "
                                                                  "(default: ./cross_init_eval/EMBEDDING).")
-    out.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --output.")
+    out.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --output (its images, "
+                                                               "tables and contact sheet are removed once every check passes).")
     add_console_options(out, "table")
 
     host = parser.add_argument_group("ComfyUI")

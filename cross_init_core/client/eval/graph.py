@@ -18,15 +18,17 @@ from ..prompt_graph import (
     checkpoint_loaders,
     downstream,
     is_link,
-    load_photos,
+    load_photo_list,
     nodes_of,
     only,
+    reads_mask,
     start_prompt,
     upstream,
 )
 
 REQUIRED_NODES = (EMBEDDING_LOADER, ENCODER, "KSampler", "EmptyLatentImage", "SaveImage", "LoadImage", IDENTITY,
                   PROMPT_SCORE)
+FAMILY_PROBE = "family_probe"  # the text preview that ends the family check's graph
 
 
 def checkpoint_loader_type(workflow: dict[str, Any]) -> str | None:
@@ -89,19 +91,33 @@ def build_prompt(workflow: dict[str, Any], settings: EvalGraph, text: str, index
 
 
 def _reference_photos(prompt: dict[str, Any], references: list[str]) -> None:
-    """The identity score's LoadImage gets the first photo; further photos are batched onto it with the stock
-    ImageBatch (which resizes them to the first's size; the score finds the face in each anyway)."""
+    """The identity score's LoadImage becomes the pack's Load Photos with every reference photo: an image list, each
+    photo whole at its own size and upright (the stock ImageBatch would crop later photos to the first one's shape)."""
     identity = only(prompt, IDENTITY)
     link = prompt[identity]["inputs"]["reference"]
     if not is_link(link) or prompt[link[0]]["class_type"] != "LoadImage":
         raise ValueError(f"the workflow's {IDENTITY} must take its reference from a LoadImage node")
-    last, _added = load_photos(prompt, link[0], references, "Reference photo (CLI)", "Batch reference photos (CLI)")
-    prompt[identity]["inputs"]["reference"] = last
+    if reads_mask(prompt, link[0]):
+        raise ValueError(f"the workflow reads the mask of the LoadImage that gives {IDENTITY} its reference; give that "
+                         "node no other use")
+    load_photo_list(prompt, link[0], references, "Reference photos (CLI)")
+
+
+def family_prompt(workflow: dict[str, Any], settings: EvalGraph, text: str) -> dict[str, Any]:
+    """The checkpoint's CLIP encoding `text` with the embedding, and nothing else: the encoder refuses an embedding of
+    another model family (an SDXL file for an SD 1.5 checkpoint) in seconds, before any image is generated."""
+    prompt = build_prompt(workflow, settings, text, 0)
+    encoder = only(prompt, ENCODER)
+    keep = upstream(prompt, [encoder])
+    probe = {k: v for k, v in prompt.items() if k in keep}
+    probe[FAMILY_PROBE] = {"class_type": TEXT_PREVIEW, "inputs": {"source": [encoder, 0]}, "_meta": {"title": "family check"}}
+    return probe
 
 
 def probe_prompt(workflow: dict[str, Any], references: list[str], backend: str) -> dict[str, Any]:
     """The reference photos scored against themselves: checks the identity backend runs and every reference
-    photo shows a face, in seconds and before any image is generated."""
+    photo shows a face, in seconds and before any image is generated (one report per photo: the score node maps
+    its `images` list item by item)."""
     prompt = build_prompt(workflow, EvalGraph(ckpt_name="", references=references, backend=backend), "", 0)
     identity = only(prompt, IDENTITY)
     reference = prompt[identity]["inputs"]["reference"]

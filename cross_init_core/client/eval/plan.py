@@ -39,6 +39,19 @@ class Plan:
         return self.output / ("comparison.json" if self.compares else "scores.json")
 
 
+RESULT_FILES = ("scores.csv", "scores.json", "contact_sheet.jpg", "comparison.csv", "comparison.json")
+
+
+def result_files(folder: Path) -> list[Path]:
+    """What a run writes into an output folder and --overwrite replaces: the tables, the contact sheet and the images
+    images/pPP_iII.png (no other file there is touched)."""
+    found = [folder / name for name in RESULT_FILES if (folder / name).is_file()]
+    images = folder / "images"
+    if images.is_dir():
+        found += sorted(p for p in images.glob("p*_i*.png") if p.is_file())
+    return found
+
+
 def is_pattern(name: str) -> bool:
     return any(ch in name for ch in "*?[")
 

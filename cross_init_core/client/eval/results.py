@@ -82,6 +82,8 @@ class ImageRow:
     identity: float | None  # None: no face (or not scored)
     match: bool | None
     prompt_score: float | None
+    faces: int | None = None  # faces in the image (the identity is its best-matching face's)
+    face_used: int | None = None  # which of them, counting left to right
 
 
 @dataclass
@@ -96,10 +98,25 @@ class PromptRow:
 
 @dataclass
 class EvalTable:
-    identity: dict[str, Any]  # backend, metric, higher_is_better, threshold (from the first report)
+    identity: dict[str, Any]  # backend, metric, higher_is_better, better, threshold, face_choice (from the first report)
     prompt_model: str | None
     prompts: list[PromptRow] = field(default_factory=list)
     images: list[ImageRow] = field(default_factory=list)
+    error: str | None = None  # why this embedding's run stopped early, if it did
+
+    def meaning(self) -> dict[str, Any]:
+        """What the numbers are: the identity backend, metric, which way is better and the same-person threshold, and
+        the prompt score's CLIP model (None where that score was not run)."""
+        identity = self.identity or {}
+        return {
+            "identity_backend": identity.get("backend"),
+            "identity_metric": identity.get("metric"),
+            "identity_better": identity.get("better"),
+            "identity_threshold": identity.get("threshold"),
+            "prompt_model": self.prompt_model,
+            "prompt_metric": None if self.prompt_model is None else "cosine",
+            "prompt_better": None if self.prompt_model is None else "higher",
+        }
 
     def overall(self) -> dict[str, Any]:
         """Over all images: identity mean over every image with a face (pooled, as the per-prompt reports
@@ -126,7 +143,12 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-IDENTITY_KEYS = ("backend", "metric", "higher_is_better", "threshold")
+IDENTITY_KEYS = ("backend", "metric", "higher_is_better", "threshold", "face_choice")
+MEANING_COLUMNS = ("identity_backend", "identity_metric", "identity_better", "identity_threshold", "prompt_model")
+
+
+def _better(higher_is_better: Any) -> str | None:
+    return None if higher_is_better is None else "higher" if higher_is_better else "lower"
 
 
 def add_prompt_result(table: EvalTable, prompt_index: int, prompt: str, files: Sequence[str],
@@ -140,6 +162,7 @@ def add_prompt_result(table: EvalTable, prompt_index: int, prompt: str, files: S
         if len(id_images) != n:
             raise ValueError(f"prompt {prompt_index}: the identity report covers {len(id_images)} images, {n} were made")
         described = {k: identity_report.get(k) for k in IDENTITY_KEYS}
+        described["better"] = _better(described["higher_is_better"])
         if not table.identity:
             table.identity = described
         elif table.identity != described:
@@ -155,6 +178,8 @@ def add_prompt_result(table: EvalTable, prompt_index: int, prompt: str, files: S
             identity=None if entry is None else _finite(entry.get("score")),
             match=None if entry is None else entry.get("match"),
             prompt_score=_finite(pr_images[i].get("score")) if prompt_report is not None else None,
+            faces=None if entry is None else entry.get("faces", int(bool(entry.get("face")))),
+            face_used=None if entry is None else entry.get("face_used"),
         ))
     table.images.extend(rows)
     ids = [r.identity for r in rows if r.identity is not None]
@@ -168,7 +193,7 @@ def add_prompt_result(table: EvalTable, prompt_index: int, prompt: str, files: S
     return row
 
 
-CSV_COLUMNS = ("prompt_index", "prompt", "images", "faces_found", "identity_mean", "prompt_mean")
+CSV_COLUMNS = ("prompt_index", "prompt", "images", "faces_found", "identity_mean", "prompt_mean")  # then MEANING_COLUMNS
 
 
 def _cell(value: Any) -> str:
@@ -180,17 +205,20 @@ def _cell(value: Any) -> str:
 
 
 def table_csv(table: EvalTable) -> str:
-    """One row per prompt and a last row `overall` (empty cells: not scored / no face)."""
+    """One row per prompt and a last row `overall` (empty cells: not scored / no face); every row also says what its
+    numbers are (MEANING_COLUMNS), so a row read on its own cannot be taken the wrong way round."""
     import io
 
+    meaning = table.meaning()
+    described = [_cell(meaning[c]) for c in MEANING_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([*CSV_COLUMNS, *MEANING_COLUMNS])
     for row in table.prompts:
-        writer.writerow([_cell(getattr(row, c)) for c in CSV_COLUMNS])
+        writer.writerow([*(_cell(getattr(row, c)) for c in CSV_COLUMNS), *described])
     overall = table.overall()
     writer.writerow(["overall", "", overall["images"], _cell(overall["faces_found"]),
-                     _cell(overall["identity_mean"]), _cell(overall["prompt_mean"])])
+                     _cell(overall["identity_mean"]), _cell(overall["prompt_mean"]), *described])
     return buffer.getvalue()
 
 
@@ -201,6 +229,8 @@ def table_json(table: EvalTable, run: dict[str, Any]) -> str:
         "identity": table.identity or None,
         "prompt_model": table.prompt_model,
         "prompt_metric": None if table.prompt_model is None else "cosine",
+        "meaning": table.meaning(),
+        "error": table.error,
         "overall": table.overall(),
         "prompts": [{**asdict(r), "scored_prompt": scored_prompt(r.prompt)} for r in table.prompts],
         "images": [asdict(r) for r in table.images],
@@ -218,7 +248,8 @@ def write_table(folder: Path, table: EvalTable, run: dict[str, Any]) -> tuple[Pa
 
 def format_table(table: EvalTable) -> str:
     """The table for the terminal."""
-    header = ("#", "prompt", "faces", "identity", "prompt score")
+    better = (table.identity or {}).get("better")
+    header = ("#", "prompt", "faces", f"identity ({better} is better)" if better else "identity", "prompt score (higher is better)")
     rows = [(str(r.prompt_index), r.prompt, "-" if r.faces_found is None else f"{r.faces_found}/{r.images}",
              "-" if r.identity_mean is None else f"{r.identity_mean:.4f}",
              "-" if r.prompt_mean is None else f"{r.prompt_mean:.4f}") for r in table.prompts]
@@ -227,43 +258,64 @@ def format_table(table: EvalTable) -> str:
                  "-" if o["identity_mean"] is None else f"{o['identity_mean']:.4f}",
                  "-" if o["prompt_mean"] is None else f"{o['prompt_mean']:.4f}"))
     lines = table_lines(header, rows)
-    if table.identity:
-        better = "higher" if table.identity.get("higher_is_better") else "lower"
-        lines.append(f"identity: {table.identity.get('backend')} {table.identity.get('metric')} ({better} is better, "
-                     f"same person at threshold {table.identity.get('threshold')}); prompt score: "
-                     f"{table.prompt_model or 'not scored'}")
+    lines.append(_meaning_line(table.meaning()))
+    if table.error:
+        lines.append(f"stopped early: {table.error}")
     return "\n".join(lines) + "\n"
+
+
+def _meaning_line(meaning: dict[str, Any]) -> str:
+    if meaning["identity_backend"]:
+        identity = (f"identity: {meaning['identity_backend']} {meaning['identity_metric']} ({meaning['identity_better']} is better, "
+                    f"same person at threshold {meaning['identity_threshold']}; each image's best-matching face)")
+    else:
+        identity = "identity: not scored"
+    prompt = f"CLIP cosine with {meaning['prompt_model']} (higher is better)" if meaning["prompt_model"] else "not scored"
+    return f"{identity}; prompt score: {prompt}"
 
 
 # ---------------------------------------------------------------------------------------------
 # Several embeddings side by side
 
 
+COMPARED = ("faces_found", "identity_mean", "prompt_mean")  # per embedding, in each comparison row
+
+
+def _meaning(tables: dict[str, EvalTable]) -> dict[str, Any]:
+    """The run's meaning of the numbers: every embedding is scored alike, so the first table that scored says it."""
+    scored = [t for t in tables.values() if t.identity] or list(tables.values())
+    return scored[0].meaning()
+
+
 def comparison_rows(tables: dict[str, EvalTable]) -> tuple[list[str], list[list[Any]]]:
-    """One row per prompt and an `overall` row; per embedding its identity mean and prompt mean (None: not scored,
-    or no face)."""
+    """One row per prompt and an `overall` row; per embedding its faces found, identity mean and prompt mean (None:
+    not scored, or no face), its error in the overall row; then what the numbers are (MEANING_COLUMNS)."""
     names = list(tables)
-    header = ["prompt_index", "prompt", *(f"{name}:{what}" for name in names for what in ("identity_mean", "prompt_mean"))]
-    first = tables[names[0]].prompts
+    header = ["prompt_index", "prompt", *(f"{name}:{what}" for name in names for what in (*COMPARED, "error")),
+              *MEANING_COLUMNS]
+    meaning = _meaning(tables)
+    described = [meaning[c] for c in MEANING_COLUMNS]
+    longest = max(tables.values(), key=lambda t: len(t.prompts)).prompts
     rows: list[list[Any]] = []
-    for index, row in enumerate(first):
+    for index, row in enumerate(longest):
         cells: list[Any] = [row.prompt_index, row.prompt]
         for name in names:
             other = tables[name].prompts[index] if index < len(tables[name].prompts) else None
-            cells += [other.identity_mean if other else None, other.prompt_mean if other else None]
-        rows.append(cells)
+            cells += [*(getattr(other, what) if other else None for what in COMPARED), None]
+        rows.append([*cells, *described])
     overall: list[Any] = ["overall", ""]
     for name in names:
         total = tables[name].overall()
-        overall += [total["identity_mean"], total["prompt_mean"]]
-    return header, [*rows, overall]
+        overall += [*(total[what] for what in COMPARED), tables[name].error]
+    return header, [*rows, [*overall, *described]]
 
 
 def write_comparison(folder: Path, tables: dict[str, EvalTable], folders: dict[str, str],
                      run: dict[str, Any]) -> tuple[Path, Path]:
-    """comparison.csv (the rows above) and comparison.json (the run, and per embedding its folder, overall and
-    per-prompt means), written whole or not at all. `folders`: name_folders of every embedding of the run, not only
-    of those in `tables` (a run that stopped early has fewer), so each entry names the folder its results are in."""
+    """comparison.csv (the rows above) and comparison.json (the run, what the numbers are, and per embedding its
+    folder, error, overall and per-prompt means), written whole or not at all. `folders`: name_folders of every
+    embedding of the run, not only of those in `tables` (a run that stopped early has fewer), so each entry names
+    the folder its results are in."""
     import io
 
     header, rows = comparison_rows(tables)
@@ -271,8 +323,9 @@ def write_comparison(folder: Path, tables: dict[str, EvalTable], folders: dict[s
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([[_cell(c) for c in row] for row in rows])
-    data = {"run": run, "embeddings": {name: {"folder": folders[name], "overall": table.overall(),
-                                              "prompts": [asdict(r) for r in table.prompts]} for name, table in tables.items()}}
+    data = {"run": run, "meaning": _meaning(tables),
+            "embeddings": {name: {"folder": folders[name], "error": table.error, "overall": table.overall(),
+                                  "prompts": [asdict(r) for r in table.prompts]} for name, table in tables.items()}}
     csv_path, json_path = folder / "comparison.csv", folder / "comparison.json"
     replace_atomically(csv_path, buffer.getvalue().encode("utf-8"))
     replace_atomically(json_path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8"))
@@ -280,16 +333,25 @@ def write_comparison(folder: Path, tables: dict[str, EvalTable], folders: dict[s
 
 
 def format_comparison(tables: dict[str, EvalTable], folders: dict[str, str]) -> str:
-    """The side-by-side table for the terminal: identity / prompt score per embedding, each headed by its folder's
-    name (as name_folders gives it: distinct where two embeddings share a stem)."""
+    """The side-by-side table for the terminal: faces / identity / prompt score per embedding, each headed by its
+    folder's name (as name_folders gives it: distinct where two embeddings share a stem) and the identity column by
+    which way is better; a line per embedding that stopped early."""
     names = list(tables)
     _header, rows = comparison_rows(tables)
-    shown = [[str(row[0]), str(row[1])[:40], *("-" if v is None else f"{v:.4f}" for v in row[2:])] for row in rows]
-    labels = ["#", "prompt", *(f"{folders[n]} {what}" for n in names for what in ("id", "prompt"))]
-    identity = next((t.identity for t in tables.values() if t.identity), {})
-    better = "higher" if identity.get("higher_is_better", True) else "lower"
-    note = f"identity: {identity.get('backend')} {identity.get('metric')} ({better} is better)" if identity else "identity: not scored"
-    return "\n".join([*table_lines(labels, shown), note]) + "\n"
+    meaning = _meaning(tables)
+    per = len(COMPARED) + 1
+    shown = []
+    for row in rows:
+        cells = [str(row[0]), str(row[1])[:40]]
+        for k in range(len(names)):
+            faces, ident, prompt, _error = row[2 + k * per: 2 + (k + 1) * per]
+            cells += ["-" if faces is None else str(faces), *("-" if v is None else f"{v:.4f}" for v in (ident, prompt))]
+        shown.append(cells)
+    better = meaning["identity_better"]
+    id_label = f"id ({better} better)" if better else "id"
+    labels = ["#", "prompt", *(f"{folders[n]} {what}" for n in names for what in ("faces", id_label, "prompt"))]
+    errors = [f"{folders[n]}: {tables[n].error}" for n in names if tables[n].error]
+    return "\n".join([*table_lines(labels, shown), _meaning_line(meaning), *errors]) + "\n"
 
 
 def name_folders(names: Sequence[str]) -> dict[str, str]:

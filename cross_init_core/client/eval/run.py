@@ -20,12 +20,12 @@ import aiohttp
 from ... import __version__
 from .. import local_comfyui
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
-from ..common import EXIT_FAILED, EXIT_OK, UsageError
+from ..common import EXIT_FAILED, EXIT_OK, UsageError, upright_photo
 from ..preflight import preflight
 from ..progress import ProgressBar
-from ..prompt_graph import CKPT_LOADER, EMBEDDING_LOADER, PROMPT_SCORE, TEXT_PREVIEW, only
-from .graph import REQUIRED_NODES, EvalGraph, build_prompt, checkpoint_loader_type, probe_prompt, read_outcome
-from .plan import Plan, choose_clip_model, match_embeddings
+from ..prompt_graph import CKPT_LOADER, EMBEDDING_LOADER, PHOTO_LOADER, PROMPT_SCORE, TEXT_PREVIEW, only
+from .graph import REQUIRED_NODES, EvalGraph, build_prompt, checkpoint_loader_type, family_prompt, probe_prompt, read_outcome
+from .plan import Plan, choose_clip_model, match_embeddings, result_files
 from .results import (
     EvalTable,
     add_prompt_result,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) ->
 async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, ckpt_name: str) -> tuple[list[str], str | None]:
     """(the server's names of the embeddings, the CLIP model or None); UsageError listing every problem."""
     loader = checkpoint_loader_type(plan.workflow) or CKPT_LOADER
-    needed = set(REQUIRED_NODES) | {TEXT_PREVIEW} | ({"ImageBatch"} if len(plan.faces) > 1 else set())
+    needed = set(REQUIRED_NODES) | {TEXT_PREVIEW, PHOTO_LOADER}
     if args.no_prompt_score:
         needed.discard(PROMPT_SCORE)
     nodes, problems = await preflight(client, needed, ckpt_name, loader=loader)
@@ -84,6 +84,28 @@ async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, 
     return embeddings, clip_model
 
 
+async def _check_families(client: ComfyClient, plan: Plan, settings: list[EvalGraph]) -> None:
+    """Every embedding against the checkpoint's CLIP, before any prompt runs: UsageError naming each that does not fit
+    (an SDXL embedding for an SD 1.5 checkpoint, say)."""
+    problems = []
+    for each in settings:
+        try:
+            await client.run(family_prompt(plan.workflow, each, plan.prompts[0]))
+        except (PromptFailed, PromptRejected) as exc:
+            problems.append(f"--embedding {each.embedding}: does not fit checkpoint {each.ckpt_name}: {exc}")
+        except (ServerGone, ValueError) as exc:
+            raise UsageError(f"the server could not check --embedding {each.embedding}: {exc}") from None
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+def _clear_results(folder: Path) -> None:
+    """--overwrite: removes what an earlier run wrote into `folder` (its images, tables and contact sheet), so no image
+    of a larger --per-prompt or a longer prompt list is left beside the new ones. Other files are left alone."""
+    for path in result_files(folder):
+        path.unlink(missing_ok=True)
+
+
 async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: LocalServer | None, stdout: TextIO,
                  stderr: TextIO) -> int:
     async with aiohttp.ClientSession() as session:
@@ -91,10 +113,16 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
         client = await local_comfyui.connect_local(local, session) if local is not None else ComfyClient(args.server, session)
         embeddings, clip_model = await _preflight(client, args, plan, ckpt_name)
         run_id = uuid.uuid4().hex[:8]
+        all_settings = [EvalGraph(ckpt_name=ckpt_name, embedding=embedding, per_prompt=args.per_prompt, seed=args.seed,
+                                  backend=args.identity_backend, clip_model=clip_model, steps=args.steps,
+                                  resolution=args.resolution, prefix=f"cross_init_eval/{Path(embedding).stem}_{run_id}")
+                        for embedding in embeddings]
+        await _check_families(client, plan, all_settings)
         references = []
         try:
-            for i, photo in enumerate(plan.faces):
-                references.append(await client.upload_image(photo, UPLOAD_SUBFOLDER, f"{run_id}_ref{i}{photo.suffix.lower()}"))
+            for i, photo in enumerate(plan.faces):  # upright: a phone's sideways JPEG goes up as the PNG it shows
+                data, suffix = upright_photo(photo)
+                references.append(await client.upload_image(photo, UPLOAD_SUBFOLDER, f"{run_id}_ref{i}{suffix}", data=data))
             # the reference photos against themselves: the backend runs and each photo shows a face
             probe = probe_prompt(plan.workflow, references, args.identity_backend)
             outcome = await client.run(probe)
@@ -108,19 +136,25 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
         tables: dict[str, EvalTable] = {}
         status = EXIT_OK
         folders = name_folders(embeddings)
-        for embedding in embeddings:  # the same prompts and seeds for each, so their images compare
-            settings = EvalGraph(ckpt_name=ckpt_name, embedding=embedding, references=references, per_prompt=args.per_prompt,
-                                 seed=args.seed, backend=args.identity_backend, clip_model=clip_model, steps=args.steps,
-                                 resolution=args.resolution, prefix=f"cross_init_eval/{Path(embedding).stem}_{run_id}")
+        if args.overwrite:  # every check passed: what this run replaces goes now, before its first image
+            if plan.compares:
+                _clear_results(plan.output)
+            for embedding in embeddings:
+                _clear_results(plan.output / folders[embedding] if plan.compares else plan.output)
+        for settings in all_settings:  # the same prompts and seeds for each, so their images compare
+            embedding = settings.embedding
+            settings.references = references
             folder = plan.output / folders[embedding] if plan.compares else plan.output
-            tables[embedding], status = await _evaluate(client, args, plan, settings, folder, stderr)
+            table, failed = await _evaluate(client, args, plan, settings, folder, stderr)
+            tables[embedding] = table
+            if failed:
+                status = EXIT_FAILED
             run_info = {
                 "version": __version__, "checkpoint": ckpt_name, "embedding": embedding, "faces": [str(p) for p in plan.faces],
                 "prompts": args.prompts, "per_prompt": args.per_prompt, "seed": args.seed,
                 "identity_backend": args.identity_backend, "sampler": _sampler_settings(build_prompt(plan.workflow, settings, "", 0)),
-                "server": "local" if local is not None else args.server, "complete": status == EXIT_OK,
+                "server": "local" if local is not None else args.server, "complete": not failed,
             }
-            table = tables[embedding]
             if table.prompts:
                 write_table(folder, table, run_info)
                 log.info("wrote scores.csv, scores.json, contact_sheet.jpg and %d images in %s", len(table.images), folder)
@@ -128,7 +162,7 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
                     stdout.write(format_table(table))
             else:  # no scores file: it would stand for results and keep a rerun from this folder without --overwrite
                 log.warning("%s: no prompt finished; no scores written", embedding)
-            if status != EXIT_OK:
+            if failed == "server":  # the server is gone: every later embedding would fail the same way
                 break
 
     if plan.compares:
@@ -145,16 +179,17 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
 
 
 async def _evaluate(client: ComfyClient, args: argparse.Namespace, plan: Plan, settings: EvalGraph, folder: Path,
-                    stderr: TextIO) -> tuple[EvalTable, int]:
+                    stderr: TextIO) -> tuple[EvalTable, str]:
     """Every prompt with one embedding: images into folder/images/ (made with the first image), the table, the
-    contact sheet; (table, status)."""
+    contact sheet; (table, "" when every prompt finished, else "prompt" or, when the server is gone, "server").
+    A failure stops this embedding only; its error is in the table, and the prompts finished before it stay."""
     from PIL import Image
 
     images_dir = folder / "images"
     table = EvalTable(identity={}, prompt_model=settings.clip_model)
     rows: list[list[Image.Image]] = []
     enabled = not args.no_progress and not args.quiet
-    status = EXIT_OK
+    failed = ""
     log.info("%d prompts x %d images with %s on %s; output: %s", len(plan.prompts), args.per_prompt, settings.embedding,
              settings.ckpt_name, folder)
     for index, text in enumerate(plan.prompts):
@@ -172,18 +207,24 @@ async def _evaluate(client: ComfyClient, args: argparse.Namespace, plan: Plan, s
                 files.append(str(path.relative_to(folder)))
                 with Image.open(io.BytesIO(data)) as image:
                     images.append(image.convert("RGB"))
-        except (PromptFailed, PromptRejected, ServerGone, ValueError) as exc:
-            log.error("prompt %d (%s) failed: %s; the table holds the %d prompts before it", index, text, exc, index)
-            status = EXIT_FAILED
+            # inside the try: a report that does not fit the table ends this embedding, not the run
+            add_prompt_result(table, index, text, files, result.identity, result.prompt)
+        except (PromptFailed, PromptRejected, ServerGone, ValueError, OSError) as exc:
+            table.error = f"prompt {index} ({text}): {exc}"
+            log.error("%s: prompt %d (%s) failed: %s; its table holds the %d prompts before it", settings.embedding, index,
+                      text, exc, index)
+            failed = "server" if isinstance(exc, ServerGone) else "prompt"
             break
         finally:
             bar.finish()
-        add_prompt_result(table, index, text, files, result.identity, result.prompt)
         rows.append(images)
     if rows:
         folder.mkdir(parents=True, exist_ok=True)
-        contact_sheet(rows, table).save(folder / "contact_sheet.jpg", quality=90)
-    return table, status
+        try:
+            contact_sheet(rows, table).save(folder / "contact_sheet.jpg", quality=90)
+        except (OSError, ValueError) as exc:  # the tables and images are the results; the sheet only shows them
+            log.error("%s: the contact sheet could not be written: %s", settings.embedding, exc)
+    return table, failed
 
 
 def _sampler_settings(prompt: dict[str, Any]) -> dict[str, Any]:

@@ -42,8 +42,8 @@ from ..common import (
     run_command,
 )
 from ..progress import ProgressBar
-from ..prompt_graph import EMBEDDING_LOADER, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
-from .graph import PromptBuilder, face_prep_settings, graph_settings
+from ..prompt_graph import EMBEDDING_LOADER, PHOTO_LOADER, SAVER, TRAINER, WORKFLOW_DIR, load_workflow, nodes_of
+from .graph import PromptBuilder, face_prep_settings, graph_settings, photos_stay_whole
 from .jobs import (
     Job,
     Outputs,
@@ -53,6 +53,7 @@ from .jobs import (
     input_problems,
     long_name_problems,
     resume_sources,
+    same_shape_problems,
     summary_rows,
 )
 
@@ -250,6 +251,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     for class_type in (TRAINER, SAVER, "LoadImage"):
         if workflow and not nodes_of(workflow, class_type):
             problems.append(f"workflow {workflow_path}: it has no {class_type} node")
+    if workflow and len(nodes_of(workflow, "LoadImage")) == 1 and not photos_stay_whole(workflow):
+        problems += same_shape_problems(jobs, workflow_path)
     # where the results go: refused now rather than after the training
     if args.out is not None and (problem := folder_problem("--out", args.out.expanduser())):
         problems.append(problem)
@@ -336,6 +339,8 @@ def _node_needs(args: argparse.Namespace, workflow: dict[str, Any]) -> tuple[set
     """The node types this run's graph uses and the inputs it needs that older packs lack (refused before any work,
     naming the server)."""
     node_types = {node["class_type"] for node in workflow.values()} | ({EMBEDDING_LOADER} if args.resume else set())
+    if photos_stay_whole(workflow):
+        node_types.add(PHOTO_LOADER)
     needs = {TRAINER: {"save_every"} if args.save_every else set(), EMBEDDING_LOADER: {"file"} if args.resume else set()}
     return node_types, needs
 

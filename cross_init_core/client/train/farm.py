@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 from ...atomic_files import write_all
 from ...embedding_names import DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
+from ..common import upright_photo
 from ..preflight import preflight
 from ..progress import ProgressBar
-from ..prompt_graph import FACE_PREP, FOLDER_LOADER, SAVER, TRAINER
+from ..prompt_graph import FACE_PREP, SAVER, TRAINER
 from .files import file_metadata, metadata_int, new_run_id
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ PromptMaker = Callable[["Job", list[str], str, "Server", str, "str | None"], dic
 class Server:
     client: ComfyClient
     local: LocalServer | None = None
-    folder_loader: bool = False  # has the stock "Load Image Dataset from Folder" node
     face_prep: dict[str, Any] | None = None  # /object_info of the face-prep node
     down: bool = False
 
@@ -73,13 +73,12 @@ async def check_servers(servers: list[Server], ckpt_name: str, node_types: set[s
     wanted = {SAVER: {"copy_to_output"}, **{k: v for k, v in (needs or {}).items() if v}}
 
     async def check(server: Server) -> list[str]:
-        nodes, problems = await preflight(server.client, node_types | {SAVER, TRAINER}, ckpt_name, optional={FOLDER_LOADER})
+        nodes, problems = await preflight(server.client, node_types | {SAVER, TRAINER}, ckpt_name)
         for class_type, inputs in wanted.items():
             lacking = sorted(inputs - nodes.inputs(class_type)) if nodes.has(class_type) else []
             if lacking:
                 problems.append(f"server {nodes.url}: its Cross-Init pack is older than this runner ({class_type} has no "
                                 f"{', '.join(lacking)}); update the pack there")
-        server.folder_loader = nodes.has(FOLDER_LOADER)
         server.face_prep = nodes.infos.get(FACE_PREP)
         return problems
 
@@ -218,15 +217,19 @@ class Trained:
 
 
 async def train_on(server: Server, job: Job, make_prompt: PromptMaker, run_id: str,
-                   on_progress: Callable[..., None] | None = None, photos: list[bytes] | None = None) -> Trained:
-    """One run of `job` on `server`: uploads the photos (`photos`, else read from the job's paths) and the file a
+                   on_progress: Callable[..., None] | None = None,
+                   photos: list[tuple[bytes, str]] | None = None) -> Trained:
+    """One run of `job` on `server`: uploads the photos upright (`photos`: (bytes, suffix) as `upright_photo` gives
+    them, else read from the job's paths) and the file a
     --resume continues, runs the graph, and fetches every file the save node wrote, each checked against the size
     and sha256 it reports. Writes nothing locally."""
     client = server.client
     # a fresh folder and name per run: re-runs and retries never mix photos or meet an earlier run's files
     folder = f"{INPUT_SUBFOLDER}/{run_id}_{job.name}"
-    names = [await client.upload_image(photo, folder, f"{index:02d}_{photo.name}", data=None if photos is None else photos[index])
-             for index, photo in enumerate(job.images)]
+    names = []
+    for index, photo in enumerate(job.images):  # upright: a phone's sideways JPEG goes up as the PNG it shows
+        data, suffix = upright_photo(photo) if photos is None else photos[index]
+        names.append(await client.upload_image(photo, folder, f"{index:02d}_{photo.stem}{suffix}", data=data))
     resume_file = None
     if job.resume_data is not None:  # --resume: the file it continues goes up with the photos, as it was read
         resume_file = await client.upload_image(Path(f"{job.name}.safetensors"), folder, f"{job.name}.safetensors",

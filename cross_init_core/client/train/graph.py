@@ -6,20 +6,19 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from ...settings import LEGACY_DETECTORS, PRESETS
 from ..prompt_graph import (
     EMBEDDING_LOADER,
     FACE_PREP,
-    FOLDER_LOADER,
     SAVER,
     TRAINER,
     GraphSettings,
-    load_photos,
+    load_photo_list,
     nodes_of,
     only,
+    reads_mask,
     start_prompt,
     upstream,
 )
@@ -27,7 +26,6 @@ from ..prompt_graph import (
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_OUTPUT = 2  # the trainer's checkpoints output (a list)
-FOLDER_LOADER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what the stock folder loader reads
 
 
 @dataclass
@@ -37,7 +35,6 @@ class TrainGraph(GraphSettings):
     name: str = ""  # the name the save node writes on the server
     mode: str = "fast"
     overwrite: bool = False
-    use_folder_loader: bool = True  # the server has the stock folder loader (face prep gets an image list)
     batch_size: int | None = None
     learning_rate: float | None = None
     samples: bool = False
@@ -46,11 +43,45 @@ class TrainGraph(GraphSettings):
     resume_file: str | None = None  # continue this uploaded file (relative to the input folder) instead of a fresh start
 
 
-def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[str], image_folder: str) -> dict[str, Any]:
+def photo_loader(workflow: dict[str, Any]) -> str:
+    """The workflow's one LoadImage (the face photos)."""
+    loaders = nodes_of(workflow, "LoadImage")
+    if len(loaders) != 1:
+        raise ValueError(f"the workflow must have exactly one LoadImage node (the face photos); it has {len(loaders)}")
+    return loaders[0]
+
+
+def photos_stay_whole(workflow: dict[str, Any]) -> bool:
+    """Whether the photos reach a Cross-Init Face Prep as an image list (each whole, at its own size): a face prep reads
+    the LoadImage and nothing reads its mask. Otherwise they are batched, and ImageBatch crops photos of another shape."""
+    loader = photo_loader(workflow)
+    prep_reads = any(workflow[p]["inputs"].get("image") == [loader, 0] for p in nodes_of(workflow, FACE_PREP))
+    return prep_reads and not reads_mask(workflow, loader)
+
+
+def _batch_photos(prompt: dict[str, Any], loader: str, photos: list[str]) -> tuple[list[Any], set[str]]:
+    """The LoadImage `loader` loads the first photo, each further one a LoadImage batched onto it with the stock
+    ImageBatch (the photos share one shape: same_shape_problems refuses others before any work)."""
+    prompt[loader]["inputs"]["image"] = photos[0]
+    last: list[Any] = [loader, 0]
+    added: set[str] = set()
+    next_id = max((int(k) for k in prompt if k.isdigit()), default=0) + 1
+    for photo in photos[1:]:
+        load_id, batch_id = str(next_id), str(next_id + 1)
+        next_id += 2
+        prompt[load_id] = {"class_type": "LoadImage", "inputs": {"image": photo}, "_meta": {"title": "Face photo (CLI)"}}
+        prompt[batch_id] = {"class_type": "ImageBatch", "inputs": {"image1": last, "image2": [load_id, 0]},
+                            "_meta": {"title": "Batch photos (CLI)"}}
+        added |= {load_id, batch_id}
+        last = [batch_id, 0]
+    return last, added
+
+
+def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[str]) -> dict[str, Any]:
     """The API prompt for one embedding: the shipped graph with this job's inputs.
 
-    `images` are the uploaded photos' names relative to the server's input directory, `image_folder` the
-    folder holding them (also relative). Nodes are found by class_type, never by id.
+    `images` are the uploaded photos' names relative to the server's input directory. Nodes are found by class_type,
+    never by id.
     """
     prompt = start_prompt(workflow, settings)
     trainer, saver = only(prompt, TRAINER), only(prompt, SAVER)
@@ -78,22 +109,15 @@ def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[st
     prompt[saver]["inputs"].update(name=settings.name, overwrite=settings.overwrite, copy_to_output=True)
 
     # the photos: the graph's LoadImage stands for them
-    loaders = nodes_of(prompt, "LoadImage")
-    if len(loaders) != 1:
-        raise ValueError(f"the workflow must have exactly one LoadImage node (the face photos); it has {len(loaders)}")
-    (loader,) = loaders
-    preps = nodes_of(prompt, FACE_PREP)
-    prep_reads_loader = [p for p in preps if prompt[p]["inputs"].get("image") == [loader, 0]]
-    for prep in preps:
+    loader = photo_loader(prompt)
+    for prep in nodes_of(prompt, FACE_PREP):
         prompt[prep]["inputs"].update(settings.face_prep)
-    mask_read = any(value == [loader, 1] for node in prompt.values() for value in node["inputs"].values())
-    folder_readable = all(Path(name).suffix.lower() in FOLDER_LOADER_SUFFIXES for name in images)
-    if prep_reads_loader and not mask_read and settings.use_folder_loader and folder_readable:
-        # face prep takes an image list (photos of any sizes): the stock folder loader gives one
-        prompt[loader] = {"class_type": FOLDER_LOADER, "inputs": {"folder": image_folder}, "_meta": {"title": "Face photos (CLI)"}}
+    if photos_stay_whole(prompt):
+        # face prep takes an image list: every photo reaches it whole, at its own size and upright
+        load_photo_list(prompt, loader, images, "Face photos (CLI)")
     else:
-        # one LoadImage per photo, batched with the stock ImageBatch (it resizes later photos to the first's size)
-        last, added = load_photos(prompt, loader, images, "Face photo (CLI)", "Batch photos (CLI)")
+        # the photos go to the trainer as one batch (checked to share one shape before any work: same_shape_problems)
+        last, added = _batch_photos(prompt, loader, images)
         if last != [loader, 0]:
             for node_id, node in prompt.items():  # the graph's readers of the photos now read the batch
                 if node_id not in added:
@@ -118,12 +142,11 @@ class PromptBuilder:
     so it also travels to a Ray actor."""
 
     workflow: dict[str, Any]
-    settings: TrainGraph  # the run's settings; name, folder loader and resume file are set per job and server
+    settings: TrainGraph  # the run's settings; the name and the resume file are set per job and run
 
     def __call__(self, job: Any, images: list[str], folder: str, server: Any, save_as: str,
                  resume_file: str | None) -> dict[str, Any]:
-        settings = replace(self.settings, name=save_as, use_folder_loader=server.folder_loader, resume_file=resume_file)
-        return build_prompt(self.workflow, settings, images, folder)
+        return build_prompt(self.workflow, replace(self.settings, name=save_as, resume_file=resume_file), images)
 
 
 def graph_settings(args: argparse.Namespace, ckpt_name: str, face_prep: dict[str, Any]) -> TrainGraph:

@@ -13,7 +13,7 @@ from ...embedding_names import MAX_RUN_STEPS, checkpoint_name, continued_steps, 
 from ...errors import CrossInitError
 from ...settings import checkpoint_steps
 from ...text_table import format_table
-from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem
+from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem, photo_size
 from .files import RUN_ID_SUFFIX, file_metadata, new_run_id
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,28 @@ def input_problems(jobs: list[Job]) -> list[str]:
             problem = photo_problem(photo)
             if problem:
                 problems.append(f"photo {photo}: {problem}")
+    return problems
+
+
+ASPECT_TOLERANCE = 0.01  # relative: ImageBatch's center crop of a photo this close to the first one's shape is a pixel or two
+
+
+def same_shape_problems(jobs: list[Job], workflow_path: object) -> list[str]:
+    """Where a workflow batches the photos (no Cross-Init Face Prep takes them as a list), each job's photos must share
+    one shape: the stock ImageBatch resizes later photos to the first one's size, center-cropping those of another
+    aspect ratio (a portrait after a landscape loses its top and bottom, often the face)."""
+    problems = []
+    for job in jobs:
+        sizes = {photo: photo_size(photo) for photo in job.images}
+        known = [size for size in sizes.values() if size is not None]
+        if not known:
+            continue
+        first = known[0][0] / known[0][1]
+        if any(abs(w / h - first) > ASPECT_TOLERANCE * first for w, h in known[1:]):
+            listed = ", ".join(f"{photo.name} {size[0]}x{size[1]}" for photo, size in sizes.items() if size is not None)
+            problems.append(f"{job.source}: photos of different shapes ({listed}), and workflow {workflow_path} batches them "
+                            "without a Cross-Init Face Prep, which would crop them to the first one's shape; crop them to one "
+                            "shape, or use a workflow whose face prep reads the photos (the shipped ones do)")
     return problems
 
 

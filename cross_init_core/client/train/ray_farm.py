@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
-from ..common import UsageError
+from ..common import UsageError, upright_photo
 from .farm import MAX_ATTEMPTS, Server, Trained, check_servers, finish_job, remove_run_files, train_on
 from .files import new_run_id
 from .graph import PromptBuilder, face_prep_settings, graph_settings
@@ -75,7 +75,6 @@ class WorkerInfo:
     """What an actor reports once its ComfyUI is up: problems of the preflight, and the node facts the graph needs."""
 
     problems: list[str]
-    folder_loader: bool = False
     face_prep: dict[str, Any] | None = None
     ckpt_name: str = ""
     node: str = ""
@@ -91,7 +90,6 @@ class ComfyWorker:
 
         self.node = socket.gethostname()
         self.info: WorkerInfo | None = None  # set when the actor cannot work: prepare() reports it
-        self.folder_loader = False
         self.scratch = Path(tempfile.mkdtemp(prefix="cross_init_ray_"))
         comfyui = Path(setup.comfyui)
         if not looks_like_comfyui(comfyui):  # a clear problem rather than a failing __init__ that Ray would restart
@@ -130,19 +128,18 @@ class ComfyWorker:
         async with aiohttp.ClientSession() as session:
             server = Server(ComfyClient(self.server.url, session))
             problems = [f"ray actor on {self.node}: {p}" for p in await check_servers([server], self.ckpt_name, node_types, needs)]
-        self.folder_loader = server.folder_loader
-        return WorkerInfo(problems, server.folder_loader, server.face_prep, self.ckpt_name, self.node)
+        return WorkerInfo(problems, server.face_prep, self.ckpt_name, self.node)
 
     def pid(self) -> int:
         import os
 
         return os.getpid()
 
-    def run_job(self, job: Job, photos: list[bytes], make_prompt: PromptBuilder) -> Trained:
+    def run_job(self, job: Job, photos: list[tuple[bytes, str]], make_prompt: PromptBuilder) -> Trained:
         """One run of `job`; the files it saved on this node's ComfyUI are removed once they are fetched."""
         return _run_async(self._run_job(job, photos, make_prompt))
 
-    async def _run_job(self, job: Job, photos: list[bytes], make_prompt: PromptBuilder) -> Trained:
+    async def _run_job(self, job: Job, photos: list[tuple[bytes, str]], make_prompt: PromptBuilder) -> Trained:
         import aiohttp
 
         if not self.server.alive():
@@ -150,7 +147,7 @@ class ComfyWorker:
         run_id = new_run_id()
         job.run_ids = [run_id]
         async with aiohttp.ClientSession() as session:
-            server = Server(ComfyClient(self.server.url, session), folder_loader=self.folder_loader)
+            server = Server(ComfyClient(self.server.url, session))
             try:
                 return await train_on(server, job, make_prompt, run_id, photos=photos)
             finally:
@@ -270,7 +267,7 @@ def _schedule(ray: Any, actors: list[Any], nodes: list[str], jobs: list[Job], ma
         while pending and idle:
             job, index = pending.popleft(), idle.pop(0)
             attempts[job.name] = attempts.get(job.name, 0) + 1
-            photos = [p.read_bytes() for p in job.images]
+            photos = [upright_photo(p) for p in job.images]  # as the farm uploads them
             log.info("[%d/%d] %s: %d photo(s) on ray actor %d (%s)%s", numbers[job.name], len(jobs), job.name, len(photos),
                      index, nodes[index], f" (attempt {attempts[job.name]})" if attempts[job.name] > 1 else "")
             ref = actors[index].run_job.remote(job, photos, make_prompt)
