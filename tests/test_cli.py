@@ -424,7 +424,7 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
     trainer = next(v for v in bare.values() if v["class_type"] == "CrossInitTrainer")
     loader = next(k for k, v in bare.items() if v["class_type"] == "LoadImage")
     trainer["inputs"]["images"] = [loader, 0]
-    del trainer["inputs"]["masks"]
+    trainer["inputs"].pop("masks", None)
     bare = {k: v for k, v in bare.items() if not any(isinstance(x, list) and x[0] == "3" for x in v["inputs"].values())}
     assert not graph.photos_stay_whole(bare) and graph.photos_stay_whole(workflow)
     batched = graph.build_prompt(bare, settings, ["f/a.png", "f/b.png"])

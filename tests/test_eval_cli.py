@@ -208,7 +208,7 @@ def test_graph_per_prompt(graph):
     assert {n["class_type"] for n in probe.values()} == {"CrossInitLoadPhotos", "CrossInitIdentityScore", "PreviewAny"}
     # the family check: the checkpoint's CLIP encodes the first prompt with the embedding, and nothing is sampled
     family = graph.family_prompt(workflow, settings, "a <face> person")
-    assert {n["class_type"] for n in family.values()} == {"CheckpointLoaderSimple", "CrossInitLoadEmbedding",
+    assert {n["class_type"] for n in family.values()} == {"CheckpointLoaderSimple", "CrossInitLoadEmbedding", "PrimitiveStringMultiline",
                                                           "CrossInitCLIPTextEncode", "PreviewAny"}
     (encoder,) = wr.nodes_of(family, "CrossInitCLIPTextEncode")
     assert family[graph.FAMILY_PROBE]["inputs"]["source"] == [encoder, 0]

@@ -228,10 +228,10 @@ def test_masked_loss_ignores_the_background(core):
 @pytest.mark.parametrize(
     "kw,match",
     [
-        ({"steps": 0}, "steps"),
+        # 0 is not bad: it takes the preset's (in custom, the paper's) value (tests/test_nodes.py)
         ({"steps": -3}, "steps"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"learning_rate": -0.01}, "learning_rate"),
         ({"learning_rate": float("nan")}, "learning_rate"),
         ({"learning_rate": 50.0}, "learning_rate"),
         ({"resolution": 100}, "resolution"),
@@ -245,10 +245,13 @@ def test_bad_training_settings_name_the_input(core, kw, match):
 
 
 def test_presets(core):
-    full = core.settings.resolve("full", 1, 1, 1.0, 3)
-    fast = core.settings.resolve("fast", 1, 1, 1.0, 3)
+    preset = core.settings.USE_PRESET  # 0: the mode's own value
+    full = core.settings.resolve("full", preset, preset, preset, 3)
+    fast = core.settings.resolve("fast", preset, preset, preset, 3)
     assert (full.steps, full.batch_size, full.learning_rate, full.seed) == (320, 8, 0.005, 3)
     assert (fast.steps, fast.batch_size) == (25, 8) and fast.learning_rate > full.learning_rate
+    overridden = core.settings.resolve("fast", 7, 2, 0.03, 3)  # any other value overrides the preset
+    assert (overridden.steps, overridden.batch_size, overridden.learning_rate) == (7, 2, 0.03)
     with pytest.raises(core.errors.InvalidInputError, match="reg_weight"):
         core.settings.LossSettings(reg_weight=-1.0).validated()
 
