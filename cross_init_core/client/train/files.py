@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import struct
 import uuid
-from pathlib import Path
-
-from ...embedding_names import trained_steps
 
 RUN_ID_LENGTH = 8  # hex digits of a run's id
 # what a remote run adds to the names it saves (farm.saved_name), for the name-length checks before any work
@@ -36,8 +33,3 @@ def metadata_int(metadata: dict[str, str], key: str) -> int | None:
         return int(metadata[key])
     except (KeyError, ValueError):
         return None
-
-
-def file_steps(path: Path) -> int | None:
-    """The step count a safetensors file records; None when it records none (another trainer's file)."""
-    return trained_steps(file_metadata(path.read_bytes()))
