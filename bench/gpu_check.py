@@ -160,8 +160,8 @@ def timed_train(core: Any, models: Models, dtype: str, emb: Any, images: Any, se
     clock = StepClock(device)
     started = time.perf_counter()
     with torch.inference_mode():
-        result = core.training.train(model, models.clip, models.vae, images, emb, settings, on_step=clock.on_step,
-                                     fault_hook=clock.start, memory=core.memory.parse_memory(memory))
+        result = core.training.trainer.train(model, models.clip, models.vae, images, emb, settings, on_step=clock.on_step,
+                                     fault_hook=clock.start, memory=core.training.memory.parse_memory(memory))
     _sync(device)
     seconds = time.perf_counter() - started
     plan = result.memory_plan
@@ -184,13 +184,13 @@ def token_gradient(core: Any, models: Models, dtype: str, emb: Any, images: Any,
     model = models.unets[dtype]
     _free_models()
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(model, models.clip, models.vae, images, emb, settings)
+        run = core.training.run_setup.prepare_run(model, models.clip, models.vae, images, emb, settings)
     draw = run.sampler().draw(settings.batch_size)
-    scaler = core.loss_scaling.LossScaler.for_model(model) if scaled else core.loss_scaling.LossScaler(False)
+    scaler = core.training.loss_scaling.LossScaler.for_model(model) if scaled else core.training.loss_scaling.LossScaler(False)
     micro = 2  # chunks of the batch, gradients summed: the trainer's micro-batching
     while True:
         with torch.inference_mode(), core.host.training_session(model, models.clip) as device:
-            step_loss = core.loss.StepLoss(run, device)
+            step_loss = core.method.loss.StepLoss(run, device)
             params = {k: torch.nn.Parameter(v.detach().float().clone().to(device)) for k, v in emb.vectors.items()}
             for first in range(0, settings.batch_size, micro):
                 scaler.scaled(step_loss.diffusion(params, draw, slice(first, first + micro))).backward()
@@ -316,11 +316,11 @@ def measure_model(core: Any, kind: str, plan: Plan, base: dict[str, Any], device
     log.info("%s: %s built in %.1f s", base["host"], models.label, time.perf_counter() - started)
     images = _faces(plan.images, plan.resolution)
     with torch.inference_mode():
-        emb = core.initialization.cross_initialize(models.clip, 2, core.names.builtin_names())
-    presets = core.settings.PRESETS  # the presets' learning rates; steps and batch as planned
-    fast = core.settings.TrainingSettings(plan.fast_steps, plan.batch, presets["fast"].learning_rate, 0, plan.resolution)
-    full = core.settings.TrainingSettings(plan.full_steps, plan.batch, presets["full"].learning_rate, 0, plan.resolution)
-    peer_settings = core.settings.TrainingSettings(plan.peer_steps + 1, plan.batch, full.learning_rate, 0, plan.resolution)
+        emb = core.method.initialization.cross_initialize(models.clip, 2, core.method.names.builtin_names())
+    presets = core.common.settings.PRESETS  # the presets' learning rates; steps and batch as planned
+    fast = core.common.settings.TrainingSettings(plan.fast_steps, plan.batch, presets["fast"].learning_rate, 0, plan.resolution)
+    full = core.common.settings.TrainingSettings(plan.full_steps, plan.batch, presets["full"].learning_rate, 0, plan.resolution)
+    peer_settings = core.common.settings.TrainingSettings(plan.peer_steps + 1, plan.batch, full.learning_rate, 0, plan.resolution)
     reference: Any = None
     try:
         reference, _ = token_gradient(core, models, "float32", emb, images, full, scaled=False)

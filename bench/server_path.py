@@ -220,7 +220,7 @@ async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache:
 
     from cross_init_core.client.comfy_client import ComfyClient, LocalServer
     from cross_init_core.client.local_comfyui import has_accelerator
-    from cross_init_core.embedding_io import load_embedding
+    from cross_init_core.embeddings.embedding_io import load_embedding
 
     version = host_version(comfyui)
     row_base: dict[str, Any] = {"host": version, "path": "server", "model": MODEL_LABEL, "smoke": sizes.smoke, "device": "?",

@@ -2,7 +2,7 @@
 
 The UNet, text encoders and VAE are ComfyUI's own classes at the real architecture sizes with random
 weights (bench/real_models.py): the compute per step is the real one, no weights are needed. For each
-model it runs the pack's trainer (`cross_init_core.training.train`, the function the node calls) and
+model it runs the pack's trainer (`cross_init_core.training.trainer.train`, the function the node calls) and
 reports the median seconds per step after warm-up, the setup time (pixel checks, VAE encoding of both
 flips, caption layouts, loading), the Cross-Init initialization time, peak memory (CUDA max allocated,
 or the process's peak RSS on the CPU), and the ratio of a trainer step to a bare UNet forward+backward
@@ -102,7 +102,7 @@ class Interleaved:
     def __init__(self, core, m, emb, images, settings) -> None:
         self.core, self.m, self.emb, self.images, self.settings = core, m, emb, images, settings
         with torch.inference_mode():
-            self.run = core.run_setup.prepare_run(m.model, m.clip, m.vae, images, emb, settings)
+            self.run = core.training.run_setup.prepare_run(m.model, m.clip, m.vae, images, emb, settings)
         self.sampler = self.run.sampler()
         self.device = m.model.load_device
         self.trainer: list[float] = []
@@ -176,7 +176,7 @@ class Interleaved:
     def train(self) -> tuple[float, float]:
         """One trainer run; returns (setup seconds, peak MiB: the trainer's own CUDA peak, else the process's RSS)."""
         with torch.inference_mode():
-            result = self.core.training.train(self.m.model, self.m.clip, self.m.vae, self.images, self.emb, self.settings,
+            result = self.core.training.trainer.train(self.m.model, self.m.clip, self.m.vae, self.images, self.emb, self.settings,
                                               on_step=self.on_step, fault_hook=self.fault_hook, memory=self.memory)
         self.plan = result.memory_plan
         peak = result.peak_vram_mib if result.peak_vram_mib is not None else _peak_rss_mib()
@@ -191,19 +191,19 @@ def bench_model(core, real_models, kind: str, args, rows: list[str], notes: list
              m.clip_params / 1e6, m.vae_params / 1e6)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        emb = core.initialization.cross_initialize(m.clip, 2, core.names.builtin_names())
+        emb = core.method.initialization.cross_initialize(m.clip, 2, core.method.names.builtin_names())
     init_s = time.perf_counter() - t0
     images = _faces(args.images, args.resolution)
     total_steps = args.warmup + args.steps
-    settings = core.settings.TrainingSettings(steps=total_steps, batch_size=args.batch, learning_rate=0.005, seed=0,
+    settings = core.common.settings.TrainingSettings(steps=total_steps, batch_size=args.batch, learning_rate=0.005, seed=0,
                                               resolution=args.resolution)
     trainer, unet, text, text_old, ratios, ratios_both = [], [], [], [], [], []
     setups, peaks = [], []
     for _round in range(args.rounds):
         timer = Interleaved(core, m, emb, images, settings)
         timer.compare_clip_fix = args.compare_clip_fix
-        memory = core.memory.parse_memory(args.memory)
-        timer.memory = core.memory.MemorySettings(memory.budget_gb, args.micro_batch, True if args.checkpointing else None)
+        memory = core.training.memory.parse_memory(args.memory)
+        timer.memory = core.training.memory.MemorySettings(memory.budget_gb, args.micro_batch, True if args.checkpointing else None)
         setup_s, peak = timer.train()
         trainer += timer.trainer[args.warmup:]
         unet += timer.unet[args.warmup:]

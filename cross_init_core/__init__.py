@@ -9,45 +9,12 @@ ComfyUI servers over HTTP and is never imported by the nodes. Submodules load on
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from .common.lazy_modules import lazy_submodules
 
 __version__ = "0.3.0"
 
-SUBMODULES = (
-    "atomic_files",
-    "checkpoint_report",
-    "continuation",
-    "embedding",
-    "embedding_io",
-    "embedding_names",
-    "errors",
-    "face",
-    "families",
-    "host",
-    "initialization",
-    "lora",
-    "loss",
-    "loss_plot",
-    "loss_scaling",
-    "memory",
-    "names",
-    "personalized_encode",
-    "preview",
-    "prompt_text",
-    "prompt_tokens",
-    "run_setup",
-    "scoring",
-    "settings",
-    "templates",
-    "text_table",
-    "training",
-)
+# packages by concern (docs/architecture.md); the terminal client (`client`) is imported explicitly
+SUBMODULES = ("common", "embeddings", "face", "host", "lora", "method", "scoring", "training")
 
 __all__ = ["__version__", *SUBMODULES]
-
-
-def __getattr__(name: str) -> ModuleType:
-    if name in SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_submodules(__name__, SUBMODULES)

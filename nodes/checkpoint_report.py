@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..cross_init_core import checkpoint_report
+from ..cross_init_core.scoring import checkpoint_report
 from .common import CATEGORY, Embedding, single
 
 _RULE = checkpoint_report.RULE.format(margin="prompt_tolerance", direction="highest ArcFace cosine, or lowest dlib distance")

@@ -6,9 +6,9 @@ from comfy_api.latest import io
 
 CATEGORY = "training/cross_init"
 
-# A CrossInitEmbedding (cross_init_core.embedding) travelling between the pack's nodes.
+# A CrossInitEmbedding (cross_init_core.embeddings.embedding) travelling between the pack's nodes.
 Embedding = io.Custom("CROSS_INIT_EMBEDDING")
-# A LossSettings (cross_init_core.settings).
+# A LossSettings (cross_init_core.common.settings).
 LossSettingsType = io.Custom("CROSS_INIT_LOSS")
 
 

@@ -5,9 +5,11 @@ import os
 
 from comfy_api.latest import io, ui
 
-from ..cross_init_core import embedding_io, embedding_names, host
-from ..cross_init_core.embedding_names import MAX_RUN_STEPS
-from ..cross_init_core.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
+from ..cross_init_core import host
+from ..cross_init_core.common import embedding_names
+from ..cross_init_core.common.embedding_names import MAX_RUN_STEPS
+from ..cross_init_core.common.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
+from ..cross_init_core.embeddings import embedding_io
 from .common import CATEGORY, Embedding, single
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..cross_init_core import initialization
-from ..cross_init_core import names as name_lists
+from ..cross_init_core.method import initialization
+from ..cross_init_core.method import names as name_lists
 from .common import CATEGORY, Embedding
 
 

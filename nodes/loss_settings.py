@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..cross_init_core.settings import DEFAULT_REG_WEIGHT, LossSettings
+from ..cross_init_core.common.settings import DEFAULT_REG_WEIGHT, LossSettings
 from .common import CATEGORY, LossSettingsType
 
 

@@ -8,15 +8,16 @@ import os
 
 from comfy_api.latest import io, ui
 
-from ..cross_init_core import host, loss_plot, preview
-from ..cross_init_core import settings as token_settings
-from ..cross_init_core.embedding_names import validate_name
-from ..cross_init_core.errors import EmbeddingFileError, InvalidInputError
+from ..cross_init_core import host
+from ..cross_init_core.common import settings as token_settings
+from ..cross_init_core.common.embedding_names import validate_name
+from ..cross_init_core.common.errors import EmbeddingFileError, InvalidInputError
 from ..cross_init_core.lora import files, stage
 from ..cross_init_core.lora import settings as lora_settings
 from ..cross_init_core.lora.weights import LoraModel
-from ..cross_init_core.memory import MEMORY_CHOICES, parse_memory
-from ..cross_init_core.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
+from ..cross_init_core.training import loss_plot, preview
+from ..cross_init_core.training.memory import MEMORY_CHOICES, parse_memory
+from ..cross_init_core.training.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
 from .common import CATEGORY, Embedding, LossSettingsType, single
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..cross_init_core import scoring
-from ..cross_init_core.errors import InvalidInputError
+from ..cross_init_core.common.errors import InvalidInputError
 from .common import CATEGORY
 
 PAIRS = 4  # prompts one node can take

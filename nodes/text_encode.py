@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..cross_init_core import personalized_encode
-from ..cross_init_core.prompt_text import PLACEHOLDER
+from ..cross_init_core.common.prompt_text import PLACEHOLDER
+from ..cross_init_core.method import personalized_encode
 from .common import CATEGORY, Embedding
 
 

@@ -4,12 +4,16 @@ import logging
 
 from comfy_api.latest import io
 
-from ..cross_init_core import embedding_io, embedding_names, host, loss_plot, preview, settings, training
-from ..cross_init_core.embedding_names import MAX_RUN_STEPS
-from ..cross_init_core.errors import EmbeddingExistsError, InvalidInputError
-from ..cross_init_core.memory import MEMORY_CHOICES, parse_memory
-from ..cross_init_core.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
-from ..cross_init_core.settings import PRESETS
+from ..cross_init_core import host
+from ..cross_init_core.common import embedding_names, settings
+from ..cross_init_core.common.embedding_names import MAX_RUN_STEPS
+from ..cross_init_core.common.errors import EmbeddingExistsError, InvalidInputError
+from ..cross_init_core.common.settings import PRESETS
+from ..cross_init_core.embeddings import embedding_io
+from ..cross_init_core.training import loss_plot, preview
+from ..cross_init_core.training import trainer as training
+from ..cross_init_core.training.memory import MEMORY_CHOICES, parse_memory
+from ..cross_init_core.training.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
 from .common import CATEGORY, Embedding, LossSettingsType
 
 log = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         import workflow_runner as wr
 
         history = loss_history()
-        checkpoints = [pack.cross_init_core.embedding.CrossInitEmbedding(
+        checkpoints = [pack.cross_init_core.embeddings.embedding.CrossInitEmbedding(
             vectors={"clip_l": torch.zeros(2, 768)}, metadata={"steps": str(step)}, loss_history=history[:step])
             for step in STEPS]
         report = wr.node_class("CrossInitCheckpointReport").execute(

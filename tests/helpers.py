@@ -31,13 +31,13 @@ def face_images(count: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
 
 def init_embedding(core, clip):
     with torch.inference_mode():
-        return core.initialization.cross_initialize(clip, 2, NAMES)
+        return core.method.initialization.cross_initialize(clip, 2, NAMES)
 
 
 def settings(core, **kw):
     base = {"steps": 3, "batch_size": 2, "learning_rate": 0.01, "resolution": 64, "seed": 0}
     base.update(kw)
-    return core.settings.TrainingSettings(**base)
+    return core.common.settings.TrainingSettings(**base)
 
 
 def host_fingerprint(m) -> dict[str, torch.Tensor]:
@@ -188,10 +188,10 @@ def extra_model_folder(key: str, folder: Path, register: Callable[[], object]) -
 def one_draw_step_loss(core, m, emb, cfg) -> Iterator[tuple[object, object]]:
     """The trainer's StepLoss and one seeded draw of `cfg.batch_size` images, inside a training session on `m`."""
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, cfg)
+        run = core.training.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, cfg)
     draw = run.sampler().draw(cfg.batch_size)
     with torch.inference_mode(), core.host.training_session(m.model, m.clip) as device:
-        yield core.loss.StepLoss(run, device), draw
+        yield core.method.loss.StepLoss(run, device), draw
 
 
 def loud_skip(reason: str, require_env: str) -> NoReturn:

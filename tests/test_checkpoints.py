@@ -21,12 +21,12 @@ def _load(core, path):
 
     with safe_open(str(path), framework="pt") as handle:
         vectors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata())
-    return core.embedding.CrossInitEmbedding(vectors=vectors, metadata={**metadata, "source_file": path.name})
+    return core.embeddings.embedding.CrossInitEmbedding(vectors=vectors, metadata={**metadata, "source_file": path.name})
 
 
 def _train(core, m, emb, steps, **kw):
     with torch.inference_mode():
-        return core.training.train(m.model, m.clip, m.vae, face_images(2, 64), emb, settings(core, steps=steps, seed=4), **kw)
+        return core.training.trainer.train(m.model, m.clip, m.vae, face_images(2, 64), emb, settings(core, steps=steps, seed=4), **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def test_without_save_every_the_checkpoints_are_the_final_tokens_only(core, tiny
     m = tiny("sd1")
     result = _train(core, m, init_embedding(core, m.clip), 3)
     assert result.checkpoints == [result.embedding]
-    with pytest.raises(core.errors.InvalidInputError, match=r"^save_every: "):
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"^save_every: "):
         _train(core, m, init_embedding(core, m.clip), 3, save_every=-1)
 
 
@@ -119,9 +119,9 @@ def test_a_taken_name_is_refused_when_queued_naming_the_file_and_nothing_is_writ
 
 def test_a_name_too_long_for_its_checkpoints_is_refused_when_queued(pack, core):
     save = pack.nodes.embedding_files.CrossInitSaveEmbedding
-    longest = len(core.embedding_names.checkpoint_name("", pack.nodes.embedding_files.MAX_RUN_STEPS))  # "-step200000"
+    longest = len(core.common.embedding_names.checkpoint_name("", pack.nodes.embedding_files.MAX_RUN_STEPS))  # "-step200000"
     assert longest == 11
-    fits = "n" * (core.embedding_names.MAX_NAME_LENGTH - longest)
+    fits = "n" * (core.common.embedding_names.MAX_NAME_LENGTH - longest)
     assert save.validate_inputs(name=fits, overwrite=False) is True
     refused = save.validate_inputs(name=fits + "n", overwrite=False)
     assert isinstance(refused, str) and refused.startswith("name ") and "too long for its checkpoint files" in refused
@@ -137,8 +137,8 @@ def test_run_again_after_its_own_save_is_served_from_the_cache_and_a_changed_tra
     import execution
 
     trained = []
-    train = core.training.train
-    monkeypatch.setattr(core.training, "train", lambda *a, **kw: trained.append(1) or train(*a, **kw))
+    train = core.training.trainer.train
+    monkeypatch.setattr(core.training.trainer, "train", lambda *a, **kw: trained.append(1) or train(*a, **kw))
     wr.install_face_image("ckpt_face.png", 64)
     executor = execution.PromptExecutor(wr.ServerStub(), cache_type=execution.CacheType.CLASSIC,
                                         cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
@@ -166,15 +166,15 @@ def test_run_again_after_its_own_save_is_served_from_the_cache_and_a_changed_tra
 
 
 def test_checkpoint_names(core):
-    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
     steps = [emb.with_vectors(emb.vectors, steps=str(k)) for k in (80, 160, 12345)]
-    named = core.embedding_io.checkpoint_names(steps, "me")
+    named = core.embeddings.embedding_io.checkpoint_names(steps, "me")
     assert [n for _e, n in named] == ["me-step0080", "me-step0160", "me-step12345", "me"] and named[-1][0] is steps[-1]
-    assert core.embedding_io.checkpoint_names(steps[:1], "me") == [(steps[0], "me")]  # one embedding: just NAME
-    with pytest.raises(core.errors.InvalidInputError, match="same step twice"):
-        core.embedding_io.checkpoint_names([steps[0], steps[0]], "me")
-    with pytest.raises(core.errors.InvalidInputError, match=r"item 2 of the 2 .* no step count"):
-        core.embedding_io.checkpoint_names([steps[0], emb], "me")
+    assert core.embeddings.embedding_io.checkpoint_names(steps[:1], "me") == [(steps[0], "me")]  # one embedding: just NAME
+    with pytest.raises(core.common.errors.InvalidInputError, match="same step twice"):
+        core.embeddings.embedding_io.checkpoint_names([steps[0], steps[0]], "me")
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"item 2 of the 2 .* no step count"):
+        core.embeddings.embedding_io.checkpoint_names([steps[0], emb], "me")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,15 +186,16 @@ def test_previews_sample_the_preview_prompt_with_the_preview_steps(core, tiny):
     emb = init_embedding(core, m.clip)
     faces = face_images(1, 64)
     prompt = "a watercolor painting of <face> person"
-    render = core.preview.progress_preview(m.model, m.clip, m.vae, faces, 64, 3, prompt=prompt, steps=2)
+    render = core.training.preview.progress_preview(m.model, m.clip, m.vae, faces, 64, 3, prompt=prompt, steps=2)
     _kind, shown, _size = render(1, emb)
-    expected = core.preview.side_by_side(faces[0], core.preview.sample_portrait(m.model, m.clip, m.vae, emb, 64, 3, 2, prompt)[0])
-    other = core.preview.side_by_side(faces[0], core.preview.sample_portrait(m.model, m.clip, m.vae, emb, 64, 3)[0])
+    preview = core.training.preview
+    expected = preview.side_by_side(faces[0], preview.sample_portrait(m.model, m.clip, m.vae, emb, 64, 3, 2, prompt)[0])
+    other = core.training.preview.side_by_side(faces[0], core.training.preview.sample_portrait(m.model, m.clip, m.vae, emb, 64, 3)[0])
     assert np.array_equal(np.asarray(shown), np.asarray(expected)) and not np.array_equal(np.asarray(shown), np.asarray(other))
     for bad_prompt, bad_steps, match in (("a photo of a person", 6, r"^preview_prompt: write <face>"),
                                          (prompt, 0, r"^preview_steps: ")):
-        with pytest.raises(core.errors.InvalidInputError, match=match):
-            core.preview.progress_preview(m.model, m.clip, m.vae, faces, 64, 3, prompt=bad_prompt, steps=bad_steps)
+        with pytest.raises(core.common.errors.InvalidInputError, match=match):
+            core.training.preview.progress_preview(m.model, m.clip, m.vae, faces, 64, 3, prompt=bad_prompt, steps=bad_steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_previews_sample_the_preview_prompt_with_the_preview_steps(core, tiny):
 
 
 def _ckpt(core, step, losses):
-    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.full((2, 768), float(step))}, metadata={"steps": str(step)})
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": torch.full((2, 768), float(step))}, metadata={"steps": str(step)})
     emb.loss_history = [(loss, 0.1) for loss in losses]
     return emb
 
@@ -222,11 +223,11 @@ def test_the_report_picks_the_best_identity_within_the_prompt_margin(core):
     ckpts = [_ckpt(core, s, losses[:s]) for s in (80, 160, 240, 320)]
     identity = [_identity(v) for v in (0.30, 0.42, 0.55, 0.60)]
     prompt = [_prompt(v) for v in (0.300, 0.296, 0.291, 0.270)]
-    report = core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.01)
+    report = core.scoring.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.01)
     # 320 has the best identity but its prompt score is 0.03 below the best: 240 is the best within 0.01
     assert report.rows[report.best].step == 240 and [r.best for r in report.rows] == [False, False, True, False]
-    assert core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.0).rows[0].best  # prompt alone decides
-    assert core.checkpoint_report.build_report(ckpts, identity, prompt, margin=1.0).rows[3].best  # identity alone
+    assert core.scoring.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.0).rows[0].best  # prompt alone decides
+    assert core.scoring.checkpoint_report.build_report(ckpts, identity, prompt, margin=1.0).rows[3].best  # identity alone
     data = json.loads(report.as_json())
     assert data["best_step"] == 240 and data["margin"] == 0.01 and "within 0.01 of their best prompt score" in data["rule"]
     assert [c["step"] for c in data["checkpoints"]] == [80, 160, 240, 320]
@@ -238,14 +239,14 @@ def test_the_report_picks_the_best_identity_within_the_prompt_margin(core):
 def test_the_report_follows_the_backends_direction_and_passes_over_faceless_checkpoints(core):
     ckpts = [_ckpt(core, s, [1.0] * s) for s in (2, 4, 6)]
     dlib = [_identity(v, higher=False, backend="dlib") for v in (0.5, 0.4, None)]  # lower is better; 6: no face
-    report = core.checkpoint_report.build_report(ckpts, dlib, [_prompt(0.3)] * 3, margin=0.01)
+    report = core.scoring.checkpoint_report.build_report(ckpts, dlib, [_prompt(0.3)] * 3, margin=0.01)
     assert report.rows[report.best].step == 4 and report.rows[2].identity is None and report.rows[2].faces == "0/1"
-    no_scores = core.checkpoint_report.build_report(ckpts, [], [])
+    no_scores = core.scoring.checkpoint_report.build_report(ckpts, [], [])
     assert no_scores.rows[no_scores.best].step == 6  # nothing scored: the last checkpoint
-    with pytest.raises(core.errors.InvalidInputError, match=r"^identity: 1 report"):
-        core.checkpoint_report.build_report(ckpts, dlib[:1], [])
-    with pytest.raises(core.errors.InvalidInputError, match="different backends"):
-        core.checkpoint_report.build_report(ckpts, [_identity(0.3), *dlib[1:]], [])
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"^identity: 1 report"):
+        core.scoring.checkpoint_report.build_report(ckpts, dlib[:1], [])
+    with pytest.raises(core.common.errors.InvalidInputError, match="different backends"):
+        core.scoring.checkpoint_report.build_report(ckpts, [_identity(0.3), *dlib[1:]], [])
 
 
 def test_a_checkpoint_with_no_face_is_passed_over_whenever_another_has_one(core):
@@ -255,10 +256,10 @@ def test_a_checkpoint_with_no_face_is_passed_over_whenever_another_has_one(core)
     ckpts = [_ckpt(core, s, [1.0] * s) for s in (80, 160, 240)]
     identity = [_identity(v) for v in (0.55, 0.50, None)]
     prompt = [_prompt(v) for v in (0.280, 0.285, 0.300)]
-    report = core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.01)
+    report = core.scoring.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.01)
     assert report.rows[report.best].step == 80 and report.rows[2].faces == "0/1"
-    assert core.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.0).rows[1].best  # 0.285 alone: 160
-    no_face = core.checkpoint_report.build_report(ckpts, [_identity(None)] * 3, prompt, margin=0.01)
+    assert core.scoring.checkpoint_report.build_report(ckpts, identity, prompt, margin=0.0).rows[1].best  # 0.285 alone: 160
+    no_face = core.scoring.checkpoint_report.build_report(ckpts, [_identity(None)] * 3, prompt, margin=0.01)
     assert no_face.rows[no_face.best].step == 240  # no face anywhere: the prompt score decides
     assert "show no face are passed over" in report.rule() and "show no face are passed over" in json.loads(report.as_json())["rule"]
 
@@ -287,17 +288,18 @@ def test_the_identity_node_scores_each_checkpoints_samples_against_one_reference
 def test_a_report_that_is_json_but_not_a_score_report_is_refused_by_name(core):
     ckpts = [_ckpt(core, s, [1.0] * s) for s in (2, 4)]
     for bad in ("[1, 2]", "3", json.dumps({"mean": 0.3, "images": [1]}), json.dumps({"mean": 0.3, "images": "x"})):
-        with pytest.raises(core.errors.InvalidInputError, match=r"^prompt: report 2 of 2 is JSON but not a score report"):
-            core.checkpoint_report.build_report(ckpts, [], [_prompt(0.3), bad])
+        with pytest.raises(core.common.errors.InvalidInputError, match=r"^prompt: report 2 of 2 is JSON but not a score report"):
+            core.scoring.checkpoint_report.build_report(ckpts, [], [_prompt(0.3), bad])
 
 
 def test_a_continued_runs_losses_are_drawn_at_their_steps(core):
     ckpts = [_ckpt(core, s, [1.0 + 0.1 * (i % 2) for i in range(s - 4)]) for s in (6, 8)]  # continued from step 4
-    report = core.checkpoint_report.build_report(ckpts, [], [_prompt(0.3), _prompt(0.2)])
-    plot = (core.checkpoint_report.render_plot(report)[0] * 255).round().to(torch.int16)
-    loss = ((plot - torch.tensor(core.checkpoint_report.LOSS_COLOR, dtype=torch.int16)).abs().sum(-1) == 0)
-    columns = loss[core.checkpoint_report.TOP + 2 * core.checkpoint_report.PANEL:].any(0).nonzero().flatten()
-    left, right = core.checkpoint_report.MARGIN_LEFT, core.checkpoint_report.WIDTH - core.checkpoint_report.MARGIN_RIGHT
+    report = core.scoring.checkpoint_report.build_report(ckpts, [], [_prompt(0.3), _prompt(0.2)])
+    plot = (core.scoring.checkpoint_report.render_plot(report)[0] * 255).round().to(torch.int16)
+    loss = ((plot - torch.tensor(core.scoring.checkpoint_report.LOSS_COLOR, dtype=torch.int16)).abs().sum(-1) == 0)
+    columns = loss[core.scoring.checkpoint_report.TOP + 2 * core.scoring.checkpoint_report.PANEL:].any(0).nonzero().flatten()
+    report = core.scoring.checkpoint_report
+    left, right = report.MARGIN_LEFT, report.WIDTH - report.MARGIN_RIGHT
     assert int(columns.min()) >= left + 5 / 8 * (right - left) - 3  # its first loss is step 5 of 8, not step 1
 
 
@@ -307,13 +309,14 @@ def test_losses_are_drawn_at_their_own_steps_when_fp16_skipped_some(core):
     losses = [3.0, 1.0, 1.2, 1.1, 1.3, 1.0]
     last = _ckpt(core, 10, losses)
     last.loss_steps = [1, 6, 7, 8, 9, 10]
-    report = core.checkpoint_report.build_report([_ckpt(core, 5, losses[:1]), last], [], [])
+    report = core.scoring.checkpoint_report.build_report([_ckpt(core, 5, losses[:1]), last], [], [])
     assert report.loss_steps == [1, 6, 7, 8, 9, 10]
-    plot = (core.checkpoint_report.render_plot(report)[0] * 255).round().to(torch.int16)
-    loss = ((plot - torch.tensor(core.checkpoint_report.LOSS_COLOR, dtype=torch.int16)).abs().sum(-1) == 0)
-    top = core.checkpoint_report.TOP + 2 * core.checkpoint_report.PANEL
-    panel = loss[top:top + core.checkpoint_report.PANEL - 22]
-    left, right = core.checkpoint_report.MARGIN_LEFT, core.checkpoint_report.WIDTH - core.checkpoint_report.MARGIN_RIGHT
+    plot = (core.scoring.checkpoint_report.render_plot(report)[0] * 255).round().to(torch.int16)
+    loss = ((plot - torch.tensor(core.scoring.checkpoint_report.LOSS_COLOR, dtype=torch.int16)).abs().sum(-1) == 0)
+    top = core.scoring.checkpoint_report.TOP + 2 * core.scoring.checkpoint_report.PANEL
+    panel = loss[top:top + core.scoring.checkpoint_report.PANEL - 22]
+    report = core.scoring.checkpoint_report
+    left, right = report.MARGIN_LEFT, report.WIDTH - report.MARGIN_RIGHT
     columns = panel[:, left + 2:].any(0).nonzero().flatten() + left + 2
     x_of = lambda step: left + step / 10 * (right - left)  # noqa: E731
     assert abs(int(columns.min()) - x_of(1)) <= 3 and abs(int(columns.max()) - x_of(10)) <= 3
@@ -323,13 +326,14 @@ def test_losses_are_drawn_at_their_own_steps_when_fp16_skipped_some(core):
 
 def test_the_report_plot_marks_the_best_step(core):
     ckpts = [_ckpt(core, s, [1.0 / (i + 1) for i in range(s)]) for s in (10, 20, 30)]
-    report = core.checkpoint_report.build_report(ckpts, [_identity(v) for v in (0.2, 0.5, 0.3)], [_prompt(0.3)] * 3)
-    plot = core.checkpoint_report.render_plot(report)
-    assert plot.shape[0] == 1 and plot.shape[-1] == 3 and plot.shape[2] == core.checkpoint_report.WIDTH
+    report = core.scoring.checkpoint_report.build_report(ckpts, [_identity(v) for v in (0.2, 0.5, 0.3)], [_prompt(0.3)] * 3)
+    plot = core.scoring.checkpoint_report.render_plot(report)
+    assert plot.shape[0] == 1 and plot.shape[-1] == 3 and plot.shape[2] == core.scoring.checkpoint_report.WIDTH
     pixels = (plot[0] * 255).round().to(torch.int16)
-    best = torch.tensor(core.checkpoint_report.BEST_COLOR, dtype=torch.int16)
+    best = torch.tensor(core.scoring.checkpoint_report.BEST_COLOR, dtype=torch.int16)
     columns = ((pixels - best).abs().sum(-1) == 0).any(0).nonzero().flatten()
-    left, right = core.checkpoint_report.MARGIN_LEFT, core.checkpoint_report.WIDTH - core.checkpoint_report.MARGIN_RIGHT
+    report = core.scoring.checkpoint_report
+    left, right = report.MARGIN_LEFT, report.WIDTH - report.MARGIN_RIGHT
     expected = left + 20 / 30 * (right - left)  # step 20 of 30
     assert columns.numel() and abs(float(columns.float().mean()) - expected) <= 2
 
@@ -343,10 +347,10 @@ def test_a_saved_run_goes_on_toward_its_original_start_and_counts_every_step(cor
     emb = init_embedding(core, m.clip)  # typed names: recorded in the metadata
     assert emb.metadata["init_names"] == "typed" and emb.metadata["init_names_text"]
     first = _train(core, m, emb, 3)
-    path = core.embedding_io.save_embedding(first.embedding, tmp_path, "first")
+    path = core.embeddings.embedding_io.save_embedding(first.embedding, tmp_path, "first")
     loaded = _load(core, path)
     assert loaded.init_vectors is None
-    with caplog.at_level(logging.INFO, logger=core.continuation.log.name):
+    with caplog.at_level(logging.INFO, logger=core.embeddings.continuation.log.name):
         more = _train(core, m, loaded, 2)
     assert more.embedding.metadata["steps"] == "5" and more.embedding.metadata["continued_from_steps"] == "3"
     assert "source_file" not in more.embedding.metadata  # only how the start was made is carried over
@@ -362,15 +366,16 @@ def test_a_saved_run_goes_on_toward_its_original_start_and_counts_every_step(cor
 
 def test_a_file_without_its_start_pulls_toward_its_own_vectors_and_another_family_is_refused(core, tiny, tmp_path):
     m = tiny("sd1")
-    foreign = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.randn(2, 64, generator=torch.Generator().manual_seed(1))},
+    foreign = core.embeddings.embedding.CrossInitEmbedding(
+        vectors={"clip_l": torch.randn(2, 64, generator=torch.Generator().manual_seed(1))},
                                                 metadata={"source_file": "a1111.pt", "peak_vram_mib": "9999", "note": "kept"})
     result = _train(core, m, foreign, 2)
     assert torch.equal(result.embedding.init_vectors["clip_l"], foreign.vectors["clip_l"])
     assert result.embedding.metadata["steps"] == "2" and result.embedding.metadata["note"] == "kept"
     assert "peak_vram_mib" not in result.embedding.metadata and "source_file" not in result.embedding.metadata
     sd2 = init_embedding(core, tiny("sd2").clip)
-    saved = core.embedding_io.save_embedding(_train(core, tiny("sd2"), sd2, 1).embedding, tmp_path, "sd2_file")
-    with pytest.raises(core.errors.InvalidInputError, match=r"clip_h .* SD 2"):
+    saved = core.embeddings.embedding_io.save_embedding(_train(core, tiny("sd2"), sd2, 1).embedding, tmp_path, "sd2_file")
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"clip_h .* SD 2"):
         _train(core, m, _load(core, saved), 1)
 
 
@@ -391,12 +396,12 @@ def test_a_trainers_output_goes_on_in_the_same_graph_without_the_earlier_runs_fi
 def test_a_continued_run_draws_what_the_uninterrupted_run_would_have(core, tiny, tmp_path):
     m = tiny("sd1")
     first = _train(core, m, init_embedding(core, m.clip), 3)
-    loaded = _load(core, core.embedding_io.save_embedding(first.embedding, tmp_path, "first"))
+    loaded = _load(core, core.embeddings.embedding_io.save_embedding(first.embedding, tmp_path, "first"))
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(2, 64), loaded, settings(core, steps=2, seed=4))
+        run = core.training.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(2, 64), loaded, settings(core, steps=2, seed=4))
     assert run.previous_steps == 3
-    calls = core.training.Callbacks(lambda *_a: None, tqdm(disable=True))
-    trainer = core.training.Trainer(run, core.memory.MemorySettings().validated(), calls, 0.0)
+    calls = core.training.trainer.Callbacks(lambda *_a: None, tqdm(disable=True))
+    trainer = core.training.trainer.Trainer(run, core.training.memory.MemorySettings().validated(), calls, 0.0)
     fresh = run.sampler()
     uninterrupted = [fresh.draw(run.settings.batch_size) for _ in range(4)]
     going_on = trainer.sampler.draw(run.settings.batch_size)
@@ -406,19 +411,20 @@ def test_a_continued_run_draws_what_the_uninterrupted_run_would_have(core, tiny,
 
 def test_only_a_cross_init_runs_step_count_is_trusted_and_the_checks_come_before_any_work(core, tiny, tmp_path, caplog):
     m = tiny("sd1")
-    other = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.randn(2, 64, generator=torch.Generator().manual_seed(2))},
+    other = core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": torch.randn(2, 64, generator=torch.Generator().manual_seed(2))},
                                               metadata={"steps": "500"})  # another trainer's count: its draws are not ours
     assert _train(core, m, other, 2).embedding.metadata["steps"] == "2"
     first = _train(core, m, init_embedding(core, m.clip), 1)
-    loaded = _load(core, core.embedding_io.save_embedding(first.embedding, tmp_path, "first"))
-    huge = core.embedding.CrossInitEmbedding(loaded.vectors, metadata={**loaded.metadata, "steps": "1000000000"})
-    with pytest.raises(core.errors.InvalidInputError, match=r"^embedding: first.safetensors says it was trained for 1000000000 steps"):
+    loaded = _load(core, core.embeddings.embedding_io.save_embedding(first.embedding, tmp_path, "first"))
+    huge = core.embeddings.embedding.CrossInitEmbedding(loaded.vectors, metadata={**loaded.metadata, "steps": "1000000000"})
+    with pytest.raises(core.common.errors.InvalidInputError,
+                       match=r"^embedding: first.safetensors says it was trained for 1000000000 steps"):
         _train(core, m, huge, 1)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger=core.continuation.log.name), \
-            pytest.raises(core.errors.InvalidInputError, match=r"^steps: "):
+    with caplog.at_level(logging.INFO, logger=core.embeddings.continuation.log.name), \
+            pytest.raises(core.common.errors.InvalidInputError, match=r"^steps: "):
         _train(core, m, loaded, 0)
-    assert not [r for r in caplog.records if r.name == core.continuation.log.name]  # refused before the CLIP ran
+    assert not [r for r in caplog.records if r.name == core.embeddings.continuation.log.name]  # refused before the CLIP ran
 
 
 def _with_clip_layer(clip, layer):
@@ -435,19 +441,20 @@ def test_six_steps_and_six_more_from_the_file_equal_twelve_bit_for_bit(core, tin
     emb = init_embedding(core, m.clip)
     twelve = _train(core, m, emb, 12).embedding
     six = _train(core, m, emb, 6).embedding
-    state = json.loads(six.metadata[core.optimizer_state.METADATA_KEY])
-    assert state["version"] == core.optimizer_state.VERSION and state["step"] == 6 and set(state["moments"]) == set(emb.vectors)
-    path = core.embedding_io.save_embedding(six, tmp_path, f"six_{kind}")
+    state = json.loads(six.metadata[core.embeddings.optimizer_state.METADATA_KEY])
+    assert state["version"] == core.embeddings.optimizer_state.VERSION and state["step"] == 6 and set(state["moments"]) == set(emb.vectors)
+    path = core.embeddings.embedding_io.save_embedding(six, tmp_path, f"six_{kind}")
     more = _train(core, m, _load(core, path), 6).embedding
-    assert more.metadata["steps"] == "12" and json.loads(more.metadata[core.optimizer_state.METADATA_KEY])["step"] == 12
+    assert more.metadata["steps"] == "12" and json.loads(more.metadata[core.embeddings.optimizer_state.METADATA_KEY])["step"] == 12
     for key in emb.vectors:
         assert torch.equal(more.vectors[key], twelve.vectors[key]), key
     from safetensors.torch import load_file, save_file
 
     stateless = tmp_path / f"stateless_{kind}.safetensors"
-    metadata = {k: v for k, v in _load(core, path).metadata.items() if k not in (core.optimizer_state.METADATA_KEY, "source_file")}
+    state_key = core.embeddings.optimizer_state.METADATA_KEY
+    metadata = {k: v for k, v in _load(core, path).metadata.items() if k not in (state_key, "source_file")}
     save_file(load_file(str(path)), str(stateless), metadata=metadata)
-    with caplog.at_level(logging.INFO, logger=core.continuation.log.name):
+    with caplog.at_level(logging.INFO, logger=core.embeddings.continuation.log.name):
         fresh = _train(core, m, _load(core, stateless), 6).embedding
     assert any("optimizer state starts fresh (the file carries none)" in r.getMessage() for r in caplog.records)
     assert fresh.metadata["steps"] == "12"
@@ -476,20 +483,20 @@ def test_a_continuation_with_another_clip_layer_is_refused_naming_both(core, tin
     m = tiny("sd1")
     first = _train(core, m, init_embedding(core, m.clip), 2).embedding
     assert first.metadata["clip_layer"] == "last"
-    loaded = _load(core, core.embedding_io.save_embedding(first, tmp_path, "layered"))
-    with pytest.raises(core.errors.InvalidInputError, match=r"^clip: layered.safetensors was trained on the text encoder's layer "
+    loaded = _load(core, core.embeddings.embedding_io.save_embedding(first, tmp_path, "layered"))
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"^clip: layered.safetensors was trained on the text encoder's layer "
                                                              r"last .* the connected CLIP uses layer -2"):
         with torch.inference_mode():
-            core.training.train(m.model, _with_clip_layer(m.clip, -2), m.vae, face_images(2, 64), loaded,
+            core.training.trainer.train(m.model, _with_clip_layer(m.clip, -2), m.vae, face_images(2, 64), loaded,
                                 settings(core, steps=1, seed=4))
-    with pytest.raises(core.errors.InvalidInputError, match=r"layer last .* layer -2"):  # in one graph too
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"layer last .* layer -2"):  # in one graph too
         with torch.inference_mode():
-            core.training.train(m.model, _with_clip_layer(m.clip, -2), m.vae, face_images(2, 64), first,
+            core.training.trainer.train(m.model, _with_clip_layer(m.clip, -2), m.vae, face_images(2, 64), first,
                                 settings(core, steps=1, seed=4))
     with torch.inference_mode():
-        same = core.training.train(m.model, _with_clip_layer(m.clip, -1), m.vae, face_images(2, 64), loaded,
+        same = core.training.trainer.train(m.model, _with_clip_layer(m.clip, -1), m.vae, face_images(2, 64), loaded,
                                    settings(core, steps=1, seed=4)).embedding
     assert same.metadata["steps"] == "3"
-    other_family = core.embedding.CrossInitEmbedding(loaded.vectors, metadata={**loaded.metadata, "base_model": "sd2-v"})
-    with pytest.raises(core.errors.InvalidInputError, match=r"^clip: layered.safetensors was trained for SD 2.x .* is SD 1.x"):
+    other_family = core.embeddings.embedding.CrossInitEmbedding(loaded.vectors, metadata={**loaded.metadata, "base_model": "sd2-v"})
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"^clip: layered.safetensors was trained for SD 2.x .* is SD 1.x"):
         _train(core, m, other_family, 1)

@@ -441,8 +441,8 @@ def test_the_files_a_run_writes_are_known_before_any_work(tmp_path):
 def _client_modules():
     if str(REPO) not in sys.path:
         sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
-    from cross_init_core import atomic_files
     from cross_init_core.client.train import farm, jobs
+    from cross_init_core.common import atomic_files
 
     return atomic_files, farm, jobs
 
@@ -697,7 +697,8 @@ def test_eval_command_generates_scores_and_writes_its_tables(core, comfyui, tmp_
 
     base = make_base(tmp_path / "base", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
     vectors = {"clip_l": torch.randn(2, 768, generator=torch.Generator().manual_seed(5))}
-    core.embedding_io.save_embedding(core.embedding.CrossInitEmbedding(vectors=vectors), base / "models" / "embeddings", "cli_eval_face")
+    core.embeddings.embedding_io.save_embedding(core.embeddings.embedding.CrossInitEmbedding(vectors=vectors),
+                                                base / "models" / "embeddings", "cli_eval_face")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# two prompts\na photo of a {} person\na {} person on the beach\n", encoding="utf-8")
     photo = face_photo(tmp_path / "me.png", 160)
@@ -717,7 +718,7 @@ def test_eval_command_generates_scores_and_writes_its_tables(core, comfyui, tmp_
     port = re.search(r"on http://127\.0\.0\.1:(\d+)", result.stderr).group(1)
     assert not answers(f"http://127.0.0.1:{port}")  # the child server was stopped
     # several embeddings (a pattern): each evaluated alike, one folder each, and a side-by-side table
-    core.embedding_io.save_embedding(core.embedding.CrossInitEmbedding(vectors={"clip_l": 2 * vectors["clip_l"]}),
+    core.embeddings.embedding_io.save_embedding(core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": 2 * vectors["clip_l"]}),
                                      base / "models" / "embeddings", "cli_eval_face-step0002")
     both = tmp_path / "both"
     several = [("cli_eval_face*" if v == "cli_eval_face" else str(both) if v == str(out) else v) for v in argv]

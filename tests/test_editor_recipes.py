@@ -24,8 +24,8 @@ def test_going_on_in_the_editor_load_embedding_custom_steps_to_add_and_a_new_nam
     regularizer pulls toward the first run's Cross-Init start (as `train --resume` in the terminal), the same name
     is refused at Run before any step, naming the file, and a new name or overwrite saves."""
     trained_runs = []
-    train = core.training.train
-    monkeypatch.setattr(core.training, "train", lambda *a, **kw: trained_runs.append(1) or train(*a, **kw))
+    train = core.training.trainer.train
+    monkeypatch.setattr(core.training.trainer, "train", lambda *a, **kw: trained_runs.append(1) or train(*a, **kw))
     wr.install_face_image("recipe_face.png", 64)
     init = {"class_type": "CrossInitEmbeddingInit", "inputs": {"clip": ["1", 1], "num_tokens": 2, "names": "", "source": "names"}}
     load = {"class_type": "CrossInitLoadEmbedding", "inputs": {"name": "recipe_face.safetensors"}}
@@ -51,7 +51,7 @@ def test_going_on_in_the_editor_load_embedding_custom_steps_to_add_and_a_new_nam
     for key, vectors in start.vectors.items():
         assert torch.equal(continued.init_vectors[key], vectors)  # the first run's start, recomputed from its names
         assert not torch.equal(continued.vectors[key], trained.vectors[key])  # it went on from the file's vectors
-    saved = pack.cross_init_core.embedding_io.load_embedding(embeddings_dir / "recipe_face-more.safetensors")
+    saved = pack.cross_init_core.embeddings.embedding_io.load_embedding(embeddings_dir / "recipe_face-more.safetensors")
     assert saved.metadata["steps"] == "5" and torch.equal(saved.vectors["clip_l"], continued.vectors["clip_l"])
 
 
@@ -59,8 +59,8 @@ def test_a_taken_name_at_run_stops_the_whole_graph_before_the_training(pack, cor
     """ComfyUI runs a graph's other outputs when one output node fails its check at Run (the server answers 200 with
     node_errors): the Save node is refused, and the trainer, run for the loss preview, stops before any step."""
     trained_runs = []
-    train = core.training.train
-    monkeypatch.setattr(core.training, "train", lambda *a, **kw: trained_runs.append(1) or train(*a, **kw))
+    train = core.training.trainer.train
+    monkeypatch.setattr(core.training.trainer, "train", lambda *a, **kw: trained_runs.append(1) or train(*a, **kw))
     wr.install_face_image("recipe_face.png", 64)
     taken = embeddings_dir / "partial_face.safetensors"
     taken.write_bytes(b"keep me")

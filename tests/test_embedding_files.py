@@ -34,7 +34,7 @@ def _vectors(widths: dict[str, int], n: int = 2, seed: int = 0) -> dict[str, tor
 
 
 def _embedding(core, vectors: dict[str, torch.Tensor], **metadata: str):
-    return core.embedding.CrossInitEmbedding(vectors=vectors, metadata=dict(metadata))
+    return core.embeddings.embedding.CrossInitEmbedding(vectors=vectors, metadata=dict(metadata))
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ def _unique(prefix: str) -> str:
 def test_save_writes_safetensors_with_exactly_the_encoder_keys(core, tmp_path: Path, family: str) -> None:
     vectors = _vectors(WIDTHS[family], n=3, seed=1)
     emb = _embedding(core, vectors, base_model=family, steps="250", init="cross")
-    path = core.embedding_io.save_embedding(emb, tmp_path, "my_face")
+    path = core.embeddings.embedding_io.save_embedding(emb, tmp_path, "my_face")
 
     assert path == (tmp_path / "my_face.safetensors").resolve()
     raw = path.read_bytes()
@@ -89,7 +89,7 @@ def test_save_converts_other_dtypes_and_strided_views_to_float32(core, tmp_path:
     base = torch.randn(768, 2, dtype=torch.float64)
     view = base.t()  # [2, 768], not contiguous
     assert not view.is_contiguous()
-    path = core.embedding_io.save_embedding(_embedding(core, {"clip_l": view}), tmp_path, "strided")
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, {"clip_l": view}), tmp_path, "strided")
     tensors, _ = _read_safetensors(path)
     assert tensors["clip_l"].dtype == torch.float32
     assert torch.equal(tensors["clip_l"], view.float())
@@ -113,38 +113,38 @@ def test_invalid_names_are_rejected_naming_the_input_and_write_nothing(core, tmp
     (folder / "keep.safetensors").write_bytes(b"keep")
     before_folder, before_parent = _tree(folder), _tree(tmp_path)
     emb = _embedding(core, _vectors({"clip_l": 768}))
-    with pytest.raises(core.errors.InvalidInputError) as info:
-        core.embedding_io.save_embedding(emb, folder, name)
+    with pytest.raises(core.common.errors.InvalidInputError) as info:
+        core.embeddings.embedding_io.save_embedding(emb, folder, name)
     assert str(info.value).startswith("name")
     assert BAD_NAMES[name] in str(info.value)
     assert _tree(folder) == before_folder
     assert _tree(tmp_path) == before_parent
-    with pytest.raises(core.errors.InvalidInputError):
-        core.embedding_io.validate_name(name)
+    with pytest.raises(core.common.errors.InvalidInputError):
+        core.embeddings.embedding_io.validate_name(name)
 
 
 def test_non_text_name_is_rejected(core) -> None:
-    with pytest.raises(core.errors.InvalidInputError, match=r"^name"):
-        core.embedding_io.validate_name(None)  # type: ignore[arg-type]
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"^name"):
+        core.embeddings.embedding_io.validate_name(None)  # type: ignore[arg-type]
 
 
 def test_name_length_limit_is_100_characters(core, tmp_path: Path) -> None:
     emb = _embedding(core, _vectors({"clip_l": 768}))
-    path = core.embedding_io.save_embedding(emb, tmp_path, "a" * 100)
+    path = core.embeddings.embedding_io.save_embedding(emb, tmp_path, "a" * 100)
     assert path.name == "a" * 100 + ".safetensors"
-    with pytest.raises(core.errors.InvalidInputError, match="101 characters"):
-        core.embedding_io.save_embedding(emb, tmp_path, "b" * 101)
+    with pytest.raises(core.common.errors.InvalidInputError, match="101 characters"):
+        core.embeddings.embedding_io.save_embedding(emb, tmp_path, "b" * 101)
     assert _listing(tmp_path) == ["a" * 100 + ".safetensors"]
 
 
 def test_long_non_latin_name_is_rejected_cleanly_not_with_an_os_error(core, tmp_path: Path) -> None:
     # 100 CJK letters pass the 100-character rule but are 300 bytes: over the 255-byte file-name limit
     name = "\u540d" * 100
-    with pytest.raises(core.errors.InvalidInputError, match="bytes"):
-        core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, name)
+    with pytest.raises(core.common.errors.InvalidInputError, match="bytes"):
+        core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, name)
     assert _listing(tmp_path) == []
     # 60 of them (180 bytes) are fine
-    path = core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "\u540d" * 60)
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "\u540d" * 60)
     assert path.name == "\u540d" * 60 + ".safetensors"
 
 
@@ -152,19 +152,19 @@ def test_unicode_letters_are_accepted_and_stored_in_nfc(core, tmp_path: Path) ->
     decomposed = unicodedata.normalize("NFD", "visage_\u00e9")
     assert decomposed != "visage_\u00e9"
     vectors = _vectors({"clip_l": 768}, seed=3)
-    path = core.embedding_io.save_embedding(_embedding(core, vectors), tmp_path, decomposed)
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, vectors), tmp_path, decomposed)
     assert path.name == "visage_\u00e9.safetensors"
     assert _listing(tmp_path) == ["visage_\u00e9.safetensors"]
-    assert core.embedding_io.validate_name(decomposed) == "visage_\u00e9"
+    assert core.embeddings.embedding_io.validate_name(decomposed) == "visage_\u00e9"
     # the NFC name is now taken: the decomposed spelling may not create a second, look-alike file
-    with pytest.raises(core.errors.EmbeddingExistsError):
-        core.embedding_io.save_embedding(_embedding(core, vectors), tmp_path, "visage_\u00e9")
-    assert torch.equal(core.embedding_io.load_embedding(path).vectors["clip_l"], vectors["clip_l"])
+    with pytest.raises(core.common.errors.EmbeddingExistsError):
+        core.embeddings.embedding_io.save_embedding(_embedding(core, vectors), tmp_path, "visage_\u00e9")
+    assert torch.equal(core.embeddings.embedding_io.load_embedding(path).vectors["clip_l"], vectors["clip_l"])
 
 
 def test_suffix_and_surrounding_whitespace_are_stripped(core, tmp_path: Path) -> None:
-    assert core.embedding_io.validate_name("  my_face.safetensors ") == "my_face"
-    path = core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "my_face.safetensors")
+    assert core.embeddings.embedding_io.validate_name("  my_face.safetensors ") == "my_face"
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "my_face.safetensors")
     assert _listing(tmp_path) == ["my_face.safetensors"] and path.name == "my_face.safetensors"
 
 
@@ -173,17 +173,17 @@ def test_symlinked_name_pointing_outside_is_refused(core, tmp_path: Path) -> Non
     folder.mkdir()
     outside.write_bytes(b"outside")
     (folder / "face.safetensors").symlink_to(outside)
-    with pytest.raises(core.errors.CrossInitError):
-        core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), folder, "face", overwrite=True)
+    with pytest.raises(core.common.errors.CrossInitError):
+        core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), folder, "face", overwrite=True)
     assert outside.read_bytes() == b"outside"
 
 
 def test_existing_file_is_never_overwritten_without_overwrite(core, tmp_path: Path) -> None:
     old = _vectors({"clip_l": 768}, seed=1)
-    path = core.embedding_io.save_embedding(_embedding(core, old), tmp_path, "face")
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, old), tmp_path, "face")
     before = path.read_bytes()
-    with pytest.raises(core.errors.EmbeddingExistsError) as info:
-        core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=2)), tmp_path, "face")
+    with pytest.raises(core.common.errors.EmbeddingExistsError) as info:
+        core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=2)), tmp_path, "face")
     assert isinstance(info.value, FileExistsError)
     assert str(info.value).startswith("name")
     assert path.read_bytes() == before
@@ -191,16 +191,16 @@ def test_existing_file_is_never_overwritten_without_overwrite(core, tmp_path: Pa
 
 
 def test_overwrite_replaces_the_content(core, tmp_path: Path) -> None:
-    core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=1), run="old"), tmp_path, "face")
+    core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=1), run="old"), tmp_path, "face")
     new = _vectors({"clip_l": 768}, n=3, seed=2)
-    path = core.embedding_io.save_embedding(_embedding(core, new, run="new"), tmp_path, "face", overwrite=True)
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, new, run="new"), tmp_path, "face", overwrite=True)
     tensors, metadata = _read_safetensors(path)
     assert torch.equal(tensors["clip_l"], new["clip_l"]) and metadata["run"] == "new"
     assert _listing(tmp_path) == ["face.safetensors"]
 
 
 def test_saved_file_gets_the_usual_permissions_not_private_temp_ones(core, tmp_path: Path) -> None:
-    path = core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "face")
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "face")
     plain = tmp_path / "plain.bin"
     plain.write_bytes(b"x")  # what any ordinary file write gets under this process's umask
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
@@ -214,17 +214,17 @@ def _fill_then_fail(path: str) -> None:
 
 @pytest.mark.parametrize("crash", ["write", "replace"])
 def test_crash_while_overwriting_keeps_old_file_and_leaves_no_temp(core, tmp_path: Path, monkeypatch, crash: str) -> None:
-    path = core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=1)), tmp_path, "face")
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=1)), tmp_path, "face")
     before = path.read_bytes()
     if crash == "write":
-        monkeypatch.setattr(core.atomic_files, "write_synced", lambda path, data: _fill_then_fail(path))
+        monkeypatch.setattr(core.common.atomic_files, "write_synced", lambda path, data: _fill_then_fail(path))
     else:
         def failing_replace(src, dst):
             raise OSError(errno.EIO, "I/O error")
 
         monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
-        core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=2)), tmp_path, "face", overwrite=True)
+        core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768}, seed=2)), tmp_path, "face", overwrite=True)
     assert path.read_bytes() == before
     assert _listing(tmp_path) == ["face.safetensors"]
 
@@ -235,7 +235,7 @@ def test_crash_while_linking_a_new_file_leaves_nothing(core, tmp_path: Path, mon
 
     monkeypatch.setattr(os, "link", interrupted_link)
     with pytest.raises(KeyboardInterrupt):
-        core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "face")
+        core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "face")
     assert _listing(tmp_path) == []
 
 
@@ -247,7 +247,7 @@ def _race(core, folder: Path, name: str, hook=None) -> tuple[list[object], list[
     def worker(i: int) -> None:
         barrier.wait()
         try:
-            results[i] = core.embedding_io.save_embedding(_embedding(core, contenders[i], who=str(i)), folder, name)
+            results[i] = core.embeddings.embedding_io.save_embedding(_embedding(core, contenders[i], who=str(i)), folder, name)
         except Exception as exc:  # collected and asserted below
             results[i] = exc
         finally:
@@ -264,12 +264,12 @@ def _race(core, folder: Path, name: str, hook=None) -> tuple[list[object], list[
 
 def _assert_one_winner(core, folder: Path, name: str, results: list[object], contenders) -> None:
     winners = [i for i, r in enumerate(results) if isinstance(r, Path)]
-    losers = [i for i, r in enumerate(results) if isinstance(r, core.errors.EmbeddingExistsError)]
+    losers = [i for i, r in enumerate(results) if isinstance(r, core.common.errors.EmbeddingExistsError)]
     assert len(winners) == 1 and len(losers) == 1, results
     tensors, metadata = _read_safetensors(folder / f"{name}.safetensors")
     assert metadata["who"] == str(winners[0])
     assert torch.equal(tensors["clip_l"], contenders[winners[0]]["clip_l"])
-    loaded = core.embedding_io.load_embedding(folder / f"{name}.safetensors")
+    loaded = core.embeddings.embedding_io.load_embedding(folder / f"{name}.safetensors")
     assert torch.equal(loaded.vectors["clip_l"], contenders[winners[0]]["clip_l"])
     assert _listing(folder) == [f"{name}.safetensors"]
 
@@ -320,12 +320,12 @@ def test_failed_rename_without_hard_links_leaves_no_placeholder(core, tmp_path: 
     monkeypatch.setattr(os, "link", no_link)
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="I/O error"):
-        core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "face")
+        core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "face")
     assert _listing(tmp_path) == []  # neither the temp file nor an empty face.safetensors that would block the name
     monkeypatch.undo()
     vectors = _vectors({"clip_l": 768}, seed=4)
-    path = core.embedding_io.save_embedding(_embedding(core, vectors), tmp_path, "face")
-    assert torch.equal(core.embedding_io.load_embedding(path).vectors["clip_l"], vectors["clip_l"])
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, vectors), tmp_path, "face")
+    assert torch.equal(core.embeddings.embedding_io.load_embedding(path).vectors["clip_l"], vectors["clip_l"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,8 +337,8 @@ def test_round_trip_is_bit_identical_with_metadata(core, tmp_path: Path, family:
     vectors = _vectors(WIDTHS[family], n=4, seed=5)
     for v in vectors.values():
         v[0, :4] = torch.tensor([-0.0, 1e-45, 3.0e38, -1.5])  # signed zero, a denormal, a huge value
-    path = core.embedding_io.save_embedding(_embedding(core, vectors, steps="300", lr="0.005"), tmp_path, "rt")
-    loaded = core.embedding_io.load_embedding(path)
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, vectors, steps="300", lr="0.005"), tmp_path, "rt")
+    loaded = core.embeddings.embedding_io.load_embedding(path)
     assert sorted(loaded.vectors) == sorted(vectors)
     for key in vectors:
         assert loaded.vectors[key].dtype == torch.float32
@@ -356,7 +356,7 @@ def test_reference_learned_embeds_bin_loads_in_token_order(core, tmp_path: Path,
         items.reverse()
     path = tmp_path / "28017-learned_embeds.bin"
     torch.save(dict(items), path)
-    loaded = core.embedding_io.load_embedding(path)
+    loaded = core.embeddings.embedding_io.load_embedding(path)
     assert list(loaded.vectors) == ["clip_h"]
     assert tuple(loaded.vectors["clip_h"].shape) == (n, 1024)
     for i, t in enumerate(tokens):
@@ -377,7 +377,7 @@ def test_a1111_pt_loads_with_weights_only(core, tmp_path: Path) -> None:
     path = tmp_path / "x.pt"
     torch.save(data, path)
     torch.load(path, weights_only=True)  # the format itself (ints, strings, a Parameter) passes the safe loader
-    loaded = core.embedding_io.load_embedding(path)
+    loaded = core.embeddings.embedding_io.load_embedding(path)
     assert list(loaded.vectors) == ["clip_l"]
     assert torch.equal(loaded.vectors["clip_l"], vec.detach())
     assert not loaded.vectors["clip_l"].requires_grad
@@ -390,7 +390,7 @@ def test_a1111_pt_loads_with_weights_only(core, tmp_path: Path) -> None:
 def test_single_tensor_file_is_keyed_by_width(core, tmp_path: Path, suffix: str, tensor: torch.Tensor, key: str) -> None:
     path = tmp_path / f"single{suffix}"
     torch.save(tensor, path)
-    loaded = core.embedding_io.load_embedding(path)
+    loaded = core.embeddings.embedding_io.load_embedding(path)
     assert list(loaded.vectors) == [key]
     assert torch.equal(loaded.vectors[key], tensor.reshape(-1, tensor.shape[-1]))
 
@@ -400,21 +400,21 @@ def test_a1111_safetensors_emb_params_and_single_unknown_key(core, tmp_path: Pat
 
     t = torch.randn(2, 1024)
     save_file({"emb_params": t}, str(tmp_path / "a.safetensors"))
-    assert torch.equal(core.embedding_io.load_embedding(tmp_path / "a.safetensors").vectors["clip_h"], t)
+    assert torch.equal(core.embeddings.embedding_io.load_embedding(tmp_path / "a.safetensors").vectors["clip_h"], t)
     save_file({"<face>": t}, str(tmp_path / "b.safetensors"))  # diffusers' own single-token format
-    assert torch.equal(core.embedding_io.load_embedding(tmp_path / "b.safetensors").vectors["clip_h"], t)
+    assert torch.equal(core.embeddings.embedding_io.load_embedding(tmp_path / "b.safetensors").vectors["clip_h"], t)
 
 
 def test_single_tensor_of_unknown_width_is_refused(core, tmp_path: Path) -> None:
     torch.save(torch.randn(2, 512), tmp_path / "odd.pt")
-    with pytest.raises(core.errors.EmbeddingFileError, match=r"odd\.pt.*512"):
-        core.embedding_io.load_embedding(tmp_path / "odd.pt")
+    with pytest.raises(core.common.errors.EmbeddingFileError, match=r"odd\.pt.*512"):
+        core.embeddings.embedding_io.load_embedding(tmp_path / "odd.pt")
 
 
 @pytest.mark.parametrize("kind", ["truncated", "random_safetensors", "random_pt", "random_bin", "empty_bin"])
 def test_corrupt_files_raise_embedding_file_error_naming_the_file(core, tmp_path: Path, kind: str) -> None:
     if kind == "truncated":
-        good = core.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "good")
+        good = core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors({"clip_l": 768})), tmp_path, "good")
         raw = good.read_bytes()
         path = tmp_path / "cut_face.safetensors"
         path.write_bytes(raw[: len(raw) // 2])
@@ -422,14 +422,14 @@ def test_corrupt_files_raise_embedding_file_error_naming_the_file(core, tmp_path
         suffix = {"random_safetensors": ".safetensors", "random_pt": ".pt", "random_bin": ".bin", "empty_bin": ".bin"}[kind]
         path = tmp_path / f"noise_face{suffix}"
         path.write_bytes(b"" if kind == "empty_bin" else random.Random(7).randbytes(4096))
-    with pytest.raises(core.errors.EmbeddingFileError) as info:
-        core.embedding_io.load_embedding(path)
+    with pytest.raises(core.common.errors.EmbeddingFileError) as info:
+        core.embeddings.embedding_io.load_embedding(path)
     assert path.name in str(info.value)
 
 
 def test_missing_file_raises_embedding_file_error(core, tmp_path: Path) -> None:
-    with pytest.raises(core.errors.EmbeddingFileError, match="no such file"):
-        core.embedding_io.load_embedding(tmp_path / "absent.safetensors")
+    with pytest.raises(core.common.errors.EmbeddingFileError, match="no such file"):
+        core.embeddings.embedding_io.load_embedding(tmp_path / "absent.safetensors")
 
 
 class _Evil:
@@ -450,8 +450,8 @@ def test_malicious_pickle_is_never_executed(core, tmp_path: Path, suffix: str, w
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload, protocol=2))
-    with pytest.raises(core.errors.EmbeddingFileError) as info:
-        core.embedding_io.load_embedding(path)
+    with pytest.raises(core.common.errors.EmbeddingFileError) as info:
+        core.embeddings.embedding_io.load_embedding(path)
     assert path.name in str(info.value)
     assert not (tmp_path / "MARKER").exists()
     # the payload is live: an unsafe unpickle of the same bytes does run it
@@ -467,7 +467,7 @@ def test_extra_keys_are_ignored(core, tmp_path: Path) -> None:
 
     t = torch.randn(2, 768)
     save_file({"clip_l": t, "junk": torch.randn(5), "clip_x": torch.randn(2, 7)}, str(tmp_path / "extra.safetensors"))
-    loaded = core.embedding_io.load_embedding(tmp_path / "extra.safetensors")
+    loaded = core.embeddings.embedding_io.load_embedding(tmp_path / "extra.safetensors")
     assert list(loaded.vectors) == ["clip_l"]
     assert torch.equal(loaded.vectors["clip_l"], t)
 
@@ -477,8 +477,8 @@ def test_wrong_width_for_key_is_a_clear_error(core, tmp_path: Path, key: str, wi
     from safetensors.torch import save_file
 
     save_file({key: torch.randn(2, width)}, str(tmp_path / "wide.safetensors"))
-    with pytest.raises(core.errors.EmbeddingFileError) as info:
-        core.embedding_io.load_embedding(tmp_path / "wide.safetensors")
+    with pytest.raises(core.common.errors.EmbeddingFileError) as info:
+        core.embeddings.embedding_io.load_embedding(tmp_path / "wide.safetensors")
     message = str(info.value)
     assert "wide.safetensors" in message and key in message and str(width) in message and str(expected) in message
 
@@ -490,24 +490,24 @@ def test_non_finite_values_are_a_clear_error(core, tmp_path: Path, bad: float) -
     t = torch.randn(2, 768)
     t[1, 17] = bad
     save_file({"clip_l": t}, str(tmp_path / "nan.safetensors"))
-    with pytest.raises(core.errors.EmbeddingFileError, match=r"nan\.safetensors.*NaN or infinite"):
-        core.embedding_io.load_embedding(tmp_path / "nan.safetensors")
+    with pytest.raises(core.common.errors.EmbeddingFileError, match=r"nan\.safetensors.*NaN or infinite"):
+        core.embeddings.embedding_io.load_embedding(tmp_path / "nan.safetensors")
 
 
 def test_mismatched_token_counts_are_a_file_error(core, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({"clip_l": torch.randn(2, 768), "clip_g": torch.randn(3, 1280)}, str(tmp_path / "mix.safetensors"))
-    with pytest.raises(core.errors.EmbeddingFileError, match=r"mix\.safetensors"):
-        core.embedding_io.load_embedding(tmp_path / "mix.safetensors")
+    with pytest.raises(core.common.errors.EmbeddingFileError, match=r"mix\.safetensors"):
+        core.embeddings.embedding_io.load_embedding(tmp_path / "mix.safetensors")
 
 
 def test_integer_tensors_are_refused(core, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({"clip_l": torch.ones(2, 768, dtype=torch.int32)}, str(tmp_path / "ints.safetensors"))
-    with pytest.raises(core.errors.EmbeddingFileError, match=r"ints\.safetensors"):
-        core.embedding_io.load_embedding(tmp_path / "ints.safetensors")
+    with pytest.raises(core.common.errors.EmbeddingFileError, match=r"ints\.safetensors"):
+        core.embeddings.embedding_io.load_embedding(tmp_path / "ints.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,14 +539,14 @@ def test_comfyui_embedding_syntax_encodes_like_encode_prompt(core, embeddings_di
     vectors = {key: torch.randn(2, width, generator=torch.Generator().manual_seed(42)) * 0.5}
     emb = _embedding(core, vectors)
     name = _unique(f"xinit_{family}")
-    path = core.embedding_io.save_embedding(emb, embeddings_dir, name)
+    path = core.embeddings.embedding_io.save_embedding(emb, embeddings_dir, name)
     try:
         # ComfyUI's own loader returns exactly our tensor
         loaded = comfy.sd1_clip.load_embed(name, [str(embeddings_dir)], width, key)
         assert loaded is not None and torch.equal(loaded, vectors[key])
 
         host_cond, host_pooled = clip.encode_from_tokens(clip.tokenize(f"a photo of embedding:{name} person"), return_pooled=True)
-        ours = core.personalized_encode.encode_prompt(clip, emb, "a photo of <face> person")
+        ours = core.method.personalized_encode.encode_prompt(clip, emb, "a photo of <face> person")
         assert torch.allclose(ours[0][0], host_cond, atol=1e-6, rtol=0)
         assert torch.allclose(ours[0][1]["pooled_output"], host_pooled, atol=1e-6, rtol=0)
         plain_cond, _ = clip.encode_from_tokens(clip.tokenize("a photo of person"), return_pooled=True)
@@ -564,12 +564,12 @@ def test_comfyui_sdxl_takes_each_encoder_from_its_own_key(core, embeddings_dir: 
     vectors = _vectors(widths, n=2, seed=9)
     emb = _embedding(core, vectors)
     name = _unique("xinit_sdxl")
-    path = core.embedding_io.save_embedding(emb, embeddings_dir, name)
+    path = core.embeddings.embedding_io.save_embedding(emb, embeddings_dir, name)
     try:
         for key, width in widths.items():
             assert torch.equal(comfy.sd1_clip.load_embed(name, [str(embeddings_dir)], width, key), vectors[key])
         host_cond, host_pooled = clip.encode_from_tokens(clip.tokenize(f"a photo of embedding:{name} person"), return_pooled=True)
-        ours = core.personalized_encode.encode_prompt(clip, emb, "a photo of <face> person")
+        ours = core.method.personalized_encode.encode_prompt(clip, emb, "a photo of <face> person")
         assert torch.allclose(ours[0][0], host_cond, atol=1e-6, rtol=0)
         assert torch.allclose(ours[0][1]["pooled_output"], host_pooled, atol=1e-6, rtol=0)
     finally:
@@ -581,7 +581,7 @@ def test_diffusers_load_textual_inversion_reads_our_file(core, tmp_path: Path) -
     from diffusers.loaders import TextualInversionLoaderMixin
 
     vectors = {"clip_l": torch.randn(2, 768, generator=torch.Generator().manual_seed(11))}
-    path = core.embedding_io.save_embedding(_embedding(core, vectors), tmp_path, "face")
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, vectors), tmp_path, "face")
 
     tokenizer = transformers.CLIPTokenizer.from_pretrained(os.path.join(os.environ["COMFYUI_PATH"], "comfy", "sd1_tokenizer"))
     config = transformers.CLIPTextConfig(
@@ -609,13 +609,13 @@ def test_diffusers_load_textual_inversion_reads_our_file(core, tmp_path: Path) -
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_a1111_compatible_single_key_layout(core, tmp_path: Path, family: str) -> None:
     (key, width), = WIDTHS[family].items()
-    path = core.embedding_io.save_embedding(_embedding(core, _vectors(WIDTHS[family], n=3)), tmp_path, "face")
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors(WIDTHS[family], n=3)), tmp_path, "face")
     tensors, _ = _read_safetensors(path)
     assert list(tensors) == [key]
     assert tuple(tensors[key].shape) == (3, width) and tensors[key].dtype == torch.float32
 
 
 def test_sdxl_file_holds_clip_l_and_clip_g_only(core, tmp_path: Path) -> None:
-    path = core.embedding_io.save_embedding(_embedding(core, _vectors(WIDTHS["sdxl"], n=2)), tmp_path, "face")
+    path = core.embeddings.embedding_io.save_embedding(_embedding(core, _vectors(WIDTHS["sdxl"], n=2)), tmp_path, "face")
     tensors, _ = _read_safetensors(path)
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {"clip_l": (2, 768), "clip_g": (2, 1280)}

@@ -137,7 +137,7 @@ def test_prompt_files_accept_both_marks_and_comments(evaluation, tmp_path):
     path = tmp_path / "mine.txt"
     path.write_text("# my prompts\n a {} person   reading \n\n<face> in the snow\n", encoding="utf-8")
     assert evaluation.read_prompts(str(path)) == ["a <face> person   reading", "<face> in the snow"]
-    from cross_init_core.errors import InvalidInputError
+    from cross_init_core.common.errors import InvalidInputError
 
     for text, fault in (("a {} and <face>\n", "2 person marks"), ("# only a comment\n", "holds no prompts")):
         path.write_text(text, encoding="utf-8")

@@ -31,9 +31,9 @@ def test_training_uses_the_static_copy_of_a_streaming_model(core, tiny):
     emb = init_embedding(core, m.clip)
     streaming = dynamic_patcher(m.model, m.model)
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(streaming, m.clip, m.vae, face_images(), emb, settings(core))
-        static = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core)).embedding
-        via_delegate = core.training.train(streaming, m.clip, m.vae, face_images(), emb, settings(core)).embedding
+        run = core.training.run_setup.prepare_run(streaming, m.clip, m.vae, face_images(), emb, settings(core))
+        static = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core)).embedding
+        via_delegate = core.training.trainer.train(streaming, m.clip, m.vae, face_images(), emb, settings(core)).embedding
     assert run.model is m.model
     assert torch.equal(static.vectors["clip_l"], via_delegate.vectors["clip_l"])
 
@@ -42,8 +42,8 @@ def test_streaming_model_without_a_static_copy_is_a_clear_error(core, tiny):
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
     streaming = dynamic_patcher(m.model, RuntimeError("no model factory registered"))
-    with torch.inference_mode(), pytest.raises(core.errors.UnsupportedModelError, match="--disable-dynamic-vram"):
-        core.training.train(streaming, m.clip, m.vae, face_images(), emb, settings(core))
+    with torch.inference_mode(), pytest.raises(core.common.errors.UnsupportedModelError, match="--disable-dynamic-vram"):
+        core.training.trainer.train(streaming, m.clip, m.vae, face_images(), emb, settings(core))
 
 
 def test_streaming_clip_is_cloned_without_streaming(core, tiny):
@@ -69,7 +69,7 @@ def test_clip_options_are_restored_including_newer_keys(core, tiny):
     encoder.execution_device = "sentinel"  # what a newer host keeps on the encoder
     try:
         with torch.inference_mode():
-            core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=1))
+            core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=1))
         assert encoder.execution_device == "sentinel"
     finally:
         del encoder.execution_device
@@ -123,9 +123,9 @@ def test_dynamic_vram_trains_the_modules_the_host_reloads_and_leaves_the_host_un
     _force_dynamic(m.clip.patcher, (reload_clip, ()))
     assert m.model.is_dynamic() and m.clip.patcher.is_dynamic()
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core))
-        trained = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core)).embedding
-        expected = core.training.train(reference.model, reference.clip, reference.vae, face_images(), emb, settings(core)).embedding
+        run = core.training.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), emb, settings(core))
+        trained = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core)).embedding
+        expected = core.training.trainer.train(reference.model, reference.clip, reference.vae, face_images(), emb, settings(core)).embedding
 
     # trained on non-streaming patchers around the reloaded modules, never on the streaming originals
     assert not run.model.is_dynamic() and not run.clip.patcher.is_dynamic()

@@ -31,8 +31,8 @@ def test_reference_list_is_shipped_as_published_and_read_with_its_repeats(core):
     names = reference_names()
     assert len(names) == 691 and len(set(names)) == 646
     assert all(name and name == name.strip() and not name.startswith("#") for name in names)
-    assert core.names.builtin_names() == tuple(names)  # the default list, in order, duplicates kept
-    assert core.names.names_from_input("") == names
+    assert core.method.names.builtin_names() == tuple(names)  # the default list, in order, duplicates kept
+    assert core.method.names.names_from_input("") == names
     licence = (DATA / "LICENSE-CrossInitialization.txt").read_text(encoding="utf-8")
     assert licence.startswith("MIT License") and "Copyright (c) 2024 lyuPang" in licence
     notice = (DATA / "README.md").read_text(encoding="utf-8")
@@ -40,13 +40,13 @@ def test_reference_list_is_shipped_as_published_and_read_with_its_repeats(core):
 
 
 def test_pack_list_stays_selectable_and_plain(core):
-    names = core.names.builtin_names("pack")
+    names = core.method.names.builtin_names("pack")
     assert len(names) == 1324 and len(set(names)) >= 1300
     assert all(name == name.strip() and "," not in name for name in names)
-    assert core.names.names_from_input("", "pack") == list(names)
+    assert core.method.names.names_from_input("", "pack") == list(names)
     assert len(set(names) & set(reference_names())) == 165
-    with pytest.raises(core.errors.InvalidInputError, match="name_list: got 'celebs'; use one of reference, pack"):
-        core.names.names_from_input("", "celebs")
+    with pytest.raises(core.common.errors.InvalidInputError, match="name_list: got 'celebs'; use one of reference, pack"):
+        core.method.names.names_from_input("", "celebs")
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])
@@ -110,7 +110,7 @@ def test_api_prompt_saved_before_name_list_existed_still_runs(core, tiny, embedd
 def test_initial_vectors_match_independent_computation(core, tiny, kind, token_key, layer_idx):
     clip = tiny(kind).clip
     with torch.inference_mode():
-        emb = core.initialization.cross_initialize(clip, 2, NAMES)
+        emb = core.method.initialization.cross_initialize(clip, 2, NAMES)
     with torch.inference_mode(False), torch.no_grad():
         expected = independent_init(clip, token_key, NAMES, 2, layer_idx, final_ln=True)
     got = emb.vectors[f"clip_{token_key}"]
@@ -123,8 +123,8 @@ def test_clip_skip_is_respected(core, tiny):
     clip = tiny("sd1").clip.clone()
     clip.clip_layer(-2)
     with torch.inference_mode():
-        skipped = core.initialization.cross_initialize(clip, 2, NAMES).vectors["clip_l"]
-        last = core.initialization.cross_initialize(tiny("sd1").clip, 2, NAMES).vectors["clip_l"]
+        skipped = core.method.initialization.cross_initialize(clip, 2, NAMES).vectors["clip_l"]
+        last = core.method.initialization.cross_initialize(tiny("sd1").clip, 2, NAMES).vectors["clip_l"]
     with torch.inference_mode(False), torch.no_grad():
         expected = independent_init(clip, "l", NAMES, 2, -2, final_ln=True)
     torch.testing.assert_close(skipped, expected, rtol=1e-5, atol=1e-5)
@@ -133,7 +133,7 @@ def test_clip_skip_is_respected(core, tiny):
 
 def test_column_means_follow_bpe_pieces(core):
     table = torch.arange(30.0).view(10, 3)
-    means = core.initialization.column_means([[1, 2], [3], [5, 7, 9]], table, 2)
+    means = core.method.initialization.column_means([[1, 2], [3], [5, 7, 9]], table, 2)
     torch.testing.assert_close(means[0], (table[1] + table[3] + table[5]) / 3)
     torch.testing.assert_close(means[1], (table[2] + table[7]) / 2)
 
@@ -141,7 +141,7 @@ def test_column_means_follow_bpe_pieces(core):
 def test_words_source_uses_the_phrase_tokens(core, tiny):
     clip = tiny("sd1").clip
     with torch.inference_mode():
-        words = core.initialization.cross_initialize(clip, 2, ["woman"], source="words").vectors["clip_l"]
+        words = core.method.initialization.cross_initialize(clip, 2, ["woman"], source="words").vectors["clip_l"]
     with torch.inference_mode(False), torch.no_grad():
         expected = independent_init(clip, "l", ["woman woman"], 2, None, final_ln=True)
     torch.testing.assert_close(words, expected, rtol=1e-5, atol=1e-5)
@@ -159,21 +159,21 @@ def test_words_source_uses_the_phrase_tokens(core, tiny):
     ],
 )
 def test_bad_settings_name_the_input(core, tiny, num_tokens, names, source, match):
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match=match):
-        core.initialization.cross_initialize(tiny("sd1").clip, num_tokens, names, source=source)
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError, match=match):
+        core.method.initialization.cross_initialize(tiny("sd1").clip, num_tokens, names, source=source)
 
 
 def test_names_input_parsing(core):
-    assert core.names.names_from_input("# c\nTom Hanks\n\n Cher \n") == ["Tom Hanks", "Cher"]
-    assert core.names.names_from_input("  \n") == list(core.names.builtin_names("reference"))
-    assert core.names.names_from_input("Cher\nCher", "pack") == ["Cher", "Cher"]
-    with pytest.raises(core.errors.InvalidInputError, match="names"):
-        core.names.names_from_input("# only a comment")
+    assert core.method.names.names_from_input("# c\nTom Hanks\n\n Cher \n") == ["Tom Hanks", "Cher"]
+    assert core.method.names.names_from_input("  \n") == list(core.method.names.builtin_names("reference"))
+    assert core.method.names.names_from_input("Cher\nCher", "pack") == ["Cher", "Cher"]
+    with pytest.raises(core.common.errors.InvalidInputError, match="names"):
+        core.method.names.names_from_input("# only a comment")
 
 
 def test_unsupported_clip_is_refused(core):
     class NotAClip:
         cond_stage_model = torch.nn.Linear(2, 2)
 
-    with pytest.raises(core.errors.UnsupportedModelError, match=r"supported: SD 1\.x"):
+    with pytest.raises(core.common.errors.UnsupportedModelError, match=r"supported: SD 1\.x"):
         core.host.encoder_slots(NotAClip())

@@ -12,7 +12,7 @@ REL = 1e-5
 def _cfg(core, **kw):
     base = {"steps": 4, "batch_size": 4, "learning_rate": 0.05, "resolution": 64, "seed": 3}
     base.update(kw)
-    return core.settings.TrainingSettings(**base)
+    return core.common.settings.TrainingSettings(**base)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -21,7 +21,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _train(core, m, emb, memory, masks=None, loss=None, **kw):
     with torch.inference_mode():
-        return core.training.train(m.model, m.clip, m.vae, face_images(3), emb, _cfg(core, **kw), loss, masks=masks, memory=memory)
+        return core.training.trainer.train(m.model, m.clip, m.vae, face_images(3), emb, _cfg(core, **kw), loss, masks=masks, memory=memory)
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])
@@ -29,7 +29,7 @@ def test_micro_batches_and_checkpointing_give_the_same_trajectory_and_vectors(co
     m = tiny(kind)
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
-    mem = core.memory.MemorySettings
+    mem = core.training.memory.MemorySettings
     plain = _train(core, m, emb, mem(budget_gb=0))
     assert plain.memory_plan.micro_batch == 4 and not plain.memory_plan.checkpointing
     variants = {
@@ -61,9 +61,9 @@ def test_micro_batches_keep_the_masked_loss_exact(core, tiny):
     masks[0, 8:40, 8:56] = 1
     masks[1, 20:64, 0:30] = 1  # faces of different area: chunk shares are not chunk sizes
     masks[2, 0:16, 0:16] = 1
-    loss = core.settings.LossSettings(background_weight=0.1)
-    plain = _train(core, m, emb, core.memory.MemorySettings(budget_gb=0), masks=masks, loss=loss)
-    micro = _train(core, m, emb, core.memory.MemorySettings(micro_batch=1), masks=masks, loss=loss)
+    loss = core.common.settings.LossSettings(background_weight=0.1)
+    plain = _train(core, m, emb, core.training.memory.MemorySettings(budget_gb=0), masks=masks, loss=loss)
+    micro = _train(core, m, emb, core.training.memory.MemorySettings(micro_batch=1), masks=masks, loss=loss)
     for a, b in zip(micro.losses, plain.losses, strict=True):
         assert abs(a - b) <= REL * abs(b), (micro.losses, plain.losses)
     assert _rel(micro.embedding.vectors["clip_l"], plain.embedding.vectors["clip_l"]) <= REL
@@ -162,8 +162,8 @@ def test_reading_the_loss_back_lazily_changes_nothing(core, tiny):
     emb = init_embedding(core, m.clip)
     seen = []
     with torch.inference_mode():
-        lazy = core.training.train(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, steps=10, batch_size=2))
-        eager = core.training.train(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, steps=10, batch_size=2),
+        lazy = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, steps=10, batch_size=2))
+        eager = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, _cfg(core, steps=10, batch_size=2),
                                     on_step=lambda s, t, loss: seen.append((s, loss)))
     assert lazy.losses == eager.losses and len(lazy.losses) == 10
     assert seen == list(enumerate(eager.losses, start=1))
@@ -171,7 +171,7 @@ def test_reading_the_loss_back_lazily_changes_nothing(core, tiny):
 
 
 def test_memory_plan_picks_micro_batches_then_checkpointing(core):
-    plan = core.memory.plan_memory
+    plan = core.training.memory.plan_memory
     gib = 2**30
     assert plan(8, None, 3 * gib, gib).micro_batch == 8
     p = plan(8, 7 * gib, 3 * gib, gib)
@@ -180,19 +180,19 @@ def test_memory_plan_picks_micro_batches_then_checkpointing(core):
     assert (p.micro_batch, p.checkpointing) == (4, True)
     p = plan(8, 100 * gib, 3 * gib, gib)
     assert (p.micro_batch, p.checkpointing) == (8, False)
-    p = plan(8, 100 * gib, 3 * gib, gib, core.memory.MemorySettings(micro_batch=3))
+    p = plan(8, 100 * gib, 3 * gib, gib, core.training.memory.MemorySettings(micro_batch=3))
     assert (p.micro_batch, p.checkpointing) == (3, False)
 
 
 @pytest.mark.parametrize("text,budget", [("auto", None), ("", None), ("8", 8.0), ("12.5 GB", 12.5), ("none", 0.0)])
 def test_memory_input_parses(core, text, budget):
-    assert core.memory.parse_memory(text).budget_gb == budget
+    assert core.training.memory.parse_memory(text).budget_gb == budget
 
 
 @pytest.mark.parametrize("text", ["lots", "-4", "nan", "0.0.1"])
 def test_bad_memory_input_names_the_input(core, text):
-    with pytest.raises(core.errors.InvalidInputError, match="memory"):
-        core.memory.parse_memory(text)
+    with pytest.raises(core.common.errors.InvalidInputError, match="memory"):
+        core.training.memory.parse_memory(text)
 
 
 def test_unknown_clip_layer_falls_back_to_cloning_with_the_same_result(core, tiny, monkeypatch):
@@ -209,7 +209,7 @@ def test_unknown_clip_layer_falls_back_to_cloning_with_the_same_result(core, tin
 
 
 def test_activation_estimate_uses_each_familys_measured_constants(core, tiny):
-    host, mem = core.host, core.memory
+    host, mem = core.host, core.training.memory
     for kind, family in (("sd1", "sd"), ("sdxl", "sdxl")):
         m = tiny(kind)
         element = host.compute_dtype_size(m.model) * m.model.model.model_config.unet_config["model_channels"] / 320
@@ -231,12 +231,12 @@ def test_peak_vram_is_cuda_max_allocated_from_the_start_of_the_run(core, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: calls.append(("max", device)) or 3 * 2**30 + 2**19)
-    peak = core.memory.DevicePeak(torch.device("cuda", 0)).start()
+    peak = core.training.memory.DevicePeak(torch.device("cuda", 0)).start()
     assert calls == [("reset", torch.device("cuda", 0))]
     assert peak.mib() == 3072.5 and calls[-1] == ("max", torch.device("cuda", 0))
     for device in ("cpu", torch.device("mps")):
         calls.clear()
-        assert core.memory.DevicePeak(device).start().mib() is None and calls == []
+        assert core.training.memory.DevicePeak(device).start().mib() is None and calls == []
 
 
 def test_the_peak_reaches_the_file_metadata_the_log_and_the_runner_summary(core, tiny, monkeypatch, caplog):
@@ -252,20 +252,20 @@ def test_the_peak_reaches_the_file_metadata_the_log_and_the_runner_summary(core,
 
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
-    plain = core.training.train(m.model, m.clip, m.vae, face_images(1, 64), emb, _cfg(core, steps=1, batch_size=1))
+    plain = core.training.trainer.train(m.model, m.clip, m.vae, face_images(1, 64), emb, _cfg(core, steps=1, batch_size=1))
     assert plain.peak_vram_mib is None and "peak_vram_mib" not in plain.embedding.metadata
 
-    class CudaPeak(core.memory.DevicePeak):  # what a CUDA device reports, on this CPU
+    class CudaPeak(core.training.memory.DevicePeak):  # what a CUDA device reports, on this CPU
         def mib(self) -> float:
             return 6543.4
 
-    monkeypatch.setattr(core.training, "DevicePeak", CudaPeak)
-    with caplog.at_level(logging.INFO, logger=core.training.log.name):
-        result = core.training.train(m.model, m.clip, m.vae, face_images(1, 64), emb,
+    monkeypatch.setattr(core.training.trainer, "DevicePeak", CudaPeak)
+    with caplog.at_level(logging.INFO, logger=core.training.trainer.log.name):
+        result = core.training.trainer.train(m.model, m.clip, m.vae, face_images(1, 64), emb,
                                      _cfg(core, steps=1, batch_size=1))
     assert result.peak_vram_mib == 6543.4 and result.embedding.metadata["peak_vram_mib"] == "6543"
     assert any("peak VRAM 6543 MiB" in r.getMessage() for r in caplog.records)
-    tensors, metadata = core.embedding_io.to_file_dict(result.embedding)
+    tensors, metadata = core.embeddings.embedding_io.to_file_dict(result.embedding)
     read_back = files.file_metadata(save(tensors, metadata=metadata))  # what the runner reads from a downloaded file
     assert read_back["peak_vram_mib"] == "6543"
     job = jobs.Job(name="me", images=[], source="--images", status="ok", peak_vram_mib=int(read_back["peak_vram_mib"]))

@@ -51,8 +51,8 @@ def test_save_node_refuses_bad_and_taken_names_when_queued(pack, core, embedding
     import execution
 
     (embeddings_dir / "taken_face.safetensors").write_bytes(b"keep me")
-    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
-    core.embedding_io.save_embedding(emb, embeddings_dir, "queue_source_face", overwrite=True)
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
+    core.embeddings.embedding_io.save_embedding(emb, embeddings_dir, "queue_source_face", overwrite=True)
     prompt = {
         "1": {"class_type": "CrossInitLoadEmbedding", "inputs": {"name": "queue_source_face.safetensors"}},
         "2": {"class_type": "CrossInitSaveEmbedding", "inputs": {"embedding": ["1", 0], "name": "../escape", "overwrite": False}},
@@ -67,7 +67,7 @@ def test_save_node_refuses_bad_and_taken_names_when_queued(pack, core, embedding
     prompt["2"]["inputs"]["overwrite"] = True
     assert asyncio.run(execution.validate_prompt("p3", prompt, None))[0]
     # and again when the node runs (where a name linked from another node is first checked)
-    with pytest.raises(core.errors.EmbeddingExistsError, match="already exists"):
+    with pytest.raises(core.common.errors.EmbeddingExistsError, match="already exists"):
         node_class("CrossInitSaveEmbedding").execute(embedding=emb, name="taken_face", overwrite=False)
     assert (embeddings_dir / "taken_face.safetensors").read_bytes() == b"keep me"
 
@@ -75,10 +75,10 @@ def test_save_node_refuses_bad_and_taken_names_when_queued(pack, core, embedding
 def test_text_encode_node_needs_the_placeholder(core, tiny):
     m = tiny("sd1")
     with torch.inference_mode():
-        emb = core.initialization.cross_initialize(m.clip, 2, ["Tom Hanks", "Meryl Streep"])
-        with pytest.raises(core.errors.InvalidInputError, match="placeholder '<face>' does not appear"):
-            core.personalized_encode.encode_prompt(m.clip, emb, "a photo of a person")
-        cond = core.personalized_encode.encode_prompt(m.clip, emb, "a (photo:1.1) of <face> person, <face> again")
+        emb = core.method.initialization.cross_initialize(m.clip, 2, ["Tom Hanks", "Meryl Streep"])
+        with pytest.raises(core.common.errors.InvalidInputError, match="placeholder '<face>' does not appear"):
+            core.method.personalized_encode.encode_prompt(m.clip, emb, "a photo of a person")
+        cond = core.method.personalized_encode.encode_prompt(m.clip, emb, "a (photo:1.1) of <face> person, <face> again")
     assert cond[0][0].shape == (1, 77, 64)
     assert cond[0][1]["pooled_output"].shape == (1, 64)
 
@@ -86,7 +86,7 @@ def test_text_encode_node_needs_the_placeholder(core, tiny):
 def test_placeholder_positions_match_the_learned_vectors(core, tiny):
     m = tiny("sd1")
     slots = core.host.encoder_slots(m.clip)
-    layout = core.prompt_tokens.layout_prompt(m.clip, slots, "sks a photo of <face> person", "<face>", 3)
+    layout = core.method.prompt_tokens.layout_prompt(m.clip, slots, "sks a photo of <face> person", "<face>", 3)
     # 'sks' is in the user's text, so another marker must stand for the placeholder
     assert [row for _c, _i, row in layout.positions["l"]] == [0, 1, 2]
     first = layout.positions["l"][0][1]
@@ -99,8 +99,8 @@ def test_placeholder_positions_match_the_learned_vectors(core, tiny):
 
 def test_load_node_reads_a_saved_embedding(core, embeddings_dir):
     vectors = {"clip_l": torch.randn(2, 768)}
-    emb = core.embedding.CrossInitEmbedding(vectors=vectors, metadata={"mode": "fast"})
-    core.embedding_io.save_embedding(emb, embeddings_dir, "node_load_face", overwrite=True)
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors=vectors, metadata={"mode": "fast"})
+    core.embeddings.embedding_io.save_embedding(emb, embeddings_dir, "node_load_face", overwrite=True)
     out = node_class("CrossInitLoadEmbedding").execute(name="node_load_face.safetensors")
     loaded = out.result[0]
     assert torch.equal(loaded.vectors["clip_l"], vectors["clip_l"])
@@ -109,20 +109,20 @@ def test_load_node_reads_a_saved_embedding(core, embeddings_dir):
 
 def test_load_node_fingerprint_changes_when_the_file_is_rewritten(core, embeddings_dir):
     load = node_class("CrossInitLoadEmbedding")
-    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
-    core.embedding_io.save_embedding(emb, embeddings_dir, "fingerprint_face", overwrite=True)
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)})
+    core.embeddings.embedding_io.save_embedding(emb, embeddings_dir, "fingerprint_face", overwrite=True)
     first = load.fingerprint_inputs(name="fingerprint_face.safetensors")
     assert load.fingerprint_inputs(name="fingerprint_face.safetensors") == first
-    emb = core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.ones(3, 768)})
-    core.embedding_io.save_embedding(emb, embeddings_dir, "fingerprint_face", overwrite=True)
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": torch.ones(3, 768)})
+    core.embeddings.embedding_io.save_embedding(emb, embeddings_dir, "fingerprint_face", overwrite=True)
     assert load.fingerprint_inputs(name="fingerprint_face.safetensors") != first
 
 
 def test_load_node_without_a_name_or_file_says_to_choose_one(core):
     load = node_class("CrossInitLoadEmbedding")
-    with pytest.raises(core.errors.EmbeddingFileError, match=r"^name: no embedding chosen; choose a file in name"):
+    with pytest.raises(core.common.errors.EmbeddingFileError, match=r"^name: no embedding chosen; choose a file in name"):
         load.execute(name=None, file="")
-    with pytest.raises(core.errors.EmbeddingFileError, match=r"^name: 'gone.safetensors' is not in the embeddings folders"):
+    with pytest.raises(core.common.errors.EmbeddingFileError, match=r"^name: 'gone.safetensors' is not in the embeddings folders"):
         load.execute(name="gone.safetensors")
 
 
@@ -145,7 +145,7 @@ NEW_FIELDS = [
 
 @pytest.mark.parametrize(("saved", "runs"), V0_2_SAVED + NEW_FIELDS, ids=lambda v: "-".join(map(str, v)))
 def test_trainer_preset_fields_0_is_the_preset_and_0_2_workflows_keep_their_meaning(core, saved, runs):
-    chosen = core.settings.resolve(*saved, seed=3)
+    chosen = core.common.settings.resolve(*saved, seed=3)
     assert (chosen.steps, chosen.batch_size, chosen.learning_rate, chosen.seed) == (*runs, 3)
 
 
@@ -170,5 +170,5 @@ def test_trainer_node_runs_and_logs_the_fields_that_override_the_preset(pack, co
     metadata = wr.node_output(executor, "4", 0).metadata
     assert (metadata["steps"], metadata["batch_size"], float(metadata["learning_rate"])) == ("2", "1", 0.02)
     assert "fast: 2 steps, batch 1, lr 0.02; set on the node: steps 2 (preset 25), batch_size 1 (preset 8)" in caplog.text
-    with pytest.raises(core.errors.InvalidInputError, match=r"^steps: got -1; use 0 for the preset's value"):
-        core.settings.resolve("fast", -1, 0, 0.0, 0)
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"^steps: got -1; use 0 for the preset's value"):
+        core.common.settings.resolve("fast", -1, 0, 0.0, 0)

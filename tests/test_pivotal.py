@@ -212,7 +212,7 @@ def test_first_step_loss_equals_the_token_trainers_on_the_same_draw(core, tiny, 
     """The LoRA starts as the identity edit (up = 0), so step 1's loss is the trainer's diffusion MSE exactly."""
     m, run = tiny("sd2"), trained("sd2")
     with torch.inference_mode():
-        token = core.training.train(m.model, m.clip, m.vae, face_images(), run.emb, settings(core, steps=1))
+        token = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), run.emb, settings(core, steps=1))
     assert run.result.losses[0] == pytest.approx(token.losses[0], rel=1e-5)
     assert run.result.losses[0] > 0
 
@@ -236,22 +236,22 @@ def test_face_masks_weight_the_loss_as_in_the_trainer(core, tiny, trained):
     m, run = tiny("sd1"), trained("sd1")
     masks = torch.zeros(2, 64, 64)
     masks[:, 16:48, 16:48] = 1.0
-    face_only = core.settings.LossSettings(background_weight=0.0)
+    face_only = core.common.settings.LossSettings(background_weight=0.0)
     masked = train(core, m, run.emb, steps=1, masks=masks, loss_settings=face_only)
     with torch.inference_mode():
-        token = core.training.train(m.model, m.clip, m.vae, face_images(), run.emb, settings(core, steps=1), face_only,
+        token = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), run.emb, settings(core, steps=1), face_only,
                                     masks=masks)
     assert masked.losses[0] == pytest.approx(token.losses[0], rel=1e-5)  # the trainer's masked objective exactly
     assert abs(masked.losses[0] - run.result.losses[0]) > 1e-4  # and not the unmasked one
     steps: list[int] = []
-    with pytest.raises(core.errors.InvalidInputError, match="masks: 3 masks for 2 images"):
+    with pytest.raises(core.common.errors.InvalidInputError, match="masks: 3 masks for 2 images"):
         train(core, m, run.emb, masks=torch.ones(3, 64, 64), loss_settings=face_only, fault_hook=steps.append)
     assert steps == []
 
 
 def test_checkpoints_equal_a_shorter_run_also_in_micro_batches_with_checkpointing(core, tiny, trained):
     m, run = tiny("sd1"), trained("sd1")
-    plan = core.memory.MemorySettings(micro_batch=1, checkpointing=True)  # the memory plan changes only round-off
+    plan = core.training.memory.MemorySettings(micro_batch=1, checkpointing=True)  # the memory plan changes only round-off
     short = train(core, m, run.emb, steps=2, memory=plan)
     assert (short.memory_plan.micro_batch, short.memory_plan.checkpointing) == (1, True)
     first = run.result.checkpoints[0]
@@ -321,7 +321,7 @@ def test_previews_sample_with_the_lora_so_far_and_leave_the_host_bit_identical(c
     assert (kind, size) == ("JPEG", 512) and image.size == (512, 256)  # the face beside the sample
     assert all(torch.equal(ups[k], result.lora[k + ".lora_up.weight"]) for k in ups)  # the LoRA at that step
     # the same preview without the LoRA differs: the sample went through the LoRA's layers
-    plain = core.preview.progress_preview(m.model, m.clip, m.vae, face_images(), 64, 0, steps=1)(4, emb)[1]
+    plain = core.training.preview.progress_preview(m.model, m.clip, m.vae, face_images(), 64, 0, steps=1)(4, emb)[1]
     assert image.tobytes() != plain.tobytes()
     assert hooks_left(core, m) == 0
     assert_host_unchanged(core, before, m)
@@ -335,7 +335,7 @@ def test_fp16_unet_uses_loss_scaling_and_an_overflowing_step_leaves_the_lora_as_
         m = tiny_models.TinyModels(tiny_models.build_model("sd1", dtype=torch.float16), base.clip, base.vae, "sd1")
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(core, m)
-    real_mse = core.loss.diffusion_mse
+    real_mse = core.method.loss.diffusion_mse
     calls = {"n": 0}
 
     def overflow_at_second_step(*args, **kwargs):
@@ -343,7 +343,7 @@ def test_fp16_unet_uses_loss_scaling_and_an_overflowing_step_leaves_the_lora_as_
         value = real_mse(*args, **kwargs)
         return value * 1e30 if calls["n"] == 2 else value
 
-    monkeypatch.setattr(core.loss, "diffusion_mse", overflow_at_second_step)
+    monkeypatch.setattr(core.method.loss, "diffusion_mse", overflow_at_second_step)
     result = train(core, m, emb, save_every=1)
     assert result.skipped_steps == [1] and len(result.losses) == 2
     first, second, final = result.checkpoints
@@ -365,7 +365,7 @@ def test_fp16_unet_uses_loss_scaling_and_an_overflowing_step_leaves_the_lora_as_
 def test_bad_settings_are_refused_before_any_step(core, tiny, change, message):
     m = tiny("sd1")
     steps: list[int] = []
-    with pytest.raises(core.errors.InvalidInputError, match=message.replace(".", r"\.")):
+    with pytest.raises(core.common.errors.InvalidInputError, match=message.replace(".", r"\.")):
         train(core, m, init_embedding(core, m.clip), fault_hook=steps.append, **change)
     assert steps == []
 
@@ -381,9 +381,9 @@ def test_presets_keep_the_users_seed_resolution_and_token_rate_and_custom_is_che
     # the update budget steps x lr x alpha/rank that docs/pivotal.md justifies the presets by
     assert fast.steps * fast.learning_rate * fast.scale == pytest.approx(0.6 * full.steps * full.learning_rate * full.scale)
     assert lora_settings_mod.resolve("custom", custom) == custom
-    with pytest.raises(core.errors.InvalidInputError, match="mode: got 'turbo'"):
+    with pytest.raises(core.common.errors.InvalidInputError, match="mode: got 'turbo'"):
         lora_settings_mod.resolve("turbo", custom)
-    with pytest.raises(core.errors.InvalidInputError, match="rank: got 0"):
+    with pytest.raises(core.common.errors.InvalidInputError, match="rank: got 0"):
         lora_settings_mod.resolve("custom", lora_settings_mod.LoraSettings(rank=0))
 
 
@@ -392,7 +392,7 @@ def test_save_node_needs_a_token_to_bundle(core, trained, loras_dir):
 
     node = nodes.NODE_CLASS_MAPPINGS["CrossInitSaveLora"]
     plain = dict(trained("sd1").result.lora)  # a LORA_MODEL from elsewhere (e.g. core Train LoRA): no token with it
-    with pytest.raises(core.errors.InvalidInputError, match=r"carries no token .* connect the embedding to bundle, or turn "
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"carries no token .* connect the embedding to bundle, or turn "
                                                             r"bundle_token off"):
         node.execute(lora=[plain], name=["tokenless"], overwrite=[True])
     assert not (loras_dir / "tokenless.safetensors").exists()
@@ -405,7 +405,7 @@ def test_an_embedding_of_another_clip_is_refused_with_the_family_message(core, t
     m = tiny("sd1")
     sdxl_token = init_embedding(core, tiny("sdxl").clip)
     steps: list[int] = []
-    with pytest.raises(core.errors.InvalidInputError, match=r"this SD 1\.x CLIP needs clip_l 64.*made for SDXL"):
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"this SD 1\.x CLIP needs clip_l 64.*made for SDXL"):
         train(core, m, sdxl_token, fault_hook=steps.append)
     assert steps == []
 
@@ -469,7 +469,7 @@ def test_save_checks_every_name_first_and_writes_a_list_as_steps(core, trained, 
     node = nodes.NODE_CLASS_MAPPINGS["CrossInitSaveLora"]
     result = trained("sd1").result
     (embeddings_dir / "listed_face.safetensors").write_bytes(b"keep me")  # the last name is taken in one folder
-    with pytest.raises(core.errors.EmbeddingExistsError, match="already exists"):
+    with pytest.raises(core.common.errors.EmbeddingExistsError, match="already exists"):
         node.execute(lora=result.checkpoints, name=["listed_face"], overwrite=[False])
     assert not list(loras_dir.glob("listed_face*")) and (embeddings_dir / "listed_face.safetensors").read_bytes() == b"keep me"
     (embeddings_dir / "listed_face.safetensors").unlink()
@@ -484,7 +484,7 @@ def test_save_checks_every_name_first_and_writes_a_list_as_steps(core, trained, 
     unbundled, _ = _read(loras_dir / "listed_face.safetensors")
     assert (loras_dir / "listed_face.safetensors").read_bytes() != replaced
     assert all(k.startswith("lora_unet_") for k in unbundled)  # bundle_token off: only LoRA keys (diffusers)
-    with pytest.raises(core.errors.InvalidInputError, match="plain file name"):
+    with pytest.raises(core.common.errors.InvalidInputError, match="plain file name"):
         node.execute(lora=[result.lora], name=["../escape"], overwrite=[False])
     assert node.validate_inputs(name=["bad name"]) .startswith("name 'bad name': it contains spaces")
 
@@ -547,20 +547,20 @@ def test_load_node_reads_a1111_and_onetrainer_bundles_and_patches_the_clip(core,
     l_vec, g_vec = torch.randn(3, 64), torch.randn(3, 96)
     _write(loras_dir / "onetrainer.safetensors", {**lora, "bundle_emb.alice.clip_l": l_vec, "bundle_emb.alice.clip_g": g_vec,
                                                   "bundle_emb.bob.clip_l": l_vec[:1].clone(), "bundle_emb.bob.clip_g": g_vec[:1].clone()})
-    with pytest.raises(core.errors.InvalidInputError, match="bundles several tokens \\(alice, bob\\); give the one"):
+    with pytest.raises(core.common.errors.InvalidInputError, match="bundles several tokens \\(alice, bob\\); give the one"):
         load.execute(mx.model, mx.clip, "onetrainer.safetensors", 1.0)
     _model, _clip, alice = load.execute(mx.model, mx.clip, "onetrainer.safetensors", 1.0, token="alice").result
     assert torch.equal(alice.vectors["clip_g"], g_vec) and alice.num_tokens == 3
     # an SDXL bundle for an SD 1.x CLIP: the family message, before anything is applied
-    with pytest.raises(core.errors.InvalidInputError, match=r"this SD 1\.x CLIP needs clip_l 64.*made for SDXL"):
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"this SD 1\.x CLIP needs clip_l 64.*made for SDXL"):
         load.execute(m1.model, m1.clip, "onetrainer.safetensors", 1.0, token="bob")
     # a single tensor 768 wide for the tiny 64-wide CLIP
     _write(loras_dir / "wide.safetensors", {**lora, "bundle_emb.w.emb_params": torch.zeros(1, 768)})
-    with pytest.raises(core.errors.InvalidInputError, match="clip_l is 768 wide, not 64"):
+    with pytest.raises(core.common.errors.InvalidInputError, match="clip_l is 768 wide, not 64"):
         load.execute(m1.model, m1.clip, "wide.safetensors", 1.0)
     # a Flux bundle (clip_l + t5)
     _write(loras_dir / "flux.safetensors", {**lora, "bundle_emb.f.clip_l": torch.zeros(1, 64), "bundle_emb.f.t5": torch.zeros(1, 8)})
-    with pytest.raises(core.errors.EmbeddingFileError, match="also holds t5"):
+    with pytest.raises(core.common.errors.EmbeddingFileError, match="also holds t5"):
         load.execute(m1.model, m1.clip, "flux.safetensors", 1.0)
 
 
@@ -577,28 +577,28 @@ def test_load_node_refuses_pickles_foreign_layers_and_files_without_a_token(core
 
     (loras_dir / "evil.pt").write_bytes(pickle.dumps({"x": Payload()}))
     (loras_dir / "evil_renamed.safetensors").write_bytes(pickle.dumps({"x": Payload()}))
-    with pytest.raises(core.errors.EmbeddingFileError, match="pickles, which this node never unpickles"):
+    with pytest.raises(core.common.errors.EmbeddingFileError, match="pickles, which this node never unpickles"):
         load.execute(m.model, m.clip, "evil.pt", 1.0)
-    with pytest.raises(core.errors.EmbeddingFileError, match="cannot be read as safetensors"):
+    with pytest.raises(core.common.errors.EmbeddingFileError, match="cannot be read as safetensors"):
         load.execute(m.model, m.clip, "evil_renamed.safetensors", 1.0)
     assert not marker.exists()
     targets = core.host.lora_targets(m.model)
     down, up = core.lora.weights.initial_weights(targets[:2], 2, seed=1)
     lora = core.lora.weights.to_state_dict(down, up, 2.0)
     _write(loras_dir / "no_token.safetensors", lora)
-    with pytest.raises(core.errors.EmbeddingFileError, match="holds no bundled token"):
+    with pytest.raises(core.common.errors.EmbeddingFileError, match="holds no bundled token"):
         load.execute(m.model, m.clip, "no_token.safetensors", 1.0)
     token = {"bundle_emb.t.string_to_param.*": torch.zeros(1, 64)}
     _write(loras_dir / "other_layout.safetensors", {**lora, "lora_unet_not_a_layer.lora_down.weight": torch.zeros(2, 4),
                                                     "lora_unet_not_a_layer.lora_up.weight": torch.zeros(4, 2), **token})
-    with pytest.raises(core.errors.InvalidInputError, match="match no layer of this model"):
+    with pytest.raises(core.common.errors.InvalidInputError, match="match no layer of this model"):
         load.execute(m.model, m.clip, "other_layout.safetensors", 1.0)
     # SDXL's attention (context 160 wide) on the SD 1.x model of the same block layout (context 64)
     mx = tiny("sdxl")
     wide_targets = [t for t in core.host.lora_targets(mx.model) if t.name.endswith("attn2_to_k")][:1]
     down, up = core.lora.weights.initial_weights(wide_targets, 2, seed=1)
     _write(loras_dir / "sdxl_layers.safetensors", {**core.lora.weights.to_state_dict(down, up, 2.0), **token})
-    with pytest.raises(core.errors.InvalidInputError, match=r"do not fit this model's layers .*file \[32, 160\], layer \[32, 64\]"):
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"do not fit this model's layers .*file \[32, 160\], layer \[32, 64\]"):
         load.execute(m.model, m.clip, "sdxl_layers.safetensors", 1.0)
 
 
@@ -652,7 +652,7 @@ def test_diffusers_reads_the_file_into_the_real_block_layout_with_no_key_left_un
     lora = core.lora.weights.LoraModel(core.lora.weights.to_state_dict(down, {k: v + 1.0 for k, v in up.items()}, 2.0),
                                        {"steps": "1", "base_model": f"{'sdxl' if layout == 'sdxl' else 'sd1'}-eps"})
     keys = ("clip_l", "clip_g") if layout == "sdxl" else ("clip_l",)
-    token = core.embedding.CrossInitEmbedding(vectors={k: torch.zeros(2, 8) for k in keys})
+    token = core.embeddings.embedding.CrossInitEmbedding(vectors={k: torch.zeros(2, 8) for k in keys})
     core.lora.files.save_pivotal([(lora, token, "plain")], tmp_path, None, bundle=False)
     core.lora.files.save_pivotal([(lora, token, "bundled")], tmp_path, None, bundle=True)
     pipeline = StableDiffusionXLPipeline if layout == "sdxl" else StableDiffusionPipeline

@@ -48,9 +48,9 @@ def test_compute_dtype_is_what_activations_flow_in_and_only_fp16_is_scaled(core,
         dtype = core.host.unet_compute_dtype(m.model)
         assert dtype == expected[name], name
         assert core.host.compute_dtype_size(m.model) == torch.empty((), dtype=dtype).element_size()
-        scaler = core.loss_scaling.LossScaler.for_model(m.model)
+        scaler = core.training.loss_scaling.LossScaler.for_model(m.model)
         assert scaler.enabled == (dtype == torch.float16), name
-        assert scaler.scale == (core.loss_scaling.LOSS_SCALE_INIT if scaler.enabled else 1.0)
+        assert scaler.scale == (core.training.loss_scaling.LOSS_SCALE_INIT if scaler.enabled else 1.0)
     # fp32 weights under the host's manual-cast ops: the weights say float32, the activations are fp16
     assert precision_models["fp16_cast"].model.model.get_dtype() == torch.float32
 
@@ -67,7 +67,7 @@ def _first_gradients(core, m, emb, factor: float, scaler) -> torch.Tensor:
 def test_fp16_underflows_at_real_gradient_sizes_without_scaling_and_not_with_it(core, precision_models):
     m32 = precision_models["fp32"]
     emb = init_embedding(core, m32.clip)
-    off, on = core.loss_scaling.LossScaler(False), core.loss_scaling.LossScaler(True)
+    off, on = core.training.loss_scaling.LossScaler(False), core.training.loss_scaling.LossScaler(True)
     reference = _first_gradients(core, m32, emb, REAL_GRADIENT_FACTOR, off)
     assert bool((reference != 0).all()) and float(reference.abs().mean()) < 1e-6  # real-size, all nonzero
     results = {}
@@ -92,8 +92,8 @@ def test_first_update_in_half_precision_matches_fp32(core, precision_models, hal
     cfg = settings(core, steps=1, learning_rate=0.01)
     before = host_fingerprint(mh)
     with torch.inference_mode():
-        ref = core.training.train(m32.model, m32.clip, m32.vae, face_images(), emb, cfg)
-        out = core.training.train(mh.model, mh.clip, mh.vae, face_images(), emb, cfg)
+        ref = core.training.trainer.train(m32.model, m32.clip, m32.vae, face_images(), emb, cfg)
+        out = core.training.trainer.train(mh.model, mh.clip, mh.vae, face_images(), emb, cfg)
     assert out.skipped_steps == []
     assert (out.loss_scale is not None) == (half == "fp16")
     start = emb.vectors["clip_l"]
@@ -112,7 +112,7 @@ def test_short_training_loss_curve_tracks_fp32(core, precision_models):
     with torch.inference_mode():
         for name in ("fp32", "fp16", "bf16"):
             m = precision_models[name]
-            results[name] = core.training.train(m.model, m.clip, m.vae, face_images(), emb, cfg)
+            results[name] = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, cfg)
     ref = torch.tensor(results["fp32"].losses)
     # same draws, weights rounded to the dtype: per-step losses agree to the dtype's rounding of the UNet
     # (fp16 ~1e-3, bf16 ~8e-3 relative per op); 2 % (fp16) and 5 % (bf16) of the loss leave room for the
@@ -131,7 +131,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_training_continues(core, precis
     m = precision_models["fp16"]
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
-    real_mse = core.loss.diffusion_mse
+    real_mse = core.method.loss.diffusion_mse
     calls = {"n": 0}
 
     def overflow_at_third_step(*args, **kwargs):
@@ -140,17 +140,17 @@ def test_an_overflowing_fp16_step_is_skipped_and_training_continues(core, precis
         value = real_mse(*args, **kwargs)
         return value * 1e30 if calls["n"] == 3 else value
 
-    monkeypatch.setattr(core.loss, "diffusion_mse", overflow_at_third_step)
+    monkeypatch.setattr(core.method.loss, "diffusion_mse", overflow_at_third_step)
     snapshots: dict[int, torch.Tensor] = {}
 
     def keep(step: int, snapshot) -> None:
         snapshots[step] = snapshot.vectors["clip_l"].clone()
 
     with torch.inference_mode():
-        out = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5),
+        out = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5),
                                   preview=keep, preview_every=1)
     assert out.skipped_steps == [2]
-    assert out.loss_scale == core.loss_scaling.LOSS_SCALE_INIT * core.loss_scaling.LOSS_SCALE_BACKOFF
+    assert out.loss_scale == core.training.loss_scaling.LOSS_SCALE_INIT * core.training.loss_scaling.LOSS_SCALE_BACKOFF
     assert torch.equal(snapshots[3], snapshots[2])  # the skipped step left the vectors as they were
     for step in (1, 2, 4, 5):
         assert not torch.equal(snapshots[step], snapshots[step - 1] if step > 1 else emb.vectors["clip_l"])
@@ -159,11 +159,11 @@ def test_an_overflowing_fp16_step_is_skipped_and_training_continues(core, precis
     assert out.embedding.metadata["fp16_skipped_steps"] == "1"
     assert out.embedding.loss_steps == [1, 2, 4, 5]  # the step each loss belongs to: the report draws them there
     # the lowered loss scale travels with the optimizer state: a run going on starts from it, not from the initial one
-    saved = core.optimizer_state.unpack(out.embedding.metadata, out.embedding.vectors, "fp16 run")
+    saved = core.embeddings.optimizer_state.unpack(out.embedding.metadata, out.embedding.vectors, "fp16 run")
     assert saved is not None and saved.step == 4 and saved.loss_scale == out.loss_scale
-    monkeypatch.setattr(core.loss, "diffusion_mse", real_mse)
+    monkeypatch.setattr(core.method.loss, "diffusion_mse", real_mse)
     with torch.inference_mode():
-        more = core.training.train(m.model, m.clip, m.vae, face_images(), out.embedding, settings(core, steps=1))
+        more = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), out.embedding, settings(core, steps=1))
     assert more.loss_scale == out.loss_scale and more.embedding.loss_steps == [6]
     assert_host_unchanged(before, m)
 
@@ -172,10 +172,11 @@ def test_every_step_overflowing_is_a_clear_error(core, precision_models, monkeyp
     m = precision_models["fp16"]
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
-    real_mse = core.loss.diffusion_mse
-    monkeypatch.setattr(core.loss, "diffusion_mse", lambda *a, **kw: real_mse(*a, **kw) * 1e30)
-    with torch.inference_mode(), pytest.raises(core.errors.TrainingDivergedError, match=r"all 3 steps overflowed.*--fp32-unet") as info:
-        core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=3))
+    real_mse = core.method.loss.diffusion_mse
+    monkeypatch.setattr(core.method.loss, "diffusion_mse", lambda *a, **kw: real_mse(*a, **kw) * 1e30)
+    diverged = core.common.errors.TrainingDivergedError
+    with torch.inference_mode(), pytest.raises(diverged, match=r"all 3 steps overflowed.*--fp32-unet") as info:
+        core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=3))
     assert torch.equal(info.value.embedding.vectors["clip_l"], emb.vectors["clip_l"])
     assert_host_unchanged(before, m)
 
@@ -185,13 +186,13 @@ def test_metadata_records_unet_precision_and_clip_layer(core, precision_models, 
     m = precision_models["fp16"]
     emb = init_embedding(core, m.clip)
     with torch.inference_mode():
-        fp16 = core.training.train(m.model, m.clip, m.vae, face_images(), emb, cfg).embedding
+        fp16 = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, cfg).embedding
         skip = m.clip.clone()
         skip.clip_layer(-2)  # what CLIP Set Last Layer does
-        bf16 = core.training.train(precision_models["bf16"].model, skip, m.vae, face_images(), emb, cfg).embedding
+        bf16 = core.training.trainer.train(precision_models["bf16"].model, skip, m.vae, face_images(), emb, cfg).embedding
     from safetensors import safe_open
 
-    with safe_open(str(core.embedding_io.save_embedding(fp16, tmp_path, "half")), framework="pt") as handle:
+    with safe_open(str(core.embeddings.embedding_io.save_embedding(fp16, tmp_path, "half")), framework="pt") as handle:
         saved = handle.metadata()
     assert (saved["unet_dtype"], saved["clip_layer"]) == ("float16", "last")
     assert (bf16.metadata["unet_dtype"], bf16.metadata["clip_layer"]) == ("bfloat16", "-2")

@@ -195,15 +195,15 @@ def test_real_checkpoint_end_to_end(kind: str, core: Any, embeddings_dir: Path) 
 
             # 3. Cross Initialization and 2 training steps, under inference mode like the nodes
             with timer.phase("cross-init"), torch.inference_mode():
-                init = core.initialization.cross_initialize(clip, num_tokens=NUM_TOKENS, names=NAMES)
+                init = core.method.initialization.cross_initialize(clip, num_tokens=NUM_TOKENS, names=NAMES)
             assert set(init.vectors) == {spec.slot_key}
             start = init.vectors[spec.slot_key]
             assert tuple(start.shape) == (NUM_TOKENS, spec.width)
             assert torch.isfinite(start).all()
 
-            settings = core.settings.TrainingSettings(steps=2, batch_size=1, learning_rate=0.005, resolution=64)
+            settings = core.common.settings.TrainingSettings(steps=2, batch_size=1, learning_rate=0.005, resolution=64)
             with timer.phase("train"), torch.inference_mode():
-                result = core.training.train(model, clip, vae, _astronaut_64(), init, settings)
+                result = core.training.trainer.train(model, clip, vae, _astronaut_64(), init, settings)
             log.info("%s losses %s", kind, result.losses)
             assert len(result.losses) == 2 and all(np.isfinite(result.losses))
             learned = result.embedding.vectors[spec.slot_key]
@@ -222,7 +222,7 @@ def test_real_checkpoint_end_to_end(kind: str, core: Any, embeddings_dir: Path) 
             # 4. the embedding file, found by the stock tokenizer as embedding:NAME
             with timer.phase("save+encode"):
                 emb_path.unlink(missing_ok=True)
-                saved = core.embedding_io.save_embedding(result.embedding, embeddings_dir, emb_name)
+                saved = core.embeddings.embedding_io.save_embedding(result.embedding, embeddings_dir, emb_name)
                 assert saved == emb_path.resolve()
                 with safe_open(str(saved), framework="pt") as f:
                     assert set(f.keys()) == {spec.slot_key}

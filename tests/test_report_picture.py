@@ -21,7 +21,7 @@ def _example_script():
 def _report(pack, example):
     core = pack.cross_init_core
     history = example.loss_history()
-    checkpoints = [core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)}, metadata={"steps": str(s)},
+    checkpoints = [core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": torch.zeros(2, 768)}, metadata={"steps": str(s)},
                                                      loss_history=history[:s]) for s in example.STEPS]
     node = pack.nodes.checkpoint_report.CrossInitCheckpointReport
     return node.execute(checkpoints, [example.identity_report(example.IDENTITY[s]) for s in example.STEPS],
@@ -35,7 +35,7 @@ def test_the_documented_series_picks_the_trade_off_step_and_every_panel_has_poin
     assert "160   0.2600    3/3    0.2930" in table and "<- best" in table.splitlines()[3]  # within 0.01 of 0.300
     assert "best: step 160" in table
     plot = (out.result[2][0] * 255).round().to(torch.int16)
-    report = pack.cross_init_core.checkpoint_report
+    report = pack.cross_init_core.scoring.checkpoint_report
     for color in (report.IDENTITY_COLOR, report.PROMPT_COLOR, report.LOSS_COLOR):
         drawn = ((plot - torch.tensor(color, dtype=torch.int16)).abs().sum(-1) == 0)
         inside = drawn[:, report.MARGIN_LEFT + 2: report.WIDTH - report.MARGIN_RIGHT - 2]
@@ -47,7 +47,7 @@ def test_panel_labels_stay_clear_of_the_panel_borders(pack):
     the numbers go) and none inside any panel."""
     out = _report(pack, _example_script())
     plot = (out.result[2][0] * 255).round().to(torch.int16)
-    report = pack.cross_init_core.checkpoint_report
+    report = pack.cross_init_core.scoring.checkpoint_report
     left, right = report.MARGIN_LEFT, report.WIDTH - report.MARGIN_RIGHT
     for index, color in enumerate((report.IDENTITY_COLOR, report.PROMPT_COLOR, report.LOSS_COLOR)):
         near = ((plot - torch.tensor(color, dtype=torch.int16)).abs().sum(-1) < 60)

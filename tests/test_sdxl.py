@@ -22,13 +22,13 @@ RES = 64
 
 def init_embedding(core, clip, names=NAMES):
     with torch.inference_mode():
-        return core.initialization.cross_initialize(clip, 2, names)
+        return core.method.initialization.cross_initialize(clip, 2, names)
 
 
 def settings(core, **kw):
     base = {"steps": 2, "batch_size": 2, "learning_rate": 0.01, "resolution": RES, "seed": 0}
     base.update(kw)
-    return core.settings.TrainingSettings(**base)
+    return core.common.settings.TrainingSettings(**base)
 
 
 def perturbed(vectors: dict[str, torch.Tensor], seed: int, scale: float = 0.3) -> dict[str, torch.Tensor]:
@@ -106,7 +106,7 @@ def test_initial_vectors_match_independent_computation_per_encoder(core, sdxl, c
 )
 def test_placeholder_positions_are_identical_in_both_token_streams(core, sdxl, text):
     slots = core.host.encoder_slots(sdxl.clip)
-    layout = core.prompt_tokens.layout_prompt(sdxl.clip, slots, text, "{}", 2)
+    layout = core.method.prompt_tokens.layout_prompt(sdxl.clip, slots, text, "{}", 2)
     assert layout.positions["l"] == layout.positions["g"]
     assert len(layout.positions["l"]) == 2 * text.count("{}")
     assert [row for _c, _i, row in layout.positions["g"]] == [0, 1] * text.count("{}")
@@ -163,11 +163,11 @@ def test_training_context_and_adm_equal_the_hosts_conditioning(core, sdxl, clip_
         clip.clip_layer(clip_skip)
     emb = init_embedding(core, clip)
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(sdxl.model, clip, sdxl.vae, face_images(), emb, settings(core, batch_size=3))
+        run = core.training.run_setup.prepare_run(sdxl.model, clip, sdxl.vae, face_images(), emb, settings(core, batch_size=3))
     draw = run.sampler().draw(3)
     start = perturbed(emb.vectors, seed=11)
     with UNetInputs(sdxl.model) as seen, torch.inference_mode(), core.host.training_session(sdxl.model, clip) as device:
-        core.loss.StepLoss(run, device)({k: v.clone() for k, v in start.items()}, draw)
+        core.method.loss.StepLoss(run, device)({k: v.clone() for k, v in start.items()}, draw)
     (call,) = seen.calls
     cond, adm = host_conditioning(clip, sdxl.model, run.layouts, draw.templates, start, run.slots, RES)
     assert call["context"].shape == (3, 77, 64 + 96) and call["y"].shape == (3, 96 + 6 * 256)
@@ -187,13 +187,13 @@ def test_training_context_and_adm_equal_the_hosts_conditioning(core, sdxl, clip_
 def test_gradients_reach_both_encoders_through_context_and_adm_and_match_finite_differences(core, sdxl):
     emb = init_embedding(core, sdxl.clip)
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(sdxl.model, sdxl.clip, sdxl.vae, face_images(), emb, settings(core, batch_size=2),
-                                        core.settings.LossSettings(reg_weight=0.0))
+        run = core.training.run_setup.prepare_run(sdxl.model, sdxl.clip, sdxl.vae, face_images(), emb, settings(core, batch_size=2),
+                                        core.common.settings.LossSettings(reg_weight=0.0))
     draw = run.sampler().draw(2)
     start = perturbed(emb.vectors, seed=7, scale=0.1)
     keys = list(WIDTHS)
     with UNetInputs(sdxl.model) as seen, torch.inference_mode(), core.host.training_session(sdxl.model, sdxl.clip) as device:
-        step_loss = core.loss.StepLoss(run, device)
+        step_loss = core.method.loss.StepLoss(run, device)
         params = {k: torch.nn.Parameter(start[k].clone()) for k in keys}
         loss, _mse, _reg = step_loss(params, draw)
         y, context = seen.calls[-1]["y"], seen.calls[-1]["context"]
@@ -242,14 +242,14 @@ def test_regularizer_sums_the_per_encoder_mean_distances(core):
     moved = {"clip_l": torch.zeros(2, 64), "clip_g": torch.zeros(2, 96)}
     moved["clip_l"][0, 0], moved["clip_l"][1, 1] = 3.0, 1.0  # per-token distances 3, 1: mean 2
     moved["clip_g"][0, :4] = 2.0  # distances 4, 0: mean 2
-    assert float(core.loss.regularizer(moved, init)) == pytest.approx(2.0 + 2.0)
+    assert float(core.method.loss.regularizer(moved, init)) == pytest.approx(2.0 + 2.0)
 
 
 def test_training_updates_both_vector_sets_and_leaves_the_host_unchanged(core, sdxl):
     emb = init_embedding(core, sdxl.clip)
     before = sdxl_fingerprint(sdxl)
     with torch.inference_mode():
-        result = core.training.train(sdxl.model, sdxl.clip, sdxl.vae, face_images(), emb, settings(core, steps=2), mode="custom")
+        result = core.training.trainer.train(sdxl.model, sdxl.clip, sdxl.vae, face_images(), emb, settings(core, steps=2), mode="custom")
     out = result.embedding
     assert out.widths() == WIDTHS
     for key in WIDTHS:
@@ -275,7 +275,7 @@ def test_saved_file_loads_in_the_host_for_both_encoders(core, pack, sdxl, embedd
     emb = init_embedding(core, sdxl.clip)
     trained = emb.with_vectors(perturbed(emb.vectors, seed=3))
     name = "sdxl_face_roundtrip"
-    path = core.embedding_io.save_embedding(trained, embeddings_dir, name, overwrite=True)
+    path = core.embeddings.embedding_io.save_embedding(trained, embeddings_dir, name, overwrite=True)
     with safe_open(str(path), framework="pt") as handle:
         shapes = {k: tuple(handle.get_tensor(k).shape) for k in handle.keys()}
         for key in WIDTHS:
@@ -329,22 +329,22 @@ def test_saved_file_loads_in_the_host_for_both_encoders(core, pack, sdxl, embedd
 def test_single_encoder_embedding_is_refused_with_a_clear_error(core, pack, sdxl, vectors, match):
     import nodes
 
-    emb = core.embedding.CrossInitEmbedding(vectors=vectors)
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors=vectors)
     encoder = nodes.NODE_CLASS_MAPPINGS["CrossInitCLIPTextEncode"]
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match=match):
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError, match=match):
         encoder.execute(sdxl.clip, emb, "a photo of <face> person", "<face>")
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match=match):
-        core.training.train(sdxl.model, sdxl.clip, sdxl.vae, face_images(), emb, settings(core))
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError, match=match):
+        core.training.trainer.train(sdxl.model, sdxl.clip, sdxl.vae, face_images(), emb, settings(core))
 
 
 def test_single_encoder_file_is_refused_by_the_load_node_path(core, sdxl, tmp_path):
     from safetensors.torch import save_file
 
     save_file({"clip_l": torch.randn(2, 768)}, str(tmp_path / "sd1_face.safetensors"))
-    emb = core.embedding_io.load_embedding(tmp_path / "sd1_face.safetensors")
-    slots = [core.families.EncoderSlot("clip_l", "l", 768), core.families.EncoderSlot("clip_g", "g", 1280)]
-    with pytest.raises(core.errors.InvalidInputError) as info:
-        core.embedding.check_matches_slots(emb, slots)
+    emb = core.embeddings.embedding_io.load_embedding(tmp_path / "sd1_face.safetensors")
+    slots = [core.common.families.EncoderSlot("clip_l", "l", 768), core.common.families.EncoderSlot("clip_g", "g", 1280)]
+    with pytest.raises(core.common.errors.InvalidInputError) as info:
+        core.embeddings.embedding.check_matches_slots(emb, slots)
     message = str(info.value)
     assert "this SDXL CLIP needs clip_l 768 and clip_g 1280; the embedding has only clip_l" in message
     assert "SD 1.x" in message  # says what the file was made for
@@ -355,9 +355,9 @@ def test_trainer_resolution_auto_is_1024_for_sdxl(core, pack, tiny, sdxl, monkey
 
     trainer = nodes.NODE_CLASS_MAPPINGS["CrossInitTrainer"]
     (resolution,) = [i for i in trainer.GET_SCHEMA().inputs if i.id == "resolution"]
-    assert resolution.default == core.settings.AUTO_RESOLUTION == 0
-    assert core.settings.auto_resolution(0, sdxl=True) == 1024 and core.settings.auto_resolution(0, sdxl=False) == 512
-    assert core.settings.auto_resolution(768, sdxl=True) == 768
+    assert resolution.default == core.common.settings.AUTO_RESOLUTION == 0
+    assert core.common.settings.auto_resolution(0, sdxl=True) == 1024 and core.common.settings.auto_resolution(0, sdxl=False) == 512
+    assert core.common.settings.auto_resolution(768, sdxl=True) == 768
     # what the node passes on: the trainer is stopped before any work, with the resolution it chose
     seen = {}
 
@@ -365,7 +365,7 @@ def test_trainer_resolution_auto_is_1024_for_sdxl(core, pack, tiny, sdxl, monkey
         seen["resolution"] = chosen.resolution
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(core.training, "train", stop)
+    monkeypatch.setattr(core.training.trainer, "train", stop)
     for models, expected in ((sdxl, 1024), (tiny("sd1"), 512)):
         emb = init_embedding(core, models.clip)
         with pytest.raises(RuntimeError, match="stop"):

@@ -49,13 +49,13 @@ def test_eps_and_v_predictions_and_targets(core, tiny):
             den = m.model.model.apply_model(x_noisy, sigma, c_crossattn=cond.expand(2, -1, -1))
             xc, t_in = ms.calculate_input(sigma, x_noisy), ms.timestep(sigma).float()
             raw = m.model.model.diffusion_model(xc, t_in, context=cond.expand(2, -1, -1))
-        pred = core.loss.prediction_from_denoised(expected, x_noisy, den, sigma)
+        pred = core.method.loss.prediction_from_denoised(expected, x_noisy, den, sigma)
         torch.testing.assert_close(pred, raw, rtol=1e-3, atol=1e-4)
         # targets from SD's DDPM schedule (scaled-linear betas), diffusers' convention: x_t = sqrt(a) x0 + sqrt(1-a) eps
         betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
         a = torch.cumprod(1 - betas, 0)[t].float().view(-1, 1, 1, 1)
         want = noise if expected == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        torch.testing.assert_close(core.loss.target(expected, x0, noise, sigma), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(core.method.loss.target(expected, x0, noise, sigma), want, rtol=1e-4, atol=1e-5)
 
 
 def test_training_loss_decreases_on_the_face(core, tiny):
@@ -64,14 +64,14 @@ def test_training_loss_decreases_on_the_face(core, tiny):
     images = face_images(1)
     cfg = settings(core, steps=25, batch_size=4, learning_rate=0.1)
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, images, emb, cfg)
-        result = core.training.train(m.model, m.clip, m.vae, images, emb, cfg)
-    sampler = core.run_setup.StepSampler(99, 1, run.sigmas.shape[0], len(run.layouts), tuple(run.latents.shape[1:]))
+        run = core.training.run_setup.prepare_run(m.model, m.clip, m.vae, images, emb, cfg)
+        result = core.training.trainer.train(m.model, m.clip, m.vae, images, emb, cfg)
+    sampler = core.training.run_setup.StepSampler(99, 1, run.sigmas.shape[0], len(run.layouts), tuple(run.latents.shape[1:]))
     draws = [sampler.draw(8) for _ in range(4)]
 
     def held_out(vectors):
         with torch.inference_mode(), core.host.training_session(m.model, m.clip) as device, torch.no_grad():
-            step_loss = core.loss.StepLoss(run, device)
+            step_loss = core.method.loss.StepLoss(run, device)
             return sum(float(step_loss(vectors, d)[1]) for d in draws) / len(draws)
 
     before, after = held_out(emb.vectors), held_out(result.embedding.vectors)
@@ -92,7 +92,8 @@ def test_large_reg_weight_keeps_vectors_near_init(core, tiny):
     distances = {}
     for reg in (0.0, 1000.0):
         with torch.inference_mode():
-            out = core.training.train(m.model, m.clip, m.vae, face_images(), emb, cfg, core.settings.LossSettings(reg_weight=reg))
+            loss = core.common.settings.LossSettings(reg_weight=reg)
+            out = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, cfg, loss)
         distances[reg] = float((out.embedding.vectors["clip_l"] - emb.vectors["clip_l"]).norm(dim=1).max())
     assert distances[0.0] > 0.3
     assert distances[1000.0] < 0.15 * distances[0.0], distances
@@ -102,9 +103,9 @@ def test_same_seed_same_vectors_and_metadata(core, tiny):
     m = tiny("sd2")
     emb = init_embedding(core, m.clip)
     with torch.inference_mode():
-        a = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=5), mode="custom").embedding
-        b = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=5)).embedding
-        c = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=6)).embedding
+        a = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=5), mode="custom").embedding
+        b = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=5)).embedding
+        c = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, seed=6)).embedding
     assert torch.equal(a.vectors["clip_h"], b.vectors["clip_h"])
     assert not torch.equal(a.vectors["clip_h"], c.vectors["clip_h"])
     assert a.metadata["base_model"] == "sd2-v"
@@ -118,7 +119,7 @@ def test_host_bit_identical_after_success(core, tiny, kind):
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
     with torch.inference_mode():
-        core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core))
+        core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core))
     assert_host_unchanged(before, m)
 
 
@@ -132,7 +133,7 @@ def test_host_bit_identical_after_error_inside_the_step(core, tiny):
             raise RuntimeError("injected failure")
 
     with torch.inference_mode(), pytest.raises(RuntimeError, match="injected failure"):
-        core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core), fault_hook=boom)
+        core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core), fault_hook=boom)
     assert_host_unchanged(before, m)
 
 
@@ -150,7 +151,7 @@ def test_cancel_is_honoured_within_one_step_and_host_unchanged(core, tiny):
 
     try:
         with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
-            core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=10), fault_hook=press_cancel,
+            core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=10), fault_hook=press_cancel,
                                 on_step=lambda s, t, loss: steps_done.append(s))
     finally:
         mm.interrupt_current_processing(False)
@@ -163,8 +164,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_finite_vectors(core, tin
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
     with torch.inference_mode():
-        two_steps = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=2)).embedding
-    real_mse = core.loss.diffusion_mse
+        two_steps = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=2)).embedding
+    real_mse = core.method.loss.diffusion_mse
     calls = {"n": 0}
 
     def mse_nan_at_third_step(*args, **kwargs):
@@ -172,9 +173,9 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_finite_vectors(core, tin
         value = real_mse(*args, **kwargs)
         return value * float("nan") if calls["n"] == 3 else value
 
-    monkeypatch.setattr(core.loss, "diffusion_mse", mse_nan_at_third_step)
-    with torch.inference_mode(), pytest.raises(core.errors.TrainingDivergedError, match=r"step 3/5.*NaN") as info:
-        core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5))
+    monkeypatch.setattr(core.method.loss, "diffusion_mse", mse_nan_at_third_step)
+    with torch.inference_mode(), pytest.raises(core.common.errors.TrainingDivergedError, match=r"step 3/5.*NaN") as info:
+        core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5))
     assert info.value.step == 2
     assert torch.equal(info.value.embedding.vectors["clip_l"], two_steps.vectors["clip_l"])
     assert_host_unchanged(before, m)
@@ -199,7 +200,7 @@ def test_progress_bar_reports_every_step(core, tiny, monkeypatch):
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
         with torch.inference_mode():
-            core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=4))
+            core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=4))
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
     assert updates == [(1, 4), (2, 4), (3, 4), (4, 4)]
@@ -215,14 +216,14 @@ def test_masked_loss_ignores_the_background(core):
     pred_a = goal + 0.1 * torch.randn(2, 4, 8, 8, generator=gen)
     pred_b = torch.where(face.bool().expand_as(pred_a), pred_a, pred_a + 5.0)  # only the background differs
     weight = 0.0 + 1.0 * face
-    assert core.loss.diffusion_mse(pred_a, goal, weight) == core.loss.diffusion_mse(pred_b, goal, weight)
-    assert core.loss.diffusion_mse(pred_a, goal) != core.loss.diffusion_mse(pred_b, goal)
+    assert core.method.loss.diffusion_mse(pred_a, goal, weight) == core.method.loss.diffusion_mse(pred_b, goal, weight)
+    assert core.method.loss.diffusion_mse(pred_a, goal) != core.method.loss.diffusion_mse(pred_b, goal)
     masks = torch.zeros(2, 64, 64)
     masks[:, 16:48, 16:48] = 1
-    w = core.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.25)
+    w = core.training.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.25)
     assert w.shape == (4, 1, 8, 8)
     assert float(w[0, 0, 4, 4]) == 1.0 and float(w[0, 0, 0, 0]) == 0.25
-    assert core.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=1.0) is None
+    assert core.training.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=1.0) is None
 
 
 @pytest.mark.parametrize(
@@ -240,20 +241,20 @@ def test_masked_loss_ignores_the_background(core):
 def test_bad_training_settings_name_the_input(core, kw, match):
     base = {"mode": "custom", "steps": 10, "batch_size": 2, "learning_rate": 0.01, "seed": 0, "resolution": 512}
     base.update(kw)
-    with pytest.raises(core.errors.InvalidInputError, match=match):
-        core.settings.resolve(**base)
+    with pytest.raises(core.common.errors.InvalidInputError, match=match):
+        core.common.settings.resolve(**base)
 
 
 def test_presets(core):
-    preset = core.settings.USE_PRESET  # 0: the mode's own value
-    full = core.settings.resolve("full", preset, preset, preset, 3)
-    fast = core.settings.resolve("fast", preset, preset, preset, 3)
+    preset = core.common.settings.USE_PRESET  # 0: the mode's own value
+    full = core.common.settings.resolve("full", preset, preset, preset, 3)
+    fast = core.common.settings.resolve("fast", preset, preset, preset, 3)
     assert (full.steps, full.batch_size, full.learning_rate, full.seed) == (320, 8, 0.005, 3)
     assert (fast.steps, fast.batch_size) == (25, 8) and fast.learning_rate > full.learning_rate
-    overridden = core.settings.resolve("fast", 7, 2, 0.03, 3)  # any other value overrides the preset
+    overridden = core.common.settings.resolve("fast", 7, 2, 0.03, 3)  # any other value overrides the preset
     assert (overridden.steps, overridden.batch_size, overridden.learning_rate) == (7, 2, 0.03)
-    with pytest.raises(core.errors.InvalidInputError, match="reg_weight"):
-        core.settings.LossSettings(reg_weight=-1.0).validated()
+    with pytest.raises(core.common.errors.InvalidInputError, match="reg_weight"):
+        core.common.settings.LossSettings(reg_weight=-1.0).validated()
 
 
 @pytest.mark.parametrize(
@@ -269,13 +270,13 @@ def test_presets(core):
 def test_bad_images_are_refused_before_any_work(core, tiny, images, match):
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match=match):
-        core.training.train(m.model, m.clip, m.vae, images, emb, settings(core))
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError, match=match):
+        core.training.trainer.train(m.model, m.clip, m.vae, images, emb, settings(core))
 
 
 def test_grayscale_rgba_and_odd_sizes_are_accepted(core):
-    gray = core.run_setup.prepare_pixels(torch.rand(1, 40, 100, 1), 64)
-    rgba = core.run_setup.prepare_pixels(torch.rand(2, 90, 50, 4), 64)
+    gray = core.training.run_setup.prepare_pixels(torch.rand(1, 40, 100, 1), 64)
+    rgba = core.training.run_setup.prepare_pixels(torch.rand(2, 90, 50, 4), 64)
     assert gray.shape == (1, 64, 64, 3) and rgba.shape == (2, 64, 64, 3)
     assert torch.equal(gray[..., 0], gray[..., 2])
 
@@ -283,10 +284,10 @@ def test_grayscale_rgba_and_odd_sizes_are_accepted(core):
 def test_mismatched_model_and_clip_or_embedding_are_refused(core, tiny):
     sd1, sd2 = tiny("sd1"), tiny("sd2")
     emb_sd2 = init_embedding(core, sd2.clip)
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match="clip_h"):
-        core.training.train(sd1.model, sd1.clip, sd1.vae, face_images(), emb_sd2, settings(core))
-    with torch.inference_mode(), pytest.raises(core.errors.UnsupportedModelError, match="same checkpoint"):
-        core.training.train(tiny("sdxl").model, sd1.clip, sd1.vae, face_images(), init_embedding(core, sd1.clip), settings(core))
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError, match="clip_h"):
+        core.training.trainer.train(sd1.model, sd1.clip, sd1.vae, face_images(), emb_sd2, settings(core))
+    with torch.inference_mode(), pytest.raises(core.common.errors.UnsupportedModelError, match="same checkpoint"):
+        core.training.trainer.train(tiny("sdxl").model, sd1.clip, sd1.vae, face_images(), init_embedding(core, sd1.clip), settings(core))
 
 
 def test_previews_render_with_the_host_models_restored_and_reach_the_progress_bar(core, tiny):
@@ -296,7 +297,7 @@ def test_previews_render_with_the_host_models_restored_and_reach_the_progress_ba
     emb = init_embedding(core, m.clip)
     before = host_fingerprint(m)
     seen, rendered = [], []
-    hook = core.preview.progress_preview(m.model, m.clip, m.vae, face_images(1), 64, seed=0)
+    hook = core.training.preview.progress_preview(m.model, m.clip, m.vae, face_images(1), 64, seed=0)
 
     def preview(step, snapshot):
         rendered.append((step, snapshot.vectors["clip_l"].clone()))
@@ -306,9 +307,9 @@ def test_previews_render_with_the_host_models_restored_and_reach_the_progress_ba
     comfy.utils.set_progress_bar_global_hook(lambda value, total, image, node_id=None: seen.append((value, image)))
     try:
         with torch.inference_mode():
-            result = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5),
+            result = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5),
                                          preview=preview, preview_every=2)
-            plain = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5))
+            plain = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=5))
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
     assert [step for step, _v in rendered] == [2, 4]
@@ -326,10 +327,10 @@ def test_preview_panel_shows_the_face_beside_the_sample(core):
     face = torch.zeros(64, 48, 3)
     face[..., 0] = 1.0
     sample = torch.ones(64, 64, 3) * 0.5
-    panel = core.preview.side_by_side(face, sample, height=128)
+    panel = core.training.preview.side_by_side(face, sample, height=128)
     assert panel.size == (96 + 128, 128)
     assert panel.getpixel((10, 10)) == (255, 0, 0) and panel.getpixel((200, 10)) == (127, 127, 127)
-    gray = core.preview.side_by_side(torch.full((64, 64, 1), 0.5), sample, height=64)  # grayscale photos train too
+    gray = core.training.preview.side_by_side(torch.full((64, 64, 1), 0.5), sample, height=64)  # grayscale photos train too
     assert gray.getpixel((5, 5)) == (127, 127, 127)
 
 
@@ -337,7 +338,7 @@ def test_console_progress_shows_steps_and_loss(core, tiny, capsys):
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
     with torch.inference_mode():
-        result = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=3))
+        result = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=3))
     err = capsys.readouterr().err
     assert "Cross-Init training" in err and "3/3" in err
     assert f"loss={result.losses[-1]:.4f}" in err
@@ -350,7 +351,7 @@ def test_console_progress_follows_comfyuis_progress_bar_switch(core, tiny, capsy
     emb = init_embedding(core, m.clip)
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_ENABLED", False)
     with torch.inference_mode():
-        result = core.training.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=2))
+        result = core.training.trainer.train(m.model, m.clip, m.vae, face_images(), emb, settings(core, steps=2))
     assert len(result.losses) == 2
     assert "Cross-Init training" not in capsys.readouterr().err
 
@@ -366,11 +367,11 @@ def test_captions_are_the_reference_templates_drawn_uniformly(core, tiny):
     assert len(templates) == 81 and len(set(templates)) == 57
     captions = [t.replace("{}", "face of {} person") for t in templates]
     assert captions[0] == "a photo of a face of {} person" and captions[-1] == "a depiction of a small face of {} person"
-    assert core.templates.CAPTION_TEMPLATES == tuple(captions)
+    assert core.method.templates.CAPTION_TEMPLATES == tuple(captions)
 
     m = tiny("sd1")
     with torch.inference_mode():
-        run = core.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), settings(core))
+        run = core.training.run_setup.prepare_run(m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), settings(core))
     assert len(run.layouts) == 81
     tokenizer: CLIPTokenizer = m.clip.tokenizer.clip_l.tokenizer
     for caption, layout in zip(captions, run.layouts, strict=True):

@@ -208,8 +208,8 @@ def test_trainer_fields_are_at_0_and_run_the_preset(core, stem):
     (trainer,) = wr.nodes_of(prompt, "CrossInitTrainer")
     t = prompt[trainer]["inputs"]
     assert (t["steps"], t["batch_size"], t["learning_rate"]) == (0, 0, 0.0)
-    preset = core.settings.PRESETS[t["mode"]]
-    chosen = core.settings.resolve(t["mode"], t["steps"], t["batch_size"], t["learning_rate"], 0)
+    preset = core.common.settings.PRESETS[t["mode"]]
+    chosen = core.common.settings.resolve(t["mode"], t["steps"], t["batch_size"], t["learning_rate"], 0)
     assert (chosen.steps, chosen.batch_size, chosen.learning_rate) == (preset.steps, preset.batch_size, preset.learning_rate)
 
 

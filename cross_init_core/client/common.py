@@ -12,8 +12,8 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from ..errors import CrossInitError
-from ..settings import LEARNING_RATE_MAX, IntRange, learning_rate_ok
+from ..common.errors import CrossInitError
+from ..common.settings import LEARNING_RATE_MAX, IntRange, learning_rate_ok
 
 PROG = "python -m cross_init_core"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

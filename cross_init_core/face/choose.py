@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..settings import DETECTORS, LEGACY_DETECTORS
+from ..common.settings import DETECTORS, LEGACY_DETECTORS
 from .detection import FaceDetector
 from .errors import FacePrepError, MissingDependencyError, ModelFilesError
 from .insightface_backend import InsightFaceDetector, choose_providers, insightface_importable

@@ -5,7 +5,7 @@ All are CrossInitError (ValueError) subclasses so ComfyUI shows their text as a 
 
 from __future__ import annotations
 
-from ..errors import CrossInitError
+from ..common.errors import CrossInitError
 
 
 class FacePrepError(CrossInitError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..families import EncoderSlot
+from ..common.families import EncoderSlot
 from .forwards import instance_forwards
 from .models import inner_encoders
 

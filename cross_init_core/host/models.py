@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from ..errors import UnsupportedModelError
-from ..families import SUPPORTED_MODELS, SUPPORTED_PREDICTIONS, EncoderSlot
+from ..common.errors import UnsupportedModelError
+from ..common.families import SUPPORTED_MODELS, SUPPORTED_PREDICTIONS, EncoderSlot
 
 log = logging.getLogger(__name__)
 

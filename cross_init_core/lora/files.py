@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from .. import atomic_files
-from ..embedding import CrossInitEmbedding, check_matches_slots
-from ..embedding_io import to_file_dict
-from ..embedding_names import checkpoint_name, trained_steps, validate_name
-from ..errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
-from ..families import FAMILIES, KEY_WIDTHS, SDXL, WIDTH_KEYS, WIDTHS_MESSAGE, EncoderSlot, family_of
+from ..common import atomic_files
+from ..common.embedding_names import checkpoint_name, trained_steps, validate_name
+from ..common.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
+from ..common.families import FAMILIES, KEY_WIDTHS, SDXL, WIDTH_KEYS, WIDTHS_MESSAGE, EncoderSlot, family_of
+from ..embeddings.embedding import CrossInitEmbedding, check_matches_slots
+from ..embeddings.embedding_io import to_file_dict
 from .weights import LoraModel, module_shapes
 
 log = logging.getLogger(__name__)

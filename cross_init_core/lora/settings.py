@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..errors import InvalidInputError
-from ..settings import BATCH_SIZE, LEARNING_RATE_MAX, RESOLUTION, SEED, STEPS, IntRange, TrainingSettings
+from ..common.errors import InvalidInputError
+from ..common.settings import BATCH_SIZE, LEARNING_RATE_MAX, RESOLUTION, SEED, STEPS, IntRange, TrainingSettings
 
 MODES = ("fast", "full", "custom")
 RANK = IntRange(1, 128)

@@ -21,18 +21,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .. import __version__, families, host
-from ..embedding import CrossInitEmbedding
-from ..errors import InvalidInputError, TrainingDivergedError
-from ..loss import StepLoss
-from ..loss_scaling import LossScaler
-from ..memory import DevicePeak, MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
-from ..optimizer_state import METADATA_KEY as OPTIMIZER_STATE_KEY
-from ..preview import PREVIEW_PROMPT, PREVIEW_STEPS
-from ..preview import progress_preview as token_preview
-from ..run_setup import PreparedRun, StepDraw, prepare_run
-from ..settings import LossSettings, checkpoint_steps
-from ..training import preview_segments
+from .. import __version__, host
+from ..common import families
+from ..common.errors import InvalidInputError, TrainingDivergedError
+from ..common.settings import LossSettings, checkpoint_steps
+from ..embeddings.embedding import CrossInitEmbedding
+from ..embeddings.optimizer_state import METADATA_KEY as OPTIMIZER_STATE_KEY
+from ..method.loss import StepLoss
+from ..training.loss_scaling import LossScaler
+from ..training.memory import DevicePeak, MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
+from ..training.preview import PREVIEW_PROMPT, PREVIEW_STEPS
+from ..training.preview import progress_preview as token_preview
+from ..training.run_setup import PreparedRun, StepDraw, prepare_run
+from ..training.trainer import preview_segments
 from .settings import LoraSettings
 from .weights import LoraModel, initial_weights, to_state_dict
 

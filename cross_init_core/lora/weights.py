@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..embedding import CrossInitEmbedding
-from ..errors import InvalidInputError
+from ..common.errors import InvalidInputError
+from ..embeddings.embedding import CrossInitEmbedding
 
 DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import CrossInitError
+from ..common.errors import CrossInitError
 from ..face.errors import FacePrepError, MissingDependencyError
 from ..face.images import split_batch, to_uint8
 from ..face.pixels import fit_in_square

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import host
-from ..errors import CrossInitError
+from ..common.errors import CrossInitError
+from ..common.prompt_text import scored_prompt
 from ..face.errors import ModelFilesError
 from ..face.images import split_batch
-from ..prompt_text import scored_prompt
 
 logger = logging.getLogger(__name__)
 

@@ -81,7 +81,7 @@ def _train_with_fault(core, m, emb, fault: str, clip=None):
         with torch.inference_mode():
             inside = torch_state()
             with pytest.raises(BaseException) as info:
-                core.training.train(m.model, clip or m.clip, m.vae, face_images(1), emb, settings(core, steps=STEPS, batch_size=1),
+                core.training.trainer.train(m.model, clip or m.clip, m.vae, face_images(1), emb, settings(core, steps=STEPS, batch_size=1),
                                     on_step=lambda s, t, loss: done.append(s))
             assert torch_state() == inside, "grad/inference mode or saved-tensor hooks not restored after the fault"
     finally:
@@ -100,7 +100,7 @@ def test_fault_at_step_k_leaves_the_host_exactly_as_it_was(core, tiny, fault):
     before = snapshot(m)
     exc, done, calls = _train_with_fault(core, m, emb, fault)
     _target, _action, _post, exc_type, message = FAULTS[fault]
-    assert type(exc).__name__ == exc_type or (fault == "out_of_memory" and isinstance(exc, core.errors.CrossInitError)), repr(exc)
+    assert type(exc).__name__ == exc_type or (fault == "out_of_memory" and isinstance(exc, core.common.errors.CrossInitError)), repr(exc)
     if fault != "out_of_memory":
         assert re.search(message, str(exc)), str(exc)
     # the fault hit step k: no step after it ran (Cancel pressed during step k stops at most after step k)
@@ -131,7 +131,7 @@ def test_out_of_memory_becomes_a_clear_error_that_suggests_the_memory_option(cor
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
     exc, _done, _calls = _train_with_fault(core, m, emb, "out_of_memory")
-    assert isinstance(exc, core.errors.CrossInitError), repr(exc)
+    assert isinstance(exc, core.common.errors.CrossInitError), repr(exc)
     message = str(exc)
     assert f"step {FAULT_STEP}" in message and "out of GPU memory" in message
     assert "memory" in message.split("out of GPU memory", 1)[1] and "VRAM" in message
@@ -145,11 +145,11 @@ def test_fault_inside_checkpointed_micro_batches_removes_every_instance_forward(
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
     before = snapshot(m)
-    memory = core.memory.MemorySettings(micro_batch=1, checkpointing=True)
+    memory = core.training.memory.MemorySettings(micro_batch=1, checkpointing=True)
     hook = KthCall(_unet_block(m), call, _raise(RuntimeError("injected micro-batch failure")))
     try:
         with torch.inference_mode(), pytest.raises(RuntimeError, match="injected micro-batch failure"):
-            core.training.train(m.model, m.clip, m.vae, face_images(2), emb, settings(core, steps=2, batch_size=2), memory=memory)
+            core.training.trainer.train(m.model, m.clip, m.vae, face_images(2), emb, settings(core, steps=2, batch_size=2), memory=memory)
     finally:
         hook.remove()
     assert_unchanged(before, m)

@@ -25,7 +25,7 @@ from reliability_state import node
 
 def _embedding(core, seed: int = 0, **metadata: str):
     gen = torch.Generator().manual_seed(seed)
-    return core.embedding.CrossInitEmbedding(vectors={"clip_l": torch.randn(2, 768, generator=gen)}, metadata=dict(metadata))
+    return core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_l": torch.randn(2, 768, generator=gen)}, metadata=dict(metadata))
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -57,7 +57,7 @@ def test_save_node_refuses_unsafe_names_and_writes_nothing_anywhere(core, embedd
     save = node("CrossInitSaveEmbedding")
     queued = save.validate_inputs(name=name, overwrite=True)
     assert isinstance(queued, str) and queued.startswith("name"), queued
-    with pytest.raises(core.errors.InvalidInputError, match=r"^name"):
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"^name"):
         save.execute(_embedding(core), name=name, overwrite=True)
     assert _tree(_base()) == before
 
@@ -82,8 +82,8 @@ def test_a_folder_squatting_on_the_name_is_a_clear_error_even_with_overwrite(cor
     squat.mkdir()
     (squat / "inside.txt").write_text("keep")
     for overwrite in (False, True):
-        with pytest.raises(core.errors.EmbeddingFileError, match=r"^name: .*face\.safetensors") as info:
-            core.embedding_io.save_embedding(_embedding(core), tmp_path, "face", overwrite=overwrite)
+        with pytest.raises(core.common.errors.EmbeddingFileError, match=r"^name: .*face\.safetensors") as info:
+            core.embeddings.embedding_io.save_embedding(_embedding(core), tmp_path, "face", overwrite=overwrite)
         assert "not a file" in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["face.safetensors"]
     assert (squat / "inside.txt").read_text() == "keep"
@@ -120,7 +120,7 @@ def test_sigkill_during_save_leaves_the_old_file_or_nothing_never_a_truncated_on
 
     old = None
     if overwrite:
-        old = core.embedding_io.save_embedding(_embedding(core, seed=1), tmp_path, "face").read_bytes()
+        old = core.embeddings.embedding_io.save_embedding(_embedding(core, seed=1), tmp_path, "face").read_bytes()
 
     def child() -> int:
         def half_then_die(path, data):
@@ -131,10 +131,10 @@ def test_sigkill_during_save_leaves_the_old_file_or_nothing_never_a_truncated_on
             os.kill(os.getpid(), signal.SIGKILL)
 
         if when == "mid_write":
-            core.atomic_files.write_synced = half_then_die
+            core.common.atomic_files.write_synced = half_then_die
         else:
             os.fsync = die_before_publish  # the data is complete; the kill lands before link/rename
-        core.embedding_io.save_embedding(_embedding(core, seed=2), tmp_path, "face", overwrite=overwrite)
+        core.embeddings.embedding_io.save_embedding(_embedding(core, seed=2), tmp_path, "face", overwrite=overwrite)
         return 0
 
     status = _fork(child)
@@ -144,14 +144,14 @@ def test_sigkill_during_save_leaves_the_old_file_or_nothing_never_a_truncated_on
         assert not final.exists()
     else:
         assert final.read_bytes() == old
-        assert torch.equal(core.embedding_io.load_embedding(final).vectors["clip_l"], _embedding(core, seed=1).vectors["clip_l"])
+        assert torch.equal(core.embeddings.embedding_io.load_embedding(final).vectors["clip_l"], _embedding(core, seed=1).vectors["clip_l"])
     # what the crash leaves is one hidden temp file, which ComfyUI does not list as an embedding
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "face.safetensors"]
     assert len(leftovers) == 1 and leftovers[0].startswith(".face.") and leftovers[0].endswith(".tmp"), leftovers
     assert not folder_paths.filter_files_extensions(leftovers, folder_paths.supported_pt_extensions)
     # and it does not block the name
-    core.embedding_io.save_embedding(_embedding(core, seed=3), tmp_path, "face", overwrite=True)
-    assert torch.equal(core.embedding_io.load_embedding(final).vectors["clip_l"], _embedding(core, seed=3).vectors["clip_l"])
+    core.embeddings.embedding_io.save_embedding(_embedding(core, seed=3), tmp_path, "face", overwrite=True)
+    assert torch.equal(core.embeddings.embedding_io.load_embedding(final).vectors["clip_l"], _embedding(core, seed=3).vectors["clip_l"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +181,8 @@ HOSTILE = {
 def test_hostile_safetensors_headers_are_a_clear_error(core, tmp_path, kind):
     path = tmp_path / f"{kind}.safetensors"
     path.write_bytes(HOSTILE[kind])
-    with pytest.raises(core.errors.EmbeddingFileError) as info:
-        core.embedding_io.load_embedding(path)
+    with pytest.raises(core.common.errors.EmbeddingFileError) as info:
+        core.embeddings.embedding_io.load_embedding(path)
     assert str(info.value).startswith(path.name), str(info.value)
 
 
@@ -196,8 +196,8 @@ def test_files_without_a_usable_embedding_are_a_clear_error(core, tmp_path, tens
 
     path = tmp_path / "keys.safetensors"
     save_file(tensors, str(path))
-    with pytest.raises(core.errors.EmbeddingFileError, match=rf"^keys\.safetensors: .*{needle}"):
-        core.embedding_io.load_embedding(path)
+    with pytest.raises(core.common.errors.EmbeddingFileError, match=rf"^keys\.safetensors: .*{needle}"):
+        core.embeddings.embedding_io.load_embedding(path)
 
 
 def test_load_node_never_runs_a_malicious_pickle(core, embeddings_dir, tmp_path):
@@ -212,7 +212,7 @@ def test_load_node_never_runs_a_malicious_pickle(core, embeddings_dir, tmp_path)
     name = f"evil_{uuid.uuid4().hex[:8]}"
     for suffix, payload in ((".pt", {"string_to_param": {"*": Evil()}}), (".bin", {"clip_l": Evil()})):
         (embeddings_dir / f"{name}{suffix}").write_bytes(pickle.dumps(payload, protocol=2))
-        with pytest.raises(core.errors.EmbeddingFileError, match="never executed"):
+        with pytest.raises(core.common.errors.EmbeddingFileError, match="never executed"):
             node("CrossInitLoadEmbedding").execute(name=f"{name}{suffix}")
         assert not marker.exists()
         (embeddings_dir / f"{name}{suffix}").unlink()
@@ -222,10 +222,10 @@ def test_load_node_never_runs_a_malicious_pickle(core, embeddings_dir, tmp_path)
 
 def test_load_node_reads_nothing_outside_the_embeddings_folders(core, embeddings_dir):
     outside = _base() / f"outside_{uuid.uuid4().hex[:8]}.safetensors"
-    core.embedding_io.save_embedding(_embedding(core), outside.parent, outside.stem)
+    core.embeddings.embedding_io.save_embedding(_embedding(core), outside.parent, outside.stem)
     try:
         for name in (f"../{outside.name}", str(outside), f"{embeddings_dir.name}/../../{outside.name}"):
-            with pytest.raises(core.errors.EmbeddingFileError, match=r"^name: .*not in the embeddings folders"):
+            with pytest.raises(core.common.errors.EmbeddingFileError, match=r"^name: .*not in the embeddings folders"):
                 node("CrossInitLoadEmbedding").execute(name=name)
     finally:
         outside.unlink()
@@ -245,8 +245,8 @@ def test_saves_of_one_name_racing_from_two_processes_one_wins_the_other_gets_exi
             while not go.exists():
                 time.sleep(0.0005)
             try:
-                core.embedding_io.save_embedding(_embedding(core, seed=10 + i, who=str(i)), folder, "face")
-            except core.errors.EmbeddingExistsError as exc:
+                core.embeddings.embedding_io.save_embedding(_embedding(core, seed=10 + i, who=str(i)), folder, "face")
+            except core.common.errors.EmbeddingExistsError as exc:
                 return 17 if "already exists" in str(exc) else 3
             return 0
         return child
@@ -269,7 +269,7 @@ def test_saves_of_one_name_racing_from_two_processes_one_wins_the_other_gets_exi
             t.join(70)
         codes = sorted(os.WEXITSTATUS(s) for s in statuses)
         assert codes == [0, 17], (round_, codes)
-        loaded = core.embedding_io.load_embedding(folder / "face.safetensors")
+        loaded = core.embeddings.embedding_io.load_embedding(folder / "face.safetensors")
         winner = int(loaded.metadata["who"])
         assert torch.equal(loaded.vectors["clip_l"], _embedding(core, seed=10 + winner).vectors["clip_l"])
         assert sorted(p.name for p in folder.iterdir()) == ["face.safetensors"]
@@ -295,10 +295,10 @@ def test_two_save_nodes_racing_on_one_name_one_wins_the_other_gets_exists(core, 
     for t in threads:
         t.join(30)
     errors = [r for r in results if isinstance(r, Exception)]
-    assert len(errors) == 1 and isinstance(errors[0], core.errors.EmbeddingExistsError), results
+    assert len(errors) == 1 and isinstance(errors[0], core.common.errors.EmbeddingExistsError), results
     assert str(errors[0]).startswith("name:") and "already exists" in str(errors[0])
     path = embeddings_dir / f"{name}.safetensors"
-    loaded = core.embedding_io.load_embedding(path)
+    loaded = core.embeddings.embedding_io.load_embedding(path)
     winner = int(loaded.metadata["who"])
     assert torch.equal(loaded.vectors["clip_l"], _embedding(core, seed=20 + winner).vectors["clip_l"])
     assert not [p for p in embeddings_dir.iterdir() if p.name.startswith(f".{name}.")]  # no temp left

@@ -40,7 +40,7 @@ def _train_node(core, m, images, emb, **overrides):
 def test_bad_images_are_refused_by_the_trainer_node_before_any_work(core, tiny, images, match):
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
-    with pytest.raises(core.errors.InvalidInputError, match=match) as info:
+    with pytest.raises(core.common.errors.InvalidInputError, match=match) as info:
         _train_node(core, m, images, emb)
     assert str(info.value).startswith("images:")
 
@@ -49,17 +49,17 @@ def test_non_square_extremes_are_centre_cropped_as_documented(core):
     """A 8x4096 strip is the smallest legal extreme: its centre square is used, resized to the resolution."""
     strip = torch.zeros(1, 8, 4096, 3)
     strip[:, :, 2044:2052] = 1.0  # only the centre 8x8 square is white
-    out = core.run_setup.prepare_pixels(strip, 64)
+    out = core.training.run_setup.prepare_pixels(strip, 64)
     assert out.shape == (1, 64, 64, 3)
     assert float(out.min()) > 0.99  # nothing of the black sides leaked in
     tall = torch.rand(2, 4096, 100, 4)
-    assert core.run_setup.prepare_pixels(tall, 64).shape == (2, 64, 64, 3)
+    assert core.training.run_setup.prepare_pixels(tall, 64).shape == (2, 64, 64, 3)
 
 
 def test_values_a_hair_outside_0_1_are_clamped_not_refused(core):
     images = torch.rand(1, 64, 64, 3)
     images[0, 0, 0] = torch.tensor([1.0005, -0.0005, 0.5])
-    out = core.run_setup.prepare_pixels(images, 64)
+    out = core.training.run_setup.prepare_pixels(images, 64)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
@@ -69,8 +69,8 @@ def test_values_a_hair_outside_0_1_are_clamped_not_refused(core):
     (torch.full((2, 64, 64), float("nan")), r"^masks: image\(s\) \[0, 1\] contain NaN"),
 ])
 def test_bad_masks_are_refused_naming_the_input(core, masks, match):
-    with pytest.raises(core.errors.InvalidInputError, match=match):
-        core.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.5)
+    with pytest.raises(core.common.errors.InvalidInputError, match=match):
+        core.training.run_setup.prepare_masks(masks, 2, 64, (8, 8), background_weight=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def test_bad_masks_are_refused_naming_the_input(core, masks, match):
 def test_bad_trainer_settings_are_refused_naming_the_input(core, tiny, override, name):
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
-    with pytest.raises(core.errors.InvalidInputError) as info:
+    with pytest.raises(core.common.errors.InvalidInputError) as info:
         _train_node(core, m, face_images(1), emb, **override)
     assert str(info.value).startswith(f"{name}:"), str(info.value)
     assert str(next(iter(override.values()))) in str(info.value) or name == "mode"
@@ -101,7 +101,7 @@ def test_bad_trainer_settings_are_refused_naming_the_input(core, tiny, override,
     ({"reg_weight": 0.0, "background_weight": -0.1}, "background_weight"),
 ])
 def test_bad_loss_settings_are_refused_naming_the_input(core, kwargs, name):
-    with pytest.raises(core.errors.InvalidInputError, match=rf"^{name}:"):
+    with pytest.raises(core.common.errors.InvalidInputError, match=rf"^{name}:"):
         node("CrossInitLossSettings").execute(**kwargs)
 
 
@@ -116,7 +116,7 @@ def test_bad_loss_settings_are_refused_naming_the_input(core, kwargs, name):
 ])
 def test_bad_init_settings_are_refused_naming_the_input(core, tiny, kwargs, name, needle):
     args = {"num_tokens": 2, "names": "Tom Hanks\nMeryl Streep", "source": "names", **kwargs}
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError) as info:
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError) as info:
         node("CrossInitEmbeddingInit").execute(clip=tiny("sd1").clip, **args)
     assert str(info.value).startswith(f"{name}:") and needle in str(info.value), str(info.value)
 
@@ -131,6 +131,6 @@ def test_bad_init_settings_are_refused_naming_the_input(core, tiny, kwargs, name
 def test_text_encode_node_refuses_a_missing_placeholder_naming_the_input(core, tiny, text, placeholder, name, needle):
     m = tiny("sd1")
     emb = init_embedding(core, m.clip)
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError) as info:
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError) as info:
         node("CrossInitCLIPTextEncode").execute(clip=m.clip, embedding=emb, text=text, placeholder=placeholder)
     assert str(info.value).startswith(f"{name}:") and needle in str(info.value), str(info.value)

@@ -106,7 +106,7 @@ def test_non_sd_text_encoder_is_refused_by_every_node_before_any_work(core, tiny
         "encode": lambda: node("CrossInitCLIPTextEncode").execute(clip=clip, embedding=emb, text="a photo of <face>"),
     }
     for what, call in calls.items():
-        with torch.inference_mode(), pytest.raises(core.errors.UnsupportedModelError) as info:
+        with torch.inference_mode(), pytest.raises(core.common.errors.UnsupportedModelError) as info:
             call()
         _assert_unsupported(info.value)
         assert no_work == {"load_models_gpu": 0, "encode_from_tokens": 0, "progress": 0}, (what, no_work)
@@ -116,7 +116,7 @@ def test_non_sd_text_encoder_is_refused_by_every_node_before_any_work(core, tiny
 @pytest.mark.parametrize("kind", ["sd3_t5_only", "flux"])
 def test_non_sd_text_encoder_error_names_the_encoder_class(core, tiny, foreign_clip, kind):
     """Host-level check too: the error names the encoder class, so the user sees which loader was wrong."""
-    with pytest.raises(core.errors.UnsupportedModelError) as info:
+    with pytest.raises(core.common.errors.UnsupportedModelError) as info:
         core.host.encoder_slots(foreign_clip(kind))
     _assert_unsupported(info.value)
     assert type(foreign_clip(kind).cond_stage_model).__qualname__ in str(info.value)
@@ -134,10 +134,10 @@ def test_sd1_unet_with_sd2_clip_of_another_width_is_refused_before_any_work(core
     sd1 = tiny("sd1")  # UNet context_dim 64
     clip = _wide_sd2_clip()  # clip_h 96 wide, like SD2's 1024 against SD1's 768
     with torch.inference_mode():
-        emb = core.initialization.cross_initialize(clip, 2, ["Tom Hanks", "Cher"])
+        emb = core.method.initialization.cross_initialize(clip, 2, ["Tom Hanks", "Cher"])
     vae = SpyVAE()
     _reset(no_work)
-    with torch.inference_mode(), pytest.raises(core.errors.UnsupportedModelError) as info:
+    with torch.inference_mode(), pytest.raises(core.common.errors.UnsupportedModelError) as info:
         node("CrossInitTrainer").execute(sd1.model, clip, vae, face_images(1), emb, "custom", 2, 1, 0.01, 0, resolution=64)
     message = str(info.value)
     assert message.startswith("model/clip") and "64" in message and "96" in message and "same checkpoint" in message
@@ -152,9 +152,9 @@ def test_sd1_unet_with_sd2_clip_of_another_width_is_refused_before_any_work(core
 def test_embedding_of_the_wrong_width_is_an_error_at_encode_never_ignored(core, tiny, no_work, family, widths, needle):
     """Stock ComfyUI prints a warning and drops a mismatched embedding; this node must refuse instead."""
     clip = tiny(family).clip
-    emb = core.embedding.CrossInitEmbedding(vectors={k: torch.randn(2, w) for k, w in widths.items()})
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors={k: torch.randn(2, w) for k, w in widths.items()})
     _reset(no_work)
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError) as info:
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError) as info:
         node("CrossInitCLIPTextEncode").execute(clip=clip, embedding=emb, text="a photo of <face> person")
     assert str(info.value).startswith("embedding:") and needle in str(info.value), str(info.value)
     assert no_work["encode_from_tokens"] == 0
@@ -162,9 +162,9 @@ def test_embedding_of_the_wrong_width_is_an_error_at_encode_never_ignored(core, 
 
 def test_embedding_of_the_wrong_width_is_refused_by_the_trainer_before_any_work(core, tiny, no_work):
     sd2 = tiny("sd2")
-    emb = core.embedding.CrossInitEmbedding(vectors={"clip_h": torch.randn(2, 1024)})
+    emb = core.embeddings.embedding.CrossInitEmbedding(vectors={"clip_h": torch.randn(2, 1024)})
     vae = SpyVAE()
     _reset(no_work)
-    with torch.inference_mode(), pytest.raises(core.errors.InvalidInputError, match=r"^embedding:.*clip_h is 1024 wide, not 64"):
+    with torch.inference_mode(), pytest.raises(core.common.errors.InvalidInputError, match=r"^embedding:.*clip_h is 1024 wide, not 64"):
         node("CrossInitTrainer").execute(sd2.model, sd2.clip, vae, face_images(1), emb, "custom", 2, 1, 0.01, 0, resolution=64)
     assert vae.calls == 0 and no_work == {"load_models_gpu": 0, "encode_from_tokens": 0, "progress": 0}

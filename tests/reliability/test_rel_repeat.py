@@ -53,8 +53,8 @@ def test_twenty_trainings_in_a_row_hold_no_more_objects_tensors_memory_or_files(
 
     def one_run(i: int) -> None:
         with torch.inference_mode():
-            result = core.training.train(m.model, m.clip, m.vae, images, emb, settings(core, steps=1 + i % 2, batch_size=1, seed=i))
-        saved.append(core.embedding_io.save_embedding(result.embedding, embeddings_dir, f"repeat_{tag}_{i:02d}"))
+            result = core.training.trainer.train(m.model, m.clip, m.vae, images, emb, settings(core, steps=1 + i % 2, batch_size=1, seed=i))
+        saved.append(core.embeddings.embedding_io.save_embedding(result.embedding, embeddings_dir, f"repeat_{tag}_{i:02d}"))
 
     def measure() -> dict[str, int]:
         gc.collect()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ... import __version__
-from ...settings import IntRange
+from ...common.settings import IntRange
 from ..common import (
     PROG,
     UsageError,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import CrossInitError
+from ...common.errors import CrossInitError
 from ..common import folder_problem, photo_problem
 from ..prompt_graph import CKPT_LOADER, PROMPT_SCORE, WORKFLOW_DIR, load_workflow, nodes_of
 from .graph import REQUIRED_NODES, checkpoint_loader_type

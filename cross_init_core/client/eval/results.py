@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...atomic_files import replace_atomically
-from ...errors import InvalidInputError
-from ...prompt_text import PLACEHOLDER, scored_prompt
-from ...text_table import format_table as table_lines
+from ...common.atomic_files import replace_atomically
+from ...common.errors import InvalidInputError
+from ...common.prompt_text import PLACEHOLDER, scored_prompt
+from ...common.text_table import format_table as table_lines
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ... import __version__
-from ...atomic_files import replace_atomically
-from ...settings import BATCH_SIZE, DETECTORS, MODES, PRESETS, RESOLUTION, SEED, STEPS, IntRange
+from ...common.atomic_files import replace_atomically
+from ...common.settings import BATCH_SIZE, DETECTORS, MODES, PRESETS, RESOLUTION, SEED, STEPS, IntRange
 from ..common import (
     EXIT_FAILED,
     EXIT_OK,

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...atomic_files import write_all
-from ...embedding_names import DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps
+from ...common.atomic_files import write_all
+from ...common.embedding_names import DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
 from ..common import upright_photo
 from ..preflight import preflight

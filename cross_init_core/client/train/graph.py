@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ...settings import LEGACY_DETECTORS, PRESETS
+from ...common.settings import LEGACY_DETECTORS, PRESETS
 from ..prompt_graph import (
     EMBEDDING_LOADER,
     FACE_PREP,

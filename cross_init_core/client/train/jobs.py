@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...embedding_names import MAX_RUN_STEPS, checkpoint_name, continued_steps, validate_name, validate_run_name
-from ...errors import CrossInitError
-from ...settings import checkpoint_steps
-from ...text_table import format_table
+from ...common.embedding_names import MAX_RUN_STEPS, checkpoint_name, continued_steps, validate_name, validate_run_name
+from ...common.errors import CrossInitError
+from ...common.settings import checkpoint_steps
+from ...common.text_table import format_table
 from ..common import IMAGE_SUFFIXES, UsageError, is_photo, photo_problem, photo_size
 from .files import RUN_ID_SUFFIX, file_metadata, new_run_id
 

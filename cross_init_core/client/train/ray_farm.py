@@ -190,10 +190,8 @@ def _init(ray: Any, address: str) -> bool:
     """Connects to the cluster; True when this run started it (and stops it at the end)."""
     import os
 
-    from ... import embedding_names
-
     # the client travels to the actors as code (no shared disk); the pack itself must be in the nodes' ComfyUI
-    package = Path(embedding_names.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[2]  # cross_init_core/
     runtime_env = {"py_modules": [str(package)], "excludes": ["__pycache__"]}
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if address == "local":

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import host
-from .embedding import CrossInitEmbedding
-from .errors import InvalidInputError
-from .personalized_encode import encode_prompt
-from .prompt_text import PLACEHOLDER
+from .. import host
+from ..common.errors import InvalidInputError
+from ..common.prompt_text import PLACEHOLDER
+from ..embeddings.embedding import CrossInitEmbedding
+from ..method.personalized_encode import encode_prompt
 
 log = logging.getLogger(__name__)
 

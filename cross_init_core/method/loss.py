@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from . import host
-from .run_setup import PreparedRun, StepDraw
+from .. import host
+from ..training.run_setup import PreparedRun, StepDraw
 
 
 def prediction_from_denoised(prediction: str, x_noisy: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TEMPLATES_FILE = Path(__file__).resolve().parent / "data" / "caption_templates.txt"
+TEMPLATES_FILE = Path(__file__).resolve().parents[1] / "data" / "caption_templates.txt"
 SUBJECT = "face of {} person"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .loss_scaling import LossScaler
+from ..training.loss_scaling import LossScaler
 
 log = logging.getLogger(__name__)
 

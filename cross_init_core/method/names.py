@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import InvalidInputError
+from ..common.errors import InvalidInputError
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # cross_init_core/data, shared with the client
 NAME_LIST_FILES = {
     "reference": DATA_DIR / "wiki_names_v2.txt",
     "pack": DATA_DIR / "celebrity_names.txt",

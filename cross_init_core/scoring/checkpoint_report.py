@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .embedding import CrossInitEmbedding
-from .embedding_names import trained_steps
-from .errors import InvalidInputError
-from .loss_plot import moving_average, plot_font, scale_to_pixels
-from .text_table import format_table
+from ..common.embedding_names import trained_steps
+from ..common.errors import InvalidInputError
+from ..common.text_table import format_table
+from ..embeddings.embedding import CrossInitEmbedding
+from ..training.loss_plot import moving_average, plot_font, scale_to_pixels
 
 DEFAULT_MARGIN = 0.01  # CLIP cosine: about a third of the prompt-score gap between the paper's methods
 RULE = ("checkpoints whose samples show no face are passed over; among the others whose prompt score is within {margin} "

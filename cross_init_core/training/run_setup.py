@@ -12,15 +12,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import host
-from .continuation import continue_from
-from .embedding import CrossInitEmbedding, check_matches_slots
-from .errors import InvalidInputError
-from .families import EncoderSlot
-from .optimizer_state import SavedOptimizerState
-from .prompt_tokens import PromptLayout, layout_prompt
-from .settings import LossSettings, TrainingSettings
-from .templates import CAPTION_TEMPLATES
+from .. import host
+from ..common.errors import InvalidInputError
+from ..common.families import EncoderSlot
+from ..common.settings import LossSettings, TrainingSettings
+from ..embeddings.continuation import continue_from
+from ..embeddings.embedding import CrossInitEmbedding, check_matches_slots
+from ..embeddings.optimizer_state import SavedOptimizerState
+from ..method.prompt_tokens import PromptLayout, layout_prompt
+from ..method.templates import CAPTION_TEMPLATES
 
 PLACEHOLDER = "{}"
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from . import host
-from .errors import InvalidInputError
-from .families import EncoderSlot
+from .. import host
+from ..common.errors import InvalidInputError
+from ..common.families import EncoderSlot
 
 SENTINEL_CANDIDATES = ("sks", "ohwx", "zwx", "xqz", "qwv")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import host
+from .. import host
 
 # Dynamic loss scaling for float16 UNets, torch.amp.GradScaler's rule: scale the loss, unscale the float32
 # gradients, skip a step whose gradients hold inf/NaN and halve the scale, double it after a run of good steps.

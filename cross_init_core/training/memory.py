@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from . import host
-from .errors import CrossInitError, InvalidInputError
+from .. import host
+from ..common.errors import CrossInitError, InvalidInputError
 
 MEMORY_CHOICES = ("auto", "4", "6", "8", "10", "12", "16", "24", "none")
 

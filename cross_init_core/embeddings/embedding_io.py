@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from . import atomic_files
+from ..common import atomic_files
+from ..common.embedding_names import CHECKPOINT_RE, DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps, validate_name
+from ..common.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
+from ..common.families import KEY_WIDTHS, WIDTH_KEYS, WIDTHS_MESSAGE
 from .embedding import CrossInitEmbedding
-from .embedding_names import CHECKPOINT_RE, DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps, validate_name
-from .errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
-from .families import KEY_WIDTHS, WIDTH_KEYS, WIDTHS_MESSAGE
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from . import host
-from .embedding import CrossInitEmbedding, check_matches_slots
-from .prompt_text import PLACEHOLDER
+from .. import host
+from ..common.prompt_text import PLACEHOLDER
+from ..embeddings.embedding import CrossInitEmbedding, check_matches_slots
 from .prompt_tokens import layout_prompt
 
 

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
-from . import host, optimizer_state
-from . import names as name_lists
+from .. import host
+from ..common.embedding_names import continued_steps
+from ..common.errors import InvalidInputError
+from ..common.families import FAMILIES, family_of
+from ..method import names as name_lists
+from ..method.initialization import cross_initialize
+from . import optimizer_state
 from .embedding import CrossInitEmbedding
-from .embedding_names import continued_steps
-from .errors import InvalidInputError
-from .families import FAMILIES, family_of
-from .initialization import cross_initialize
 from .optimizer_state import SavedOptimizerState
 
 log = logging.getLogger(__name__)

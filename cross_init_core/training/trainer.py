@@ -29,14 +29,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__, families, host, optimizer_state
-from .embedding import CrossInitEmbedding
-from .errors import InvalidInputError, TrainingDivergedError
-from .loss import StepLoss
+from .. import __version__, host
+from ..common import families
+from ..common.errors import InvalidInputError, TrainingDivergedError
+from ..common.settings import LossSettings, TrainingSettings, checkpoint_steps
+from ..embeddings import optimizer_state
+from ..embeddings.embedding import CrossInitEmbedding
+from ..method.loss import StepLoss
 from .loss_scaling import LossScaler
 from .memory import DevicePeak, MemoryPlan, MemorySettings, out_of_memory_error, plan_for_run
 from .run_setup import PreparedRun, StepDraw, prepare_run
-from .settings import LossSettings, TrainingSettings, checkpoint_steps
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import InvalidInputError
-from .families import ENCODER_WIDTHS, SDXL, family_of
+from ..common.errors import InvalidInputError
+from ..common.families import ENCODER_WIDTHS, SDXL, family_of
 
 
 @dataclass

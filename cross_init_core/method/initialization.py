@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from . import host
+from .. import host
+from ..common.errors import InvalidInputError
+from ..common.families import EncoderSlot
+from ..embeddings.embedding import CrossInitEmbedding
 from . import names as name_lists
-from .embedding import CrossInitEmbedding
-from .errors import InvalidInputError
-from .families import EncoderSlot
 
 log = logging.getLogger(__name__)
 
