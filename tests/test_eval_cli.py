@@ -115,7 +115,8 @@ def test_help_names_every_option(ev):
     code, stdout, _stderr = run(ev, ["eval", "--help"])
     assert code == 0
     for option in ("--checkpoint", "--embedding", "--faces", "--prompts", "--per-prompt", "--seed", "--no-prompt-score",
-                   "--clip-model", "--identity-backend", "--server", "exit codes", "130 stopped with Ctrl-C"):
+                   "--clip-model", "--identity-backend", "--server", "--lora", "--lora-strength", "EMBEDDING+lora_LORA",
+                   "exit codes", "130 stopped with Ctrl-C"):
         assert option in stdout
 
 
