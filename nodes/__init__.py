@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .checkpoint_report import CrossInitCheckpointReport
+from .checkpoint_report import CrossInitCheckpointReport, CrossInitLoraCheckpointReport
 from .embedding_files import CrossInitLoadEmbedding, CrossInitSaveEmbedding
 from .embedding_init import CrossInitEmbeddingInit
 from .face_prep import CrossInitFacePrep
@@ -32,4 +32,5 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     CrossInitPivotalLora,
     CrossInitSaveLora,
     CrossInitLoadLoraToken,
+    CrossInitLoraCheckpointReport,
 ]

@@ -4,10 +4,13 @@ ComfyUI's template browser shows `<name>.jpg` beside `<name>.json`. Run the brow
 oldest host lane (`bash scripts/test.sh --lane oldest tests/test_browser.py`; each lane overwrites the
 screenshots with its own frontend's), which leaves test-output/browser/<name>.png, then
 `$VENV/bin/python scripts/make_thumbnails.py`. The graph is cropped out of the editor chrome.
+For some workflows only (a browser run with `-k NAME` leaves only their screenshots):
+`$VENV/bin/python scripts/make_thumbnails.py cross_init_pivotal`.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -36,10 +39,18 @@ def graph_box(image: Image.Image) -> tuple[int, int, int, int]:
     return (x0, y0, min(width, left + xs.max() + PAD), min(height, top + ys.max() + PAD))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="workflow file stems (default: every workflows/*.json)")
+    args = parser.parse_args(argv)
+    workflows = sorted((REPO / "workflows").glob("*.json"))
+    unknown = sorted(set(args.names) - {w.stem for w in workflows})
+    if unknown:
+        log.error("no workflows/<name>.json for %s", ", ".join(unknown))
+        return 1
     made = 0
-    for workflow in sorted((REPO / "workflows").glob("*.json")):
+    for workflow in (w for w in workflows if not args.names or w.stem in args.names):
         shot = SHOTS / f"{workflow.stem}.png"
         if not shot.exists():
             log.error("%s: no screenshot at %s; run the browser test first", workflow.name, shot)

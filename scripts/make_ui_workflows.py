@@ -70,12 +70,18 @@ PAPER_SAMPLING = Sampling(steps=50, cfg=7.5, sampler="dpmpp_2m", scheduler="sgm_
                           negative="")
 
 
+# The pivotal workflow compares the token alone with token + LoRA on a plain and an edited prompt of the paper's
+# evaluation list; a style edit shows best whether the LoRA costs the token its editability.
+PIVOTAL_SAMPLING = DEFAULT_SAMPLING._replace(prompts=("a photo of a <face> person", "cubism painting of a <face> person"))
+
+
 class Workflow(NamedTuple):
     """One shipped workflow: trainer mode, checkpoint, and the pixel size used for training, face crops and renders.
 
-    `kind` is "train" (photo -> embedding -> renders) or "eval" (embedding -> renders -> identity and prompt
-    scores). (A NamedTuple, not a dataclass: tests load this script with importlib without registering it in
-    sys.modules.)
+    `kind` is "train" (photo -> embedding -> renders), "eval" (embedding -> renders -> identity and prompt
+    scores), "checkpoints" (train -> score each checkpoint -> save the best) or "pivotal" (train the token, then a
+    LoRA around it; renders of both side by side). (A NamedTuple, not a dataclass: tests load this script with
+    importlib without registering it in sys.modules.)
     """
 
     mode: str
@@ -93,6 +99,7 @@ WORKFLOWS = {  # file stem -> workflow
     "cross_init_paper": Workflow("full", checkpoint=PAPER_CHECKPOINT, note="paper", sampling=PAPER_SAMPLING),
     "cross_init_eval": Workflow("", checkpoint=PAPER_CHECKPOINT, note="eval", sampling=PAPER_SAMPLING, kind="eval"),
     "cross_init_checkpoints": Workflow("full", note="checkpoints", kind="checkpoints"),
+    "cross_init_pivotal": Workflow("fast", note="pivotal", sampling=PIVOTAL_SAMPLING, kind="pivotal"),
 }
 FACE_IMAGE = "face.png"
 EMBEDDING_NAME = "my_face"
@@ -106,6 +113,9 @@ CLIP_SCORING_MODEL = "clip-vit-base-patch32"
 # two edited prompts of the paper's evaluation list
 SAVE_EVERY = 80
 CHECKPOINT_PROMPTS = ("a photo of a <face> person", "a <face> person on the beach", "cubism painting of a <face> person")
+# the pivotal workflow's file name: not EMBEDDING_NAME, so it does not collide with the token of cross_init_fast
+# (Save LoRA also writes models/embeddings/NAME)
+PIVOTAL_NAME = "my_face_lora"
 # editor-only nodes: never executed, skipped by the API conversion
 NOTE_TEXT = (
     "Cross-Init: a personal face token in seconds (Cross Initialization textual inversion).\n\n"
@@ -171,8 +181,28 @@ CHECKPOINTS_NOTE_TEXT = (
     "Going on later: Cross-Init Load Embedding (press R to list new files) into the trainer's embedding input in place "
     "of Embedding Init; mode custom with steps = the steps to add; in Save a new name, or overwrite on."
 )
+PIVOTAL_NOTE_TEXT = (
+    "Cross-Init + pivotal LoRA (experimental): your face token alone, and the same token with a small LoRA trained "
+    "around it, side by side.\n\n"
+    "1. Load Checkpoint: the SD 1.x / 2.x checkpoint you will generate with (SDXL: set Face Prep's crop_size, both "
+    "trainers' resolution and the latent to 1024).\n"
+    "2. Face photo: as in cross_init_fast (several photos: Load Image Dataset from Folder into Face Prep's image).\n"
+    "3. Run. Train the token: Cross-Init, {mode}. Train a LoRA: Cross-Init Pivotal LoRA, fast preset (rank 16, 300 "
+    "steps of batch 4) on the UNet's attention around that token, which stays as it is (token_learning_rate 0).\n"
+    "4. Compare: each prompt is sampled twice, with the same seed, settings and conditioning: left with your model "
+    "(the token alone), right with the LoRA stage's model (token + LoRA). A plain prompt and a style edit of the "
+    "paper's list: the edit shows whether the LoRA costs editability. The four seeds are fixed and equal: to compare "
+    "at another seed, type it into all four samplers.\n"
+    "5. Save LoRA writes models/loras/{lora_name}.safetensors (the token bundled) and "
+    "models/embeddings/{lora_name}.safetensors. Later: stock Load LoRA with {lora_name} and embedding:{lora_name} in "
+    "the prompt, or Cross-Init Load LoRA + Token.\n\n"
+    "Save LoRA never replaces a file, and checks the name only when it saves, after training: pick a new name before "
+    "Run (or turn on overwrite).\n"
+    "Better likeness with the LoRA is what users of pivotal tuning report; this pack has not measured it. Judge "
+    "from the pictures."
+)
 NOTES = {"sd": NOTE_TEXT, "sdxl": SDXL_NOTE_TEXT, "paper": PAPER_NOTE_TEXT, "eval": EVAL_NOTE_TEXT,
-         "checkpoints": CHECKPOINTS_NOTE_TEXT}
+         "checkpoints": CHECKPOINTS_NOTE_TEXT, "pivotal": PIVOTAL_NOTE_TEXT}
 MODE_TEXT = {"fast": "fast preset: 25 steps", "full": "full preset: 320 steps, the paper's setting", "": ""}
 
 log = logging.getLogger("make_ui_workflows")
@@ -191,6 +221,9 @@ STAGE_TITLES = {
 }
 TRAIN_STAGE_TITLES = {"inputs": STAGE_TITLES["inputs"], "train": STAGE_TITLES["train"], "sample": STAGE_TITLES["sample"],
                       "save": "4. Save the token"}
+PIVOTAL_STAGE_TITLES = {"inputs": STAGE_TITLES["inputs"], "train": STAGE_TITLES["train"],
+                        "lora": "3. Train a LoRA around the token", "sample": "4. Token alone | token + LoRA",
+                        "save": "5. Save LoRA + token"}
 EVAL_STAGE_TITLES = {"inputs": "1. Model, embedding and reference photo", "sample": "2. Sample with the embedding",
                      "score": "3. Score the samples"}
 DEFAULT_STAGES = {
@@ -200,6 +233,7 @@ DEFAULT_STAGES = {
     "VAEDecode": "sample", "SaveImage": "sample", "PreviewImage": "sample", "PrimitiveStringMultiline": "sample",
     "CrossInitSampleBatch": "score", "CrossInitIdentityScore": "score", "CrossInitPromptScore": "score", "PreviewAny": "score",
     "CrossInitCheckpointReport": "save", "CrossInitSaveEmbedding": "save",
+    "CrossInitPivotalLora": "lora", "ImageStitch": "sample", "CrossInitSaveLora": "save",
 }
 # a stock text node on every supported host ("String (Multiline)" in 0.3.75, "Text (Multiline)" in 0.33)
 TEXT_NODE = "PrimitiveStringMultiline"
@@ -212,9 +246,10 @@ class Graph:
         self.nodes: dict[str, dict[str, Any]] = {}
         self.stages: dict[str, str] = {}
         self.stage_titles = stage_titles
+        self.seed_controls: dict[str, str] = {}  # node id -> the editor's control_after_generate, where not the default
 
     def add(self, class_type: str, inputs: dict[str, Any], title: str | None = None, defaults: bool = False,
-            stage: str | None = None) -> str:
+            stage: str | None = None, seed_control: str | None = None) -> str:
         info = workflow_ui.node_info(class_type)
         if defaults:  # widgets not given take the node's defaults (for nodes wired generically)
             for slot in workflow_ui.input_slots(info):
@@ -223,6 +258,8 @@ class Graph:
         node_id = str(len(self.nodes) + 1)
         self.nodes[node_id] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": title or info["display_name"]}}
         self.stages[node_id] = stage or DEFAULT_STAGES[class_type]
+        if seed_control:
+            self.seed_controls[node_id] = seed_control
         return node_id
 
 
@@ -398,6 +435,54 @@ def build_eval_workflow(checkpoint: str = PAPER_CHECKPOINT, resolution: int = 51
     return g
 
 
+def build_pivotal_workflow(mode: str = "fast", checkpoint: str = CHECKPOINT, resolution: int = 512,
+                           sampling: Sampling = PIVOTAL_SAMPLING) -> Graph:
+    """Checkpoint + face photo -> Cross-Init token -> Pivotal LoRA around it -> LoRA (token bundled) saved; each of
+    the two prompts sampled with the host model (token alone) and with the stage's model (token + LoRA), same seed,
+    settings and conditioning, stitched side by side."""
+    g = Graph(PIVOTAL_STAGE_TITLES)
+    t = add_training(g, mode, FACE_PREP_NODE, checkpoint, resolution)
+    # the pivot is the trainer's token; no loss settings: they change nothing while the token stays frozen and the
+    # masks are unused (background_weight 1)
+    stage = g.add("CrossInitPivotalLora", {"model": t.model, "clip": t.clip, "vae": t.vae, "images": t.images,
+                                           "embedding": [t.trainer, 0], "mode": "fast"}, defaults=True)
+    g.nodes[stage]["inputs"]["resolution"] = resolution  # in place: keeps the definition's input order
+    models = {"token": t.model, "token + LoRA": [stage, 1]}
+    encoders = {}
+    for what, text in zip(("plain", "edit"), sampling.prompts, strict=True):
+        encoders[what] = g.add("CrossInitCLIPTextEncode", {"clip": t.clip, "embedding": [t.trainer, 0], "text": text,
+                                                           "placeholder": "<face>"},
+                               title=f"{what.capitalize()} prompt (<face>)")
+    negative = g.add("CLIPTextEncode", {"text": sampling.negative, "clip": t.clip}, title="Negative prompt")
+    latent = g.add("EmptyLatentImage", {"width": resolution, "height": resolution, "batch_size": 1})
+    samplers = {}
+    for what, positive in encoders.items():
+        for model_name, model in models.items():
+            # fixed: a pair keeps one seed run after run (randomize would draw each sampler's own)
+            samplers[(what, model_name)] = g.add("KSampler", {
+                "model": model, "seed": SAMPLER_SEED, **_sampler_widgets(sampling),
+                "positive": [positive, 0], "negative": [negative, 0], "latent_image": [latent, 0], "denoise": 1.0,
+            }, title=f"KSampler ({what}, {model_name})", seed_control="fixed")
+    decoded = {key: g.add("VAEDecode", {"samples": [sampler, 0], "vae": t.vae}, title=f"VAE Decode ({key[0]}, {key[1]})")
+               for key, sampler in samplers.items()}
+    # match_image_size off: both come from one latent, so the sizes match, and matching would pass the right-hand
+    # picture alone through a lanczos resize (rounded to 8 bits)
+    stitched = {what: g.add("ImageStitch", {"image1": [decoded[(what, "token")], 0], "direction": "right",
+                                            "match_image_size": False, "spacing_width": 0, "spacing_color": "white",
+                                            "image2": [decoded[(what, "token + LoRA")], 0]},
+                            title=f"Side by side ({what})")
+                for what in encoders}
+    for what, image in stitched.items():
+        g.add("SaveImage", {"images": [image, 0], "filename_prefix": f"cross_init_pivotal/{what}"},
+              title=f"{what.capitalize()}: token | token + LoRA")
+    g.add("CrossInitSaveLora", {"lora": [stage, 0], "name": PIVOTAL_NAME, "overwrite": False}, defaults=True)
+    g.add("PreviewImage", {"images": [t.trainer, 1]}, title="Training loss (token)", stage="train")
+    g.add("PreviewImage", {"images": [stage, 3]}, title="Training loss (LoRA)", stage="lora")
+    if t.prep_preview:
+        g.add("PreviewImage", {"images": t.prep_preview}, title="Detected faces", stage="inputs")
+    return g
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 
@@ -414,14 +499,17 @@ def render_all() -> dict[Path, str]:
             graph = build_eval_workflow(workflow.checkpoint, workflow.resolution, workflow.sampling)
         elif workflow.kind == "checkpoints":
             graph = build_checkpoints_workflow(workflow.mode, workflow.checkpoint, workflow.resolution, workflow.sampling)
+        elif workflow.kind == "pivotal":
+            graph = build_pivotal_workflow(workflow.mode, workflow.checkpoint, workflow.resolution, workflow.sampling)
         else:
             graph = build_api_workflow(workflow.mode, checkpoint=workflow.checkpoint, resolution=workflow.resolution,
                                        sampling=workflow.sampling)
         api_text = dumps(graph.nodes)
         files[API_DIR / f"{stem}.json"] = api_text
-        note = NOTES[workflow.note].format(mode=MODE_TEXT[workflow.mode], name=EMBEDDING_NAME, every=SAVE_EVERY)
+        note = NOTES[workflow.note].format(mode=MODE_TEXT[workflow.mode], name=EMBEDDING_NAME, every=SAVE_EVERY,
+                                           lora_name=PIVOTAL_NAME)
         ui_text = dumps(workflow_ui.api_to_ui(json.loads(api_text), note=note, stages=graph.stages,
-                                              stage_titles=graph.stage_titles))
+                                              stage_titles=graph.stage_titles, seed_controls=graph.seed_controls))
         for folder in UI_DIRS:
             files[folder / f"{stem}.json"] = ui_text
     return files

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 # `control_after_generate` values the UI stores after seed widgets: a fixed trainer seed keeps the trained
-# embedding cached while prompts change; the samplers draw new images on every queue.
-SEED_CONTROL = {"CrossInitTrainer": "fixed"}
+# embedding (and LoRA) cached while prompts change; the samplers draw new images on every queue unless a graph
+# fixes a node's (api_to_ui's `seed_controls`).
+SEED_CONTROL = {"CrossInitTrainer": "fixed", "CrossInitPivotalLora": "fixed"}
 DEFAULT_SEED_CONTROL = "randomize"
 
 
@@ -55,12 +56,12 @@ class Slot:
         self.combo_options = kind if isinstance(kind, list) else list(self.options.get("options", []))
         self.is_widget = (self.is_combo or self.type in WIDGET_TYPES) and not self.options.get("forceInput", False)
 
-    def extra_widget_values(self, class_type: str) -> list[Any]:
+    def extra_widget_values(self, class_type: str, seed_control: str | None = None) -> list[Any]:
         """Values of the widgets the editor adds right after this one (seed control, upload button)."""
         extra: list[Any] = []
         control = self.options.get("control_after_generate")
         if self.is_widget and (control or (self.type == "INT" and self.name in ("seed", "noise_seed"))):
-            extra.append(SEED_CONTROL.get(class_type, DEFAULT_SEED_CONTROL))
+            extra.append(seed_control or SEED_CONTROL.get(class_type, DEFAULT_SEED_CONTROL))
         if self.options.get("image_upload"):
             extra.append("image")
         for upload in ("video_upload", "audio_upload", "animated_image_upload"):
@@ -167,9 +168,12 @@ def _size(class_type: str, slots: list[Slot], n_outputs: int, title: str = "") -
 
 
 def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None,
-              stages: dict[str, str] | None = None, stage_titles: dict[str, str] | None = None) -> dict[str, Any]:
+              stages: dict[str, str] | None = None, stage_titles: dict[str, str] | None = None,
+              seed_controls: dict[str, str] | None = None) -> dict[str, Any]:
     """The editor's workflow JSON (schema version 0.4) for an API-format prompt. `stages` (node id -> stage, in
-    `stage_titles`' order) places each stage's nodes in a block of their own, left to right, framed by a group."""
+    `stage_titles`' order) places each stage's nodes in a block of their own, left to right, framed by a group.
+    `seed_controls` (node id -> "fixed", ...) overrides SEED_CONTROL for single nodes."""
+    seed_controls = seed_controls or {}
     order = _topological_order(api)
     column = _columns(api, order)
     links: list[list[Any]] = []
@@ -236,7 +240,7 @@ def api_to_ui(api: dict[str, dict[str, Any]], note: str | None = None,
                 continue
             value = node["inputs"].get(slot.name, slot.default())
             ui["widgets_values"].append(slot.default() if _is_link(value) else value)
-            ui["widgets_values"].extend(slot.extra_widget_values(node["class_type"]))
+            ui["widgets_values"].extend(slot.extra_widget_values(node["class_type"], seed_controls.get(node_id)))
     groups: list[dict[str, Any]] = []
     if stages and stage_titles:
         groups = _place_stages(api, ui_nodes, stages, stage_titles)

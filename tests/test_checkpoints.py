@@ -338,6 +338,103 @@ def test_the_report_plot_marks_the_best_step(core):
     assert columns.numel() and abs(float(columns.float().mean()) - expected) <= 2
 
 
+def _lora_ckpt(core, step, losses):
+    lora = core.lora.weights.LoraModel({"lora_unet_x.alpha": torch.tensor(1.0)}, {"steps": str(step)},
+                                       embedding=_ckpt(core, 320, []))
+    lora.loss_history = [(loss, 0.0) for loss in losses]
+    lora.loss_steps = list(range(1, len(losses) + 1))
+    return lora
+
+
+def test_the_lora_report_picks_the_lora_step_by_the_same_rule(core):
+    """The LoRA stage's checkpoints with the numbers of the token test above: the same step wins (240: the best
+    identity among the steps within 0.01 of the best prompt score), the faceless one is passed over, and the JSON says
+    whose checkpoints they are and gives the same rule."""
+    build = core.scoring.checkpoint_report.build_report
+    losses = [1.0 - i / 400 for i in range(320)]
+    loras = [_lora_ckpt(core, s, losses[:s]) for s in (80, 160, 240, 320)]
+    identity = [_identity(v) for v in (0.30, 0.42, 0.55, 0.60)]
+    prompt = [_prompt(v) for v in (0.300, 0.296, 0.291, 0.270)]
+    report = build(loras, identity, prompt, margin=0.01, stage="lora")
+    tokens = build([_ckpt(core, s, losses[:s]) for s in (80, 160, 240, 320)], identity, prompt, margin=0.01)
+    assert report.rows[report.best].step == 240 == tokens.rows[tokens.best].step
+    assert [r.best for r in report.rows] == [False, False, True, False]
+    assert build(loras, identity, prompt, margin=0.0, stage="lora").rows[0].best  # the prompt score alone decides
+    assert build(loras, identity, prompt, margin=1.0, stage="lora").rows[3].best  # the identity alone
+    data = json.loads(report.as_json())
+    assert data["stage"] == "lora" and json.loads(tokens.as_json())["stage"] == "token"
+    assert data["rule"] == json.loads(tokens.as_json())["rule"] and "show no face are passed over" in data["rule"]
+    assert data["checkpoints"][1]["loss"] == pytest.approx(sum(losses[150:160]) / 10)
+    # identities 0.55 / 0.50 / no face, prompt scores 0.280 / 0.285 / 0.300: the faceless step 240 is passed over
+    faceless = build(loras[:3], [_identity(v) for v in (0.55, 0.50, None)], [_prompt(v) for v in (0.280, 0.285, 0.300)],
+                     margin=0.01, stage="lora")
+    assert faceless.rows[faceless.best].step == 80
+    plain = {"lora_unet_x.alpha": torch.tensor(1.0)}  # a LORA_MODEL without metadata (core Train LoRA's): no step
+    with pytest.raises(core.common.errors.InvalidInputError, match="Cross-Init Pivotal LoRA's checkpoints output"):
+        build([plain], [], [], stage="lora")
+
+
+def test_lora_report_node_picks_the_best_lora_in_a_graph_and_save_lora_writes_it(pack, core, tiny, embeddings_dir):
+    """On tiny models, as ComfyUI runs it: the LoRA stage keeps a checkpoint every step, each is sampled with core Load
+    LoRA Model and scored by the prompt score (no face in tiny-model noise: the prompt score decides), and the LoRA
+    report's best is the LoRA of the best-scored step, which Cross-Init Save LoRA writes."""
+    from pathlib import Path
+
+    import folder_paths
+    from helpers import save_tiny_clip
+    from safetensors.torch import load_file
+
+    clip_folder = Path(folder_paths.get_folder_paths("clip_scoring")[-1]) / "clip-vit-base-patch32"
+    if not (clip_folder / "config.json").is_file():
+        save_tiny_clip(clip_folder, seed=11)
+    wr.install_face_image("lora_report_face.png", 64)
+    loader = {"model": ["1", 0], "lora": ["4", 4], "strength_model": 1.0}
+    if any(name == "bypass" for name, _spec, _optional in wr.defined_inputs("LoraModelLoader")):
+        loader["bypass"] = False  # ComfyUI 0.33's extra input
+    text = "a photo of a person on the beach"
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "lora_report_face.png"}},
+        "3": {"class_type": "CrossInitEmbeddingInit", "inputs": {"clip": ["1", 1], "num_tokens": 2, "names": "", "source": "names"}},
+        "4": {"class_type": "CrossInitPivotalLora", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "embedding": ["3", 0], "mode": "custom",
+            "rank": 2, "alpha": 2.0, "learning_rate": 0.05, "steps": 3, "batch_size": 1, "token_learning_rate": 0.0,
+            "seed": 0, "resolution": 64, "save_every": 1, "preview_every": 0}},
+        "5": {"class_type": "LoraModelLoader", "inputs": loader},  # once per checkpoint (a list)
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "9": {"class_type": "KSampler", "inputs": {"model": ["5", 0], "seed": 3, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+                                                  "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+                                                  "latent_image": ["8", 0], "denoise": 1.0}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+        "11": {"class_type": "CrossInitPromptScore", "inputs": {"images": ["10", 0], "prompt": text,
+                                                                "model": "clip-vit-base-patch32"}},
+        "12": {"class_type": "CrossInitLoraCheckpointReport", "inputs": {"checkpoints": ["4", 4], "prompt": ["11", 1],
+                                                                         "prompt_tolerance": 0.01}},
+        "13": {"class_type": "CrossInitSaveLora", "inputs": {"lora": ["12", 3], "name": "lora_report_best", "overwrite": True}},
+    }
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]):
+        executor = wr.execute(prompt)
+    assert executor.success, wr.failure(executor)
+    data = json.loads(wr.node_output(executor, "12", 1))
+    assert data["stage"] == "lora" and [c["step"] for c in data["checkpoints"]] == [1, 2, 3]
+    prompts = [c["prompt"] for c in data["checkpoints"]]
+    assert all(isinstance(v, float) for v in prompts) and len(set(prompts)) == 3  # each step's LoRA samples differently
+    best = max(range(3), key=lambda i: (prompts[i], -i))  # no face anywhere: the best prompt score decides
+    assert data["best_step"] == best + 1
+    lora = wr.node_output(executor, "12", 3)
+    assert lora.metadata["steps"] == str(best + 1)
+    # each checkpoint's loss: the mean of its own steps' losses (the history the LoRA carries up to its step)
+    assert len(lora.loss_history) == best + 1 and lora.loss_steps == list(range(1, best + 2))
+    assert data["checkpoints"][best]["loss"] == pytest.approx(sum(loss for loss, _ in lora.loss_history) / (best + 1))
+    assert wr.node_output(executor, "12", 4) is lora.embedding  # the token it was trained around
+    loras_folder = Path(folder_paths.get_folder_paths("loras")[0])
+    saved = load_file(str(loras_folder / "lora_report_best.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in lora.items())
+    assert "<- best" in wr.node_output(executor, "12", 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Continuing a saved run
 

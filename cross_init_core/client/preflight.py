@@ -25,6 +25,11 @@ class ServerNodes:
         """(combo options or None, widget options) of one input of one node type."""
         return combo_options(self.infos.get(class_type), input_name)
 
+    def files(self, class_type: str, input_name: str) -> list[str]:
+        """The model files a loader node offers in its combo `input_name` (its folder's listing); [] without the node."""
+        listed, _ = self.options(class_type, input_name)
+        return [str(name) for name in listed or []]
+
     def inputs(self, class_type: str) -> set[str]:
         sections = (self.infos.get(class_type) or {}).get("input") or {}
         return {*sections.get("required", {}), *sections.get("optional", {})}

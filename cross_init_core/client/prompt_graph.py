@@ -28,6 +28,7 @@ EMBEDDING_LOADER = "CrossInitLoadEmbedding"
 ENCODER = "CrossInitCLIPTextEncode"
 IDENTITY = "CrossInitIdentityScore"
 PROMPT_SCORE = "CrossInitPromptScore"
+LORA_LOADER = "CrossInitLoadLoraToken"  # a LoRA file from models/loras onto the MODEL (refuses one that does not fit)
 TEXT_PREVIEW = "PreviewAny"
 
 

@@ -95,6 +95,7 @@ class LoraStage:
         self.losses: list[float] = []
         self.regs: list[float] = []
         self.skipped: list[int] = []
+        self.loss_steps: list[int] = []  # the step (1-based) of each loss (fp16 skipped steps leave gaps)
         self.checkpoints: list[LoraModel] = []
         self.seconds = 0.0
         self.shared_metadata: dict[str, str] = {}
@@ -225,6 +226,7 @@ class LoraStage:
                 embedding=self.run.embedding, step=step)
         self.losses.append(value)
         self.regs.append(float(reg))
+        self.loss_steps.append(step + 1)
         if self.on_step is not None:
             self.on_step(step + 1, self.settings.steps, value)
 
@@ -269,7 +271,11 @@ class LoraStage:
         metadata = {**self.shared_metadata, "steps": str(steps_done)}
         if self.scaler.enabled:
             metadata["fp16_skipped_steps"] = str(sum(1 for s in self.skipped if s < steps_done))
-        return LoraModel(tensors, metadata, self.token_at(token, steps_done))
+        lora = LoraModel(tensors, metadata, self.token_at(token, steps_done))
+        kept = sum(1 for s in self.loss_steps if s <= steps_done)  # the history up to this step, for the checkpoint report
+        lora.loss_history = list(zip(self.losses[:kept], self.regs[:kept], strict=True))
+        lora.loss_steps = self.loss_steps[:kept]
+        return lora
 
     def result(self, model: Any, peak_vram_mib: float | None) -> LoraResult:
         """The run's LoRA, token and history; `model` (the caller's MODEL, which may stream its weights where the run

@@ -22,13 +22,17 @@ DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 class LoraModel(dict):  # type: ignore[type-arg]
     """A kohya-layout LoRA state dict (ComfyUI's LORA_MODEL value) with the run's `metadata` (file metadata:
-    rank, alpha, steps, ...) and the `embedding` (the token at the same step) it was trained around."""
+    rank, alpha, steps, ...), the `embedding` (the token at the same step) it was trained around, and the loss history
+    up to its step as a token's (`loss_history` (loss, reg) pairs, `loss_steps` their steps), for the checkpoint
+    report."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
                  embedding: CrossInitEmbedding | None = None) -> None:
         super().__init__(tensors)
         self.metadata: dict[str, str] = dict(metadata or {})
         self.embedding = embedding
+        self.loss_history: list[tuple[float, float]] = []
+        self.loss_steps: list[int] = []
 
 
 def initial_weights(targets: Sequence[Any], rank: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

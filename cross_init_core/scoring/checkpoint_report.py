@@ -1,5 +1,6 @@
 """Picking the best step: the checkpoints of one run with the identity and prompt scores of their samples, as a table
-(JSON and text), a plot (identity, prompt score and loss against step) and the best checkpoint.
+(JSON and text), a plot (identity, prompt score and loss against step) and the best checkpoint. The checkpoints are
+the token trainer's (embeddings) or the pivotal LoRA stage's (LoRAs): one rule for both.
 
 The rule (also in the report node's tooltip and docs/evaluation.md): a checkpoint whose samples show no face has no
 identity and is passed over whenever any checkpoint has one; among those with a face whose prompt score is within
@@ -14,7 +15,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -25,6 +26,13 @@ from ..common.errors import InvalidInputError
 from ..common.text_table import format_table
 from ..embeddings.embedding import CrossInitEmbedding
 from ..training.loss_plot import moving_average, plot_font, scale_to_pixels
+
+if TYPE_CHECKING:
+    from ..lora.weights import LoraModel
+
+# a token trainer's checkpoint or a LoRA stage's: both carry metadata `steps`, loss_history and loss_steps
+Checkpoint = Union[CrossInitEmbedding, "LoraModel"]
+STAGES = ("token", "lora")  # whose checkpoints: the token trainer's, or the LoRA stage's
 
 DEFAULT_MARGIN = 0.01  # CLIP cosine: about a third of the prompt-score gap between the paper's methods
 RULE = ("checkpoints whose samples show no face are passed over; among the others whose prompt score is within {margin} "
@@ -51,6 +59,7 @@ class Report:
     prompt_model: str | None
     losses: list[float]  # every applied step's loss, from the last checkpoint's history
     loss_steps: list[int] | None = None  # the step each loss belongs to (fp16 skipped steps leave gaps)
+    stage: str = "token"  # whose checkpoints: the token trainer's ("token") or the LoRA stage's ("lora")
 
     @property
     def higher_is_better(self) -> bool:
@@ -61,7 +70,7 @@ class Report:
         return RULE.format(margin=f"{self.margin:g}", direction=f"{direction} {self.identity.get('metric', 'score')}")
 
     def as_json(self) -> str:
-        data = {"rule": self.rule(), "margin": self.margin, "best_step": self.rows[self.best].step,
+        data = {"stage": self.stage, "rule": self.rule(), "margin": self.margin, "best_step": self.rows[self.best].step,
                 "identity": self.identity or None, "prompt_model": self.prompt_model,
                 "checkpoints": [asdict(row) for row in self.rows]}
         return json.dumps(data, indent=2, allow_nan=False)
@@ -105,11 +114,16 @@ def _reports(texts: Sequence[str], what: str, count: int) -> list[dict[str, Any]
     return reports
 
 
-def build_report(checkpoints: Sequence[CrossInitEmbedding], identity_reports: Sequence[str],
-                 prompt_reports: Sequence[str], margin: float = DEFAULT_MARGIN) -> Report:
-    """The table and the best checkpoint (see the module docstring for the rule)."""
+def build_report(checkpoints: Sequence[Checkpoint], identity_reports: Sequence[str],
+                 prompt_reports: Sequence[str], margin: float = DEFAULT_MARGIN, stage: str = "token") -> Report:
+    """The table and the best checkpoint (see the module docstring for the rule). `stage`: "token" for the trainer's
+    checkpoints (embeddings), "lora" for Cross-Init Pivotal LoRA's (LoRAs); it names their source in the messages."""
+    if stage not in STAGES:
+        raise ValueError(f"stage: {stage!r}; use one of {STAGES}")
+    what = "checkpoints"
+    source = "Cross-Init Pivotal LoRA's checkpoints output" if stage == "lora" else "the trainer's checkpoints output"
     if not checkpoints:
-        raise InvalidInputError("checkpoints: the list is empty; connect the trainer's checkpoints output.")
+        raise InvalidInputError(f"{what}: the list is empty; connect {source}.")
     if not math.isfinite(margin) or margin < 0:
         raise InvalidInputError(f"margin: got {margin}; use a prompt-score difference >= 0, e.g. {DEFAULT_MARGIN}.")
     identities = _reports(identity_reports, "identity", len(checkpoints))
@@ -118,21 +132,22 @@ def build_report(checkpoints: Sequence[CrossInitEmbedding], identity_reports: Se
     if any(d != described[0] for d in described):
         raise InvalidInputError("identity: the checkpoints were scored with different backends; score them all alike.")
     rows = []
-    for embedding, identity, prompt in zip(checkpoints, identities, prompts, strict=True):
-        steps = trained_steps(embedding.metadata)
+    for item, identity, prompt in zip(checkpoints, identities, prompts, strict=True):
+        # a plain LORA_MODEL dict (core Train LoRA's, a loaded file) has no metadata: no step to table it at
+        steps = trained_steps(getattr(item, "metadata", {}))
         if steps is None:
-            raise InvalidInputError("checkpoints: an item has no step count (metadata steps); connect the trainer's "
-                                    "checkpoints output.")
-        losses = [loss for loss, _reg in embedding.loss_history]
+            raise InvalidInputError(f"{what}: an item has no step count (metadata steps); connect {source}.")
+        losses = [loss for loss, _reg in getattr(item, "loss_history", [])]
         images = identity.get("images") or []
         rows.append(CheckpointRow(
             step=steps, identity=_finite(identity.get("mean")),
             faces=f"{identity.get('faces_found', sum(bool(i.get('face')) for i in images))}/{len(images)}" if identity else "-",
             prompt=_finite(prompt.get("mean")), loss=float(np.mean(losses[-LOSS_WINDOW:])) if losses else None))
     identity_info = described[0] if identity_reports else {}
-    last = checkpoints[-1]
-    loss_steps = list(last.loss_steps) if len(last.loss_steps) == len(last.loss_history) else None
-    report = Report(rows, 0, margin, identity_info, prompts[0].get("model"), [loss for loss, _ in last.loss_history], loss_steps)
+    last_history, last_steps = getattr(checkpoints[-1], "loss_history", []), getattr(checkpoints[-1], "loss_steps", [])
+    loss_steps = list(last_steps) if len(last_steps) == len(last_history) else None
+    report = Report(rows, 0, margin, identity_info, prompts[0].get("model"), [loss for loss, _ in last_history], loss_steps,
+                    stage)
     report.best = choose_best(rows, margin, report.higher_is_better)
     rows[report.best].best = True
     return report
@@ -171,7 +186,8 @@ def render_plot(report: Report) -> torch.Tensor:
     draw = ImageDraw.Draw(image)
     draw.font = plot_font()
     left, right = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
-    draw.text((left, 8), f"Cross-Init checkpoints: best step {report.rows[report.best].step}", fill="black")
+    whose = "LoRA checkpoints" if report.stage == "lora" else "checkpoints"
+    draw.text((left, 8), f"Cross-Init {whose}: best step {report.rows[report.best].step}", fill="black")
 
     def x_of(step: float) -> float:
         return left + (step / last) * (right - left)

@@ -4,7 +4,9 @@ For every prompt (the paper's 20, or a file) it runs the shipped workflows/api/c
 ComfyUI server through its HTTP API (the client's comfy_client.py; a local ComfyUI is started as a child
 process unless --server is given): N images with the embedding, the
 identity score against the reference photos and the CLIP prompt score. The images, a table per prompt and
-overall (scores.csv, scores.json) and a contact sheet (contact_sheet.jpg) land in one output folder.
+overall (scores.csv, scores.json) and a contact sheet (contact_sheet.jpg) land in one output folder. Several
+embeddings, or --lora (each embedding once with its token alone and once with the token + each LoRA on the model,
+same prompts and seeds), give one folder per run and comparison.csv/json side by side.
 
 Exit codes: 0 done; 1 a run failed on the server (that embedding's table holds the prompts finished before it and
 the error; in a comparison the other embeddings still run); 2 bad arguments or inputs (an embedding that does not fit
@@ -32,6 +34,7 @@ from ..common import (
 from .plan import DEFAULT_CLIP_MODEL, WORKFLOW_NAME, input_problems
 
 MAX_PER_PROMPT = 64
+MAX_LORA_STRENGTH = 10.0  # Cross-Init Load LoRA + Token's strength range
 MAX_SEED = 2**64 - 1 - 10_000  # KSampler's seed maximum, less room for seed + prompt index
 
 
@@ -53,10 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
             f"  {PROG} eval --checkpoint v2-1_512-ema-pruned.safetensors --embedding my_face --faces me.jpg\n"
             f"  {PROG} eval --checkpoint sd15.safetensors --embedding my_face --faces me1.jpg me2.jpg --prompts mine.txt "
             "--per-prompt 8 --no-prompt-score\n"
-            f"  {PROG} eval --checkpoint sd15.safetensors --embedding 'my_face-step*' --faces me.jpg    # a run's checkpoints\n\n"
+            f"  {PROG} eval --checkpoint sd15.safetensors --embedding 'my_face-step*' --faces me.jpg    # a run's checkpoints\n"
+            f"  {PROG} eval --checkpoint sd15.safetensors --embedding my_face --lora my_face --faces me.jpg  # token vs token + LoRA\n\n"
             "output (in --output, default ./cross_init_eval/EMBEDDING/): images/pPP_iII.png, scores.csv and scores.json\n"
             "(one row per prompt and an overall row), contact_sheet.jpg. Several embeddings (default ./cross_init_eval/\n"
-            "comparison/): that in one folder per embedding, and comparison.csv/json side by side. See docs/evaluation.md.\n\n"
+            "comparison/): that in one folder per embedding, and comparison.csv/json side by side. With --lora, each\n"
+            "embedding runs with its token alone (folder EMBEDDING) and with the token + each LoRA (folder\n"
+            "EMBEDDING+lora_LORA), same prompts and seeds, side by side in comparison.csv/json. See docs/evaluation.md.\n\n"
             "exit codes: 0 done; 1 a run failed on the server (that embedding's table holds the prompts finished\n"
             "            before it and the error; a comparison runs the other embeddings); 2 bad arguments or inputs\n"
             "            (missing checkpoint, embedding, photo or scoring model, an embedding for another model family,\n"
@@ -73,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "my_face.safetensors, in ComfyUI's embeddings folders, where `train` writes it). Several, or a "
                            "quoted pattern such as 'my_face-step*' (a run's checkpoints), are evaluated alike and tabled side "
                            "by side (comparison.csv/json, one folder each).")
+    what.add_argument("--lora", nargs="+", metavar="LORA",
+                      help="also evaluate each embedding with this LoRA on the model: a file in ComfyUI's loras folders "
+                           "(my_face or my_face.safetensors, as Cross-Init Save LoRA wrote it, with its token bundled), or "
+                           "a quoted pattern such as 'my_face-step*' (a LoRA run's checkpoints). Each embedding then runs "
+                           "with its token alone and with the token + each LoRA, with the same prompts and seeds; the token "
+                           "always comes from --embedding. comparison.csv/json table the runs side by side.")
+    what.add_argument("--lora-strength", type=_lora_strength, default=1.0, metavar="S",
+                      help=f"how strongly --lora changes the model (default 1; -{MAX_LORA_STRENGTH:g}..{MAX_LORA_STRENGTH:g}, "
+                           "not 0). The text encoder is never changed: the token-only and LoRA runs encode alike.")
     what.add_argument("--faces", required=True, nargs="+", type=Path, metavar="PHOTO",
                       help="reference photo(s) of the person (the paper: the one photo trained on). Several are averaged.")
     what.add_argument("--prompts", default="paper", metavar="paper|FILE",
@@ -115,8 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lora_strength(text: str) -> float:
+    """An argparse type: a LoRA strength in Cross-Init Load LoRA + Token's range; 0 would be the token-only run again."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (-MAX_LORA_STRENGTH <= value <= MAX_LORA_STRENGTH) or value == 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is out of range: use a value from -{MAX_LORA_STRENGTH:g} to "
+                                         f"{MAX_LORA_STRENGTH:g} other than 0 (0 is the token-only run)")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    return parse_command(build_parser(), argv, "eval")
+    args = parse_command(build_parser(), argv, "eval")
+    if args.lora_strength != 1.0 and not args.lora:
+        build_parser().error("--lora-strength needs --lora")
+    return args
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The evaluation's graph for one prompt, as plain JSON: the shipped workflows/api/cross_init_eval.json (or a
 --workflow with the same node types) with the prompt, the embedding, the reference photos and the sampler
-settings filled in; the probe that checks the reference photos; and the scores read back from a run."""
+settings filled in, and for a token + LoRA run the LoRA on the sampler's MODEL; the probes that check the reference
+photos, the embedding and the LoRA against the checkpoint; and the scores read back from a run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..prompt_graph import (
     EMBEDDING_LOADER,
     ENCODER,
     IDENTITY,
+    LORA_LOADER,
     PROMPT_SCORE,
     TEXT_PREVIEW,
     GraphSettings,
@@ -29,6 +31,8 @@ from ..prompt_graph import (
 REQUIRED_NODES = (EMBEDDING_LOADER, ENCODER, "KSampler", "EmptyLatentImage", "SaveImage", "LoadImage", IDENTITY,
                   PROMPT_SCORE)
 FAMILY_PROBE = "family_probe"  # the text preview that ends the family check's graph
+LORA_NODE = "cross_init_eval_lora"  # the node a token + LoRA run adds (the workflow file has no LoRA)
+LORA_PROBE = "lora_probe"  # the text preview that ends the LoRA check's graph
 
 
 def checkpoint_loader_type(workflow: dict[str, Any]) -> str | None:
@@ -58,6 +62,8 @@ class EvalGraph(GraphSettings):
     backend: str = "auto"
     clip_model: str | None = None  # None: no prompt score
     prefix: str = "cross_init_eval/run"
+    lora: str | None = None  # the server's name of a LoRA file for the MODEL; None: the token alone
+    lora_strength: float = 1.0
 
 
 def build_prompt(workflow: dict[str, Any], settings: EvalGraph, text: str, index: int) -> dict[str, Any]:
@@ -87,7 +93,39 @@ def build_prompt(workflow: dict[str, Any], settings: EvalGraph, text: str, index
         prompt[scorer]["inputs"]["model"] = settings.clip_model
         _set_text(prompt, scorer, ("prompts", "prompt"), text)
     _reference_photos(prompt, settings.references)
+    if settings.lora is not None:
+        _apply_lora(prompt, settings.lora, settings.lora_strength)
     return prompt
+
+
+def _apply_lora(prompt: dict[str, Any], lora: str, strength: float) -> None:
+    """The LoRA on the sampler's MODEL, by the pack's Load LoRA + Token (it refuses a LoRA whose modules do not fit the
+    model, where the stock LoraLoader only logs and samples without them). Only its MODEL output is used: the prompt
+    is still encoded by the checkpoint's own CLIP with the --embedding token, exactly as in the token-only run."""
+    sampler = only(prompt, "KSampler")
+    model = prompt[sampler]["inputs"].get("model")
+    clip = prompt[only(prompt, ENCODER)]["inputs"].get("clip")
+    if not is_link(model) or not is_link(clip):
+        raise ValueError(f"the workflow's KSampler model and {ENCODER} clip must be links to apply --lora")
+    prompt[LORA_NODE] = {"class_type": LORA_LOADER, "_meta": {"title": "LoRA (CLI)"},
+                         "inputs": {"model": list(model), "clip": list(clip), "lora_name": lora, "strength": strength,
+                                    "token": ""}}
+    for node_id, node in prompt.items():  # every reader of that MODEL (the sampler, and any other in a --workflow)
+        if node_id != LORA_NODE:
+            node["inputs"].update({key: [LORA_NODE, 0] for key, value in node["inputs"].items() if value == model})
+
+
+def lora_prompt(workflow: dict[str, Any], settings: EvalGraph) -> dict[str, Any]:
+    """The checkpoint with the LoRA loaded and nothing sampled: Load LoRA + Token refuses, in seconds and before any
+    image, a file that is no LoRA, has no bundled token, or whose modules match or fit no layer of the model (a LoRA
+    of another model family)."""
+    if settings.lora is None:
+        raise ValueError("lora_prompt needs settings.lora")
+    prompt = build_prompt(workflow, settings, "", 0)
+    keep = upstream(prompt, [LORA_NODE])
+    probe = {k: v for k, v in prompt.items() if k in keep}
+    probe[LORA_PROBE] = {"class_type": TEXT_PREVIEW, "inputs": {"source": [LORA_NODE, 0]}, "_meta": {"title": "LoRA check"}}
+    return probe
 
 
 def _reference_photos(prompt: dict[str, Any], references: list[str]) -> None:

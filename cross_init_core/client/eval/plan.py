@@ -17,6 +17,7 @@ from .graph import REQUIRED_NODES, checkpoint_loader_type
 from .results import read_prompts
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+LORA_SUFFIXES = (".safetensors",)  # Cross-Init Load LoRA + Token reads safetensors only (no pickles)
 WORKFLOW_NAME = "cross_init_eval.json"
 DEFAULT_CLIP_MODEL = "clip-vit-base-patch32"  # the paper's judge, as docs/evaluation.md names its folder
 
@@ -28,11 +29,13 @@ class Plan:
     embeddings: list[str]  # as given: names or glob patterns, matched against the server's list later
     output: Path
     workflow: dict[str, Any] = field(default_factory=dict)
+    loras: list[str] = field(default_factory=list)  # --lora as given: names or patterns in the server's loras folders
 
     @property
     def compares(self) -> bool:
-        """Several embeddings side by side (more than one given, or a pattern): one folder each and a comparison."""
-        return len(self.embeddings) > 1 or any(is_pattern(e) for e in self.embeddings)
+        """Several runs side by side (more than one embedding, a pattern, or token + LoRA runs beside the token-only
+        ones): one folder each and a comparison."""
+        return len(self.embeddings) > 1 or any(is_pattern(e) for e in self.embeddings) or bool(self.loras)
 
     @property
     def results_file(self) -> Path:
@@ -74,6 +77,13 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
             problems.append(f"--embedding {given}: {hint}; give the embedding's name as Cross-Init Load Embedding lists it "
                             "(e.g. my_face, or a pattern such as 'my_face-step*'), and put the file into "
                             "ComfyUI/models/embeddings if it is elsewhere")
+    loras = [name.strip() for name in args.lora or []]
+    for given, lora in zip(args.lora or [], loras, strict=True):
+        if not lora or _looks_like_path(lora):
+            hint = "empty" if not lora else "no such file" if not Path(lora).expanduser().exists() else "a path, not a name"
+            problems.append(f"--lora {given}: {hint}; give the LoRA's name in ComfyUI's loras folders (e.g. my_face, as "
+                            "Cross-Init Save LoRA wrote it, or a pattern such as 'my_face-step*'), and put the file into "
+                            "ComfyUI/models/loras if it is elsewhere")
     for photo in args.faces:
         problem = photo_problem(photo)
         if problem:
@@ -83,7 +93,7 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
         prompts = read_prompts(args.prompts)
     except CrossInitError as exc:
         problems.append(str(exc))
-    plan = Plan(prompts=prompts, faces=list(args.faces), embeddings=embeddings, output=Path())
+    plan = Plan(prompts=prompts, faces=list(args.faces), embeddings=embeddings, output=Path(), loras=loras)
     default = Path("cross_init_eval") / ("comparison" if plan.compares else Path(embeddings[0]).stem if embeddings else "eval")
     plan.output = output = (args.output or default).expanduser()
     problem = folder_problem("--output", output)
@@ -112,15 +122,17 @@ def input_problems(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
     return plan, []
 
 
-def match_embeddings(patterns: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(the server's entries, in the order given, each pattern's matches sorted; the patterns matching nothing)."""
+def match_embeddings(patterns: Sequence[str], available: Sequence[str],
+                     suffixes: Sequence[str] = EMBEDDING_SUFFIXES) -> tuple[list[str], list[str]]:
+    """(the server's entries, in the order given, each pattern's matches sorted; the patterns matching nothing).
+    `suffixes`: what a name may leave out (LORA_SUFFIXES for --lora)."""
     found: list[str] = []
     missing: list[str] = []
     for pattern in patterns:
         if is_pattern(pattern):
             hits = sorted(a for a in available if fnmatch.fnmatchcase(a, pattern) or fnmatch.fnmatchcase(Path(a).stem, pattern))
         else:
-            hit = match_embedding(pattern, available)
+            hit = match_embedding(pattern, available, suffixes)
             hits = [hit] if hit else []
         if not hits:
             missing.append(pattern)
@@ -128,11 +140,11 @@ def match_embeddings(patterns: Sequence[str], available: Sequence[str]) -> tuple
     return found, missing
 
 
-def match_embedding(name: str, available: Sequence[str]) -> str | None:
-    """The server's entry for `name`: exact, else NAME plus an embedding suffix (case-sensitive, as the files)."""
+def match_embedding(name: str, available: Sequence[str], suffixes: Sequence[str] = EMBEDDING_SUFFIXES) -> str | None:
+    """The server's entry for `name`: exact, else NAME plus one of `suffixes` (case-sensitive, as the files)."""
     if name in available:
         return name
-    for suffix in EMBEDDING_SUFFIXES:
+    for suffix in suffixes:
         if f"{name}{suffix}" in available:
             return f"{name}{suffix}"
     return None

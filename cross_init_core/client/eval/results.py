@@ -311,11 +311,11 @@ def comparison_rows(tables: dict[str, EvalTable]) -> tuple[list[str], list[list[
 
 
 def write_comparison(folder: Path, tables: dict[str, EvalTable], folders: dict[str, str],
-                     run: dict[str, Any]) -> tuple[Path, Path]:
+                     run: dict[str, Any], entries: dict[str, dict[str, Any]] | None = None) -> tuple[Path, Path]:
     """comparison.csv (the rows above) and comparison.json (the run, what the numbers are, and per embedding its
     folder, error, overall and per-prompt means), written whole or not at all. `folders`: name_folders of every
     embedding of the run, not only of those in `tables` (a run that stopped early has fewer), so each entry names
-    the folder its results are in."""
+    the folder its results are in. `entries`: more to say of each (its embedding and LoRA, with --lora)."""
     import io
 
     header, rows = comparison_rows(tables)
@@ -324,8 +324,9 @@ def write_comparison(folder: Path, tables: dict[str, EvalTable], folders: dict[s
     writer.writerow(header)
     writer.writerows([[_cell(c) for c in row] for row in rows])
     data = {"run": run, "meaning": _meaning(tables),
-            "embeddings": {name: {"folder": folders[name], "error": table.error, "overall": table.overall(),
-                                  "prompts": [asdict(r) for r in table.prompts]} for name, table in tables.items()}}
+            "embeddings": {name: {"folder": folders[name], **(entries or {}).get(name, {}), "error": table.error,
+                                  "overall": table.overall(), "prompts": [asdict(r) for r in table.prompts]}
+                           for name, table in tables.items()}}
     csv_path, json_path = folder / "comparison.csv", folder / "comparison.json"
     replace_atomically(csv_path, buffer.getvalue().encode("utf-8"))
     replace_atomically(json_path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8"))

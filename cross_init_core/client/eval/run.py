@@ -12,6 +12,7 @@ import io
 import logging
 import tempfile
 import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,9 +24,18 @@ from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejecte
 from ..common import EXIT_FAILED, EXIT_OK, UsageError, upright_photo
 from ..preflight import preflight
 from ..progress import ProgressBar
-from ..prompt_graph import CKPT_LOADER, EMBEDDING_LOADER, PHOTO_LOADER, PROMPT_SCORE, TEXT_PREVIEW, only
-from .graph import REQUIRED_NODES, EvalGraph, build_prompt, checkpoint_loader_type, family_prompt, probe_prompt, read_outcome
-from .plan import Plan, choose_clip_model, match_embeddings, result_files
+from ..prompt_graph import CKPT_LOADER, EMBEDDING_LOADER, LORA_LOADER, PHOTO_LOADER, PROMPT_SCORE, TEXT_PREVIEW, only
+from .graph import (
+    REQUIRED_NODES,
+    EvalGraph,
+    build_prompt,
+    checkpoint_loader_type,
+    family_prompt,
+    lora_prompt,
+    probe_prompt,
+    read_outcome,
+)
+from .plan import LORA_SUFFIXES, Plan, choose_clip_model, match_embeddings, result_files
 from .results import (
     EvalTable,
     add_prompt_result,
@@ -57,10 +67,40 @@ def run(args: argparse.Namespace, plan: Plan, stdout: TextIO, stderr: TextIO) ->
                 local.stop()
 
 
-async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, ckpt_name: str) -> tuple[list[str], str | None]:
-    """(the server's names of the embeddings, the CLIP model or None); UsageError listing every problem."""
+@dataclass(frozen=True)
+class Server:
+    """What the preflight found on the server: its names of the embeddings and LoRAs, and the CLIP scoring model."""
+
+    embeddings: list[str]
+    loras: list[str]
+    clip_model: str | None
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """One column of the comparison: an embedding with its token alone, or with a LoRA on the model."""
+
+    key: str  # its name in the tables (the embedding's server name; "EMBEDDING + LoRA LORA" for a LoRA run)
+    folder: str  # its results' folder in a comparison
+    embedding: str
+    lora: str | None
+
+
+def eval_runs(embeddings: list[str], loras: list[str]) -> list[EvalRun]:
+    """Per embedding its token-only run, then a run with each LoRA (embedding-major, so each pair sits side by side)."""
+    folders, lora_folders = name_folders(embeddings), name_folders(loras)
+    runs = []
+    for embedding in embeddings:
+        runs.append(EvalRun(embedding, folders[embedding], embedding, None))
+        runs += [EvalRun(f"{embedding} + LoRA {lora}", f"{folders[embedding]}+lora_{lora_folders[lora]}", embedding, lora)
+                 for lora in loras]
+    return runs
+
+
+async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, ckpt_name: str) -> Server:
+    """The server's names of the embeddings and LoRAs and the CLIP model (or None); UsageError listing every problem."""
     loader = checkpoint_loader_type(plan.workflow) or CKPT_LOADER
-    needed = set(REQUIRED_NODES) | {TEXT_PREVIEW, PHOTO_LOADER}
+    needed = set(REQUIRED_NODES) | {TEXT_PREVIEW, PHOTO_LOADER} | ({LORA_LOADER} if plan.loras else set())
     if args.no_prompt_score:
         needed.discard(PROMPT_SCORE)
     nodes, problems = await preflight(client, needed, ckpt_name, loader=loader)
@@ -72,6 +112,13 @@ async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, 
     for pattern in missing:
         problems.append(f"--embedding {pattern}: not in the server's embeddings folders (it has: {known}); train it with "
                         "`python -m cross_init_core train` or copy the file into ComfyUI/models/embeddings")
+    lora_files = nodes.files(LORA_LOADER, "lora_name") if plan.loras else []
+    loras, missing = match_embeddings(plan.loras, lora_files, LORA_SUFFIXES)
+    known = ", ".join(lora_files[:10]) or "none"
+    for pattern in missing:
+        problems.append(f"--lora {pattern}: not in the server's loras folders (it has: {known}); save it with Cross-Init "
+                        "Save LoRA, or copy the .safetensors file into ComfyUI/models/loras (then it is listed without a "
+                        "restart)")
     clip_model = None
     if not args.no_prompt_score:
         models, _ = nodes.options(PROMPT_SCORE, "model")
@@ -81,7 +128,7 @@ async def _preflight(client: ComfyClient, args: argparse.Namespace, plan: Plan, 
             problems.append(problem)
     if problems:
         raise UsageError("\n".join(problems))
-    return embeddings, clip_model
+    return Server(embeddings, loras, clip_model)
 
 
 async def _check_families(client: ComfyClient, plan: Plan, settings: list[EvalGraph]) -> None:
@@ -99,6 +146,22 @@ async def _check_families(client: ComfyClient, plan: Plan, settings: list[EvalGr
         raise UsageError("\n".join(problems))
 
 
+async def _check_loras(client: ComfyClient, plan: Plan, settings: EvalGraph, loras: list[str]) -> None:
+    """Every LoRA loaded onto the checkpoint's model before any prompt runs: UsageError naming each the pack's loader
+    refuses (another model family's modules, no bundled token, not a LoRA)."""
+    problems = []
+    for lora in loras:
+        try:
+            await client.run(lora_prompt(plan.workflow, replace(settings, lora=lora)))
+        except (PromptFailed, PromptRejected) as exc:
+            problems.append(f"--lora {lora}: cannot be used with checkpoint {settings.ckpt_name}: {exc}; give a LoRA "
+                            "trained on this checkpoint's model family (Cross-Init Pivotal LoRA + Save LoRA, token bundled)")
+        except (ServerGone, ValueError) as exc:
+            raise UsageError(f"the server could not check --lora {lora}: {exc}") from None
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
 def _clear_results(folder: Path) -> None:
     """--overwrite: removes what an earlier run wrote into `folder` (its images, tables and contact sheet), so no image
     of a larger --per-prompt or a longer prompt list is left beside the new ones. Other files are left alone."""
@@ -111,13 +174,19 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
     async with aiohttp.ClientSession() as session:
         # the preflight asks the server first whether it answers (a UsageError naming it when not)
         client = await local_comfyui.connect_local(local, session) if local is not None else ComfyClient(args.server, session)
-        embeddings, clip_model = await _preflight(client, args, plan, ckpt_name)
+        server = await _preflight(client, args, plan, ckpt_name)
         run_id = uuid.uuid4().hex[:8]
-        all_settings = [EvalGraph(ckpt_name=ckpt_name, embedding=embedding, per_prompt=args.per_prompt, seed=args.seed,
-                                  backend=args.identity_backend, clip_model=clip_model, steps=args.steps,
-                                  resolution=args.resolution, prefix=f"cross_init_eval/{Path(embedding).stem}_{run_id}")
-                        for embedding in embeddings]
-        await _check_families(client, plan, all_settings)
+        runs = eval_runs(server.embeddings, server.loras)
+        # the same seeds, prompts and sampler for every run, so their images pair up (a LoRA run differs only by its LoRA)
+        all_settings = [EvalGraph(ckpt_name=ckpt_name, embedding=each.embedding, per_prompt=args.per_prompt, seed=args.seed,
+                                  backend=args.identity_backend, clip_model=server.clip_model, steps=args.steps,
+                                  resolution=args.resolution, prefix=f"cross_init_eval/{each.folder}_{run_id}",
+                                  lora=each.lora, lora_strength=args.lora_strength)
+                        for each in runs]
+        token_only = [each for each in all_settings if each.lora is None]
+        await _check_families(client, plan, token_only)
+        if server.loras:
+            await _check_loras(client, plan, token_only[0], server.loras)
         references = []
         try:
             for i, photo in enumerate(plan.faces):  # upright: a phone's sideways JPEG goes up as the PNG it shows
@@ -135,22 +204,22 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
 
         tables: dict[str, EvalTable] = {}
         status = EXIT_OK
-        folders = name_folders(embeddings)
+        folders = {each.key: each.folder for each in runs}
         if args.overwrite:  # every check passed: what this run replaces goes now, before its first image
             if plan.compares:
                 _clear_results(plan.output)
-            for embedding in embeddings:
-                _clear_results(plan.output / folders[embedding] if plan.compares else plan.output)
-        for settings in all_settings:  # the same prompts and seeds for each, so their images compare
-            embedding = settings.embedding
+            for each in runs:
+                _clear_results(plan.output / each.folder if plan.compares else plan.output)
+        for each, settings in zip(runs, all_settings, strict=True):
             settings.references = references
-            folder = plan.output / folders[embedding] if plan.compares else plan.output
+            folder = plan.output / each.folder if plan.compares else plan.output
             table, failed = await _evaluate(client, args, plan, settings, folder, stderr)
-            tables[embedding] = table
+            tables[each.key] = table
             if failed:
                 status = EXIT_FAILED
             run_info = {
-                "version": __version__, "checkpoint": ckpt_name, "embedding": embedding, "faces": [str(p) for p in plan.faces],
+                "version": __version__, "checkpoint": ckpt_name, "embedding": each.embedding, "lora": each.lora,
+                "lora_strength": args.lora_strength if each.lora else None, "faces": [str(p) for p in plan.faces],
                 "prompts": args.prompts, "per_prompt": args.per_prompt, "seed": args.seed,
                 "identity_backend": args.identity_backend, "sampler": _sampler_settings(build_prompt(plan.workflow, settings, "", 0)),
                 "server": "local" if local is not None else args.server, "complete": not failed,
@@ -161,17 +230,20 @@ async def _serve(args: argparse.Namespace, plan: Plan, ckpt_name: str, local: Lo
                 if not plan.compares:
                     stdout.write(format_table(table))
             else:  # no scores file: it would stand for results and keep a rerun from this folder without --overwrite
-                log.warning("%s: no prompt finished; no scores written", embedding)
-            if failed == "server":  # the server is gone: every later embedding would fail the same way
+                log.warning("%s: no prompt finished; no scores written", each.key)
+            if failed == "server":  # the server is gone: every later run would fail the same way
                 break
 
     if plan.compares:
         if any(t.prompts for t in tables.values()):
+            entries = {each.key: {"embedding": each.embedding, "lora": each.lora,
+                                  "lora_strength": args.lora_strength if each.lora else None} for each in runs}
             write_comparison(plan.output, tables, folders, {
-                "version": __version__, "checkpoint": ckpt_name, "embeddings": list(tables),
-                "complete": status == EXIT_OK and len(tables) == len(embeddings)})
+                "version": __version__, "checkpoint": ckpt_name, "embeddings": list(tables), "loras": server.loras,
+                "lora_strength": args.lora_strength if server.loras else None,
+                "complete": status == EXIT_OK and len(tables) == len(runs)}, entries)
             stdout.write(format_comparison(tables, folders))
-            log.info("wrote comparison.csv and comparison.json for %d embeddings in %s", len(tables), plan.output)
+            log.info("wrote comparison.csv and comparison.json for %d runs in %s", len(tables), plan.output)
         else:
             log.warning("no prompt finished; no comparison written")
     stdout.flush()
