@@ -10,8 +10,9 @@ from comfy_api.latest import io, ui
 
 from ..cross_init_core import host
 from ..cross_init_core.common import settings as token_settings
-from ..cross_init_core.common.embedding_names import validate_name
+from ..cross_init_core.common.embedding_names import LORA_DOWNLOAD_SUBFOLDER, validate_name
 from ..cross_init_core.common.errors import EmbeddingFileError, InvalidInputError
+from ..cross_init_core.embeddings import embedding_io
 from ..cross_init_core.lora import files, stage
 from ..cross_init_core.lora import settings as lora_settings
 from ..cross_init_core.lora.weights import LoraModel
@@ -150,6 +151,15 @@ class CrossInitSaveLora(io.ComfyNode):
                                  tooltip="Bundle the token into the LoRA file (A1111, OneTrainer, this pack read it). Off: "
                                          "the LoRA file holds only LoRA keys, as diffusers' load_lora_weights needs; the "
                                          "token is still saved in models/embeddings."),
+                io.Boolean.Input("save_embedding", default=True, optional=True,
+                                 tooltip="Also save the token alone as models/embeddings/NAME.safetensors. Off: only the "
+                                         "LoRA file (when Cross-Init Save Embedding saves the token already)."),
+                io.String.Input("token_name", default="", optional=True,
+                                tooltip="The bundled token's name (A1111's prompt word) when it is not NAME; empty: NAME."),
+                io.Boolean.Input("copy_to_output", default=False, optional=True,
+                                 tooltip="Also put a copy of each LoRA file under output/cross_init_loras/, where "
+                                         "ComfyUI's /view serves it: for scripts that fetch it over the HTTP API (the "
+                                         "batch runner)."),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="The LoRA file written (NAME.safetensors).")],
             is_output_node=True,
@@ -157,20 +167,24 @@ class CrossInitSaveLora(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name=None, overwrite=False) -> bool | str:  # type: ignore[override]
-        name = single(name)
-        if not isinstance(name, str):
-            return True
-        try:
-            validate_name(name)
-        except InvalidInputError as exc:
-            return str(exc)
+    def validate_inputs(cls, name=None, overwrite=False, token_name=None) -> bool | str:  # type: ignore[override]
+        name, token = single(name), single(token_name) if token_name is not None else ""
+        for what, value in (("", name), ("token_name: ", token)):
+            if isinstance(value, str) and (value.strip() or not what):  # an empty token_name means NAME
+                try:
+                    validate_name(value)
+                except InvalidInputError as exc:
+                    return f"{what}{exc}"
         return True
 
     @classmethod
-    def execute(cls, lora, name, overwrite, embedding=None, bundle_token=None) -> io.NodeOutput:  # type: ignore[override]
+    def execute(cls, lora, name, overwrite, embedding=None, bundle_token=None,  # type: ignore[override]
+                save_embedding=None, token_name=None, copy_to_output=None) -> io.NodeOutput:
         name, overwrite = single(name), bool(single(overwrite))
         bundle = bool(single(bundle_token)) if bundle_token is not None else True
+        with_embedding = bool(single(save_embedding)) if save_embedding is not None else True
+        token_stem = str(single(token_name) or "").strip() if token_name is not None else ""
+        copy = bool(single(copy_to_output)) if copy_to_output is not None else False
         token = single(embedding) if embedding is not None else None
         loras = lora if isinstance(lora, list) else [lora]
         folders, embedding_folders = host.lora_directories(), host.embedding_directories()
@@ -185,13 +199,20 @@ class CrossInitSaveLora(io.ComfyNode):
         if bundle and any(t is None for _l, t, _n in named):
             raise InvalidInputError("embedding: this LoRA carries no token (it did not come from Cross-Init Pivotal LoRA); "
                                     "connect the embedding to bundle, or turn bundle_token off.")
-        saved = files.save_pivotal(named, folders[0], embedding_folders[0] if embedding_folders else None,
-                                   overwrite=overwrite, bundle=bundle)
+        embeddings_folder = embedding_folders[0] if embedding_folders and with_embedding else None
+        saved = files.save_pivotal(named, folders[0], embeddings_folder, overwrite=overwrite, bundle=bundle,
+                                   token_name=token_stem)
         stem = validate_name(name)
         message = "\n".join(f"Saved {path}." for path in [*saved.loras, *saved.embeddings])
         message += f"\nLoad {stem} with Load LoRA and write embedding:{stem} in the prompt (or Cross-Init Load LoRA + Token)."
         log.info(message)
-        return io.NodeOutput(str(saved.loras[-1]), ui=ui.PreviewText(message))
+        if not copy:
+            return io.NodeOutput(str(saved.loras[-1]), ui=ui.PreviewText(message))
+        # the UI result lands in /history: HTTP clients find each copy's name, size and checksum there (the last is NAME)
+        entries = [{**embedding_io.copy_for_download(path, host.output_directory(), LORA_DOWNLOAD_SUBFOLDER),
+                    "name": file_name, "steps": item.metadata.get("steps")}
+                   for (item, _token, file_name), path in zip(named, saved.loras, strict=True)]
+        return io.NodeOutput(str(saved.loras[-1]), ui={"text": [message], "cross_init_lora": entries})
 
 
 class CrossInitLoadLoraToken(io.ComfyNode):

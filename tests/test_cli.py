@@ -179,9 +179,10 @@ class BreakingProxy:
     that the bytes of every `/view` download whose file name matches `corrupt` arrive with one bit flipped: a
     transfer that breaks, which the runner's size and SHA-256 check catches."""
 
-    def __init__(self, upstream: str, corrupt: str) -> None:
+    def __init__(self, upstream: str, corrupt: str, subfolder: str | None = None) -> None:
         self.upstream = upstream
         self.corrupt = re.compile(corrupt)
+        self.subfolder = subfolder  # only downloads from this subfolder of output/ (None: any)
         self.url = ""
         self.corrupted: list[str] = []
 
@@ -212,7 +213,8 @@ class BreakingProxy:
             body, status = await answer.read(), answer.status
             kind = answer.headers.get("Content-Type")
         name = request.query.get("filename", "")
-        if request.path == "/view" and status == 200 and self.corrupt.fullmatch(name):
+        wanted = self.subfolder is None or request.query.get("subfolder") == self.subfolder
+        if request.path == "/view" and status == 200 and self.corrupt.fullmatch(name) and wanted:
             self.corrupted.append(name)
             body = body[:-1] + bytes([body[-1] ^ 1])
         return web.Response(status=status, body=body, headers={"Content-Type": kind} if kind else None)
@@ -1033,3 +1035,185 @@ def test_an_error_between_two_replacements_puts_back_the_files_already_replaced(
     assert "0 written, 1 failed, 0 skipped" in stdout and "cli_undo.safetensors" in err
     assert {name: (out / name).read_bytes() for name in files_in(out) if (out / name).is_file()} == before
     assert files_in(out) == [*before, "cli_undo.safetensors"]  # no temp file left
+
+
+# ---------------------------------------------------------------------------------------------
+# --lora: the pivotal LoRA stage after Cross-Init, both files back
+
+LORA_FAST = ["--lora", "--lora-steps", "2", "--lora-rank", "4", "--lora-batch-size", "1"]
+LORA_MODULE = re.compile(r"lora_unet_(down|mid|up)_blocks?_.*_transformer_blocks_\d+_attn[12]_to_(q|k|v|out_0)")
+
+
+def _lora_file_bytes(token: str = "anna", bundle: str | None = None, drop: str = "") -> bytes:
+    """A small file in Save LoRA's layout (one module, the token bundled as `bundle`), for the runner's check."""
+    from safetensors.torch import save
+
+    module = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {f"{module}.lora_down.weight": torch.zeros(4, 8), f"{module}.lora_up.weight": torch.zeros(8, 4),
+               f"{module}.alpha": torch.tensor(4.0), f"bundle_emb.{bundle or token}.string_to_param.*": torch.zeros(2, 8)}
+    tensors.pop(drop, None)
+    return save(tensors, {"format": "cross_init_pivotal_lora", "cross_init_bundled_token": bundle or token})
+
+
+def test_lora_graph_names_and_checks_are_planned_before_any_work(tmp_path):
+    """--lora's settings reach the graph through the one PromptBuilder the farm and the Ray actors call (pickled, as
+    Ray sends it); the stage reads the trainer's token, models and photos; Save LoRA saves NAME-RUNID without an
+    embeddings copy and bundles NAME; both files are in the clash check; a fetched LoRA file is checked."""
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))  # last: the pack's `nodes` package must never shadow ComfyUI's nodes.py
+    import pickle
+
+    from cross_init_core.client.prompt_graph import load_workflow
+    from cross_init_core.client.train import command, files, graph, jobs
+
+    args = command.parse_args(["train", "--checkpoint", "x.safetensors", "--images", "a.png", "--name", "anna", "--seed", "5",
+                               "--lora", "--lora-mode", "full", "--lora-rank", "8", "--lora-steps", "3"])
+    builder = graph.PromptBuilder(load_workflow(REPO / "workflows" / "api" / "cross_init_full.json"),
+                                  graph.graph_settings(args, "x.safetensors", {}))
+    builder = pickle.loads(pickle.dumps(builder))  # what ray_farm hands each actor
+    job = jobs.Job(name="anna", images=[], source="--images")
+    prompt = builder(job, ["f/a.png"], "f", None, "anna-0123abcd", None)
+    (trainer,) = [k for k, n in prompt.items() if n["class_type"] == "CrossInitTrainer"]
+    (stage,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "CrossInitPivotalLora"]
+    (saver,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "CrossInitSaveLora"]
+    t = prompt[trainer]["inputs"]
+    assert stage["embedding"] == [trainer, 0] and all(stage[k] == t[k] for k in ("model", "clip", "vae", "images", "loss"))
+    # rank 8 on the full preset (rank 32, alpha 16): custom, alpha 4 keeps alpha / rank = 0.5; the rest the preset's
+    assert (stage["mode"], stage["rank"], stage["alpha"], stage["steps"], stage["batch_size"]) == ("custom", 8, 4.0, 3, 4)
+    assert stage["seed"] == 5 and stage["learning_rate"] == 1e-4 and stage["token_learning_rate"] == 0.0
+    assert stage["preview_every"] == 0 and stage["resolution"] == t["resolution"]
+    assert saver == {"lora": [saver["lora"][0], 0], "name": "anna-0123abcd", "overwrite": False, "bundle_token": True,
+                     "save_embedding": False, "token_name": "anna", "copy_to_output": True}
+    assert not [n for n in prompt.values() if n["class_type"] in ("KSampler", "SaveImage")]  # no --samples: pruned
+    plain = command.parse_args(["train", "--checkpoint", "x", "--images", "a.png", "--name", "anna"])
+    assert not [n for n in graph.PromptBuilder(builder.workflow, graph.graph_settings(plain, "x", {}))(
+        job, ["f/a.png"], "f", None, "anna-0123abcd", None).values() if "Lora" in n["class_type"]]
+
+    out, loras = tmp_path / "out", tmp_path / "loras"
+    out.mkdir()
+    loras.mkdir()
+    (loras / "anna.safetensors").write_bytes(b"a LoRA")
+    (problem,) = jobs.clash_problems([job], out, jobs.Outputs(25), False, False, loras)
+    assert problem.startswith(f"anna: the LoRA {loras / 'anna.safetensors'} already exists")
+    assert jobs.clash_problems([job], out, jobs.Outputs(25), True, False, loras) == []  # --overwrite
+    (out / "anna.safetensors").write_bytes(b"a token")
+    assert jobs.clash_problems([job], out, jobs.Outputs(25), False, True, loras) == [] and job.status == "skipped"
+    assert job.lora_path == str(loras / "anna.safetensors")
+    (loras / "anna.safetensors").unlink()  # only the token: --skip-existing cannot keep it and train its LoRA
+    (problem,) = jobs.clash_problems([jobs.Job(name="anna", images=[], source="x")], out, jobs.Outputs(25), False, True, loras)
+    assert "exists but its LoRA" in problem and "--overwrite" in problem
+
+    assert files.lora_file_problem(_lora_file_bytes(), "anna") is None
+    assert "bundles ['bob'], not the token 'anna'" in files.lora_file_problem(_lora_file_bytes(bundle="bob"), "anna")
+    assert "has ['alpha', 'lora_down.weight']" in files.lora_file_problem(
+        _lora_file_bytes(drop="lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"), "anna")
+    assert "truncated" in files.lora_file_problem(_lora_file_bytes()[:-4], "anna")
+    assert "not a safetensors file" in files.lora_file_problem(b"\x00" * 4, "anna")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lora-rank", "4"], "--lora-rank is for the LoRA stage: add --lora"),
+    (["--lora", "--save-every", "2"], "--save-every and --lora"),
+    (["--lora", "--lora-rank", "0"], "--lora-rank: 0 is out of range"),
+    (["--lora", "--lora-out", "{out}"], "it is --out too"),
+    (["--lora", "--lora-out", "{loras}"], "the LoRA {loras}/cli_lora_taken.safetensors already exists"),
+])
+def test_lora_options_and_a_taken_lora_exit_2_before_any_work(tmp_path, extra, message):
+    photo = face_photo(tmp_path / "p.png", 64)
+    out, loras = tmp_path / "out", tmp_path / "loras"
+    loras.mkdir()
+    (loras / "cli_lora_taken.safetensors").write_bytes(b"precious bytes")
+    values = {"out": str(out), "loras": str(loras)}
+    # port 9 (discard) has no ComfyUI: any attempt to reach it would show up as a "not answering" error
+    code, stdout, stderr = run_cli(["--checkpoint", TINY_CKPT, "--server", "http://127.0.0.1:9", "--out", str(out), "--images",
+                                    str(photo), "--name", "cli_lora_taken", *(a.format(**values) for a in extra)], timeout=120)
+    assert code == 2 and stdout == "", stderr
+    assert message.format(**values) in " ".join(stderr.split()) and "not answering" not in stderr and "Traceback" not in stderr
+    assert (loras / "cli_lora_taken.safetensors").read_bytes() == b"precious bytes" and files_in(out) == []
+
+
+def test_lora_on_the_local_comfyui_brings_back_both_files_and_a_failed_stage_writes_neither(pack, core, comfyui,
+                                                                                            stock_workflow, tmp_path):
+    """--lora on the runner's own ComfyUI (small real-architecture SD 1.5, stock loader): the token into models/embeddings
+    and the LoRA into models/loras beside it, the LoRA readable by the pack's reader with every attention projection
+    at rank 4 and the trained token bundled as NAME; no run file is left on that server. Then a LoRA stage that fails
+    on the server (its loras folder is a file there, so Save LoRA cannot write) writes neither file anywhere."""
+    from comfy_servers import checkpoint_cache, small_checkpoint
+
+    base = make_base(tmp_path / "base", {REAL_CKPT: small_checkpoint(checkpoint_cache())}, nodes=False)
+    photo = face_photo(tmp_path / "me.png", 96)
+    summary_json = tmp_path / "summary.json"
+    argv = ["--comfyui", str(comfyui), "--base-directory", str(base), "--cpu", "--checkpoint", REAL_CKPT, "--workflow",
+            str(stock_workflow), "--images", str(photo), "--name", "cli_lora", *FAST, *LORA_FAST, "--no-progress",
+            "--summary-json", str(summary_json)]
+    code, stdout, err = run_cli(argv, timeout=600)
+    assert code == 0, err
+    embeddings, loras = base / "models" / "embeddings", base / "models" / "loras"
+    assert files_in(embeddings) == ["cli_lora.safetensors"] and files_in(loras) == ["cli_lora.safetensors"]
+    assert not [p for p in (base / "output").rglob("*.safetensors")]  # the run's NAME-RUNID copies are gone
+    token, token_meta = read_embedding(embeddings / "cli_lora.safetensors")
+    lora = core.lora.files.read_lora_file(loras / "cli_lora.safetensors")
+    modules = sorted({k.split(".")[0] for k in lora.lora})
+    assert modules and all(LORA_MODULE.fullmatch(m) for m in modules) and len(modules) % 8 == 0, modules
+    assert all(lora.lora[f"{m}.lora_down.weight"].shape[0] == 4 for m in modules)
+    assert any(lora.lora[f"{m}.lora_up.weight"].abs().sum() > 0 for m in modules)  # 2 steps moved the LoRA off zero
+    assert list(lora.bundles) == ["cli_lora"] and torch.equal(lora.bundles["cli_lora"]["string_to_param.*"], token["clip_l"])
+    assert lora.metadata["ss_output_name"] == "cli_lora" and lora.metadata["lora_steps"] == "2"
+    assert lora.metadata["lora_rank"] == "4" and token_meta["steps"] == "2"
+    row = summary(stdout)["cli_lora"]
+    assert row[7:] == [str(embeddings / "cli_lora.safetensors"), str(loras / "cli_lora.safetensors"), "ok"]
+    (entry,) = json.loads(summary_json.read_text())
+    assert entry["lora_file"] == str(loras / "cli_lora.safetensors") and entry["status"] == "ok"
+
+    # the same name again: both files are taken, refused before the server starts, naming the LoRA
+    code, stdout, err = run_cli(argv, timeout=300)
+    assert code == 2 and f"the LoRA {loras / 'cli_lora.safetensors'} already exists" in " ".join(err.split())
+
+    # a LoRA stage that fails on the server: exit 1, neither file in --out or --lora-out, nothing left on the server
+    before = {p: p.read_bytes() for p in (embeddings / "cli_lora.safetensors", loras / "cli_lora.safetensors")}
+    out, lora_out = tmp_path / "out", tmp_path / "lora_out"
+    for path in loras.iterdir():
+        path.unlink()
+    loras.rmdir()
+    loras.write_bytes(b"not a folder")
+    broken = [a for a in argv if a not in ("--summary-json", str(summary_json))]
+    broken[broken.index("cli_lora")] = "cli_lora_broken"
+    code, stdout, err = run_cli([*broken, "--out", str(out), "--lora-out", str(lora_out)], timeout=600)
+    assert code == 1, err
+    assert "0 written, 1 failed" in stdout and "CrossInitSaveLora" in stdout + err
+    assert files_in(out) == [] and files_in(lora_out) == []
+    assert files_in(embeddings) == ["cli_lora.safetensors"] and loras.read_bytes() == b"not a folder"
+    assert not [p for p in (base / "output").rglob("*.safetensors")]
+    assert (embeddings / "cli_lora.safetensors").read_bytes() == before[embeddings / "cli_lora.safetensors"]
+
+
+def test_lora_on_a_server_whose_lora_download_breaks_writes_neither_file(servers, tiny_workflow, tmp_path):
+    """--server: the token comes back whole, the LoRA's copy arrives broken (on every attempt): the job fails and
+    neither --out nor --lora-out changes, with --overwrite too. Through the proxy removed, the same run writes both."""
+    a = servers["a"]
+    photo = face_photo(tmp_path / "me.png", 96)
+    out, lora_out = tmp_path / "out", tmp_path / "lora_out"
+    out.mkdir()
+    lora_out.mkdir()
+    (out / "cli_lora_half.safetensors").write_bytes(b"an earlier token")
+    (lora_out / "cli_lora_half.safetensors").write_bytes(b"an earlier LoRA")
+    args = ["--images", str(photo), "--name", "cli_lora_half", *FAST, *LORA_FAST, "--lora-out", str(lora_out), "--overwrite",
+            "--no-progress"]
+    with BreakingProxy(a.url, corrupt=r"cli_lora_half-[0-9a-f]{8}\.safetensors", subfolder="cross_init_loras") as proxy:
+        code, stdout, err = run_cli([*farm_args(tiny_workflow, out, proxy.url), *args])
+    assert code == 1, err
+    assert len(proxy.corrupted) == 3 and "does not match what the save node wrote" in stdout
+    assert (out / "cli_lora_half.safetensors").read_bytes() == b"an earlier token" and files_in(out) == ["cli_lora_half.safetensors"]
+    assert (lora_out / "cli_lora_half.safetensors").read_bytes() == b"an earlier LoRA"
+    assert files_in(lora_out) == ["cli_lora_half.safetensors"]
+
+    code, stdout, err = run_cli([*farm_args(tiny_workflow, out, a.url), *args])
+    assert code == 0, err
+    token, _meta = read_embedding(out / "cli_lora_half.safetensors")
+    lora, meta = read_embedding(lora_out / "cli_lora_half.safetensors")
+    assert torch.equal(lora["bundle_emb.cli_lora_half.string_to_param.*"], token["clip_l"])
+    assert meta["format"] == "cross_init_pivotal_lora" and meta["cross_init_bundled_token"] == "cli_lora_half"
+    # the remote server keeps its run files under NAME-RUNID only (never NAME), its embeddings copy of the LoRA is off
+    saved = sorted(p.name for p in (a.base / "models" / "loras").glob("cli_lora_half*"))
+    assert saved and all(re.fullmatch(r"cli_lora_half-[0-9a-f]{8}\.safetensors", n) for n in saved)
+    assert not (a.base / "models" / "embeddings" / "cli_lora_half.safetensors").exists()

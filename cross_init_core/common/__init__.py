@@ -2,6 +2,7 @@
 
 - `errors`: the error types;
 - `settings`: training and loss settings, input ranges, presets, detector names;
+- `lora_settings`: the LoRA stage's settings, ranges and presets;
 - `families`: SD 1.x, SD 2.x and SDXL in one table;
 - `embedding_names`: file names and a file's step count;
 - `atomic_files`: all-or-none file writes;
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from .lazy_modules import lazy_submodules
 
-SUBMODULES = ("errors", "settings", "families", "embedding_names", "atomic_files", "prompt_text", "text_table", "lazy_modules")
+SUBMODULES = ("errors", "settings", "lora_settings", "families", "embedding_names", "atomic_files", "prompt_text", "text_table",
+              "lazy_modules")
 __all__ = ["SUBMODULES", *SUBMODULES]
 __getattr__ = lazy_submodules(__name__, SUBMODULES)

@@ -87,22 +87,28 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
 
 
 def write_all(folder: Path, files: list[tuple[str, bytes, bool]]) -> list[Path]:
-    """Writes each (file name, data, may replace) into `folder`, all or none: every file is first written to a temp
-    file, then each takes its name (a name that may not be replaced only while it is free: FileExistsError
-    otherwise). On any error the files already placed are removed, and those already replaced get their old bytes
-    back, so the folder is as it was. Returns the paths, in the order given."""
+    """Writes each (file name, data, may replace) into `folder`, all or none (`write_all_paths`). Returns the paths, in
+    the order given."""
     folder.mkdir(parents=True, exist_ok=True)
+    return write_all_paths([(folder / name, data, may_replace) for name, data, may_replace in files])
+
+
+def write_all_paths(files: list[tuple[Path, bytes, bool]]) -> list[Path]:
+    """Writes each (path, data, may replace), all or none, in one folder or several (their folders made if needed):
+    every file is first written to a temp file beside it, then each takes its name (a name that may not be replaced
+    only while it is free: FileExistsError otherwise). On any error the files already placed are removed, and those
+    already replaced get their old bytes back, so every folder is as it was. Returns the paths, in the order given."""
     temps: list[Path] = []
     backups: list[Path] = []
     placed: list[tuple[Path, Path | None]] = []  # (file, the temp copy of what it replaced, or None: it was new)
     try:
-        for name, data, _may_replace in files:
-            temps.append(tmp := create_temp(folder, Path(name).stem))
+        for final, data, _may_replace in files:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temps.append(tmp := create_temp(final.parent, final.stem))
             write_synced(tmp, data)
-        for (name, _data, may_replace), tmp in zip(files, temps, strict=True):
-            final = folder / name
+        for (final, _data, may_replace), tmp in zip(files, temps, strict=True):
             if may_replace and final.exists():
-                backups.append(backup := create_temp(folder, Path(name).stem))
+                backups.append(backup := create_temp(final.parent, final.stem))
                 write_synced(backup, final.read_bytes())  # a copy: the name keeps a whole file at every moment
                 os.replace(tmp, final)
                 placed.append((final, backup))

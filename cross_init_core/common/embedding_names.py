@@ -14,6 +14,7 @@ from .settings import STEPS
 
 MAX_NAME_LENGTH = 100
 DOWNLOAD_SUBFOLDER = "cross_init_embeddings"  # the save node's copies for HTTP clients, under ComfyUI's output folder
+LORA_DOWNLOAD_SUBFOLDER = "cross_init_loras"  # Save LoRA's copies for HTTP clients, likewise
 TRAINED_METHOD = "cross_initialization"  # the `method` metadata of the files a Cross-Init run writes
 # a continued run replays the earlier run's draws one by one; no real run comes near this
 MAX_CONTINUED_STEPS = 100_000

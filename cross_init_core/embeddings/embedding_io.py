@@ -290,9 +290,11 @@ def load_embedding(path: str | os.PathLike[str]) -> CrossInitEmbedding:
     return embedding
 
 
-def copy_for_download(saved: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Copies a saved embedding file under output/cross_init_embeddings/, never replacing a file there (when the
-    name is taken, by an earlier run's copy or anyone's file, the copy is NAME-xxxxxxxx.safetensors).
+def copy_for_download(saved: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+                      subfolder: str = DOWNLOAD_SUBFOLDER) -> dict[str, Any]:
+    """Copies a saved file (an embedding; Save LoRA's LoRA, into another `subfolder`) under output/`subfolder`/, never
+    replacing a file there (when the name is taken, by an earlier run's copy or anyone's file, the copy is
+    NAME-xxxxxxxx.safetensors).
 
     ComfyUI's /view serves only its output/input/temp folders, so a client of the HTTP API (the batch
     runner) fetches the trained file from there. Returns the entry the save node reports in its UI result:
@@ -302,6 +304,6 @@ def copy_for_download(saved: str | os.PathLike[str], output_dir: str | os.PathLi
 
     source = Path(saved)
     data = source.read_bytes()
-    copy = atomic_files.write_new(Path(output_dir) / DOWNLOAD_SUBFOLDER, source.stem, source.suffix, data)
-    return {"filename": copy.name, "subfolder": DOWNLOAD_SUBFOLDER, "type": "output", "size": len(data),
+    copy = atomic_files.write_new(Path(output_dir) / subfolder, source.stem, source.suffix, data)
+    return {"filename": copy.name, "subfolder": subfolder, "type": "output", "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest()}

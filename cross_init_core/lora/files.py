@@ -146,8 +146,11 @@ def _check_free(path: Path, overwrite: bool) -> None:
 
 
 def save_pivotal(named: list[tuple[LoraModel, CrossInitEmbedding | None, str]], loras_dir: str | os.PathLike[str],
-                 embeddings_dir: str | os.PathLike[str] | None, overwrite: bool = False, bundle: bool = True) -> PivotalFiles:
-    """Writes each (lora, token, name) as loras/NAME.safetensors (+ embeddings/NAME.safetensors when there is a token).
+                 embeddings_dir: str | os.PathLike[str] | None, overwrite: bool = False, bundle: bool = True,
+                 token_name: str = "") -> PivotalFiles:
+    """Writes each (lora, token, name) as loras/NAME.safetensors (+ embeddings/NAME.safetensors when there is a token
+    and `embeddings_dir`). `token_name`: the bundled token's name (A1111's prompt word, the `ss_` trigger word) when it
+    is not the file's NAME (the batch runner saves NAME-RUNID on a server and brings back a file bundling NAME).
 
     Every name in both folders is checked first: a taken one (without `overwrite`) stops the save before anything is
     written. Each folder is written all or none (atomic_files.write_all); when the embeddings fail, the LoRA files
@@ -157,12 +160,14 @@ def save_pivotal(named: list[tuple[LoraModel, CrossInitEmbedding | None, str]], 
 
     loras_folder = Path(loras_dir).resolve()
     embeddings_folder = Path(embeddings_dir).resolve() if embeddings_dir is not None else None
+    token = validate_name(token_name) if token_name else ""
     lora_files: list[tuple[str, bytes, bool]] = []
     embedding_files: list[tuple[str, bytes, bool]] = []
     for lora, embedding, name in named:
         stem = validate_name(name)
         _check_free(loras_folder / f"{stem}{SUFFIX}", overwrite)
-        lora_files.append((stem + SUFFIX, save(*lora_file_tensors(lora, embedding, stem, bundle)), overwrite))
+        # a checkpoint NAME-stepNNNN bundles its token as NAME-stepNNNN, unless a token name is given
+        lora_files.append((stem + SUFFIX, save(*lora_file_tensors(lora, embedding, token or stem, bundle)), overwrite))
         if embedding is not None and embeddings_folder is not None:
             _check_free(embeddings_folder / f"{stem}{SUFFIX}", overwrite)
             embedding_files.append((stem + SUFFIX, save(*_embedding_file(embedding, lora, stem)), overwrite))

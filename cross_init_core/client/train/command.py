@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ... import __version__
 from ...common.atomic_files import replace_atomically
+from ...common.lora_settings import PRESETS as LORA_PRESETS
+from ...common.lora_settings import RANK
 from ...common.settings import BATCH_SIZE, DETECTORS, MODES, PRESETS, RESOLUTION, SEED, STEPS, IntRange
 from ..common import (
     EXIT_FAILED,
@@ -56,6 +58,7 @@ from .jobs import (
     same_shape_problems,
     summary_rows,
 )
+from .lora_graph import LORA_SAVER, LORA_SAVER_INPUTS, PIVOTAL_LORA
 
 # the HTTP client (comfy_client, aiohttp) and the modules on it load inside the functions that run, so --help,
 # --version and bad arguments never load them; here they are named for the type checker only
@@ -90,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
             f"  {PROG} train --checkpoint v1-5-pruned-emaonly.safetensors --images me1.jpg me2.jpg --name my_face\n"
             f"  {PROG} train --checkpoint sd15.safetensors --folder faces/ --mode full --skip-existing\n"
             f"  {PROG} train --checkpoint /models/sd15.safetensors --images a.png --name anna --steps 50 --seed 7\n"
-            f"  {PROG} train --checkpoint sd15.safetensors --folder faces/ --server http://gpu1:8188 --server http://gpu2:8188\n\n"
+            f"  {PROG} train --checkpoint sd15.safetensors --folder faces/ --server http://gpu1:8188 --server http://gpu2:8188\n"
+            f"  {PROG} train --checkpoint sd15.safetensors --images me.jpg --name me --lora   # + loras/me.safetensors\n\n"
             f"presets: fast = {fast.steps} steps, batch {fast.batch_size}, lr {fast.learning_rate}; "
             f"full = {full.steps} steps, batch {full.batch_size}, lr {full.learning_rate} (the paper).\n"
+            f"LoRA presets (--lora-mode): fast = {_lora_preset_text('fast')}; full = {_lora_preset_text('full')}.\n"
             "--steps/--batch-size/--learning-rate switch the trainer to mode `custom` with the preset's other values.\n\n"
             "output: progress and messages on stderr, the summary table on stdout.\n"
             "exit codes: 0 all embeddings written; 1 some training failed (the others were still trained);\n"
@@ -164,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "starts the local ComfyUI on 127.0.0.1 for the run and stops it afterwards.")
     add_local_comfyui_options(host, "an API-format workflow to run instead of the shipped one (same node types; nodes are "
                                     "found by type).")
+    _add_lora_options(parser)
     cluster = parser.add_argument_group("Ray cluster (instead of --server; needs `pip install ray`)")
     cluster.add_argument("--ray", metavar="ADDRESS",
                          help=f"run the jobs on a Ray cluster: {ADDRESSES}. One actor per GPU starts the ComfyUI at --comfyui "
@@ -178,6 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"a job running longer has its actor killed and restarted, and runs again as a further "
                               f"attempt (default {DEFAULT_JOB_TIMEOUT:.0f} s).")
     return parser
+
+
+def _lora_preset_text(mode: str) -> str:
+    p = LORA_PRESETS[mode]
+    return f"rank {p.rank}, alpha {p.alpha:g}, lr {p.learning_rate:g}, {p.steps} steps of batch {p.batch_size}"
+
+
+def _add_lora_options(parser: argparse.ArgumentParser) -> None:
+    lora = parser.add_argument_group("pivotal LoRA (experimental; docs/pivotal.md)")
+    lora.add_argument("--lora", action="store_true",
+                      help="after Cross-Init, train a UNet LoRA around each trained token (Cross-Init Pivotal LoRA) and "
+                           "bring it back too: NAME.safetensors into --lora-out, with the token bundled as NAME, beside "
+                           "NAME.safetensors in --out. Both files are written, or neither.")
+    lora.add_argument("--lora-mode", choices=PRESET_MODES, default="fast",
+                      help="the LoRA stage's preset: fast (default) or full.")
+    lora.add_argument("--lora-steps", type=int_in(STEPS), metavar="N", help="LoRA training steps (overrides the preset).")
+    lora.add_argument("--lora-rank", type=int_in(RANK), metavar="R",
+                      help="LoRA rank (overrides the preset; alpha follows it, keeping the preset's alpha / rank).")
+    lora.add_argument("--lora-batch-size", type=int_in(BATCH_SIZE), metavar="B",
+                      help="LoRA samples per step (overrides the preset).")
+    lora.add_argument("--lora-out", type=Path, metavar="DIR",
+                      help="folder the LoRA files are written to (made when missing). Default: the loras folder beside "
+                           "the default --out (the local ComfyUI's models/loras), or DIR/loras when --out DIR is given.")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -196,6 +225,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--images needs --name NAME (the embedding's file name)")
     if args.folder is not None and args.name:
         parser.error("--name is for --images; with --folder the names come from the sub-folders and files")
+    if not args.lora:
+        given = [f"--{k.replace('_', '-')}" for k in ("lora_steps", "lora_rank", "lora_batch_size", "lora_out")
+                 if getattr(args, k) is not None]
+        if given or args.lora_mode != "fast":
+            parser.error(f"{', '.join(given) or '--lora-mode'} is for the LoRA stage: add --lora")
+    elif args.save_every:
+        parser.error("--save-every and --lora: the LoRA stage's checkpoints are not brought back (yet); train the token "
+                     "with --save-every, pick its best step with `eval`, and train the LoRA in the editor, or leave out "
+                     "--save-every")
     if args.ray is not None:
         if args.server:
             parser.error("--ray and --server exclude each other: the jobs go to a Ray cluster or to servers")
@@ -276,19 +314,21 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             else:
                 raise UsageError("--out DIR is needed: no local ComfyUI was found whose embeddings folder could take the files")
         out_dir: Path = (args.out or local_embeddings).expanduser()  # type: ignore[union-attr]
+        lora_dir = _lora_dir(args, out_dir, problems)
         if args.resume:
             problems += resume_sources(jobs, out_dir)
         steps = args.steps or PRESETS[args.mode].steps
         outputs = Outputs(steps, args.save_every or 0, args.resume)
-        # every name the run writes into --out is known now (the servers save under new run-unique names only)
-        problems += clash_problems(jobs, out_dir, outputs, args.overwrite, args.skip_existing)
+        # every name the run writes into --out (and --lora-out) is known now (the servers save under new run-unique
+        # names only)
+        problems += clash_problems(jobs, out_dir, outputs, args.overwrite, args.skip_existing, lora_dir)
         problems += long_name_problems(jobs, outputs)
         if problems:
             raise UsageError("\n".join(problems))
         if args.ray:
-            return _serve_on_ray(args, jobs, workflow, out_dir, stdout)
+            return _serve_on_ray(args, jobs, workflow, out_dir, lora_dir, stdout)
         try:
-            return asyncio.run(_serve(args, jobs, workflow, ckpt_name, urls, local, out_dir, stdout, stderr))
+            return asyncio.run(_serve(args, jobs, workflow, ckpt_name, urls, local, out_dir, lora_dir, stdout, stderr))
         finally:
             if local is not None:
                 local.stop()
@@ -298,8 +338,24 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                     remove_run_files(jobs, local_embeddings, local_embeddings.parents[1] / "output")
 
 
+def _lora_dir(args: argparse.Namespace, out_dir: Path, problems: list[str]) -> Path | None:
+    """--lora: where the LoRA files go (--lora-out; default: the loras folder beside the default --out, the local
+    ComfyUI's models/loras, or OUT/loras). It must be a folder other than --out: both files are NAME.safetensors."""
+    if not args.lora:
+        return None
+    if args.lora_out is not None:
+        lora_dir = args.lora_out.expanduser()
+    else:
+        lora_dir = out_dir.parent / "loras" if args.out is None else out_dir / "loras"
+    if (problem := folder_problem("--lora-out", lora_dir)):
+        problems.append(problem)
+    elif lora_dir.resolve() == out_dir.resolve():
+        problems.append(f"--lora-out {lora_dir}: it is --out too, and both files are NAME.safetensors; give another folder")
+    return lora_dir
+
+
 async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, Any], ckpt_name: str, urls: list[str],
-                 local: LocalServer | None, out_dir: Path, stdout: TextIO, stderr: TextIO) -> int:
+                 local: LocalServer | None, out_dir: Path, lora_dir: Path | None, stdout: TextIO, stderr: TextIO) -> int:
     import aiohttp
 
     from .. import local_comfyui
@@ -318,8 +374,8 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
         if problems:
             raise UsageError("\n".join(problems))
         pending = [j for j in jobs if j.status == "pending"]
-        log.info("checkpoint: %s; output folder: %s; %d embedding(s) to train on %d server(s)", ckpt_name, out_dir,
-                 len(pending), len(servers))
+        log.info("checkpoint: %s; output folder: %s%s; %d embedding(s) to train on %d server(s)", ckpt_name, out_dir,
+                 f" (LoRAs: {lora_dir})" if lora_dir is not None else "", len(pending), len(servers))
 
         make_prompt = PromptBuilder(workflow, graph_settings(args, ckpt_name, face_prep))
 
@@ -330,7 +386,7 @@ async def _serve(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, 
             return ProgressBar(stderr, label, enabled=enabled, redraw=len(servers) == 1)
 
         if pending:
-            await farm.run_jobs(servers, pending, make_prompt, out_dir, progress, args.overwrite)
+            await farm.run_jobs(servers, pending, make_prompt, out_dir, progress, args.overwrite, lora_dir)
 
     return _summary(args, jobs, stdout)
 
@@ -342,10 +398,14 @@ def _node_needs(args: argparse.Namespace, workflow: dict[str, Any]) -> tuple[set
     if photos_stay_whole(workflow):
         node_types.add(PHOTO_LOADER)
     needs = {TRAINER: {"save_every"} if args.save_every else set(), EMBEDDING_LOADER: {"file"} if args.resume else set()}
+    if args.lora:  # the pivotal nodes, and a Save LoRA that saves as the runner needs (refused before any work)
+        node_types |= {PIVOTAL_LORA, LORA_SAVER}
+        needs[LORA_SAVER] = set(LORA_SAVER_INPUTS)
     return node_types, needs
 
 
-def _serve_on_ray(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, Any], out_dir: Path, stdout: TextIO) -> int:
+def _serve_on_ray(args: argparse.Namespace, jobs: list[Job], workflow: dict[str, Any], out_dir: Path, lora_dir: Path | None,
+                  stdout: TextIO) -> int:
     from .. import local_comfyui
     from . import ray_farm
 
@@ -356,7 +416,8 @@ def _serve_on_ray(args: argparse.Namespace, jobs: list[Job], workflow: dict[str,
     setup = ray_farm.WorkerSetup(str(Path(comfyui).expanduser().resolve()),
                                  str(args.base_directory.expanduser().resolve()) if args.base_directory else None,
                                  args.checkpoint, args.cpu or args.ray_gpus_per_job == 0)
-    settings = ray_farm.RaySettings(args.ray, args.ray_gpus_per_job, args.ray_actors, args.job_timeout, setup, args.overwrite)
+    settings = ray_farm.RaySettings(args.ray, args.ray_gpus_per_job, args.ray_actors, args.job_timeout, setup, args.overwrite,
+                                    lora_dir)
     pending = [j for j in jobs if j.status == "pending"]
     if pending:
         node_types, needs = _node_needs(args, workflow)
@@ -365,8 +426,8 @@ def _serve_on_ray(args: argparse.Namespace, jobs: list[Job], workflow: dict[str,
 
 
 def _summary(args: argparse.Namespace, jobs: list[Job], stdout: TextIO) -> int:
-    stdout.write(format_summary(jobs))
+    stdout.write(format_summary(jobs, args.lora))
     stdout.flush()
     if args.summary_json:
-        replace_atomically(args.summary_json, (json.dumps(summary_rows(jobs), indent=2) + "\n").encode("utf-8"))
+        replace_atomically(args.summary_json, (json.dumps(summary_rows(jobs, args.lora), indent=2) + "\n").encode("utf-8"))
     return EXIT_OK if all(j.status in ("ok", "skipped") for j in jobs) else EXIT_FAILED

@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...common.atomic_files import write_all
-from ...common.embedding_names import DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps
+from ...common.atomic_files import write_all_paths
+from ...common.embedding_names import DOWNLOAD_SUBFOLDER, LORA_DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
 from ..common import upright_photo
 from ..preflight import preflight
 from ..progress import ProgressBar
 from ..prompt_graph import FACE_PREP, SAVER, TRAINER
-from .files import file_metadata, metadata_int, new_run_id
+from .files import file_metadata, lora_file_problem, metadata_int, new_run_id
+from .lora_graph import LORA_SAVER
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -131,9 +132,11 @@ class _Queue:
 
 
 async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMaker, out_dir: Path,
-                   progress: Callable[[Job, Server, int], ProgressBar], overwrite: bool = False) -> None:
+                   progress: Callable[[Job, Server, int], ProgressBar], overwrite: bool = False,
+                   lora_dir: Path | None = None) -> None:
     """Runs every job on the servers; sets each job's status, message, path, server, seconds, loss, steps. Files in
-    `out_dir` are replaced only with `overwrite` (and NAME by a --resume job, which keeps the file it continues)."""
+    `out_dir` (and the LoRAs in `lora_dir`, with --lora) are replaced only with `overwrite` (and NAME by a --resume job,
+    which keeps the file it continues)."""
     queue = _Queue(servers, pending=list(jobs))
     numbers = {job.name: i for i, job in enumerate(jobs, start=1)}
 
@@ -149,7 +152,8 @@ async def run_jobs(servers: list[Server], jobs: list[Job], make_prompt: PromptMa
             started = time.perf_counter()
             try:
                 try:
-                    await _run_one(server, job, make_prompt, out_dir, progress(job, server, numbers[job.name]), overwrite)
+                    await _run_one(server, job, make_prompt, out_dir, progress(job, server, numbers[job.name]), overwrite,
+                                   lora_dir)
                 except asyncio.CancelledError:
                     if server.local is None:  # stopped (Ctrl-C): the remote server should not train on for nobody
                         await server.client.interrupt()
@@ -214,6 +218,7 @@ class Trained:
 
     files: list[tuple[str, bytes]]  # (file stem in --out, data)
     final_loss: float | None
+    lora_files: list[tuple[str, bytes]] = field(default_factory=list)  # --lora: (file stem in --lora-out, data)
 
 
 async def train_on(server: Server, job: Job, make_prompt: PromptMaker, run_id: str,
@@ -236,28 +241,47 @@ async def train_on(server: Server, job: Job, make_prompt: PromptMaker, run_id: s
                                                 data=job.resume_data)
     prompt = make_prompt(job, names, folder, server, saved_name(job, run_id), resume_file)
     outcome = await client.run(prompt, on_progress=on_progress)
-    saver_ids = [k for k, v in prompt.items() if v.get("class_type") == SAVER]
-    entries = (outcome.outputs.get(saver_ids[0], {}) if saver_ids else {}).get("cross_init_embedding") or []
-    if not entries:
-        raise PromptFailed(f"{client.url} reported no saved file for {job.name} (is its Cross-Init pack up to date?)")
+    entries = _saved_entries(outcome.outputs, prompt, SAVER, "cross_init_embedding", client.url, job.name)
     # the last entry is NAME (the final tokens); earlier ones are its checkpoints, NAME-stepNNNN
     files = [(entry, checkpoint_name(job.name, int(entry["steps"]))) for entry in entries[:-1]] + [(entries[-1], job.name)]
     # every file is fetched and checked before any is written: a check or a transfer that fails part-way leaves --out as
     # it was, never a set mixed from two runs (the files are small enough to wait in memory)
-    fetched: list[tuple[str, bytes]] = []
-    for entry, name in files:
-        data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
-        if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-            # another run replaced the copy in between, or the transfer broke: fetch nothing rather than a wrong file
-            raise ServerGone(f"{client.url}: the downloaded {entry['filename']} does not match what the save node wrote")
-        fetched.append((name, data))
-    return Trained(fetched, entries[-1].get("final_loss"))
+    fetched = [(name, await _fetch(client, entry)) for entry, name in files]
+    lora_files: list[tuple[str, bytes]] = []
+    if any(node.get("class_type") == LORA_SAVER for node in prompt.values()):  # --lora: the LoRA comes back too
+        entry = _saved_entries(outcome.outputs, prompt, LORA_SAVER, "cross_init_lora", client.url, job.name)[-1]
+        data = await _fetch(client, entry)
+        problem = lora_file_problem(data, job.name)
+        if problem:  # the server's pack wrote something else than the runner expects: the same graph would do it again
+            raise PromptFailed(f"{client.url}: the LoRA file saved for {job.name} is not usable: {problem}")
+        lora_files.append((job.name, data))
+    return Trained(fetched, entries[-1].get("final_loss"), lora_files)
 
 
-def finish_job(job: Job, label: str, trained: Trained, out_dir: Path, overwrite: bool) -> None:
-    """Writes a run's files into --out (all or none) and records the job's result."""
-    path = _write_out(job, out_dir, trained.files, overwrite)
+def _saved_entries(outputs: dict[str, Any], prompt: dict[str, Any], class_type: str, key: str, url: str,
+                   name: str) -> list[dict[str, Any]]:
+    """The files the graph's `class_type` save node reports in its UI result under `key` (in /history)."""
+    ids = [k for k, v in prompt.items() if v.get("class_type") == class_type]
+    entries = (outputs.get(ids[0], {}) if ids else {}).get(key) or []
+    if not entries:
+        raise PromptFailed(f"{url} reported no file of {class_type} for {name} (is its Cross-Init pack up to date?)")
+    return entries
+
+
+async def _fetch(client: ComfyClient, entry: dict[str, Any]) -> bytes:
+    """A saved file's copy under output/, checked against the size and sha256 its save node reported."""
+    data = await client.download(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
+    if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        # another run replaced the copy in between, or the transfer broke: fetch nothing rather than a wrong file
+        raise ServerGone(f"{client.url}: the downloaded {entry['filename']} does not match what the save node wrote")
+    return data
+
+
+def finish_job(job: Job, label: str, trained: Trained, out_dir: Path, overwrite: bool, lora_dir: Path | None = None) -> None:
+    """Writes a run's files into --out (and its LoRA into `lora_dir`), all or none, and records the job's result."""
+    path, lora_path = _write_out(job, out_dir, trained, overwrite, lora_dir)
     job.status, job.message, job.path, job.server = "ok", "", str(path), label
+    job.lora_path = None if lora_path is None else str(lora_path)
     job.final_loss = trained.final_loss
     metadata = file_metadata(trained.files[-1][1])
     job.steps = trained_steps(metadata)
@@ -265,42 +289,51 @@ def finish_job(job: Job, label: str, trained: Trained, out_dir: Path, overwrite:
 
 
 async def _run_one(server: Server, job: Job, make_prompt: PromptMaker, out_dir: Path, bar: ProgressBar,
-                   overwrite: bool) -> None:
+                   overwrite: bool, lora_dir: Path | None) -> None:
     run_id = new_run_id()
     job.run_ids.append(run_id)
     try:
         trained = await train_on(server, job, make_prompt, run_id, bar.hook)
     finally:
         bar.finish()
-    finish_job(job, server.label, trained, out_dir, overwrite)
+    finish_job(job, server.label, trained, out_dir, overwrite, lora_dir)
 
 
-def _write_out(job: Job, out_dir: Path, fetched: list[tuple[str, bytes]], overwrite: bool) -> Path:
-    """Writes a job's files into --out, all or none; returns NAME's path. --resume first keeps the file it continued
-    (byte-identical, under `job.keep_as`; nothing when that file holds these bytes already) and replaces NAME."""
-    writes: list[tuple[str, bytes, bool]] = []
+def _write_out(job: Job, out_dir: Path, trained: Trained, overwrite: bool,
+               lora_dir: Path | None) -> tuple[Path, Path | None]:
+    """Writes a job's files into --out and its LoRA into `lora_dir`, all or none across both; returns NAME's paths
+    (the LoRA's None without one). --resume first keeps the file it continued (byte-identical, under `job.keep_as`;
+    nothing when that file holds these bytes already) and replaces NAME; its LoRA is always new."""
+    writes: list[tuple[Path, bytes, bool]] = []
     if job.resume_data is not None and job.keep_as is not None:
         kept = out_dir / f"{job.keep_as}.safetensors"
         if not (kept.is_file() and kept.read_bytes() == job.resume_data):
-            writes.append((kept.name, job.resume_data, False))
-    # NAME last: once it is there, its checkpoints are too
-    writes += [(f"{name}.safetensors", data, overwrite or (job.resume_data is not None and name == job.name))
-               for name, data in fetched]
+            writes.append((kept, job.resume_data, False))
+    if trained.lora_files:
+        if lora_dir is None:
+            raise ValueError(f"{job.name}: the server saved a LoRA but the run has no --lora-out folder for it")
+        writes += [(lora_dir / f"{name}.safetensors", data, overwrite) for name, data in trained.lora_files]
+    # NAME last: once it is there, its checkpoints (and its LoRA) are too
+    writes += [(out_dir / f"{name}.safetensors", data, overwrite or (job.resume_data is not None and name == job.name))
+               for name, data in trained.files]
     try:
-        return write_all(out_dir, writes)[-1]
+        written = write_all_paths(writes)
     except FileExistsError as exc:
-        raise OSError(f"{exc.filename} appeared in --out during the run; nothing in --out was changed. Run again with "
-                      "another name, or with --overwrite to replace it") from None
+        raise OSError(f"{exc.filename} appeared in --out or --lora-out during the run; nothing there was changed. Run "
+                      "again with another name, or with --overwrite to replace it") from None
+    return written[-1], (written[-1 - len(trained.files)] if trained.lora_files else None)
 
 
-def remove_run_files(jobs: list[Job], embeddings: Path, output: Path) -> None:
-    """Removes what the jobs' runs saved on the local ComfyUI (NAME-RUNID and its checkpoints, in its embeddings folder
-    and the copies under output/cross_init_embeddings/): --out holds the results. Call it once that server has stopped,
-    so that no attempt still running can save after it."""
+def remove_run_files(jobs: list[Job], embeddings: Path, output: Path, loras: Path | None = None) -> None:
+    """Removes what the jobs' runs saved on the local ComfyUI (NAME-RUNID and its checkpoints, in its embeddings and
+    loras folders (`loras`: default models/loras beside `embeddings`) and the copies under output/cross_init_embeddings/
+    and output/cross_init_loras/): --out holds the results. Call it once that server has stopped, so that no attempt
+    still running can save after it."""
+    loras = loras if loras is not None else embeddings.parent / "loras"
     for job in jobs:
         for run_id in job.run_ids:
             stem = saved_name(job, run_id)
-            for folder in (embeddings, output / DOWNLOAD_SUBFOLDER):
+            for folder in (embeddings, output / DOWNLOAD_SUBFOLDER, loras, output / LORA_DOWNLOAD_SUBFOLDER):
                 for path in (*folder.glob(f"{glob.escape(stem)}.safetensors"), *folder.glob(f"{glob.escape(stem)}-step*.safetensors")):
                     try:
                         path.unlink()

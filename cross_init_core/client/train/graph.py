@@ -22,6 +22,7 @@ from ..prompt_graph import (
     start_prompt,
     upstream,
 )
+from .lora_graph import LoraGraph, add_lora_stage, lora_graph
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class TrainGraph(GraphSettings):
     face_prep: dict[str, Any] = field(default_factory=dict)
     save_every: int = 0  # the trainer keeps checkpoints; the save node saves the list (NAME-stepNNNN and NAME)
     resume_file: str | None = None  # continue this uploaded file (relative to the input folder) instead of a fresh start
+    lora: LoraGraph | None = None  # --lora: the pivotal LoRA stage after the trainer
+    token_name: str = ""  # the job's NAME: the token's name bundled in the LoRA file (set per job)
 
 
 def photo_loader(workflow: dict[str, Any]) -> str:
@@ -107,6 +110,10 @@ def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[st
                          "_meta": {"title": "Continued embedding (CLI)"}}
     # copy_to_output: the save node also puts the file where /view serves it, and reports it in /history
     prompt[saver]["inputs"].update(name=settings.name, overwrite=settings.overwrite, copy_to_output=True)
+    # before the photos are placed: the LoRA stage reads the trainer's photo link, which they may rewire
+    savers = [saver]
+    if settings.lora is not None:
+        savers.append(add_lora_stage(prompt, trainer, settings.lora, settings.seed, settings.name, settings.token_name))
 
     # the photos: the graph's LoadImage stands for them
     loader = photo_loader(prompt)
@@ -131,7 +138,7 @@ def build_prompt(workflow: dict[str, Any], settings: TrainGraph, images: list[st
             inputs = {"images": prompt[node_id]["inputs"]["images"], "filename_prefix": f"cross_init/{settings.name}_loss"}
             prompt[node_id] = {"class_type": "SaveImage", "inputs": inputs, "_meta": prompt[node_id].get("_meta", {})}
     else:
-        keep = upstream(prompt, [saver])
+        keep = upstream(prompt, savers)
         prompt = {k: v for k, v in prompt.items() if k in keep}
     return prompt
 
@@ -146,7 +153,8 @@ class PromptBuilder:
 
     def __call__(self, job: Any, images: list[str], folder: str, server: Any, save_as: str,
                  resume_file: str | None) -> dict[str, Any]:
-        return build_prompt(self.workflow, replace(self.settings, name=save_as, resume_file=resume_file), images)
+        return build_prompt(self.workflow, replace(self.settings, name=save_as, resume_file=resume_file,
+                                                   token_name=job.name), images)
 
 
 def graph_settings(args: argparse.Namespace, ckpt_name: str, face_prep: dict[str, Any]) -> TrainGraph:
@@ -154,7 +162,7 @@ def graph_settings(args: argparse.Namespace, ckpt_name: str, face_prep: dict[str
     every server saves under a new run-unique name: never replaced, --out gets the files (farm.py)."""
     return TrainGraph(ckpt_name=ckpt_name, seed=args.seed, steps=args.steps, resolution=args.resolution, mode=args.mode,
                       overwrite=False, batch_size=args.batch_size, learning_rate=args.learning_rate, samples=args.samples,
-                      face_prep=face_prep, save_every=args.save_every or 0)
+                      face_prep=face_prep, save_every=args.save_every or 0, lora=lora_graph(args))
 
 
 def face_prep_settings(args: argparse.Namespace, workflow: dict[str, Any], info: dict[str, Any] | None,

@@ -27,6 +27,7 @@ class Job:
     status: str = "pending"
     message: str = ""
     path: str | None = None
+    lora_path: str | None = None  # --lora: the LoRA file in --lora-out
     seconds: float | None = None
     final_loss: float | None = None
     steps: int | None = None
@@ -167,15 +168,27 @@ def long_name_problems(jobs: list[Job], outputs: Outputs) -> list[str]:
     return problems
 
 
-def clash_problems(jobs: list[Job], folder: Path, outputs: Outputs, overwrite: bool, skip_existing: bool) -> list[str]:
-    """A problem for every file a job would write that exists in `folder`, unless --overwrite; with --skip-existing a
-    job whose NAME exists is marked skipped instead. With --resume NAME itself is the file being continued: it is
-    replaced (and kept under another name, which must be free or hold the same bytes already)."""
+def clash_problems(jobs: list[Job], folder: Path, outputs: Outputs, overwrite: bool, skip_existing: bool,
+                   lora_folder: Path | None = None) -> list[str]:
+    """A problem for every file a job would write that exists in `folder` (and, with --lora, its LoRA NAME in
+    `lora_folder`), unless --overwrite; with --skip-existing a job whose files all exist is marked skipped instead, and
+    one with only some of them is a problem (training it would replace the others). With --resume NAME itself is the
+    file being continued: it is replaced (and kept under another name, which must be free or hold the same bytes
+    already); its LoRA must be new."""
     problems: list[str] = []
     for job in jobs:
         target = folder / f"{job.name}.safetensors"
-        if skip_existing and target.exists():
+        lora_target = lora_folder / f"{job.name}.safetensors" if lora_folder is not None else None
+        if skip_existing and target.exists() and (lora_target is None or lora_target.exists()):
             job.status, job.path, job.message = "skipped", str(target), "file exists (--skip-existing)"
+            job.lora_path = None if lora_target is None else str(lora_target)
+            continue
+        if lora_target is not None and lora_target.exists() and not overwrite:
+            problems.append(f"{job.name}: the LoRA {lora_target} already exists; choose another name, or pass --overwrite "
+                            "to replace it" + (f"; --skip-existing skips a job only when {target} exists too" if skip_existing else ""))
+        if skip_existing and lora_target is not None and target.exists():
+            problems.append(f"{job.name}: {target} exists but its LoRA {lora_target} does not, and --lora trains both "
+                            "together; pass --overwrite to train both again, or move the embedding away")
             continue
         for name in outputs.names(job):
             path = folder / f"{name}.safetensors"
@@ -188,24 +201,28 @@ def clash_problems(jobs: list[Job], folder: Path, outputs: Outputs, overwrite: b
     return problems
 
 
-def summary_rows(jobs: list[Job]) -> list[dict[str, Any]]:
+def summary_rows(jobs: list[Job], lora: bool = False) -> list[dict[str, Any]]:
+    """The summary as JSON rows; with --lora each row also has `lora_file`."""
     return [
         {"name": j.name, "images": len(j.images), "steps": j.steps, "seconds": None if j.seconds is None else round(j.seconds, 1),
-         "final_loss": j.final_loss, "peak_vram_mib": j.peak_vram_mib, "server": j.server, "file": j.path, "status": j.status,
-         "message": j.message}
+         "final_loss": j.final_loss, "peak_vram_mib": j.peak_vram_mib, "server": j.server, "file": j.path,
+         **({"lora_file": j.lora_path} if lora else {}), "status": j.status, "message": j.message}
         for j in jobs
     ]
 
 
-def format_summary(jobs: list[Job]) -> str:
-    header = ("name", "images", "steps", "seconds", "final loss", "VRAM MiB", "server", "file", "status")
+def format_summary(jobs: list[Job], lora: bool = False) -> str:
+    """The summary table; with --lora a `lora file` column follows `file`."""
+    header = ("name", "images", "steps", "seconds", "final loss", "VRAM MiB", "server", "file",
+              *(("lora file",) if lora else ()), "status")
     rows = []
     for j in jobs:
         status = j.status if not j.message or j.status == "ok" else f"{j.status}: {j.message}"
         rows.append((
             j.name, str(len(j.images)), "-" if j.steps is None else str(j.steps),
             "-" if j.seconds is None else f"{j.seconds:.1f}", "-" if j.final_loss is None else f"{j.final_loss:.4f}",
-            "-" if j.peak_vram_mib is None else str(j.peak_vram_mib), j.server or "-", j.path or "-", status,
+            "-" if j.peak_vram_mib is None else str(j.peak_vram_mib), j.server or "-", j.path or "-",
+            *((j.lora_path or "-",) if lora else ()), status,
         ))
     ok = sum(j.status == "ok" for j in jobs)
     skipped = sum(j.status == "skipped" for j in jobs)

@@ -136,7 +136,7 @@ class ComfyWorker:
         return os.getpid()
 
     def run_job(self, job: Job, photos: list[tuple[bytes, str]], make_prompt: PromptBuilder) -> Trained:
-        """One run of `job`; the files it saved on this node's ComfyUI are removed once they are fetched."""
+        """One run of `job`; the files it saved on this node's ComfyUI (its LoRA too) are removed once they are fetched."""
         return _run_async(self._run_job(job, photos, make_prompt))
 
     async def _run_job(self, job: Job, photos: list[tuple[bytes, str]], make_prompt: PromptBuilder) -> Trained:
@@ -183,6 +183,7 @@ class RaySettings:
     job_timeout: float
     setup: WorkerSetup
     overwrite: bool
+    lora_out: Path | None = None  # --lora: where the LoRA files go
     log: list[str] = field(default_factory=list)
 
 
@@ -320,7 +321,8 @@ def _schedule(ray: Any, actors: list[Any], nodes: list[str], jobs: list[Job], ma
                 continue
             idle.append(entry.number)
             try:
-                finish_job(job, f"ray actor {entry.number} ({nodes[entry.number]})", trained, out_dir, settings.overwrite)
+                finish_job(job, f"ray actor {entry.number} ({nodes[entry.number]})", trained, out_dir, settings.overwrite,
+                           settings.lora_out)
             except OSError as exc:
                 _fail(job, entry, str(exc), now)
                 continue
