@@ -10,11 +10,10 @@ from ..cross_init_core.common import embedding_names
 from ..cross_init_core.common.embedding_names import MAX_RUN_STEPS
 from ..cross_init_core.common.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from ..cross_init_core.embeddings import embedding_io
-from .common import CATEGORY, Embedding, single
+from .common import CATEGORY, UNLINKED, Embedding, single
 
 log = logging.getLogger(__name__)
 
-_UNLINKED = object()  # an optional input with no link (ComfyUI leaves it out of the call)
 
 
 class CrossInitSaveEmbedding(io.ComfyNode):
@@ -83,7 +82,7 @@ class CrossInitSaveEmbedding(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, name, overwrite, embedding=None, copy_to_output=None,  # type: ignore[override]
-                          best=_UNLINKED) -> list[str]:
+                          best=UNLINKED) -> list[str]:
         """Runs before the embedding is computed: a taken name stops the graph here rather than after the training
         (for example a graph run again after its own save, whose training changed)."""
         name, overwrite = single(name), bool(single(overwrite))
@@ -91,7 +90,7 @@ class CrossInitSaveEmbedding(io.ComfyNode):
         problem = cls._taken(name, overwrite, allow_own=False)
         if problem:
             raise EmbeddingExistsError(problem)
-        return ["embedding"] if best is _UNLINKED else ["embedding", "best"]
+        return ["embedding"] if best is UNLINKED else ["embedding", "best"]
 
     @classmethod
     def execute(cls, embedding, name, overwrite, copy_to_output=None, best=None) -> io.NodeOutput:  # type: ignore[override]

@@ -10,8 +10,8 @@ from comfy_api.latest import io, ui
 
 from ..cross_init_core import host
 from ..cross_init_core.common import settings as token_settings
-from ..cross_init_core.common.embedding_names import LORA_DOWNLOAD_SUBFOLDER, validate_name
-from ..cross_init_core.common.errors import EmbeddingFileError, InvalidInputError
+from ..cross_init_core.common.embedding_names import LORA_DOWNLOAD_SUBFOLDER, MAX_RUN_STEPS, validate_name, validate_run_name
+from ..cross_init_core.common.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from ..cross_init_core.embeddings import embedding_io
 from ..cross_init_core.lora import files, stage
 from ..cross_init_core.lora import settings as lora_settings
@@ -19,7 +19,7 @@ from ..cross_init_core.lora.weights import LoraModel
 from ..cross_init_core.training import loss_plot, preview
 from ..cross_init_core.training.memory import MEMORY_CHOICES, parse_memory
 from ..cross_init_core.training.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
-from .common import CATEGORY, Embedding, LossSettingsType, single
+from .common import CATEGORY, UNLINKED, Embedding, LossSettingsType, refuse_taken_saves, single
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class CrossInitPivotalLora(io.ComfyNode):
                                      tooltip="A list: the LoRA after every save_every steps and at the end, each with its "
                                              "step count; Cross-Init Save LoRA saves them as NAME-stepNNNN."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -109,6 +110,7 @@ class CrossInitPivotalLora(io.ComfyNode):
                 masks=None, resolution: int = token_settings.AUTO_RESOLUTION, memory: str = "auto",
                 save_every: int = 0, preview_every: int = -1, preview_prompt: str = PREVIEW_PROMPT,
                 preview_steps: int = PREVIEW_STEPS) -> io.NodeOutput:
+        refuse_taken_saves(cls)
         resolution = token_settings.auto_resolution(resolution, host.is_sdxl_model(model))
         custom = lora_settings.LoraSettings(rank=rank, alpha=alpha, learning_rate=learning_rate,
                                             token_learning_rate=token_learning_rate, steps=steps, batch_size=batch_size,
@@ -139,13 +141,14 @@ class CrossInitSaveLora(io.ComfyNode):
                 "Cross-Init Load LoRA + Token. Given the checkpoints list, saves each as NAME-stepNNNN and the last as NAME."
             ),
             inputs=[
-                LoraModelType.Input("lora", tooltip="The Pivotal LoRA node's lora, or its checkpoints list."),
+                # lazy: the node checks its names before whatever computes the LoRA (the training) runs
+                LoraModelType.Input("lora", lazy=True, tooltip="The Pivotal LoRA node's lora, or its checkpoints list."),
                 io.String.Input("name", default="my_face",
                                 tooltip="File name without extension (letters, digits, _ - .); the token's prompt word too."),
                 io.Boolean.Input("overwrite", default=False,
-                                 tooltip="Replace existing files of those names. Off: a taken name stops the save before "
-                                         "anything is written."),
-                Embedding.Input("embedding", optional=True,
+                                 tooltip="On: replace existing files of those names. Off: a name already in use is "
+                                         "refused when you press Run, before any training, and no file is touched."),
+                Embedding.Input("embedding", optional=True, lazy=True,
                                 tooltip="The token to bundle; empty: the token each LoRA was trained around."),
                 io.Boolean.Input("bundle_token", default=True, optional=True,
                                  tooltip="Bundle the token into the LoRA file (A1111, OneTrainer, this pack read it). Off: "
@@ -162,20 +165,62 @@ class CrossInitSaveLora(io.ComfyNode):
                                          "batch runner)."),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="The LoRA file written (NAME.safetensors).")],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
             is_input_list=True,  # the whole checkpoints list at once: every name is checked before any is written
         )
 
     @classmethod
-    def validate_inputs(cls, name=None, overwrite=False, token_name=None) -> bool | str:  # type: ignore[override]
-        name, token = single(name), single(token_name) if token_name is not None else ""
-        for what, value in (("", name), ("token_name: ", token)):
-            if isinstance(value, str) and (value.strip() or not what):  # an empty token_name means NAME
-                try:
-                    validate_name(value)
-                except InvalidInputError as exc:
-                    return f"{what}{exc}"
-        return True
+    def _saver(cls) -> str:
+        """This node's id in the graph ("" when called outside a graph, as tests do)."""
+        return str(getattr(getattr(cls, "hidden", None), "unique_id", None) or "")
+
+    @classmethod
+    def _taken(cls, name: str, overwrite: bool, save_embedding: bool, allow_own: bool) -> str | None:
+        """Why `name` cannot be saved to (taken, and overwrite off), or None. `allow_own`: files this node wrote in
+        this session pass (the queue check: a graph run again after its own save is served from ComfyUI's cache)."""
+        loras, embeddings = host.lora_directories(), host.embedding_directories()
+        if overwrite:
+            return None
+        taken = files.taken_files(name, loras[0] if loras else None,
+                                  embeddings[0] if embeddings and save_embedding else None)
+        if not taken or (allow_own and embedding_io.written_by(cls._saver(), taken)):
+            return None
+        return files.taken_message(taken, name)
+
+    @classmethod
+    def validate_inputs(cls, name=None, overwrite=False, token_name=None,  # type: ignore[override]
+                        save_embedding=None) -> bool | str:
+        """Runs when the graph is queued (Run), so an unusable or taken name is refused before any training starts:
+        a bad name, one too long for the checkpoints NAME-stepNNNN a run could write, or a taken NAME or
+        NAME-stepNNNN in the loras or embeddings folder (overwrite off). A name linked from another node is checked
+        when the node runs."""
+        name, overwrite = single(name), single(overwrite)
+        token = single(token_name) if token_name is not None else ""
+        if isinstance(token, str) and token.strip():  # an empty token_name means NAME
+            try:
+                validate_name(token)
+            except InvalidInputError as exc:
+                return f"token_name: {exc}"
+        if not isinstance(name, str):
+            return True
+        try:
+            validate_run_name(name, MAX_RUN_STEPS)
+        except InvalidInputError as exc:
+            return str(exc)
+        with_token = single(save_embedding) is not False
+        return cls._taken(name, overwrite is True, with_token, allow_own=True) or True
+
+    @classmethod
+    def check_lazy_status(cls, name, overwrite, lora=None, embedding=UNLINKED,  # type: ignore[override]
+                          bundle_token=None, save_embedding=None, token_name=None, copy_to_output=None) -> list[str]:
+        """Runs before the LoRA is computed: a taken name stops the graph here rather than after the training."""
+        name, overwrite = single(name), bool(single(overwrite))
+        validate_run_name(name, MAX_RUN_STEPS)
+        problem = cls._taken(name, overwrite, single(save_embedding) is not False, allow_own=False)
+        if problem:
+            raise EmbeddingExistsError(problem)
+        return ["lora"] if embedding is UNLINKED else ["lora", "embedding"]
 
     @classmethod
     def execute(cls, lora, name, overwrite, embedding=None, bundle_token=None,  # type: ignore[override]
@@ -202,6 +247,7 @@ class CrossInitSaveLora(io.ComfyNode):
         embeddings_folder = embedding_folders[0] if embedding_folders and with_embedding else None
         saved = files.save_pivotal(named, folders[0], embeddings_folder, overwrite=overwrite, bundle=bundle,
                                    token_name=token_stem)
+        embedding_io.remember_written(cls._saver(), [*saved.loras, *saved.embeddings])
         stem = validate_name(name)
         message = "\n".join(f"Saved {path}." for path in [*saved.loras, *saved.embeddings])
         message += f"\nLoad {stem} with Load LoRA and write embedding:{stem} in the prompt (or Cross-Init Load LoRA + Token)."

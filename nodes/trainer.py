@@ -5,16 +5,13 @@ import logging
 from comfy_api.latest import io
 
 from ..cross_init_core import host
-from ..cross_init_core.common import embedding_names, settings
-from ..cross_init_core.common.embedding_names import MAX_RUN_STEPS
-from ..cross_init_core.common.errors import EmbeddingExistsError, InvalidInputError
+from ..cross_init_core.common import settings
 from ..cross_init_core.common.settings import PRESETS
-from ..cross_init_core.embeddings import embedding_io
 from ..cross_init_core.training import loss_plot, preview
 from ..cross_init_core.training import trainer as training
 from ..cross_init_core.training.memory import MEMORY_CHOICES, parse_memory
 from ..cross_init_core.training.preview import MAX_PREVIEW_STEPS, PREVIEW_PROMPT, PREVIEW_STEPS
-from .common import CATEGORY, Embedding, LossSettingsType
+from .common import CATEGORY, Embedding, LossSettingsType, refuse_taken_saves
 
 log = logging.getLogger(__name__)
 FAST, FULL = PRESETS["fast"], PRESETS["full"]
@@ -96,30 +93,11 @@ class CrossInitTrainer(io.ComfyNode):
         )
 
     @classmethod
-    def _refuse_taken_save_names(cls) -> None:
-        """Before any step: a Save node that would save this training under a taken name stops the run here. ComfyUI
-        runs a graph's other outputs even when the Save node failed its check at Run, so the training would otherwise
-        go ahead and its result not be saved."""
-        hidden = getattr(cls, "hidden", None)
-        prompt, node_id = getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None)
-        folders = host.embedding_directories()
-        if not isinstance(prompt, dict) or node_id is None or not folders:
-            return
-        for name in embedding_io.downstream_save_names(prompt, str(node_id)):
-            try:
-                embedding_names.validate_run_name(name, MAX_RUN_STEPS)
-                files = embedding_io.run_files(folders[0], name)
-            except InvalidInputError as exc:  # the Save node's own check names it; stop before the training too
-                raise InvalidInputError(f"{exc} (the Save Embedding node that saves this training)") from None
-            if files:
-                raise EmbeddingExistsError(embedding_io.taken_message(files, name))
-
-    @classmethod
     def execute(cls, model, clip, vae, images, embedding, mode: str, steps: int, batch_size: int,  # type: ignore[override]
                 learning_rate: float, seed: int, loss=None, resolution: int = settings.AUTO_RESOLUTION, masks=None,
                 memory: str = "auto", preview_every: int = -1, save_every: int = 0, preview_prompt: str = PREVIEW_PROMPT,
                 preview_steps: int = PREVIEW_STEPS) -> io.NodeOutput:
-        cls._refuse_taken_save_names()
+        refuse_taken_saves(cls)
         resolution = settings.auto_resolution(resolution, host.is_sdxl_model(model))
         choice = settings.resolve_choice(mode, steps, batch_size, learning_rate, seed, resolution)
         chosen = choice.settings

@@ -196,8 +196,8 @@ PIVOTAL_NOTE_TEXT = (
     "5. Save LoRA writes models/loras/{lora_name}.safetensors (the token bundled) and "
     "models/embeddings/{lora_name}.safetensors. Later: stock Load LoRA with {lora_name} and embedding:{lora_name} in "
     "the prompt, or Cross-Init Load LoRA + Token.\n\n"
-    "Save LoRA never replaces a file, and checks the name only when it saves, after training: pick a new name before "
-    "Run (or turn on overwrite).\n"
+    "Save LoRA never replaces a file: a name in use is refused when you press Run, before any training. Pick a new "
+    "name (or turn on overwrite).\n"
     "Better likeness with the LoRA is what users of pivotal tuning report; this pack has not measured it. Judge "
     "from the pictures."
 )

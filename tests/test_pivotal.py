@@ -716,3 +716,73 @@ def test_graph_trains_saves_the_checkpoints_and_feeds_core_save_lora_weights(pac
     (core_file,) = Path(folder_paths.get_output_directory(), "loras").glob("graph_core*.safetensors")
     saved, _ = _read(core_file)  # core Save LoRA Weights wrote the same tensors
     assert saved.keys() == lora.keys() and all(torch.equal(saved[k], v) for k, v in lora.items())
+
+
+def test_a_taken_lora_name_is_refused_at_run_and_no_training_step_runs(pack, core, tiny, loras_dir, embeddings_dir,
+                                                                       monkeypatch):
+    """Save LoRA refuses a taken name when the graph is queued, naming the file (either folder); ComfyUI still runs
+    the graph's other outputs, and the trainer and the LoRA stage above the Save node stop before any step."""
+    import execution
+    import workflow_runner as wr
+
+    runs = []
+    train, train_lora = core.training.trainer.train, core.lora.stage.train_lora
+    monkeypatch.setattr(core.training.trainer, "train", lambda *a, **kw: runs.append("token") or train(*a, **kw))
+    monkeypatch.setattr(core.lora.stage, "train_lora", lambda *a, **kw: runs.append("lora") or train_lora(*a, **kw))
+    wr.install_face_image("pivotal_face.png", 64)
+    taken = loras_dir / "clash_face-step0002.safetensors"
+    taken.write_bytes(b"keep me")
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "pivotal_face.png"}},
+        "3": {"class_type": "CrossInitEmbeddingInit", "inputs": {"clip": ["1", 1], "num_tokens": 2, "names": "", "source": "names"}},
+        "4": {"class_type": "CrossInitTrainer", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "embedding": ["3", 0], "mode": "custom",
+            "steps": 2, "batch_size": 1, "learning_rate": 0.02, "seed": 0, "resolution": 64, "preview_every": 0}},
+        "5": {"class_type": "CrossInitPivotalLora", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "embedding": ["4", 2], "mode": "custom",
+            "rank": 2, "alpha": 2.0, "learning_rate": 0.01, "steps": 2, "batch_size": 1, "token_learning_rate": 0.0,
+            "seed": 0, "resolution": 64, "preview_every": 0}},
+        "6": {"class_type": "CrossInitSaveLora", "inputs": {"lora": ["5", 0], "name": "clash_face", "overwrite": False}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["4", 1]}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["5", 3]}},
+    }
+    save = pack.nodes.pivotal.CrossInitSaveLora
+    with wr.tiny_checkpoint_loader(tiny("sd1"), ["tiny.safetensors"]):
+        ok, _error, outputs, node_errors = wr.validate(prompt)
+        assert ok and sorted(outputs) == ["7", "8"] and set(node_errors) == {"6"}  # the rest would run
+        message = str(node_errors["6"])
+        assert f"{taken} already exists" in message and "Choose another name, or turn on overwrite" in message
+        executor = execution.PromptExecutor(wr.ServerStub(), cache_type=execution.CacheType.CLASSIC,
+                                            cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        executor.execute(prompt, "clash", {"client_id": None}, outputs)
+        assert not executor.success and "CrossInitTrainer" in wr.failure(executor)
+        assert f"{taken} already exists" in wr.failure(executor)
+        assert save.validate_inputs(name="clash_face", overwrite=True) is True  # the fixes
+        assert save.validate_inputs(name="clash_face_new", overwrite=False) is True
+    assert runs == [] and taken.read_bytes() == b"keep me"
+    assert not list(embeddings_dir.glob("clash_face*")) and sorted(p.name for p in loras_dir.glob("clash_face*")) == [taken.name]
+    # the embeddings folder counts too (Save LoRA writes the token there), unless save_embedding is off
+    taken.unlink()
+    (embeddings_dir / "clash_face.safetensors").write_bytes(b"keep me")
+    refused = save.validate_inputs(name="clash_face", overwrite=False)
+    assert isinstance(refused, str) and f"{embeddings_dir / 'clash_face.safetensors'} already exists" in refused
+    assert save.validate_inputs(name="clash_face", overwrite=False, save_embedding=False) is True
+    too_long = "n" * (core.common.embedding_names.MAX_NAME_LENGTH - 10)  # fits alone, not as NAME-step200000
+    assert "too long for its checkpoint files" in str(save.validate_inputs(name=too_long, overwrite=False))
+
+
+def test_the_lora_stage_alone_refuses_a_taken_save_name_before_any_step(pack, core, tiny, loras_dir, monkeypatch):
+    runs = []
+    train_lora = core.lora.stage.train_lora
+    monkeypatch.setattr(core.lora.stage, "train_lora", lambda *a, **kw: runs.append("lora") or train_lora(*a, **kw))
+    taken = loras_dir / "alone_face.safetensors"
+    taken.write_bytes(b"keep me")
+    node = pack.nodes.pivotal.CrossInitPivotalLora
+    prompt = {"5": {"class_type": "CrossInitPivotalLora", "inputs": {}},
+              "6": {"class_type": "CrossInitSaveLora", "inputs": {"lora": ["5", 0], "name": "alone_face", "overwrite": False}}}
+    monkeypatch.setattr(node, "hidden", type("Hidden", (), {"prompt": prompt, "unique_id": "5"})(), raising=False)
+    m = tiny("sd1")
+    with pytest.raises(core.common.errors.EmbeddingExistsError, match=r"alone_face\.safetensors already exists"):
+        node.execute(m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), "custom", 2, 2.0, 0.01, 2, 1, 0.0, 0)
+    assert runs == [] and taken.read_bytes() == b"keep me"

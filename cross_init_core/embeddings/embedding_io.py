@@ -138,16 +138,18 @@ def taken_message(files: list[Path], name: str) -> str:
 
 
 SAVE_NODE = "CrossInitSaveEmbedding"
+SAVE_LORA_NODE = "CrossInitSaveLora"
+SAVE_NODES = (SAVE_NODE, SAVE_LORA_NODE)
 
 
 def _is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
-def downstream_save_names(prompt: dict[str, Any], node_id: str) -> list[str]:
-    """The names typed into the Save nodes that save what `node_id` computes (directly or through other nodes) with
-    overwrite off, in an API-format prompt: the files a run of that node ends in. Names linked from other nodes are
-    left out (known only when they run)."""
+def downstream_saves(prompt: dict[str, Any], node_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(class_type, inputs) of the Save nodes (embedding or LoRA) that save what `node_id` computes, directly or
+    through other nodes, under a typed name with overwrite off, in an API-format prompt: the files a run of that node
+    ends in. Names linked from other nodes are left out (known only when they run)."""
     below, todo = {node_id}, [node_id]
     while todo:
         source = todo.pop()
@@ -156,13 +158,13 @@ def downstream_save_names(prompt: dict[str, Any], node_id: str) -> list[str]:
             if other not in below and any(_is_link(v) and v[0] == source for v in inputs.values()):
                 below.add(other)
                 todo.append(other)
-    names = []
+    saves = []
     for other in sorted(below - {node_id}):
         inputs = prompt[other].get("inputs", {})
-        if prompt[other].get("class_type") == SAVE_NODE and isinstance(inputs.get("name"), str) \
+        if prompt[other].get("class_type") in SAVE_NODES and isinstance(inputs.get("name"), str) \
                 and inputs.get("overwrite") is not True:
-            names.append(inputs["name"])
-    return names
+            saves.append((prompt[other]["class_type"], inputs))
+    return saves
 
 
 # Files each Save node wrote in this process (node id -> path -> (mtime, size)). Running a graph again after its own

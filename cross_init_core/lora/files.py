@@ -32,6 +32,7 @@ from ..common import atomic_files
 from ..common.embedding_names import checkpoint_name, trained_steps, validate_name
 from ..common.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from ..common.families import FAMILIES, KEY_WIDTHS, SDXL, WIDTH_KEYS, WIDTHS_MESSAGE, EncoderSlot, family_of
+from ..embeddings import embedding_io
 from ..embeddings.embedding import CrossInitEmbedding, check_matches_slots
 from ..embeddings.embedding_io import to_file_dict
 from .weights import LoraModel, module_shapes
@@ -143,6 +144,23 @@ def _check_free(path: Path, overwrite: bool) -> None:
         raise EmbeddingFileError(f"name: {path} exists and is not a file (a folder?). Choose another name.")
     if path.exists() and not overwrite:
         raise EmbeddingExistsError(f"name: {path} already exists. Choose another name, or set overwrite to true to replace it.")
+
+
+def taken_files(name: str, loras_dir: str | os.PathLike[str] | None,
+                embeddings_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """The files a save under `name` could replace: NAME and NAME-stepNNNN in the loras folder and, when Save LoRA
+    also writes the token, in the embeddings folder; those that exist."""
+    return [path for folder in (loras_dir, embeddings_dir) if folder is not None
+            for path in embedding_io.run_files(folder, name)]
+
+
+def taken_message(files: list[Path], name: str) -> str:
+    """The error for a LoRA save whose files are taken: which file, and the two ways out."""
+    stem = validate_name(name)
+    more = f" (and {len(files) - 1} more of this save's names)" if len(files) > 1 else ""
+    return (f"name: {files[0]} already exists{more}; Cross-Init Save LoRA under {stem} writes loras/{stem} and "
+            f"embeddings/{stem} (from a checkpoints list also {stem}-stepNNNN). Choose another name, or turn on "
+            "overwrite to replace them.")
 
 
 def save_pivotal(named: list[tuple[LoraModel, CrossInitEmbedding | None, str]], loras_dir: str | os.PathLike[str],
