@@ -81,6 +81,31 @@ def _server_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _pivotal_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "Pivotal tuning on the user's path: the same server runs one graph, the fast workflow's trainer and then "
+        "*Cross-Init Pivotal LoRA* on its token (the LoRA `fast` preset's rank, alpha, learning rate and batch; previews "
+        "off) and *Cross-Init Save LoRA*. *s/step* from each node's progress events (first step to last); *LoRA / token "
+        "per sample* divides each by its batch; *peak VRAM* of each stage from its file's metadata (weights included); "
+        "*host unchanged* is checked after the LoRA as above.",
+        "",
+        *_header(["host", "device", "UNet dtype", "px", "token steps x batch", "token s/step", "LoRA rank/alpha",
+                  "LoRA steps x batch", "LoRA s/step", "LoRA / token per sample", "LoRA peak VRAM MiB",
+                  "token peak VRAM MiB", "graph s", "host unchanged", "error"]),
+    ]
+    for r in rows:
+        unchanged = "—" if r.get("host_unchanged") is None else f"{_fmt(r['host_unchanged'])} ({r.get('max_pixel_diff')})"
+        lines.append(_row([
+            str(r["host"]), str(r.get("device", "?")), _fmt(r.get("unet_dtype")), _fmt(r.get("resolution"), "d"),
+            f"{_fmt(r.get('token_steps'), 'd')} x {_fmt(r.get('token_batch'), 'd')}", _fmt(r.get("token_s_per_step"), ".3f"),
+            f"{_fmt(r.get('lora_rank'), 'd')}/{_fmt(r.get('lora_alpha'), 'g')}",
+            f"{_fmt(r.get('lora_steps'), 'd')} x {_fmt(r.get('lora_batch'), 'd')}", _fmt(r.get("lora_s_per_step"), ".3f"),
+            _fmt(r.get("lora_per_sample_ratio"), ".2f"), _vram(r, "peak_vram_mib", "d"), _vram(r, "token_peak_vram_mib", "d"),
+            _fmt(r.get("graph_s"), ".1f"), unchanged, _cell(r.get("error", "")),
+        ]))
+    return lines
+
+
 def _training_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "In process (ComfyUI imported, no server; the host's dynamic VRAM is not switched on this way): training at "
@@ -125,7 +150,7 @@ def _peer_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def render(rows: list[dict[str, Any]], not_reached: list[str], notes: list[str], wall_s: float, smoke: bool,
            commit_text: str | None = None) -> str:
-    """The marked section: header (device, date, commit), the three tables, what was not reached, notes."""
+    """The marked section: header (device, date, commit), the four tables, what was not reached, notes."""
     devices = sorted({str(row.get("device", "?")) for row in rows}) or ["none"]
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [BEGIN, TITLE, ""]
@@ -135,10 +160,11 @@ def render(rows: list[dict[str, Any]], not_reached: list[str], notes: list[str],
     hosts = sorted({f"ComfyUI {r['host']} (torch {r['torch']})" if r.get("torch") else f"ComfyUI {r['host']}" for r in rows})
     lines += [f"Device: {', '.join(devices)}; {when}; commit {commit_text or commit()}; wall time of the whole check "
               f"{wall_s:.0f} s. Hosts: {', '.join(hosts) or 'none measured'}.", ""]
-    server = [r for r in rows if r.get("path") == "server"]
+    server = [r for r in rows if r.get("path") == "server" and r.get("kind") != "pivotal"]
+    pivotal = [r for r in rows if r.get("path") == "server" and r.get("kind") == "pivotal"]
     train = [r for r in rows if r.get("path") == "in_process" and r.get("kind") == "train"]
     peers = [r for r in rows if r.get("path") == "in_process" and r.get("kind") == "peer"]
-    for table, part in ((server, _server_table), (train, _training_table), (peers, _peer_table)):
+    for table, part in ((server, _server_table), (pivotal, _pivotal_table), (train, _training_table), (peers, _peer_table)):
         if table:
             lines += [*part(table), ""]
     if not_reached:

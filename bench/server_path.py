@@ -22,6 +22,15 @@ batch runner (`python -m cross_init_core train --server URL`) then trains one pe
   pixel;
 - dynamic_vram: whether the server's log says dynamic VRAM was enabled.
 
+Then the pivotal row (`kind` pivotal): one graph queued over HTTP as a user runs pivotal tuning: the shipped
+fast workflow's trainer (built by the runner's own graph code; `PIVOTAL_TOKEN_STEPS` steps of the fast preset),
+then *Cross-Init Pivotal LoRA* on its token (rank, alpha, learning rate and batch of the LoRA `fast` preset,
+`PIVOTAL_LORA_STEPS` steps; previews off in both, so the steps are what is timed) and *Cross-Init Save LoRA*.
+Its figures: token_s_per_step / lora_s_per_step from the nodes' progress events over the websocket (first step
+to last, timed here), peak_vram_mib of the LoRA stage and token_peak_vram_mib of the trainer (their files'
+metadata), lora_per_sample_ratio (LoRA s/sample over the trainer's), graph_s (the whole graph), and
+host_unchanged as above, sampled after the LoRA.
+
 `--smoke` runs the same path at toy sizes (a one-level SD 1.5 UNet with the real CLIP and VAE, 64 px,
 2-3 steps), for the CPU rehearsal of the offline GPU run.
 """
@@ -63,6 +72,12 @@ DYNAMIC_VRAM_LINE = "DynamicVRAM support detected and enabled"
 # How long the server may take to answer: a server that hangs without dying must not eat the run's deadline (the
 # runner's own limit is 600 s, beyond the whole GPU check's default 480 s). 0.33 on an H200 answers in well under this.
 SERVER_START_S = 180.0
+# The pivotal row's steps on a GPU: enough for a steady s/step, few enough that the whole device run keeps its 480 s
+# deadline (the LoRA fast preset's 300 steps would not). The token before it: the fast preset's batch and learning
+# rate, 10 of its 25 steps (the fast row above already measures a whole fast run); the LoRA: its fast preset's batch.
+PIVOTAL_TOKEN_STEPS = 10
+PIVOTAL_LORA_STEPS = 30
+PIVOTAL_NODE = "pivotal_lora"  # the LoRA node's id in the pivotal graph
 
 
 @dataclass(frozen=True)
@@ -74,11 +89,13 @@ class Sizes:
     face_px: int
     sample_steps: int
     runner_args: dict[str, list[str]]  # mode -> extra runner arguments
+    pivotal_token: tuple[int | None, int | None]  # the pivotal graph's trainer (steps, batch); None: the fast preset's
+    pivotal_lora: tuple[int, int | None]  # its LoRA (steps, batch); None: the LoRA fast preset's batch
 
 
-GPU = Sizes(False, 512, 512, 4, {"fast": [], "full": []})
+GPU = Sizes(False, 512, 512, 4, {"fast": [], "full": []}, (PIVOTAL_TOKEN_STEPS, None), (PIVOTAL_LORA_STEPS, None))
 SMOKE = Sizes(True, 64, 96, 2, {"fast": ["--steps", "2", "--batch-size", "1", "--resolution", "64"],
-                                "full": ["--steps", "3", "--batch-size", "1", "--resolution", "64"]})
+                                "full": ["--steps", "3", "--batch-size", "1", "--resolution", "64"]}, (2, 1), (3, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +175,86 @@ def start_prompt(name: str) -> dict[str, Any]:
         "2": {"class_type": "CrossInitEmbeddingInit", "inputs": {**init["inputs"], "clip": ["1", 1]}},
         "3": {"class_type": "CrossInitSaveEmbedding", "inputs": {"embedding": ["2", 0], "name": name, "overwrite": False,
                                                                   "copy_to_output": True}},
+    }
+
+
+def pivotal_prompt(sizes: Sizes, photo: str, name: str) -> dict[str, Any]:
+    """The pivotal graph as a user wires it: the shipped fast workflow's training part (photo, face prep, Embedding
+    Init, trainer, Save Embedding: the runner's own graph code), then Cross-Init Pivotal LoRA on the trainer's token
+    with the LoRA fast preset's rank, alpha and learning rate, and Cross-Init Save LoRA. Previews off in both nodes."""
+    from cross_init_core.client.prompt_graph import CKPT_LOADER, TRAINER, load_workflow, only
+    from cross_init_core.client.train.graph import TrainGraph, build_prompt
+    from cross_init_core.lora.settings import PRESETS as LORA_PRESETS
+
+    token_steps, token_batch = sizes.pivotal_token
+    graph = TrainGraph(ckpt_name=CHECKPOINT, name=f"{name}_token", mode="fast", steps=token_steps, batch_size=token_batch,
+                       resolution=sizes.resolution, face_prep={"crop_size": sizes.resolution})
+    prompt = build_prompt(load_workflow(REPO / "workflows" / "api" / "cross_init_fast.json"), graph, [photo])
+    ckpt, trainer = only(prompt, CKPT_LOADER), only(prompt, TRAINER)
+    prompt[trainer]["inputs"]["preview_every"] = 0
+    fast = LORA_PRESETS["fast"]
+    steps, batch = sizes.pivotal_lora
+    prompt[PIVOTAL_NODE] = {"class_type": "CrossInitPivotalLora", "inputs": {
+        "model": [ckpt, 0], "clip": [ckpt, 1], "vae": [ckpt, 2], "images": prompt[trainer]["inputs"]["images"],
+        "embedding": [trainer, 0], "mode": "custom", "rank": fast.rank, "alpha": fast.alpha,
+        "learning_rate": fast.learning_rate, "steps": steps, "batch_size": batch or fast.batch_size,
+        "token_learning_rate": 0.0, "seed": 0, "resolution": sizes.resolution, "memory": "auto", "save_every": 0,
+        "preview_every": 0}, "_meta": {"title": "Cross-Init Pivotal LoRA (bench)"}}
+    prompt["pivotal_save"] = {"class_type": "CrossInitSaveLora", "inputs": {
+        "lora": [PIVOTAL_NODE, 0], "name": name, "overwrite": False}, "_meta": {"title": "Cross-Init Save LoRA (bench)"}}
+    return prompt
+
+
+
+class StepClock:
+    """The progress events of a graph's nodes, timed as they arrive: seconds per step of one node."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[tuple[int, float]]] = {}
+
+    def __call__(self, value: int, _total: int, node: str | None) -> None:
+        self.events.setdefault(str(node), []).append((value, time.perf_counter()))
+
+    def seconds_per_step(self, node: str) -> float | None:
+        """From the node's first progress event to its last, per step in between (its first step left out)."""
+        events = self.events.get(node, [])
+        if len(events) < 2 or events[-1][0] <= events[0][0]:
+            return None
+        return (events[-1][1] - events[0][1]) / (events[-1][0] - events[0][0])
+
+
+async def pivotal_row(client: Any, base: Path, photo: Path, sizes: Sizes, uid: str) -> dict[str, Any]:
+    """Runs the pivotal graph once; the row's figures (see the module's docstring)."""
+    from safetensors import safe_open
+
+    from cross_init_core.client.prompt_graph import TRAINER, only
+
+    uploaded = await client.upload_image(photo, "cross_init_bench", f"pivotal_{uid}.png")
+    name = f"bench_pivotal_{uid}"
+    prompt = pivotal_prompt(sizes, uploaded, name)
+    trainer = only(prompt, TRAINER)
+    clock = StepClock()
+    started = time.perf_counter()
+    await client.run(prompt, on_progress=clock)
+    graph_s = time.perf_counter() - started
+
+    def metadata(path: Path) -> dict[str, str]:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+
+    lora = metadata(base / "models" / "loras" / f"{name}.safetensors")
+    token = metadata(base / "models" / "embeddings" / f"{name}_token.safetensors")
+    token_s, lora_s = clock.seconds_per_step(trainer), clock.seconds_per_step(PIVOTAL_NODE)
+    token_batch, lora_batch = int(token["batch_size"]), int(lora["lora_batch_size"])
+    ratio = (lora_s / lora_batch) / (token_s / token_batch) if token_s and lora_s else None
+    peak, token_peak = lora.get("peak_vram_mib"), token.get("peak_vram_mib")
+    return {
+        "token_steps": int(token["steps"]), "token_batch": token_batch, "token_s_per_step": token_s,
+        "lora_steps": int(lora["steps"]), "lora_batch": lora_batch, "lora_rank": int(lora["lora_rank"]),
+        "lora_alpha": float(lora["lora_alpha"]), "lora_modules": int(lora["lora_modules"]), "lora_s_per_step": lora_s,
+        "lora_per_sample_ratio": ratio, "graph_s": round(graph_s, 1), "resolution": int(lora["lora_resolution"]),
+        "peak_vram_mib": None if peak is None else int(peak), "token_peak_vram_mib": None if token_peak is None else int(token_peak),
+        "unet_dtype": lora.get("unet_dtype"),
     }
 
 
@@ -276,6 +373,18 @@ async def measure(comfyui: Path, rows_path: Path, work: Path, checkpoints_cache:
                     status = 1
                 append_row(rows_path, row)
                 log.info("%s", row)
+            row = {**row_base, "kind": "pivotal", "mode": "pivotal"}
+            try:
+                row.update(await pivotal_row(client, base, photo, sizes, uid))
+                after, recomputed = await _sample(client, HOST_PROMPT + " " * 3, sizes, f"cross_init_bench/{uid}_after_pivotal")
+                diff = int(np.abs(after.astype(np.int16) - before.astype(np.int16)).max())
+                row.update({"host_unchanged": diff == 0 and recomputed, "max_pixel_diff": diff, "sample_recomputed": recomputed})
+            except Exception as exc:
+                log.exception("pivotal run failed")
+                add_error(row, f"pivotal run: {error_text(exc)}")
+                status = 1
+            append_row(rows_path, row)
+            log.info("%s", row)
         except Exception as exc:
             log.exception("the server path failed")
             append_row(rows_path, {**row_base, "kind": "train", "mode": "fast, full",

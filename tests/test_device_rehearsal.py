@@ -112,15 +112,26 @@ def test_run_gives_rows_for_both_hosts_the_server_path_first(offline_run):
     assert [r for r in rows if r.get("error")] == []
     for row in rows:
         assert {"host", "path", "model", "device", "smoke"} <= row.keys() and row["smoke"] is True and row["device"] == "CPU"
-    assert [(r["host"], r["path"]) for r in rows][:4] == [(NEWEST, "server")] * 2 + [(OLDEST, "server")] * 2
+    assert [(r["host"], r["path"]) for r in rows][:6] == [(NEWEST, "server")] * 3 + [(OLDEST, "server")] * 3
     for host in (NEWEST, OLDEST):
         server = {r["mode"]: r for r in rows if r["host"] == host and r["path"] == "server"}
-        assert sorted(server) == ["fast", "full"]
+        assert sorted(server) == ["fast", "full", "pivotal"]
+        pivotal = server.pop("pivotal")
         for row in server.values():
-            assert row["tokens_moved"] is True and row["token_distance"] > 0
+            assert row["kind"] == "train" and row["tokens_moved"] is True and row["token_distance"] > 0
             assert row["host_unchanged"] is True and row["max_pixel_diff"] == 0 and row["sample_recomputed"] is True
             assert row["unet_dtype"] == "float32" and row["steps"] in (2, 3) and row["run_s"] > 0
             assert row["dynamic_vram"] is False and row["peak_vram_mib"] is None  # the CPU: neither exists
+        # the pivotal graph through the same server: trainer (2 steps) then the LoRA stage (3 steps, fast rank/alpha)
+        assert pivotal["kind"] == "pivotal" and pivotal["unet_dtype"] == "float32" and pivotal["resolution"] == 64
+        assert (pivotal["token_steps"], pivotal["token_batch"], pivotal["lora_steps"], pivotal["lora_batch"]) == (2, 1, 3, 1)
+        assert (pivotal["lora_rank"], pivotal["lora_alpha"]) == (16, 16.0)
+        assert pivotal["lora_modules"] > 0 and pivotal["lora_modules"] % 8 == 0  # q, k, v, out of attn1 and attn2
+        assert pivotal["token_s_per_step"] > 0 and pivotal["lora_s_per_step"] > 0 and pivotal["graph_s"] > 0
+        ratio = pivotal["lora_s_per_step"] / pivotal["token_s_per_step"]
+        assert abs(pivotal["lora_per_sample_ratio"] - ratio) < 1e-9  # both batches 1
+        assert pivotal["peak_vram_mib"] is None and pivotal["token_peak_vram_mib"] is None  # the CPU
+        assert pivotal["host_unchanged"] is True and pivotal["max_pixel_diff"] == 0 and pivotal["sample_recomputed"] is True
         in_process = [r for r in rows if r["host"] == host and r["path"] == "in_process"]
         assert sorted((r["kind"], r.get("dtype", "")) for r in in_process) == [("peer", ""), ("train", "bfloat16"),
                                                                                 ("train", "float16")]
@@ -130,6 +141,8 @@ def test_run_gives_rows_for_both_hosts_the_server_path_first(offline_run):
     report = (out / "benchmarks.md").read_text(encoding="utf-8")
     assert "CPU smoke run" in report and "Not reached" not in report
     assert f"| {NEWEST} | CPU | fast |" in report and f"| {OLDEST} | CPU | full |" in report
+    for host in (NEWEST, OLDEST):  # the pivotal table: dtype, px, token 2 x 1, its s/step, LoRA 16/16, 3 x 1
+        assert re.search(rf"\| {re.escape(host)} \| CPU \| float32 \| 64 \| 2 x 1 \| \d+\.\d+ \| 16/16 \| 3 x 1 \| ", report)
     log = (out / "gpu_check.log").read_text(encoding="utf-8")
     assert "--no-index" in log and f"installing {len(list((DEVICE / 'wheels').glob('*.whl')))} wheels" in log
 

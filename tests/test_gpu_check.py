@@ -273,6 +273,23 @@ def test_sigterm_still_writes_the_report(tmp_path):
 # The report
 
 
+def test_pivotal_rows_get_their_own_table_and_stay_out_of_the_server_table():
+    base = {"host": "0.33.0", "path": "server", "model": "SD 1.5", "device": "NVIDIA H100", "torch": "2"}
+    rows = [{**base, "kind": "train", "mode": "fast", "run_s": 12.0, "steps": 25},
+            {**base, "kind": "pivotal", "mode": "pivotal", "unet_dtype": "float16", "resolution": 512, "token_steps": 10,
+             "token_batch": 8, "token_s_per_step": 0.4, "lora_rank": 16, "lora_alpha": 16.0, "lora_steps": 30,
+             "lora_batch": 4, "lora_s_per_step": 0.25, "lora_per_sample_ratio": 1.25, "peak_vram_mib": 5120,
+             "token_peak_vram_mib": 6144, "graph_s": 41.0, "host_unchanged": True, "max_pixel_diff": 0}]
+    section = gpu_report.render(rows, [], [], 1.0, smoke=False, commit_text="c")
+    assert [r["mode"] for r in _table(section, "| host | device | mode")] == ["fast"]
+    (row,) = _table(section, "| host | device | UNet dtype | px")
+    assert row == {"host": "0.33.0", "device": "NVIDIA H100", "UNet dtype": "float16", "px": "512",
+                   "token steps x batch": "10 x 8", "token s/step": "0.400", "LoRA rank/alpha": "16/16",
+                   "LoRA steps x batch": "30 x 4", "LoRA s/step": "0.250", "LoRA / token per sample": "1.25",
+                   "LoRA peak VRAM MiB": "5120", "token peak VRAM MiB": "6144", "graph s": "41.0",
+                   "host unchanged": "yes (0)", "error": ""}
+
+
 def test_section_is_replaced_not_appended(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("# Title\n\nintro\n", encoding="utf-8")
@@ -327,6 +344,10 @@ def test_smoke_run_writes_its_rows_into_a_copy_only(tmp_path):
     for row in server:
         assert row["error"] == "" and float(row["run s"]) > 0 and row["peak VRAM MiB"] == "n/a (CPU)"
         assert row["moved"].startswith("yes (") and row["host unchanged"] == "yes (0)" and row["UNet dtype"] == "float32"
+    (pivotal,) = _table(section, "| host | device | UNet dtype | px")  # the trainer, then the LoRA stage, same server
+    assert pivotal["error"] == "" and pivotal["host unchanged"] == "yes (0)" and pivotal["LoRA peak VRAM MiB"] == "n/a (CPU)"
+    assert (pivotal["token steps x batch"], pivotal["LoRA rank/alpha"], pivotal["LoRA steps x batch"]) == ("2 x 1", "16/16", "3 x 1")
+    assert float(pivotal["LoRA s/step"]) > 0 and float(pivotal["token s/step"]) > 0
     train = _table(section, "| host | device | model | UNet dtype")
     assert [row["UNet dtype"] for row in train] == ["float16", "bfloat16"]
     for row in train:
