@@ -13,7 +13,7 @@ from ...common.lora_settings import PRESETS
 
 PIVOTAL_LORA = "CrossInitPivotalLora"
 LORA_SAVER = "CrossInitSaveLora"
-# what the runner sets on Save LoRA that packs before 0.3.0's runner support lack (refused before any work)
+# what the runner sets on Save LoRA, which packs before 0.4.0 lack (such a server is refused before any work)
 LORA_SAVER_INPUTS = {"copy_to_output", "save_embedding", "token_name"}
 # the trainer's inputs the LoRA stage takes as they are (links or values), so both train on the same things
 _SHARED_INPUTS = ("model", "clip", "vae", "images", "masks", "loss", "memory")
