@@ -479,11 +479,15 @@ def test_a_late_save_of_a_dead_attempt_never_becomes_name_and_is_removed_from_th
     job.run_ids = ["0badc0de", "00c0ffee"]  # attempt 1 given up for dead, attempt 2 done
     assert {farm.saved_name(job, run_id) for run_id in job.run_ids} == {"anna-0badc0de", "anna-00c0ffee"}
     embeddings, output = tmp_path / "models" / "embeddings", tmp_path / "output"
-    copies = output / "cross_init_embeddings"
+    loras, copies, lora_copies = tmp_path / "models" / "loras", output / "cross_init_embeddings", output / "cross_init_loras"
     ours = [embeddings / "anna-0badc0de.safetensors", embeddings / "anna-0badc0de-step0001.safetensors",  # the late save
-            embeddings / "anna-00c0ffee.safetensors", copies / "anna-0badc0de.safetensors", copies / "anna-00c0ffee.safetensors"]
+            embeddings / "anna-00c0ffee.safetensors", copies / "anna-0badc0de.safetensors", copies / "anna-00c0ffee.safetensors",
+            loras / "anna-00c0ffee.safetensors", lora_copies / "anna-00c0ffee.safetensors",
+            # copies whose name was taken in output/ (atomic_files.write_new's NAME-xxxxxxxx)
+            copies / "anna-00c0ffee-1a2b3c4d.safetensors", lora_copies / "anna-00c0ffee-step0004-99aa00ff.safetensors"]
     theirs = [embeddings / "anna.safetensors", embeddings / "anna-deadbeef.safetensors", embeddings / "anna-0badc0de-x.pt",
-              copies / "anna.safetensors"]
+              copies / "anna.safetensors", copies / "anna-00c0ffee-mine.safetensors", loras / "anna.safetensors",
+              embeddings / "anna-00c0ffee-1a2b3c4d.safetensors"]  # only a copy in output/ gets a random suffix
     for path in ours + theirs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(path.name.encode())
@@ -1085,6 +1089,13 @@ def test_lora_graph_names_and_checks_are_planned_before_any_work(tmp_path):
     assert saver == {"lora": [saver["lora"][0], 0], "name": "anna-0123abcd", "overwrite": False, "bundle_token": True,
                      "save_embedding": False, "token_name": "anna", "copy_to_output": True}
     assert not [n for n in prompt.values() if n["class_type"] in ("KSampler", "SaveImage")]  # no --samples: pruned
+    # --resume --lora: the trainer starts from the uploaded file, and the stage still takes the trainer's final token
+    resumed = builder(job, ["f/a.png"], "f", None, "anna-0123abcd", "f/anna.safetensors")
+    (r_trainer,) = [k for k, n in resumed.items() if n["class_type"] == "CrossInitTrainer"]
+    start = resumed[resumed[r_trainer]["inputs"]["embedding"][0]]
+    assert start["class_type"] == "CrossInitLoadEmbedding" and start["inputs"]["file"] == "f/anna.safetensors"
+    (r_stage,) = [n["inputs"] for n in resumed.values() if n["class_type"] == "CrossInitPivotalLora"]
+    assert r_stage["embedding"] == [r_trainer, 0]
     plain = command.parse_args(["train", "--checkpoint", "x", "--images", "a.png", "--name", "anna"])
     assert not [n for n in graph.PromptBuilder(builder.workflow, graph.graph_settings(plain, "x", {}))(
         job, ["f/a.png"], "f", None, "anna-0123abcd", None).values() if "Lora" in n["class_type"]]
@@ -1102,6 +1113,14 @@ def test_lora_graph_names_and_checks_are_planned_before_any_work(tmp_path):
     (loras / "anna.safetensors").unlink()  # only the token: --skip-existing cannot keep it and train its LoRA
     (problem,) = jobs.clash_problems([jobs.Job(name="anna", images=[], source="x")], out, jobs.Outputs(25), False, True, loras)
     assert "exists but its LoRA" in problem and "--overwrite" in problem
+    # --resume: NAME in --out is the file being continued (replaced, kept as NAME-stepNNNN); its LoRA must be new
+    resuming = jobs.Job(name="anna", images=[], source="x")
+    resuming.keep_as, resuming.resume_data = "anna-step0025", (out / "anna.safetensors").read_bytes()
+    assert jobs.clash_problems([resuming], out, jobs.Outputs(25, resume=True), False, False, loras) == []
+    (loras / "anna.safetensors").write_bytes(b"a LoRA")
+    (problem,) = jobs.clash_problems([resuming], out, jobs.Outputs(25, resume=True), False, False, loras)
+    assert problem.startswith(f"anna: the LoRA {loras / 'anna.safetensors'} already exists")
+    (loras / "anna.safetensors").unlink()
 
     assert files.lora_file_problem(_lora_file_bytes(), "anna") is None
     assert "bundles ['bob'], not the token 'anna'" in files.lora_file_problem(_lora_file_bytes(bundle="bob"), "anna")

@@ -324,17 +324,24 @@ def _write_out(job: Job, out_dir: Path, trained: Trained, overwrite: bool,
     return written[-1], (written[-1 - len(trained.files)] if trained.lora_files else None)
 
 
+_HEX8 = "[0-9a-f]" * 8
+
+
 def remove_run_files(jobs: list[Job], embeddings: Path, output: Path, loras: Path | None = None) -> None:
     """Removes what the jobs' runs saved on the local ComfyUI (NAME-RUNID and its checkpoints, in its embeddings and
     loras folders (`loras`: default models/loras beside `embeddings`) and the copies under output/cross_init_embeddings/
     and output/cross_init_loras/): --out holds the results. Call it once that server has stopped, so that no attempt
     still running can save after it."""
     loras = loras if loras is not None else embeddings.parent / "loras"
+    copies = (output / DOWNLOAD_SUBFOLDER, output / LORA_DOWNLOAD_SUBFOLDER)
     for job in jobs:
         for run_id in job.run_ids:
-            stem = saved_name(job, run_id)
-            for folder in (embeddings, output / DOWNLOAD_SUBFOLDER, loras, output / LORA_DOWNLOAD_SUBFOLDER):
-                for path in (*folder.glob(f"{glob.escape(stem)}.safetensors"), *folder.glob(f"{glob.escape(stem)}-step*.safetensors")):
+            stem = glob.escape(saved_name(job, run_id))
+            for folder in (embeddings, loras, *copies):
+                patterns = [f"{stem}.safetensors", f"{stem}-step*.safetensors"]
+                if folder in copies:  # a copy whose name was taken there is NAME-xxxxxxxx (atomic_files.write_new)
+                    patterns.append(f"{stem}-{_HEX8}.safetensors")
+                for path in (p for pattern in patterns for p in folder.glob(pattern)):
                     try:
                         path.unlink()
                     except OSError as exc:
