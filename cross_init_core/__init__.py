@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .common.lazy_modules import lazy_submodules
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 # packages by concern (docs/architecture.md); the terminal client (`client`) is imported explicitly
 SUBMODULES = ("common", "embeddings", "face", "host", "lora", "method", "scoring", "training")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..cross_init_core import host
-from ..cross_init_core.common.embedding_names import MAX_RUN_STEPS, validate_run_name
+from ..cross_init_core.common.embedding_names import MAX_RUN_STEPS, validate_bundle_name, validate_run_name
 from ..cross_init_core.common.errors import EmbeddingExistsError, InvalidInputError
 from ..cross_init_core.embeddings import embedding_io
 from ..cross_init_core.lora import files as lora_files
@@ -41,6 +41,14 @@ def refuse_taken_saves(node: type) -> None:
         title = "Save LoRA" if lora else "Save Embedding"
         try:
             validate_run_name(name, MAX_RUN_STEPS)
+            if lora and inputs.get("bundle_token", True) is True:  # the word the token is bundled under
+                token = inputs.get("token_name")
+                if isinstance(token, str) and token.strip():
+                    validate_bundle_name(token, "token_name")
+                elif not isinstance(token, list):  # a linked token_name is checked when Save LoRA runs
+                    validate_bundle_name(name)
+            if inputs.get("overwrite") is True:
+                continue
             if lora:
                 with_token = inputs.get("save_embedding") is not False
                 files = lora_files.taken_files(name, loras[0] if loras else None,

@@ -10,7 +10,13 @@ from comfy_api.latest import io, ui
 
 from ..cross_init_core import host
 from ..cross_init_core.common import settings as token_settings
-from ..cross_init_core.common.embedding_names import LORA_DOWNLOAD_SUBFOLDER, MAX_RUN_STEPS, validate_name, validate_run_name
+from ..cross_init_core.common.embedding_names import (
+    LORA_DOWNLOAD_SUBFOLDER,
+    MAX_RUN_STEPS,
+    validate_bundle_name,
+    validate_name,
+    validate_run_name,
+)
 from ..cross_init_core.common.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from ..cross_init_core.embeddings import embedding_io
 from ..cross_init_core.lora import files, stage
@@ -144,7 +150,8 @@ class CrossInitSaveLora(io.ComfyNode):
                 # lazy: the node checks its names before whatever computes the LoRA (the training) runs
                 LoraModelType.Input("lora", lazy=True, tooltip="The Pivotal LoRA node's lora, or its checkpoints list."),
                 io.String.Input("name", default="my_face",
-                                tooltip="File name without extension (letters, digits, _ - .); the token's prompt word too."),
+                                tooltip="File name without extension (letters, digits, _ -; a '.' only with bundle_token off); the "
+                                        "token's prompt word too."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="On: replace existing files of those names. Off: a name already in use is "
                                          "refused when you press Run, before any training, and no file is touched."),
@@ -190,22 +197,30 @@ class CrossInitSaveLora(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name=None, overwrite=False, token_name=None,  # type: ignore[override]
-                        save_embedding=None) -> bool | str:
+                        save_embedding=None, bundle_token=None) -> bool | str:
         """Runs when the graph is queued (Run), so an unusable or taken name is refused before any training starts:
-        a bad name, one too long for the checkpoints NAME-stepNNNN a run could write, or a taken NAME or
-        NAME-stepNNNN in the loras or embeddings folder (overwrite off). A name linked from another node is checked
-        when the node runs."""
+        a bad name, one too long for the checkpoints NAME-stepNNNN a run could write, a bundled token's name with a
+        dot, or a taken NAME or NAME-stepNNNN in the loras or embeddings folder (overwrite off). A name linked from
+        another node is checked when the node runs."""
         name, overwrite = single(name), single(overwrite)
         token = single(token_name) if token_name is not None else ""
+        bundling = single(bundle_token) is not False
         if isinstance(token, str) and token.strip():  # an empty token_name means NAME
             try:
                 validate_name(token)
             except InvalidInputError as exc:
                 return f"token_name: {exc}"
+            try:
+                if bundling:
+                    validate_bundle_name(token, "token_name")
+            except InvalidInputError as exc:
+                return str(exc)
         if not isinstance(name, str):
             return True
         try:
             validate_run_name(name, MAX_RUN_STEPS)
+            if bundling and not (isinstance(token, str) and token.strip()):
+                validate_bundle_name(name)
         except InvalidInputError as exc:
             return str(exc)
         with_token = single(save_embedding) is not False
@@ -230,6 +245,10 @@ class CrossInitSaveLora(io.ComfyNode):
         with_embedding = bool(single(save_embedding)) if save_embedding is not None else True
         token_stem = str(single(token_name) or "").strip() if token_name is not None else ""
         copy = bool(single(copy_to_output)) if copy_to_output is not None else False
+        if isinstance(embedding, list) and len(embedding) > 1:
+            raise InvalidInputError(f"embedding: got a list of {len(embedding)} tokens (a checkpoints output?); connect the "
+                                    "one token the LoRA was trained around, or leave embedding empty to bundle each "
+                                    "LoRA's own token.")
         token = single(embedding) if embedding is not None else None
         loras = lora if isinstance(lora, list) else [lora]
         folders, embedding_folders = host.lora_directories(), host.embedding_directories()

@@ -29,7 +29,7 @@ def core(pack):
 
 @pytest.fixture(scope="session")
 def tiny(pack):
-    """Factory: tiny("sd1" | "sd2" | "sdxl") -> TinyModels, cached per kind (tests must not change them)."""
+    """Factory: tiny("sd1" | "sd2" | "sd2_eps" | "sdxl") -> TinyModels, cached per kind (tests must not change them)."""
     import tiny_models
 
     cache: dict[str, tiny_models.TinyModels] = {}

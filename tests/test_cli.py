@@ -1136,6 +1136,8 @@ def test_lora_graph_names_and_checks_are_planned_before_any_work(tmp_path):
     (["--lora", "--lora-rank", "0"], "--lora-rank: 0 is out of range"),
     (["--lora", "--lora-out", "{out}"], "it is --out too"),
     (["--lora", "--lora-out", "{loras}"], "the LoRA {loras}/cli_lora_taken.safetensors already exists"),
+    # the last --name counts: a bundled token's word cannot hold a dot (readers cut bundle_emb.NAME.* there)
+    (["--lora", "--name", "anna.smith"], "name 'anna.smith': a token bundled in a LoRA file cannot have '.'"),
 ])
 def test_lora_options_and_a_taken_lora_exit_2_before_any_work(tmp_path, extra, message):
     photo = face_photo(tmp_path / "p.png", 64)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import assert_same_fingerprint, face_images, host_weights, init_embedding, one_draw_step_loss, settings
 
-KINDS = ["sd1", "sd2", "sdxl"]
+KINDS = ["sd1", "sd2", "sd2_eps", "sdxl"]  # sd2: 768-v, sd2_eps: the 512 px base
 
 
 def lora_settings(core, **kw):
@@ -201,11 +201,20 @@ def test_stage_trains_the_lora_only_and_leaves_the_host_bit_identical(core, tiny
     assert min(float(u.abs().max()) for u in ups) > 1e-4  # every module moved from its zero start
     assert {float(v) for k, v in lora.items() if k.endswith(".alpha")} == {4.0}
     assert lora.metadata["steps"] == "4" and lora.metadata["method"] == "cross_init_pivotal"
-    assert lora.metadata["base_model"] == {"sd1": "sd1-eps", "sd2": "sd2-v", "sdxl": "sdxl-eps"}[kind]
+    assert lora.metadata["base_model"] == {"sd1": "sd1-eps", "sd2": "sd2-v", "sd2_eps": "sd2-eps", "sdxl": "sdxl-eps"}[kind]
     # the patched model is the host's own loader's clone; sampling with it leaves the host's values as they were
     assert result.model is not m.model and len(result.model.patches) == 56
     assert not torch.equal(unet_output(core, m, result.model), unet_output(core, m, m.model))
     assert_host_values_unchanged(core, run.before, m)
+
+
+def test_each_sd2_prediction_is_recorded_for_lora_browsers(core, trained):
+    """kohya's ss_base_model_version / ss_v_parameterization follow the host model's prediction (eps or v)."""
+    for kind, base, version in (("sd2", "sd2-v", "sd_v2_768_v"), ("sd2_eps", "sd2-eps", "sd_v2")):
+        lora = trained(kind).result.lora
+        meta = core.lora.files.ss_metadata(lora, "face")
+        assert lora.metadata["base_model"] == base, kind
+        assert (meta["ss_base_model_version"], meta["ss_v2"], meta["ss_v_parameterization"]) == (version, "True", str(kind == "sd2"))
 
 
 def test_first_step_loss_equals_the_token_trainers_on_the_same_draw(core, tiny, trained):
@@ -639,48 +648,71 @@ def _comfy_layout_model(layout: str):
         return tiny_models._patcher(cls(family, model_type=comfy.model_base.ModelType.EPS))
 
 
+def _diffusers_pipeline(layout: str):
+    """A real StableDiffusionPipeline / StableDiffusionXLPipeline of the layout's UNet block structure, every part small
+    and random; the tokenizer is the CLIP BPE vocabulary the host ships (comfy/sd1_tokenizer)."""
+    import os
+
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    vocab = Path(os.environ["COMFYUI_PATH"]) / "comfy" / "sd1_tokenizer"
+    tokenizer = CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"))
+
+    def encoder(width: int, cls=CLIPTextModel):
+        return cls(CLIPTextConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1, num_attention_heads=2,
+                                  projection_dim=width))
+
+    _comfy, config = LAYOUTS[layout]
+    unet = UNet2DConditionModel(sample_size=8, layers_per_block=2, attention_head_dim=2, norm_num_groups=32, **config)
+    vae = AutoencoderKL(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, layers_per_block=1)
+    parts = {"vae": vae, "unet": unet, "scheduler": EulerDiscreteScheduler(steps_offset=1), "tokenizer": tokenizer}
+    if layout == "sdxl":
+        return StableDiffusionXLPipeline(text_encoder=encoder(64), text_encoder_2=encoder(96, CLIPTextModelWithProjection),
+                                         tokenizer_2=tokenizer, **parts)
+    return StableDiffusionPipeline(text_encoder=encoder(64), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False, **parts)
+
+
 @pytest.mark.parametrize("layout", ["sd15", "sdxl"])
-def test_diffusers_reads_the_file_into_the_real_block_layout_with_no_key_left_unused(core, layout, tmp_path):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
-    from safetensors.torch import load_file
+def test_diffusers_load_lora_weights_reads_the_file_into_the_real_block_layout_with_no_key_left_unused(core, layout,
+                                                                                                      tmp_path):
+    """pipeline.load_lora_weights (diffusers' kohya conversion, then peft's injection) on a file Save LoRA writes with
+    bundle_token off: every module of the file becomes a LoRA layer of the UNet holding the file's exact matrices and
+    alpha / rank, and no other layer gets one. A bundled file is refused by diffusers as it is (documented)."""
+    from peft.tuners.lora import LoraLayer
 
     model = _comfy_layout_model(layout)
     targets = core.host.lora_targets(model)
     assert len(targets) == {"sd15": 16, "sdxl": 70}[layout] * 8  # transformer blocks x (attn1 + attn2) x 4
     down, up = core.lora.weights.initial_weights(targets, 4, seed=2)
-    lora = core.lora.weights.LoraModel(core.lora.weights.to_state_dict(down, {k: v + 1.0 for k, v in up.items()}, 2.0),
+    up = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) for i, (k, v) in enumerate(up.items())}
+    lora = core.lora.weights.LoraModel(core.lora.weights.to_state_dict(down, up, 2.0),
                                        {"steps": "1", "base_model": f"{'sdxl' if layout == 'sdxl' else 'sd1'}-eps"})
     keys = ("clip_l", "clip_g") if layout == "sdxl" else ("clip_l",)
     token = core.embeddings.embedding.CrossInitEmbedding(vectors={k: torch.zeros(2, 8) for k in keys})
     core.lora.files.save_pivotal([(lora, token, "plain")], tmp_path, None, bundle=False)
     core.lora.files.save_pivotal([(lora, token, "bundled")], tmp_path, None, bundle=True)
-    pipeline = StableDiffusionXLPipeline if layout == "sdxl" else StableDiffusionPipeline
-    _comfy, config = LAYOUTS[layout]
-    unet = UNet2DConditionModel(sample_size=8, layers_per_block=2, attention_head_dim=2, norm_num_groups=32, **config)
-    layers = dict(unet.named_modules())
 
-    def check(state: dict, alphas: dict) -> None:
-        assert all(k.startswith("unet.") for k in state)  # every key converted, none for text encoders
-        peft = convert_unet_state_dict_to_peft({k[len("unet."):]: v for k, v in state.items()})
-        used = set()
-        for key, tensor in peft.items():
-            path, part = key.rsplit(".lora_", 1)
-            layer = layers[path]
-            assert isinstance(layer, torch.nn.Linear), key
-            want = (4, layer.in_features) if part == "A.weight" else (layer.out_features, 4)
-            assert part in ("A.weight", "B.weight") and tuple(tensor.shape) == want, key
-            used.add(path)
-        assert len(peft) == 2 * len(targets) and len(used) == len(targets)
-        assert len(alphas) == len(targets) and set(alphas.values()) == {2.0}
-
-    check(*pipeline.lora_state_dict(str(tmp_path), weight_name="plain.safetensors"))
-    # diffusers converts a kohya file only when every key is a LoRA key: a bundled file converts once its token is
-    # dropped (what bundle_token off writes), and is left as it is otherwise
-    bundled = load_file(str(tmp_path / "bundled.safetensors"))
-    kept, _alphas = pipeline.lora_state_dict(bundled)
-    assert any(k.startswith("lora_unet_") for k in kept)
-    check(*pipeline.lora_state_dict({k: v for k, v in bundled.items() if not k.startswith("bundle_emb.")}))
+    pipeline = _diffusers_pipeline(layout)
+    pipeline.load_lora_weights(str(tmp_path), weight_name="plain.safetensors", adapter_name="face")
+    unet = pipeline.unet
+    path_of = {"lora_unet_" + name.replace(".", "_"): name for name, _m in unet.named_modules()}
+    names = sorted({k.split(".")[0] for k in lora})
+    for name in names:
+        layer = unet.get_submodule(path_of[name])
+        assert isinstance(layer, LoraLayer), name
+        assert torch.equal(layer.lora_A["face"].weight, lora[f"{name}.lora_down.weight"]), name
+        assert torch.equal(layer.lora_B["face"].weight, lora[f"{name}.lora_up.weight"]), name
+        assert layer.scaling["face"] == 0.5, name  # alpha 2 / rank 4
+    with_lora = [n for n, m in unet.named_modules() if isinstance(m, LoraLayer)]
+    assert len(names) == len(targets) and sorted(with_lora) == sorted(path_of[n] for n in names)
+    encoders = [pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)]
+    assert not [n for e in encoders if e is not None for n, m in e.named_modules() if isinstance(m, LoraLayer)]
+    # diffusers takes a kohya file only when every key is a LoRA key: the bundled file needs its bundle_emb.* dropped
+    with pytest.raises(ValueError, match="Invalid LoRA checkpoint"):
+        pipeline.load_lora_weights(str(tmp_path), weight_name="bundled.safetensors", adapter_name="bundled")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -786,3 +818,106 @@ def test_the_lora_stage_alone_refuses_a_taken_save_name_before_any_step(pack, co
     with pytest.raises(core.common.errors.EmbeddingExistsError, match=r"alone_face\.safetensors already exists"):
         node.execute(m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), "custom", 2, 2.0, 0.01, 2, 1, 0.0, 0)
     assert runs == [] and taken.read_bytes() == b"keep me"
+
+
+def test_the_lora_stage_refuses_a_dotted_bundle_name_below_it_even_with_overwrite_on(pack, core, tiny, loras_dir,
+                                                                                    monkeypatch):
+    """A name with '.' cannot be a bundled token's word (readers cut bundle_emb.NAME.* at the first dot): the stage
+    above such a Save LoRA stops before any step, whatever overwrite says; with bundle_token off the name is fine."""
+    runs = []
+    train_lora = core.lora.stage.train_lora
+    monkeypatch.setattr(core.lora.stage, "train_lora", lambda *a, **kw: runs.append("lora") or train_lora(*a, **kw))
+    node = pack.nodes.pivotal.CrossInitPivotalLora
+    m = tiny("sd1")
+    args = (m.model, m.clip, m.vae, face_images(), init_embedding(core, m.clip), "custom", 2, 2.0, 0.01, 1, 1, 0.0, 0)
+
+    def run_below(save_inputs: dict) -> None:
+        prompt = {"5": {"class_type": "CrossInitPivotalLora", "inputs": {}},
+                  "6": {"class_type": "CrossInitSaveLora", "inputs": {"lora": ["5", 0], **save_inputs}}}
+        monkeypatch.setattr(node, "hidden", type("Hidden", (), {"prompt": prompt, "unique_id": "5"})(), raising=False)
+        with torch.inference_mode():
+            node.execute(*args, resolution=64, preview_every=0)
+
+    with pytest.raises(core.common.errors.InvalidInputError,
+                       match=r"name 'anna\.smith': a token bundled in a LoRA file cannot have '\.'.*'anna_smith'.*Save LoRA node"):
+        run_below({"name": "anna.smith", "overwrite": True})
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"token_name 'a\.b'"):
+        run_below({"name": "anna", "overwrite": True, "token_name": "a.b"})
+    assert runs == []
+    run_below({"name": "anna.smith", "overwrite": True, "bundle_token": False})
+    run_below({"name": "anna.smith", "overwrite": True, "token_name": "anna_smith"})
+    assert runs == ["lora", "lora"] and not list(loras_dir.glob("anna.smith*"))  # nothing saved: no Save LoRA ran
+
+
+def test_save_refuses_a_dotted_bundle_name_a_token_of_another_family_and_a_list_of_tokens(core, tiny, trained, loras_dir,
+                                                                                          embeddings_dir):
+    import nodes
+
+    node = nodes.NODE_CLASS_MAPPINGS["CrossInitSaveLora"]
+    lora = trained("sd1").result.lora
+    refused = node.validate_inputs(name=["my.face"], overwrite=[False])
+    assert isinstance(refused, str) and "cannot have '.'" in refused and "it would load as 'my'" in refused
+    assert "Use e.g. 'my_face'" in refused
+    assert node.validate_inputs(name=["my.face"], overwrite=[False], bundle_token=[False]) is True
+    assert node.validate_inputs(name=["my.face"], overwrite=[False], token_name=["my_face"]) is True
+    assert str(node.validate_inputs(name=["face"], overwrite=[False], token_name=["a.b"])).startswith("token_name 'a.b'")
+    with pytest.raises(core.common.errors.InvalidInputError, match=r"name 'my\.face': a token bundled"):
+        node.execute(lora=[lora], name=["my.face"], overwrite=[False])
+    assert not list(loras_dir.glob("my.face*")) and not list(embeddings_dir.glob("my.face*"))
+    node.execute(lora=[lora], name=["my.face"], overwrite=[True], bundle_token=[False])
+    tensors, _meta = _read(loras_dir / "my.face.safetensors")
+    assert tensors and all(k.startswith("lora_unet_") for k in tensors) and (embeddings_dir / "my.face.safetensors").is_file()
+
+    # a token of another family than the LoRA's (base_model sd1-eps): refused, nothing written
+    sdxl_token = init_embedding(core, tiny("sdxl").clip)
+    with pytest.raises(core.common.errors.InvalidInputError,
+                       match=r"embedding: it is a token for SDXL \(clip_l \[2, 64\], clip_g \[2, 96\]\), but the LoRA was "
+                             r"trained on SD 1\.x"):
+        node.execute(lora=[lora], name=["mixed_face"], overwrite=[False], embedding=[sdxl_token])
+    assert not list(loras_dir.glob("mixed_face*")) and not list(embeddings_dir.glob("mixed_face*"))
+    # a list of tokens (a checkpoints output) would pair the wrong token with the LoRA: refused
+    token = trained("sd1").emb
+    with pytest.raises(core.common.errors.InvalidInputError, match="embedding: got a list of 2 tokens"):
+        node.execute(lora=[lora], name=["listed_tokens"], overwrite=[False], embedding=[token, token])
+    assert not list(loras_dir.glob("listed_tokens*"))
+
+
+@pytest.mark.parametrize("node_id", ["CrossInitPivotalLora", "CrossInitTrainer"])
+def test_an_empty_image_batch_gets_its_message_with_previews_on(pack, core, tiny, node_id):
+    """Previews are on by default (-1): the preview hook must not read the first face before the images are checked."""
+    import nodes
+
+    node = nodes.NODE_CLASS_MAPPINGS[node_id]
+    m = tiny("sd1")
+    empty = torch.zeros(0, 64, 64, 3)
+    emb = init_embedding(core, m.clip)
+    # custom mode, 1 step of batch 1; the LoRA stage's rank 2, alpha 2 and frozen token
+    widgets = (2, 2.0, 0.01, 1, 1, 0.0, 0) if node_id == "CrossInitPivotalLora" else (1, 1, 0.01, 0)
+    with pytest.raises(core.common.errors.InvalidInputError, match="images: the batch is empty"), torch.inference_mode():
+        node.execute(m.model, m.clip, m.vae, empty, emb, "custom", *widgets)
+
+
+def test_load_node_reads_onetrainer_sd1_and_sd2_bundles_without_their_output_embedding(core, tiny, loras_dir, caplog):
+    """OneTrainer's SD LoRA saver bundles `bundle_emb.NAME.clip_l` for SD 1.x and SD 2.x alike (the SD 2.x vectors are
+    the OpenCLIP-H encoder's) and, when trained, the output embedding `clip_l_out`, which ComfyUI's CLIP cannot take."""
+    import logging
+
+    import nodes
+
+    load = nodes.NODE_CLASS_MAPPINGS["CrossInitLoadLoraToken"]
+    gen = torch.Generator().manual_seed(3)
+    for kind, key in (("sd1", "clip_l"), ("sd2", "clip_h")):
+        m = tiny(kind)
+        down, up = core.lora.weights.initial_weights(core.host.lora_targets(m.model)[:2], 2, seed=1)
+        lora = core.lora.weights.to_state_dict(down, up, 2.0)
+        vectors, output = torch.randn(2, 64, generator=gen), torch.randn(2, 64, generator=gen)
+        _write(loras_dir / f"onetrainer_{kind}.safetensors", {**lora, "bundle_emb.ot.clip_l": vectors,
+                                                             "bundle_emb.ot.clip_l_out": output})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            _model, _clip, token = load.execute(m.model, m.clip, f"onetrainer_{kind}.safetensors", 1.0).result
+        assert list(token.vectors) == [key] and torch.equal(token.vectors[key], vectors), kind
+        assert "clip_l_out (OneTrainer's output embedding) is not used" in caplog.text
+        _write(loras_dir / f"onetrainer_{kind}_out.safetensors", {**lora, "bundle_emb.ot.clip_l_out": output})
+        with pytest.raises(core.common.errors.EmbeddingFileError, match=r"holds only clip_l_out, OneTrainer's output embedding"):
+            load.execute(m.model, m.clip, f"onetrainer_{kind}_out.safetensors", 1.0)

@@ -97,7 +97,7 @@ def build_clip(kind: str, embedding_directory: str | None = None, seed: int = 2)
     if kind in ("sd1", "sd1_wide"):
         target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
         options = {"clip_l_model_config": dict(WIDE_CLIP_CONFIG if kind == "sd1_wide" else CLIP_CONFIG)}
-    elif kind == "sd2":
+    elif kind in ("sd2", "sd2_eps"):
         target = comfy.supported_models_base.ClipTarget(sd2_clip.SD2Tokenizer, sd2_clip.SD2ClipModel)
         options = {"clip_h_model_config": dict(CLIP_CONFIG, hidden_act="gelu")}
     elif kind == "sdxl":
@@ -123,9 +123,9 @@ def build_model(kind: str, seed: int = 1, dtype: torch.dtype = torch.float32, ma
                                                           linear=False))
         model_type = comfy.model_base.ModelType.EPS
         cls = comfy.model_base.BaseModel
-    elif kind == "sd2":
+    elif kind in ("sd2", "sd2_eps"):  # SD 2.x 768-v, and the 512 px base (epsilon)
         config = comfy.supported_models.SD20(_unet_config(64, linear=True))
-        model_type = comfy.model_base.ModelType.V_PREDICTION
+        model_type = comfy.model_base.ModelType.V_PREDICTION if kind == "sd2" else comfy.model_base.ModelType.EPS
         cls = comfy.model_base.BaseModel
     elif kind == "sdxl":
         unet = _unet_config(64 + 96, linear=True)

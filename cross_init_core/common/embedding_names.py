@@ -79,6 +79,18 @@ def validate_run_name(name: str, max_steps: int) -> str:
     return stem
 
 
+def validate_bundle_name(name: str, what: str = "name") -> str:
+    """`validate_name`, and without '.': a token bundled in a LoRA file is keyed `bundle_emb.NAME.<part>`, and A1111,
+    OneTrainer and this pack read NAME up to the first dot, so a dotted NAME would load under another word."""
+    stem = validate_name(name)
+    if "." in stem:
+        raise InvalidInputError(
+            f"{what} {stem!r}: a token bundled in a LoRA file cannot have '.' in its name (bundle_emb.NAME.* is read up "
+            f"to the first dot, so it would load as {stem.split('.')[0]!r}). Use e.g. {stem.replace('.', '_')!r}."
+        )
+    return stem
+
+
 def trained_steps(metadata: dict[str, str]) -> int | None:
     """The step count a file's metadata records (`steps`), or None when it records none or it is not a whole number."""
     value = str(metadata.get("steps", "")).strip()

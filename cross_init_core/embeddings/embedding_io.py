@@ -148,8 +148,8 @@ def _is_link(value: Any) -> bool:
 
 def downstream_saves(prompt: dict[str, Any], node_id: str) -> list[tuple[str, dict[str, Any]]]:
     """(class_type, inputs) of the Save nodes (embedding or LoRA) that save what `node_id` computes, directly or
-    through other nodes, under a typed name with overwrite off, in an API-format prompt: the files a run of that node
-    ends in. Names linked from other nodes are left out (known only when they run)."""
+    through other nodes, under a typed name, in an API-format prompt: the files a run of that node ends in. Names
+    linked from other nodes are left out (known only when they run)."""
     below, todo = {node_id}, [node_id]
     while todo:
         source = todo.pop()
@@ -161,8 +161,7 @@ def downstream_saves(prompt: dict[str, Any], node_id: str) -> list[tuple[str, di
     saves = []
     for other in sorted(below - {node_id}):
         inputs = prompt[other].get("inputs", {})
-        if prompt[other].get("class_type") in SAVE_NODES and isinstance(inputs.get("name"), str) \
-                and inputs.get("overwrite") is not True:
+        if prompt[other].get("class_type") in SAVE_NODES and isinstance(inputs.get("name"), str):
             saves.append((prompt[other]["class_type"], inputs))
     return saves
 

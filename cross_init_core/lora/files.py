@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..common import atomic_files
-from ..common.embedding_names import checkpoint_name, trained_steps, validate_name
+from ..common.embedding_names import checkpoint_name, trained_steps, validate_bundle_name, validate_name
 from ..common.errors import EmbeddingExistsError, EmbeddingFileError, InvalidInputError
 from ..common.families import FAMILIES, KEY_WIDTHS, SDXL, WIDTH_KEYS, WIDTHS_MESSAGE, EncoderSlot, family_of
 from ..embeddings import embedding_io
@@ -59,6 +59,20 @@ def bundle_tensors(embedding: CrossInitEmbedding, name: str) -> dict[str, torch.
     if family is SDXL:
         return {f"{BUNDLE_PREFIX}{name}.{key}": tensors[key] for key in family.keys}
     return {f"{BUNDLE_PREFIX}{name}.string_to_param.*": tensors[family.keys[0]]}
+
+
+def check_token_fits_lora(embedding: CrossInitEmbedding | None, lora: LoraModel) -> None:
+    """Refuses a token of another model family than the LoRA's (its `base_model` metadata, when it records one): the
+    file would bundle a token its model cannot read, and the token's own file would name the wrong LoRA."""
+    if embedding is None:
+        return
+    token_family = family_of(embedding.vectors)
+    lora_tag = str(lora.metadata.get("base_model", "")).partition("-")[0]
+    lora_family = next((f for f in FAMILIES if f.tag == lora_tag), None)
+    if token_family is not None and lora_family is not None and token_family is not lora_family:
+        raise InvalidInputError(f"embedding: it is a token for {token_family.name} ({embedding.describe()}), but the LoRA "
+                                f"was trained on {lora_family.name}; connect the token the LoRA was trained around, or "
+                                "leave embedding empty to bundle the LoRA's own token.")
 
 
 def ss_metadata(lora: LoraModel, name: str) -> dict[str, str]:
@@ -179,6 +193,11 @@ def save_pivotal(named: list[tuple[LoraModel, CrossInitEmbedding | None, str]], 
     loras_folder = Path(loras_dir).resolve()
     embeddings_folder = Path(embeddings_dir).resolve() if embeddings_dir is not None else None
     token = validate_name(token_name) if token_name else ""
+    if bundle and named and any(embedding is not None for _l, embedding, _n in named):
+        # the last item is NAME (a checkpoints list saves NAME-stepNNNN before it); their tokens share its word
+        validate_bundle_name(token or named[-1][2], "token_name" if token else "name")
+    for lora, embedding, _name in named:
+        check_token_fits_lora(embedding, lora)
     lora_files: list[tuple[str, bytes, bool]] = []
     embedding_files: list[tuple[str, bytes, bool]] = []
     for lora, embedding, name in named:
@@ -279,19 +298,32 @@ def bundled_embedding(lora_file: LoraFile, slots: list[EncoderSlot], token: str 
     if not token and len(names) > 1:
         raise InvalidInputError(f"token: {source} bundles several tokens ({', '.join(names)}); give the one to use.")
     name = token or names[0]
-    parts = lora_file.bundles[name]
     where = f"{what}: {source} token {name}"
+    parts = dict(lora_file.bundles[name])
+    # OneTrainer also bundles an output embedding (clip_l_out ...), which replaces the token in the text encoder's
+    # output: ComfyUI's CLIP takes input vectors only, so the token works without it (weaker than in OneTrainer)
+    unused = sorted(k for k in parts if k.endswith("_out") and k[: -len("_out")] in KEY_WIDTHS)
+    if unused and len(unused) == len(parts):
+        raise EmbeddingFileError(f"{where}: holds only {', '.join(unused)}, OneTrainer's output embedding, which ComfyUI's "
+                                 "CLIP cannot use; choose a file that bundles the token's input vectors (clip_l ...).")
+    if unused:
+        for key in unused:
+            parts.pop(key)
+        log.warning("%s: %s (OneTrainer's output embedding) is not used; ComfyUI's CLIP takes the input vectors only.",
+                    where, ", ".join(unused))
     encoder_keys = [k for k in parts if k in KEY_WIDTHS]
-    if encoder_keys:
+    if len(parts) == 1:
+        # string_to_param.*, emb_params, or one encoder's vectors: routed by their width (OneTrainer names the SD 2.x
+        # encoder's vectors clip_l too)
+        tensor = _as_2d(next(iter(parts.values())), where)
+        vectors = {_single_key(int(tensor.shape[1]), slots, where): tensor}
+    elif encoder_keys:
         other = sorted(set(parts) - set(encoder_keys))
         if other:
             known = ", ".join(f.name for f in FAMILIES)
             raise EmbeddingFileError(f"{where}: also holds {', '.join(other)}, encoders of a model family this pack does "
                                      f"not train for (supported: {known}); use it with that model.")
         vectors = {k: _as_2d(parts[k], f"{where} {k}") for k in encoder_keys}
-    elif len(parts) == 1:  # string_to_param.*, emb_params or another single tensor
-        tensor = _as_2d(next(iter(parts.values())), where)
-        vectors = {_single_key(int(tensor.shape[1]), slots, where): tensor}
     else:
         raise EmbeddingFileError(f"{where}: keys {sorted(parts)} are not a bundled embedding (expected string_to_param.*, "
                                  "emb_params, or clip_l / clip_h / clip_g).")

@@ -74,11 +74,12 @@ def progress_preview(model: Any, clip: Any, vae: Any, images: torch.Tensor, reso
                      ) -> Callable[[int, CrossInitEmbedding], tuple[str, Image.Image, int]]:
     """A training preview hook: (step, embedding) -> ComfyUI progress-preview tuple ("JPEG", image, max size)."""
     check_preview_prompt(prompt, steps)
-    face = images[0]
 
     def render(step: int, embedding: CrossInitEmbedding) -> tuple[str, Image.Image, int]:
         sample = sample_portrait(model, clip, vae, embedding, resolution, seed=seed, steps=steps, prompt=prompt)
         log.debug("Cross-Init preview at step %d", step)
-        return ("JPEG", side_by_side(face, sample[0]), PREVIEW_MAX_SIZE)
+        # the face is read here, not when the hook is made: the trainer checks `images` first (an empty batch or a
+        # wrong input gets its message, not an IndexError from here)
+        return ("JPEG", side_by_side(images[0], sample[0]), PREVIEW_MAX_SIZE)
 
     return render

@@ -49,6 +49,7 @@ from .graph import PromptBuilder, face_prep_settings, graph_settings, photos_sta
 from .jobs import (
     Job,
     Outputs,
+    bundle_name_problems,
     clash_problems,
     collect_jobs,
     format_summary,
@@ -280,6 +281,8 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
     jobs = collect_jobs(args)
     problems = input_problems(jobs)
+    if args.lora:
+        problems += bundle_name_problems(jobs)
     workflow_path = args.workflow or WORKFLOW_DIR / f"cross_init_{args.mode}.json"
     try:
         workflow = load_workflow(Path(workflow_path))

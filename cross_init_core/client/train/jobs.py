@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...common.embedding_names import MAX_RUN_STEPS, checkpoint_name, continued_steps, validate_name, validate_run_name
+from ...common.embedding_names import (
+    MAX_RUN_STEPS,
+    checkpoint_name,
+    continued_steps,
+    validate_bundle_name,
+    validate_name,
+    validate_run_name,
+)
 from ...common.errors import CrossInitError
 from ...common.settings import checkpoint_steps
 from ...common.text_table import format_table
@@ -149,6 +156,18 @@ def resume_sources(jobs: list[Job], folder: Path) -> list[str]:
             problems.append(f"{job.name}: {exc}")
             continue
         job.keep_as = kept_name(job.name, job.resume_steps, new_run_id())
+    return problems
+
+
+def bundle_name_problems(jobs: list[Job]) -> list[str]:
+    """--lora bundles each token in its LoRA file as NAME: a NAME that readers would cut at a dot is refused now."""
+    problems = []
+    for job in jobs:
+        try:
+            validate_bundle_name(job.name)
+        except CrossInitError as exc:
+            problems.append(f"{job.source}: {exc} --lora bundles the token in the LoRA file under its name; rename it "
+                            "(or --name) without '.'")
     return problems
 
 
