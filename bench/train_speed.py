@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += ["", *notes]
     if not cuda:
         rows.append("")
-        rows.append("GPU: not measured — no GPU was available to this session. Peak MiB on the CPU is the process's peak RSS "
+        rows.append("GPU: not measured — this run had no CUDA device. Peak MiB on the CPU is the process's peak RSS "
                     "(model building included).")
     text = "\n".join(header + rows) + "\n"
     for line in text.splitlines():
