@@ -68,6 +68,10 @@ def link_new(tmp: Path, final: Path) -> None:
         raise
 
 
+# the suffix write_new adds when STEM+SUFFIX is taken (-xxxxxxxx, 8 hex digits), as a glob pattern for who cleans up
+TAKEN_NAME_SUFFIX_GLOB = "-" + "[0-9a-f]" * 8
+
+
 def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
     """Writes `data` as a new file in `folder`: STEM+SUFFIX, or STEM-xxxxxxxx+SUFFIX when that name is taken.
     Never replaces a file; returns the path written."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...common.atomic_files import write_all_paths
+from ...common.atomic_files import TAKEN_NAME_SUFFIX_GLOB, write_all_paths
 from ...common.embedding_names import DOWNLOAD_SUBFOLDER, LORA_DOWNLOAD_SUBFOLDER, checkpoint_name, trained_steps
 from ..comfy_client import ComfyClient, LocalServer, PromptFailed, PromptRejected, ServerGone
 from ..common import upright_photo
@@ -324,9 +324,6 @@ def _write_out(job: Job, out_dir: Path, trained: Trained, overwrite: bool,
     return written[-1], (written[-1 - len(trained.files)] if trained.lora_files else None)
 
 
-_HEX8 = "[0-9a-f]" * 8
-
-
 def remove_run_files(jobs: list[Job], embeddings: Path, output: Path, loras: Path | None = None) -> None:
     """Removes what the jobs' runs saved on the local ComfyUI (NAME-RUNID and its checkpoints, in its embeddings and
     loras folders (`loras`: default models/loras beside `embeddings`) and the copies under output/cross_init_embeddings/
@@ -340,7 +337,7 @@ def remove_run_files(jobs: list[Job], embeddings: Path, output: Path, loras: Pat
             for folder in (embeddings, loras, *copies):
                 patterns = [f"{stem}.safetensors", f"{stem}-step*.safetensors"]
                 if folder in copies:  # a copy whose name was taken there is NAME-xxxxxxxx (atomic_files.write_new)
-                    patterns.append(f"{stem}-{_HEX8}.safetensors")
+                    patterns.append(f"{stem}{TAKEN_NAME_SUFFIX_GLOB}.safetensors")
                 for path in (p for pattern in patterns for p in folder.glob(pattern)):
                     try:
                         path.unlink()
